@@ -1,0 +1,38 @@
+"""The package's one exception hierarchy.
+
+Every error raised on purpose by ``contextdiff_ref``, ``export`` and ``runtime`` derives from
+:class:`ContextDiffError`. Argument and configuration errors also derive from :class:`ValueError`,
+so callers that already catch ``ValueError`` keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ContextDiffError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InvalidArgumentError(ContextDiffError, ValueError):
+    """A public function was called with a value it does not accept.
+
+    The message names the argument, the value received and what is allowed.
+    """
+
+    def __init__(self, name: str, value: Any, allowed: str) -> None:
+        shown = repr(value)
+        if len(shown) > 120:
+            shown = shown[:117] + "..."
+        super().__init__(f"invalid {name}={shown}: {allowed}")
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+
+
+class ConfigError(ContextDiffError, ValueError):
+    """A configuration file or object holds a key or value this package does not support."""
+
+
+class ModelDirectoryError(ContextDiffError):
+    """A model directory is missing a file or folder, or one of its files cannot be read."""

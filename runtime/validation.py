@@ -1,0 +1,165 @@
+"""Argument validation shared by the reference pipeline and the runtime: one set of rules, one message style.
+
+Every check raises :class:`runtime.errors.InvalidArgumentError` naming the argument, its value and what is
+allowed. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from runtime.errors import InvalidArgumentError
+from runtime.noise import resolve_seed
+
+OUTPUT_TYPES = ("np", "pil", "latent")
+DEFAULT_GUIDANCE_SCALE = 7.5
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a loaded model supports, as far as call arguments are concerned."""
+
+    num_train_timesteps: int
+    sample_channels: int  # C of the sampled tensor (latent channels, or 3 in pixel space)
+    default_height: int  # output image size in pixels
+    default_width: int
+    pixel_factor: int  # height and width must be multiples of this
+    vae_scale_factor: int  # pixels per sample element (1 in pixel space)
+    recommended_guidance_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated call: prompts as tuples, every default resolved."""
+
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    num_inference_steps: int
+    guidance_scale: float
+    eta: float
+    seed: int
+    height: int
+    width: int
+    output_type: str
+    latents: np.ndarray | None
+    callback: Callable[..., Any] | None
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def do_guidance(self) -> bool:
+        """Classifier-free guidance needs the unconditional branch unless w == 1 (o = o_c then)."""
+        return self.guidance_scale != 1.0
+
+
+def _prompts(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise InvalidArgumentError(name, value, "a string or a non-empty list of strings")
+        bad = [p for p in value if not isinstance(p, str)]
+        if bad:
+            raise InvalidArgumentError(name, value, f"every item must be a string; got {type(bad[0]).__name__}")
+        return tuple(value)
+    raise InvalidArgumentError(name, value, "a string or a non-empty list of strings ('' is the unconditional prompt)")
+
+
+def _negative_prompts(value: Any, count: int) -> tuple[str, ...]:
+    if value is None:
+        return ("",) * count
+    negatives = _prompts("negative_prompt", value)
+    if len(negatives) == 1 and count > 1 and isinstance(value, str):
+        return negatives * count
+    if len(negatives) != count:
+        raise InvalidArgumentError("negative_prompt", value, f"None, one string, or a list of {count} strings (one per prompt)")
+    return negatives
+
+
+def _integer(name: str, value: Any, low: int, high: int | None, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (high is not None and value > high):
+        raise InvalidArgumentError(name, value, what)
+    return int(value)
+
+
+def _real(name: str, value: Any, low: float, high: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not low <= value <= high:
+        raise InvalidArgumentError(name, value, what)
+    return float(value)
+
+
+def _size(name: str, value: Any, default: int, factor: int) -> int:
+    if value is None:
+        return default
+    return _integer(name, value, factor, None, f"a positive integer multiple of {factor} (the model's size factor), or None for {default}")
+
+
+def _latents(value: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    if value is None:
+        return None
+    if not hasattr(value, "__array__") or not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise InvalidArgumentError("latents", type(value).__name__, f"a float32 array of shape {shape}")
+    if tuple(value.shape) != shape:
+        raise InvalidArgumentError("latents", f"array of shape {tuple(value.shape)}", f"shape {shape} (batch, channels, height/f, width/f)")
+    array = np.asarray(value)
+    if array.dtype != np.float32:
+        raise InvalidArgumentError("latents", f"array of dtype {array.dtype}", "dtype float32")
+    if not np.all(np.isfinite(array)):
+        raise InvalidArgumentError("latents", "array with NaN or inf", "finite values")
+    return array
+
+
+def validate_request(
+    limits: ModelLimits,
+    *,
+    prompt: str | Sequence[str],
+    negative_prompt: str | Sequence[str] | None = None,
+    num_inference_steps: int = 50,
+    guidance_scale: float | None = None,
+    eta: float = 0.0,
+    seed: int | None = None,
+    latents: Any = None,
+    height: int | None = None,
+    width: int | None = None,
+    output_type: str = "np",
+    callback: Callable[..., Any] | None = None,
+) -> GenerationRequest:
+    """Check every argument of a generation call against ``limits``; resolve defaults (and the seed)."""
+    prompts = _prompts("prompt", prompt)
+    negatives = _negative_prompts(negative_prompt, len(prompts))
+    T = limits.num_train_timesteps
+    steps = _integer("num_inference_steps", num_inference_steps, 1, T, f"an integer from 1 to num_train_timesteps={T}")
+    if guidance_scale is None:
+        guidance_scale = limits.recommended_guidance_scale or DEFAULT_GUIDANCE_SCALE
+    guidance = _real("guidance_scale", guidance_scale, 0.0, math.inf, "a finite number >= 0 (1 disables guidance), or None")
+    eta_value = _real("eta", eta, 0.0, 1.0, "a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like)")
+    if seed is not None:
+        _integer("seed", seed, 0, 2**63 - 1, "None or an integer in [0, 2**63 - 1]")
+    h = _size("height", height, limits.default_height, limits.pixel_factor)
+    w = _size("width", width, limits.default_width, limits.pixel_factor)
+    f = limits.vae_scale_factor
+    array = _latents(latents, (len(prompts), limits.sample_channels, h // f, w // f))
+    if output_type not in OUTPUT_TYPES:
+        raise InvalidArgumentError("output_type", output_type, f"one of {', '.join(map(repr, OUTPUT_TYPES))}")
+    if callback is not None and not callable(callback):
+        raise InvalidArgumentError("callback", callback, "None or a callable taking a runtime.sampling.StepOutput")
+    return GenerationRequest(
+        prompts=prompts,
+        negative_prompts=negatives,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        eta=eta_value,
+        seed=resolve_seed(seed),
+        height=h,
+        width=w,
+        output_type=output_type,
+        latents=array,
+        callback=callback,
+    )
