@@ -263,11 +263,14 @@ class Schedule:
         return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1  # trailing
 
     def previous_timesteps(self, timesteps: np.ndarray) -> np.ndarray:
-        """s for each t (method doc §5): t − T//n for leading/trailing (as diffusers), else the next sampled one."""
+        """s for each t (method doc §5): t − T//n for leading/trailing (as diffusers), else the next sampled one.
+
+        Any s < 0 is returned as −1: "after the last timestep", where ᾱ_s is the final alpha.
+        """
         timesteps = np.asarray(timesteps, dtype=np.int64)
         if self.config.timestep_spacing is TimestepSpacing.LINSPACE:
             return np.append(timesteps[1:], -1)
-        return timesteps - self.num_train_timesteps // len(timesteps)
+        return np.maximum(timesteps - self.num_train_timesteps // len(timesteps), -1)
 
     def step_coefficients(self, t: int, s: int, eta: float) -> StepCoefficients:
         """Scalars of the step t -> s (method doc §5, steps 5–6), from the float64 tables."""

@@ -61,7 +61,8 @@ def test_timesteps_match_diffusers(spacing, offset):
 def test_previous_timesteps():
     leading = Schedule(SchedulerConfig(timestep_spacing="leading"))
     ts = leading.timesteps(50)
-    np.testing.assert_array_equal(leading.previous_timesteps(ts), ts - 20)
+    np.testing.assert_array_equal(leading.previous_timesteps(ts), np.maximum(ts - 20, -1))
+    assert leading.previous_timesteps(ts)[-1] == -1
     linspace = Schedule(SchedulerConfig(timestep_spacing="linspace"))
     ts = linspace.timesteps(7)  # the next *sampled* timestep, then −1 (method doc §5)
     np.testing.assert_array_equal(linspace.previous_timesteps(ts), np.append(ts[1:], -1))

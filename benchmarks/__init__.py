@@ -1,0 +1,1 @@
+"""Latency benchmarks: scripts that write JSON and a markdown table (see the benchmarks issue)."""

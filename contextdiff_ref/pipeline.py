@@ -1,0 +1,177 @@
+"""ContextDiffPipeline: the PyTorch reference sampler — the source of truth for exported engines and the runtime.
+
+A call is five named stages: validate -> encode text -> draw noise -> contextual DDIM (runtime.sampling, on
+torch tensors) -> decode. The schedule math, the noise order, argument validation and output conversion are
+the runtime's own modules, so the reference and the runtime cannot drift apart in them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from contextdiff_ref.model_dir import ModelComponents, load_model_dir, save_model_dir
+from contextdiff_ref.text import tokenize
+from runtime.images import GenerationOutput, to_images
+from runtime.noise import draw_noise
+from runtime.sampling import StepOutput, sample
+from runtime.schedule import Schedule
+from runtime.validation import GenerationRequest, ModelLimits, validate_request
+
+logger = logging.getLogger(__name__)
+
+
+def model_limits(components: ModelComponents) -> ModelLimits:
+    """Sizes and defaults a call is validated against (height/width must be multiples of ``pixel_factor``)."""
+    unet, vae, adapter = components.unet.config, components.vae, components.adapter.config
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+    sample_factor = math.lcm(2 ** (len(unet.block_out_channels) - 1), adapter.patch_size)
+    size = unet.sample_size if isinstance(unet.sample_size, int) else unet.sample_size[0]
+    width = unet.sample_size if isinstance(unet.sample_size, int) else unet.sample_size[1]
+    return ModelLimits(
+        num_train_timesteps=components.scheduler_config.num_train_timesteps,
+        sample_channels=unet.in_channels,
+        default_height=size * vae_scale,
+        default_width=width * vae_scale,
+        pixel_factor=sample_factor * vae_scale,
+        vae_scale_factor=vae_scale,
+        recommended_guidance_scale=components.recommended_guidance_scale,
+    )
+
+
+class ContextDiffPipeline:
+    """Text-to-image ContextDiff sampling in eager PyTorch.
+
+    >>> pipe = ContextDiffPipeline.from_pretrained("path/to/model_dir")
+    >>> images = pipe("a red circle at the top left", seed=0).images  # (1, H, W, 3) float32 in [0, 1]
+    """
+
+    def __init__(self, components: ModelComponents, device: str | torch.device = "cpu") -> None:
+        self.components = components
+        self.schedule = Schedule(components.scheduler_config)
+        self.limits = model_limits(components)
+        self.device = torch.device("cpu")
+        self.to(device)
+
+    # -- loading and saving ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu", torch_dtype: torch.dtype = torch.float32) -> ContextDiffPipeline:
+        """Load a model directory (see :mod:`contextdiff_ref.model_dir`); raises ModelDirectoryError naming what is wrong."""
+        return cls(load_model_dir(path, torch_dtype=torch_dtype), device=device)
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Write this model as a model directory (atomically; safetensors weights)."""
+        save_model_dir(self.components, path)
+
+    def to(self, device: str | torch.device) -> ContextDiffPipeline:
+        self.device = torch.device(device)
+        for module in self._modules():
+            module.to(self.device)
+        return self
+
+    def _modules(self) -> list[torch.nn.Module]:
+        c = self.components
+        return [m for m in (c.text_encoder, c.unet, c.adapter, c.vae) if m is not None]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.components.unet.dtype
+
+    # -- stages ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> last hidden states (N, L, D) of the text encoder; longer prompts are truncated with a warning."""
+        return self.components.text_encoder(tokenize(self.components, prompts).to(self.device))[0]
+
+    def _denoiser(self, text: torch.Tensor, request: GenerationRequest) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        unet, w = self.components.unet, request.guidance_scale
+
+        def denoise(x: torch.Tensor, t: int) -> torch.Tensor:  # method doc §5 step 1
+            model_input = torch.cat([x, x]) if request.do_guidance else x
+            output = unet(model_input.to(self.dtype), t, encoder_hidden_states=text).sample.float()
+            if not request.do_guidance:
+                return output
+            uncond, cond = output.chunk(2)
+            return uncond + w * (cond - uncond)
+
+        return denoise
+
+    def _context_shift(self, cond_text: torch.Tensor) -> Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]:
+        adapter, n = self.components.adapter, cond_text.shape[0]
+        text2 = torch.cat([cond_text, cond_text])
+
+        def shift(x0: torch.Tensor, t: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:  # method doc §5 step 3
+            timesteps = torch.tensor([t] * n + [s] * n, device=self.device)
+            r = adapter(torch.cat([x0, x0]).to(self.dtype), text2, timesteps).float()
+            return r[:n], r[n:]
+
+        return shift
+
+    @torch.no_grad()
+    def decode(self, x0: torch.Tensor, output_type: str) -> Any:
+        """Final sample (N, C, h, w) -> images ("np"/"pil") or the sample itself ("latent")."""
+        if output_type == "latent":
+            return x0.float().cpu().numpy()
+        vae = self.components.vae
+        if vae is not None:
+            latents = x0 / vae.config.scaling_factor
+            if getattr(vae.config, "shift_factor", None) is not None:
+                latents = latents + vae.config.shift_factor
+            x0 = vae.decode(latents.to(vae.dtype)).sample
+        return to_images(x0.float().cpu().numpy(), output_type)
+
+    # -- the call --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float | None = None,
+        eta: float = 0.0,
+        seed: int | None = None,
+        latents: np.ndarray | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "np",
+        callback: Callable[[StepOutput], Any] | None = None,
+        *,
+        progress: bool = True,
+    ) -> GenerationOutput:
+        """Generate images for ``prompt`` (a string or a list of N strings).
+
+        ``guidance_scale=None`` uses the model directory's recommendation (7.5 if none); 1 disables guidance.
+        ``latents`` (N, C, h, w) float32 replaces the initial noise; all noise comes from ``seed`` in the order
+        documented in :mod:`runtime.noise`. ``callback`` receives a :class:`runtime.sampling.StepOutput`
+        (torch tensors) after every step. Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
+        PIL images for "pil", the final sample (N, C, h, w) for "latent".
+        """
+        request = validate_request(
+            self.limits, prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
+            output_type=output_type, callback=callback,
+        )
+        text = self.encode_prompt(request.negative_prompts + request.prompts if request.do_guidance else request.prompts)
+        cond_text = text[request.batch_size :] if request.do_guidance else text
+        f = self.limits.vae_scale_factor
+        shape = (request.batch_size, self.limits.sample_channels, request.height // f, request.width // f)
+        initial, step_noise = draw_noise(request.seed, shape, request.num_inference_steps, request.eta)
+        if request.latents is not None:
+            initial = request.latents
+        plan = self.schedule.plan(request.num_inference_steps, request.eta)
+        x0 = sample(
+            self._denoiser(text, request),
+            self._context_shift(cond_text),
+            torch.from_numpy(np.array(initial)).to(self.device),
+            plan,
+            step_noise=None if step_noise is None else torch.from_numpy(step_noise).to(self.device),
+            callback=request.callback,
+            progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
+        )
+        return GenerationOutput(images=self.decode(x0, request.output_type), seed=request.seed)

@@ -1,0 +1,87 @@
+"""Tiny ContextDiff models with seeded random weights, for tests and (until a trained one ships) the default.
+
+Two variants: pixel space (3 x 32 x 32 samples, no VAE) and latent (a tiny AutoencoderKL: 32 x 32 images,
+4 x 16 x 16 latents). The adapter gets small random output weights instead of its zero init, so everything
+downstream exercises the contextual path rather than plain DDIM.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from tokenizers import pre_tokenizers
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from contextdiff_ref.adapter import ContextAdapter
+from contextdiff_ref.model_dir import ModelComponents, save_model_dir
+from runtime.schedule import SchedulerConfig
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+SHAPES_WORDS = (
+    "a", "at", "the", "and", "top", "bottom", "left", "right",
+    "red", "green", "blue", "yellow", "magenta", "cyan", "square", "circle", "triangle",
+)  # fmt: skip
+
+
+def make_clip_tokenizer(words: Iterable[str] = SHAPES_WORDS, max_length: int = 16) -> CLIPTokenizer:
+    """A CLIP-style byte-level BPE tokenizer: every byte is a token, and each of ``words`` is merged into one."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet + [c + "</w>" for c in alphabet])}
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(symbols) > 1:  # merge left to right: ((r e) d</w>)
+            merges.append((symbols[0], symbols[1]))
+            vocab.setdefault(symbols[0] + symbols[1], len(vocab))
+            symbols = [symbols[0] + symbols[1]] + symbols[2:]
+    vocab[BOS], vocab[EOS] = len(vocab), len(vocab) + 1
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def build_tiny_components(*, latent: bool = False, seed: int = 0, prediction_type: str = "epsilon") -> ModelComponents:
+    """Seeded random tiny model (a few seconds on a CPU); the global torch RNG is left untouched."""
+    tokenizer = make_clip_tokenizer()
+    text_dim = 32
+    channels = 4 if latent else 3
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ))  # fmt: skip
+        unet = UNet2DConditionModel(
+            sample_size=16 if latent else 32, in_channels=channels, out_channels=channels, layers_per_block=1,
+            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=text_dim,
+            attention_head_dim=8, norm_num_groups=8,
+        )  # fmt: skip
+        adapter = ContextAdapter(
+            in_channels=channels, cross_attention_dim=text_dim, patch_size=2, hidden_dim=32, num_layers=1,
+            num_heads=2, mlp_ratio=2,
+        )  # fmt: skip
+        torch.nn.init.normal_(adapter.proj_out.weight, std=0.05)
+        torch.nn.init.normal_(adapter.proj_out.bias, std=0.05)
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+            norm_num_groups=8, sample_size=32,
+        ) if latent else None  # fmt: skip
+    if latent:  # Stable-Diffusion-like schedule
+        scheduler = SchedulerConfig(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False,
+                                    steps_offset=1, clip_sample=False, prediction_type=prediction_type)
+    else:
+        scheduler = SchedulerConfig(beta_schedule="linear", clip_sample=True, prediction_type=prediction_type)
+    for module in (text_encoder, unet, adapter, vae):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return ModelComponents(tokenizer, text_encoder, unet, adapter, scheduler, vae, recommended_guidance_scale=None)
+
+
+def write_tiny_model_dir(path: str | os.PathLike[str], *, latent: bool = False, seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """Build a tiny model and write it as a complete model directory (atomically)."""
+    return save_model_dir(build_tiny_components(latent=latent, seed=seed, prediction_type=prediction_type), path)

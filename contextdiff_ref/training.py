@@ -1,0 +1,89 @@
+"""Training objective of ContextDiff (method doc §3–4): joint UNet + text encoder + adapter, and the baseline.
+
+The baseline (``use_adapter=False``) is the same training with r ≡ 0, i.e. plain DDPM. The forward sample and
+the regression target come from :mod:`runtime.schedule` (the one implementation), applied to torch tensors so
+gradients reach the adapter through both x_t and the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from contextdiff_ref.model_dir import ModelComponents
+from contextdiff_ref.text import tokenize
+from runtime.errors import InvalidArgumentError
+from runtime.schedule import Schedule, forward_sample, training_target
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    use_adapter: bool = True  # False: the baseline, r ≡ 0 (plain DDPM)
+    text_dropout: float = 0.1  # fraction of samples trained with the empty prompt (for classifier-free guidance)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise InvalidArgumentError("text_dropout", self.text_dropout, "a fraction in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    loss: torch.Tensor  # scalar
+    timesteps: torch.Tensor  # (B,) int64
+    x_t: torch.Tensor  # (B, C, H, W)
+    shift: torch.Tensor  # r_φ(x_0, c, t), zeros in the baseline
+    dropped: torch.Tensor  # (B,) bool: trained with the empty prompt
+
+
+class ContextDiffObjective:
+    """Computes the loss of §4 for a batch of clean samples x_0 (B, C, H, W) in the model's space and their prompts."""
+
+    def __init__(self, components: ModelComponents, config: LossConfig = LossConfig(), device: str | torch.device = "cpu") -> None:
+        self.components, self.config, self.device = components, config, torch.device(device)
+        self.schedule = Schedule(components.scheduler_config)
+        coefficients = self.schedule.forward_coefficients(np.arange(self.schedule.num_train_timesteps))
+        # Tables moved to the device once, as float32 (B, 1, 1, 1)-ready columns.
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        self._sqrt_ab = as_tensor(coefficients.sqrt_alpha_bar)
+        self._shift = as_tensor(coefficients.shift)
+        self._sqrt_1m_ab = as_tensor(coefficients.sqrt_one_minus_alpha_bar)
+        self._empty_ids = tokenize(components, [""]).to(self.device)
+
+    def __call__(self, x0: torch.Tensor, prompts: Sequence[str], generator: torch.Generator) -> LossOutput:
+        c, b = self.components, x0.shape[0]
+        if len(prompts) != b:
+            raise InvalidArgumentError("prompts", f"{len(prompts)} prompts", f"one prompt per sample ({b})")
+        # 1. t ~ U{0, ..., T−1}, ε ~ N(0, I)
+        t = torch.randint(0, self.schedule.num_train_timesteps, (b,), generator=generator, device=self.device)
+        noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+        # 2. text dropout: the empty prompt for a fraction of the samples
+        ids = tokenize(c, prompts).to(self.device)
+        dropped = torch.rand(b, generator=generator, device=self.device) < self.config.text_dropout
+        ids = torch.where(dropped[:, None], self._empty_ids.expand_as(ids), ids)
+        text = c.text_encoder(ids)[0]
+        # 3. the context shift r_φ(x_0, c, t) (r ≡ 0 for the baseline)
+        shift = c.adapter(x0, text, t) if self.config.use_adapter else torch.zeros_like(x0)
+        # 4. x_t = √ᾱ_t x_0 + k_t r + √(1 − ᾱ_t) ε  (§3)
+        column = lambda table: table[t].view(b, 1, 1, 1)  # noqa: E731
+        x_t = forward_sample(x0, shift, noise, column(self._sqrt_ab), column(self._shift), column(self._sqrt_1m_ab))
+        # 5. target (§4): ε̃, x_0 or v, with gradients to the adapter through x_t and the target
+        target = training_target(c.scheduler_config.prediction_type, x0, x_t, column(self._sqrt_ab), column(self._sqrt_1m_ab))
+        # 6. mean squared error of the UNet's prediction
+        prediction = c.unet(x_t, t, encoder_hidden_states=text).sample
+        return LossOutput(F.mse_loss(prediction, target), t, x_t, shift, dropped)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Trained jointly: UNet, text encoder and (unless baseline) adapter."""
+        c = self.components
+        modules = [c.unet, c.text_encoder] + ([c.adapter] if self.config.use_adapter else [])
+        return [p for m in modules for p in m.parameters()]
+
+    def train(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(True)
+        for m in (self.components.unet, self.components.text_encoder, self.components.adapter):
+            m.train()

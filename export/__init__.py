@@ -1,0 +1,1 @@
+"""Model directory -> ONNX graphs -> TensorRT engines / ONNX Runtime artifacts + manifest (see the export issue)."""
