@@ -98,7 +98,11 @@ def _real(name: str, value: Any, low: float, high: float, what: str) -> float:
 def _size(name: str, value: Any, default: int, factor: int) -> int:
     if value is None:
         return default
-    return _integer(name, value, factor, None, f"a positive integer multiple of {factor} (the model's size factor), or None for {default}")
+    what = f"a positive integer multiple of {factor} (the model's size factor), or None for {default}"
+    size = _integer(name, value, factor, None, what)
+    if size % factor:
+        raise InvalidArgumentError(name, value, what)
+    return size
 
 
 def _latents(value: Any, shape: tuple[int, ...]) -> np.ndarray | None:

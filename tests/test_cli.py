@@ -1,0 +1,45 @@
+"""The reference CLI (the README's main command) and the lean import of the runtime."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_main_command_writes_a_png(pixel_model_dir, tmp_path):
+    out = tmp_path / "out.png"
+    result = run("-m", "contextdiff_ref", "a red circle at the top left", "-o", str(out), "--model", str(pixel_model_dir), "--steps", "3")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (32, 32)
+
+
+def test_main_command_builds_the_default_model_when_absent(tmp_path):
+    out = tmp_path / "out.png"
+    result = run("-m", "contextdiff_ref", "a red circle", "-o", str(out), "--steps", "2", env={"CONTEXTDIFF_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cache" / "tiny-pixel-seed0" / "model_index.json").is_file() and out.is_file()
+
+
+def test_cli_errors_are_one_clear_line(pixel_model_dir, tmp_path):
+    bad_steps = run("-m", "contextdiff_ref", "x", "-o", str(tmp_path / "a.png"), "--model", str(pixel_model_dir), "--steps", "0")
+    assert bad_steps.returncode == 2 and "invalid num_inference_steps=0" in bad_steps.stderr and "Traceback" not in bad_steps.stderr
+    missing = run("-m", "contextdiff_ref", "x", "-o", str(tmp_path / "b.png"), "--model", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and str(tmp_path / "nope") in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_import_runtime_stays_lean():
+    code = ("import sys, runtime, runtime.schedule, runtime.sampling, runtime.validation, runtime.noise, runtime.images; "
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
+            "assert not heavy, heavy")  # fmt: skip
+    result = run("-c", code)
+    assert result.returncode == 0, result.stderr
