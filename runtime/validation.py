@@ -31,6 +31,7 @@ class ModelLimits:
     pixel_factor: int  # height and width must be multiples of this
     vae_scale_factor: int  # pixels per sample element (1 in pixel space)
     recommended_guidance_scale: float | None = None
+    max_size_ratio: int = 8  # height/width at most this many times the default (a typo must not exhaust memory)
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,11 @@ def _real(name: str, value: Any, low: float, high: float, what: str) -> float:
     return float(value)
 
 
-def _size(name: str, value: Any, default: int, factor: int) -> int:
+def _size(name: str, value: Any, default: int, factor: int, ratio: int) -> int:
     if value is None:
         return default
-    what = f"a positive integer multiple of {factor} (the model's size factor), or None for {default}"
-    size = _integer(name, value, factor, None, what)
+    what = f"a positive integer multiple of {factor} (the model's size factor) up to {ratio * default}, or None for {default}"
+    size = _integer(name, value, factor, ratio * default, what)
     if size % factor:
         raise InvalidArgumentError(name, value, what)
     return size
@@ -146,8 +147,8 @@ def validate_request(
     eta_value = _real("eta", eta, 0.0, 1.0, "a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like)")
     if seed is not None:
         _integer("seed", seed, 0, 2**63 - 1, "None or an integer in [0, 2**63 - 1]")
-    h = _size("height", height, limits.default_height, limits.pixel_factor)
-    w = _size("width", width, limits.default_width, limits.pixel_factor)
+    h = _size("height", height, limits.default_height, limits.pixel_factor, limits.max_size_ratio)
+    w = _size("width", width, limits.default_width, limits.pixel_factor, limits.max_size_ratio)
     f = limits.vae_scale_factor
     array = _latents(latents, (len(prompts), limits.sample_channels, h // f, w // f))
     if output_type not in OUTPUT_TYPES:

@@ -30,6 +30,7 @@ BAD_CALLS = [
     (dict(guidance_scale=-1.0), "guidance_scale"),
     (dict(height=33), "height"),
     (dict(width=0), "width"),
+    (dict(width=10**6), "width"),
     (dict(latents=np.zeros((1, 3, 16, 16), np.float32)), "latents"),
     (dict(latents=np.zeros((1, 3, 32, 32), np.float64)), "latents"),
     (dict(latents=[[0.0]]), "latents"),
