@@ -79,15 +79,16 @@ class ContextAdapter(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.proj_out.weight)  # starts as the baseline: r ≡ 0
         nn.init.zeros_(self.proj_out.bias)
 
-    def _position_features(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-        """(h·w, hidden) embedding of patch centres in [0, 1]² — the same quadrant means the same features at any size."""
-        ys = (torch.arange(h, device=like.device, dtype=torch.float32) + 0.5) / h
-        xs = (torch.arange(w, device=like.device, dtype=torch.float32) + 0.5) / w
-        fy, fx = ys[:, None] * self.frequencies, xs[:, None] * self.frequencies  # (h, F), (w, F)
-        fy = torch.cat([fy.sin(), fy.cos()], dim=-1)[:, None, :].expand(h, w, -1)
-        fx = torch.cat([fx.sin(), fx.cos()], dim=-1)[None, :, :].expand(h, w, -1)
-        features = torch.cat([fy, fx], dim=-1).reshape(h * w, -1).to(like.dtype)
-        return self.position_proj(features)
+    def _position_features(self, grid: torch.Tensor) -> torch.Tensor:
+        """(h·w, hidden) embedding of the patch centres in [0, 1]² for a (hidden, h, w) grid: the same place in the
+        image gets the same features at any size. Built from cumulative sums of ones rather than arange(h) / h, so
+        the exported graph has no int->float casts (they trip fp16 conversion) and no Range."""
+        ones = torch.ones_like(grid[0])  # (h, w)
+        ys = (ones.cumsum(0) - 0.5) / ones.sum(0, keepdim=True)  # (h, w): (i + 0.5) / h
+        xs = (ones.cumsum(1) - 0.5) / ones.sum(1, keepdim=True)  # (h, w): (j + 0.5) / w
+        fy, fx = ys[..., None] * self.frequencies, xs[..., None] * self.frequencies  # (h, w, F)
+        features = torch.cat([fy.sin(), fy.cos(), fx.sin(), fx.cos()], dim=-1)
+        return self.position_proj(features.flatten(0, 1))
 
     def _check(self, sample: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep: torch.Tensor) -> None:
         c, p = self.config.in_channels, self.config.patch_size
@@ -106,8 +107,8 @@ class ContextAdapter(ModelMixin, ConfigMixin):
         b, _, height, width = sample.shape
         p = self.config.patch_size
         h, w = height // p, width // p
-        tokens = self.patch_embed(sample).flatten(2).transpose(1, 2)  # (B, h·w, hidden)
-        tokens = tokens + self._position_features(h, w, tokens)[None]
+        grid = self.patch_embed(sample)  # (B, hidden, h, w)
+        tokens = grid.flatten(2).transpose(1, 2) + self._position_features(grid[0])[None]  # (B, h·w, hidden)
         t_emb = self.time_embed(self.time_proj(timestep).to(tokens.dtype))  # (B, hidden)
         tokens = tokens + t_emb[:, None, :]
         text = self.text_proj(encoder_hidden_states)
