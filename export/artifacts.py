@@ -1,0 +1,122 @@
+"""Engine-directory mechanics: content hashes, atomic writes, the build lock, the manifest.
+
+A build writes every artifact to a temporary file in the engine directory and renames it into place; the manifest
+is written last, the same way. Artifact file names carry their content key, so a build killed at any moment
+leaves either the previous manifest (still describing complete, untouched files) or none — never a manifest that
+names a half-written file. Leftover temporary files are removed by the next build.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from runtime.errors import ContextDiffError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".build.lock"
+TMP_PREFIX = ".tmp-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class BuildError(ContextDiffError):
+    """The engine directory cannot be built as asked (locked, not writable, backend unavailable, ...)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_parts(*parts: str | bytes) -> str:
+    """sha256 of the parts, each length-prefixed so that ("ab", "c") and ("a", "bc") differ."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def hash_files(paths: Iterable[Path], root: Path) -> str:
+    """Content hash of files (names relative to ``root`` and bytes)."""
+    parts: list[str | bytes] = []
+    for path in sorted(paths):
+        parts += [str(path.relative_to(root)), sha256_file(path)]
+    return hash_parts(*parts)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` for a temporary path next to ``path``, then rename it onto ``path``."""
+    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts are ordinary files
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+class BuildLock:
+    """Exclusive lock on an engine directory for one build. The kernel drops it when the process dies, so a
+    killed build never leaves a stale lock."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK
+        self._fd: int | None = None
+
+    def __enter__(self) -> BuildLock:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self._fd)
+            self._fd = None
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise BuildError(f"another build is writing {self.path.parent} (lock {self.path} is held); wait for it to finish") from None
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of a previous build, or None when there is none usable (absent, unreadable, other format)."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        return None
+    return manifest
+
+
+def remove_stale(directory: Path, keep: set[str]) -> None:
+    """Delete leftover temporary files and artifacts the new manifest no longer names."""
+    for path in directory.iterdir():
+        if path.is_file() and path.name not in keep and path.name not in (MANIFEST, LOCK) and not path.name.startswith("timing"):
+            if path.name.startswith(TMP_PREFIX) or path.suffix in (".onnx", ".plan", ".data", ".json"):
+                path.unlink(missing_ok=True)

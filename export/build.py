@@ -1,0 +1,245 @@
+"""Model directory -> engine directory: ONNX graphs (fp32 or fp16), TensorRT plans where available, tokenizer,
+scheduler and manifest. Every artifact is keyed by a content hash, so unchanged components are reused ("cached")."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from tokenizers import Tokenizer
+
+import runtime
+from contextdiff_ref.model_dir import ModelComponents, check_model_dir, load_model_dir
+from contextdiff_ref.pipeline import model_limits
+from export.artifacts import (
+    FORMAT_VERSION, MANIFEST, TMP_PREFIX, BuildError, BuildLock, atomic_write, atomic_write_text, hash_files, hash_parts,
+    read_manifest, remove_stale, sha256_file,
+)  # fmt: skip
+from export.graphs import graph_modules, model_dims
+from export.onnx_export import OPSET, Precision, export_onnx, save_onnx, to_fp16
+from export.tensorrt_build import build_plan, compute_capability, tensorrt_status
+from runtime.errors import InvalidArgumentError
+from runtime.specs import SPECS, Component, ModelDims, Profile, make_profile
+
+logger = logging.getLogger(__name__)
+
+EXPORT_VERSION = "1"  # bump when graph wrappers or conversion rules change, to invalidate cached ONNX
+FP16_TOLERANCE = 1e-2  # relative L2 error of an fp16 graph against its fp32 graph, on random inputs
+_SOURCE_FOLDER = {Component.TEXT_ENCODER: "text_encoder", Component.UNET: "unet", Component.ADAPTER: "adapter", Component.VAE_DECODER: "vae"}
+
+
+class Backend(str, enum.Enum):
+    AUTO = "auto"
+    TENSORRT = "tensorrt"
+    ONNXRUNTIME = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    backend: Backend = Backend.AUTO
+    precision: Precision | None = None  # None: fp16 for TensorRT, fp32 for ONNX Runtime
+    max_images: int = 1  # images per call; the guidance doubling is accounted for
+    height: int | None = None  # pixels; None: the model's default
+    width: int | None = None
+    dynamic_size: bool = False  # profile from half to twice the size instead of static
+    force: bool = False  # rebuild everything
+    workspace_gib: float | None = None  # TensorRT builder memory limit
+
+
+@dataclass(frozen=True)
+class ComponentResult:
+    component: str
+    format: str
+    precision: str
+    size_bytes: int
+    seconds: float
+    cached: bool
+    note: str = ""
+
+
+def resolve_backend(requested: Backend) -> tuple[Backend, str | None]:
+    version, reason = tensorrt_status()
+    if requested is Backend.TENSORRT and version is None:
+        raise BuildError(f"--backend tensorrt was asked for, but {reason}; use --backend onnxruntime (or auto)")
+    if requested is Backend.AUTO:
+        if version is None:
+            logger.info("%s: building ONNX Runtime artifacts only", reason)
+            return Backend.ONNXRUNTIME, None
+        return Backend.TENSORRT, version
+    return requested, version if requested is Backend.TENSORRT else None
+
+
+def _check_options(options: BuildOptions, components: ModelComponents) -> tuple[int, int]:
+    limits = model_limits(components)
+    if isinstance(options.max_images, bool) or not isinstance(options.max_images, int) or not 1 <= options.max_images <= 64:
+        raise InvalidArgumentError("--batch", options.max_images, "an integer from 1 to 64 (images per call)")
+    if options.workspace_gib is not None and not options.workspace_gib > 0:
+        raise InvalidArgumentError("--workspace-gib", options.workspace_gib, "a positive number of GiB")
+    sizes = []
+    for name, value, default in (("--height", options.height, limits.default_height), ("--width", options.width, limits.default_width)):
+        value = default if value is None else value
+        top = limits.max_size_ratio * default // (2 if options.dynamic_size else 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value % limits.pixel_factor or not limits.pixel_factor <= value <= top:
+            raise InvalidArgumentError(name, value, f"a multiple of {limits.pixel_factor} (the model's size factor) from {limits.pixel_factor} to {top}")
+        sizes.append(value)
+    return sizes[0], sizes[1]
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(prefix=TMP_PREFIX, dir=out_dir)
+        probe.close()
+    except OSError as exc:
+        raise BuildError(f"output directory {out_dir} is not writable: {exc.strerror or exc}") from None
+
+
+def _fp16_error(fp32: onnx.ModelProto, fp16: onnx.ModelProto, feed: dict[str, np.ndarray]) -> float:
+    """Relative L2 error of the fp16 graph against the fp32 one on ``feed``; inf when it produces NaN/inf."""
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]  # noqa: E731
+    a, b = run(fp32), run(fp16)
+    if not np.all(np.isfinite(b)):
+        return float("inf")
+    return float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-30))
+
+
+def _write_onnx(model: onnx.ModelProto, out_dir: Path, name: str) -> dict[str, Any]:
+    """Save atomically (data file first, graph last) and describe the files."""
+    tmp_dir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir))
+    try:
+        files = save_onnx(model, tmp_dir / name)
+        for path in reversed(files):  # the .data file (if any) before the graph that points to it
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    graph, *data = [out_dir / p.name for p in files]
+    return {"file": graph.name, "sha256": sha256_file(graph), "external_data": [{"file": d.name, "sha256": sha256_file(d)} for d in data],
+            "bytes": sum(p.stat().st_size for p in [graph, *data]), "opset": OPSET, "exporter": f"torch {torch.__version__} (dynamo)"}  # fmt: skip
+
+
+def _artifact_intact(out_dir: Path, entry: dict[str, Any] | None, name: str) -> bool:
+    if not entry or entry.get("file") != name or not (out_dir / name).is_file():
+        return False
+    files = [entry] + entry.get("external_data", [])
+    return all((out_dir / f["file"]).is_file() and sha256_file(out_dir / f["file"]) == f["sha256"] for f in files)
+
+
+def _build_onnx(component: Component, module: torch.nn.Module, dims: ModelDims, profile: Profile, precision: Precision,
+                source_key: str, out_dir: Path, previous: dict[str, Any]) -> tuple[dict[str, Any], str, bool, str]:  # fmt: skip
+    """(onnx entry, precision used, cached, note) for one component."""
+    name = f"{component.value}.{precision.value}.{source_key[:16]}.onnx"
+    if _artifact_intact(out_dir, previous.get("onnx"), name):
+        return previous["onnx"], previous["precision"], True, previous.get("note", "")
+    spec = SPECS[component]
+    feed = spec.sample_inputs(dims, max(2, profile.opt[0]), profile.opt[1], profile.opt[2], np.random.default_rng(0))
+    logger.info("exporting %s to ONNX (opset %d) ...", component.value, OPSET)
+    model = export_onnx(module, spec, {k: torch.from_numpy(v) for k, v in feed.items()})
+    used, note = Precision.FP32, ""
+    if precision is Precision.FP16:
+        converted = to_fp16(model)
+        error = _fp16_error(model, converted, feed)
+        if error <= FP16_TOLERANCE:
+            model, used, note = converted, Precision.FP16, f"fp16 rel. error {error:.1e}"
+        else:
+            note = f"fp16 rel. error {error:.1e} > {FP16_TOLERANCE:g}: kept fp32"
+            logger.warning("%s: %s", component.value, note)
+    return _write_onnx(model, out_dir, name), used.value, False, note
+
+
+def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDims, profile: Profile, precision: str,
+                trt_version: str, out_dir: Path, previous: dict[str, Any] | None, workspace_gib: float | None) -> tuple[dict[str, Any], bool]:  # fmt: skip
+    cc = compute_capability()
+    key = hash_parts(onnx_entry["sha256"], precision, json.dumps(profile.to_json()), "tensorrt", trt_version, cc)
+    name = f"{component.value}.{precision}.{key[:16]}.plan"
+    if _artifact_intact(out_dir, previous, name):
+        return previous, True  # type: ignore[return-value]
+    workspace = int(workspace_gib * 2**30) if workspace_gib else None
+    atomic_write(out_dir / name, lambda tmp: build_plan(out_dir / onnx_entry["file"], tmp, SPECS[component], dims, profile,
+                                                       fp16=precision == "fp16", timing_cache=out_dir / "timing.cache", workspace_bytes=workspace))  # fmt: skip
+    return {"file": name, "sha256": sha256_file(out_dir / name), "bytes": (out_dir / name).stat().st_size, "builder": "tensorrt",
+            "builder_version": trt_version, "compute_capability": cc, "key": key}, False  # fmt: skip
+
+
+def _source_key(model_dir: Path, component: Component, precision: Precision) -> str:
+    folder = model_dir / _SOURCE_FOLDER[component]
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return hash_parts(hash_files(files, folder), json.dumps(SPECS[component].to_json()), str(OPSET), precision.value, EXPORT_VERSION, torch.__version__)
+
+
+def _tokenizer_json(components: ModelComponents, length: int) -> str:
+    """The tokenizer as the runtime uses it: padded and truncated to the text encoder's length L."""
+    tokenizer = Tokenizer.from_str(components.tokenizer.backend_tokenizer.to_str())
+    tokenizer.enable_truncation(max_length=length)
+    pad = components.tokenizer.pad_token
+    tokenizer.enable_padding(length=length, pad_id=tokenizer.token_to_id(pad), pad_token=pad)
+    return tokenizer.to_str(pretty=True)
+
+
+def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], options: BuildOptions = BuildOptions()) -> list[ComponentResult]:
+    """Build (or bring up to date) the engine directory ``out_dir`` for the model directory ``model_dir``."""
+    model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
+    check_model_dir(model_dir)
+    backend, trt_version = resolve_backend(options.backend)
+    precision = options.precision or (Precision.FP16 if backend is Backend.TENSORRT else Precision.FP32)
+    components = load_model_dir(model_dir)
+    height, width = _check_options(options, components)
+    _prepare_out_dir(out_dir)
+    with BuildLock(out_dir):
+        dims = model_dims(components)
+        previous = {} if options.force else (read_manifest(out_dir) or {}).get("components", {})
+        entries, results = {}, []
+        for component, module in graph_modules(components).items():
+            start = time.perf_counter()
+            profile = make_profile(component, dims, max_images=options.max_images, height=height, width=width, dynamic_size=options.dynamic_size)
+            old = previous.get(component.value, {})
+            source_key = _source_key(model_dir, component, precision)
+            onnx_entry, used, cached, note = _build_onnx(component, module, dims, profile, precision, source_key, out_dir, old)
+            entry = {"precision": used, "note": note, "source_key": source_key, "profile": profile.to_json(), "io": SPECS[component].to_json(), "onnx": onnx_entry}
+            artifact, fmt = onnx_entry, "onnx"
+            if backend is Backend.TENSORRT:
+                artifact, plan_cached = _build_plan(component, onnx_entry, dims, profile, used, trt_version, out_dir, old.get("tensorrt"), options.workspace_gib)
+                entry["tensorrt"], fmt, cached = artifact, "tensorrt", cached and plan_cached
+            entries[component.value] = entry
+            results.append(ComponentResult(component.value, fmt, used, artifact["bytes"], time.perf_counter() - start, cached, note))
+        _write_manifest(out_dir, model_dir, components, dims, options, height, width, backend, entries)
+    return results
+
+
+def _write_manifest(out_dir: Path, model_dir: Path, components: ModelComponents, dims: ModelDims, options: BuildOptions,
+                    height: int, width: int, backend: Backend, entries: dict[str, Any]) -> None:  # fmt: skip
+    atomic_write_text(out_dir / "tokenizer.json", _tokenizer_json(components, dims.text_length))
+    atomic_write_text(out_dir / "scheduler.json", json.dumps(components.scheduler_config.to_dict(), indent=2) + "\n")
+    limits = model_limits(components)
+    files = {"tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(out_dir / "tokenizer.json")},
+             "scheduler": {"file": "scheduler.json", "sha256": sha256_file(out_dir / "scheduler.json")}}  # fmt: skip
+    model_hash = hash_parts(*(e["source_key"] for e in entries.values()), files["tokenizer"]["sha256"], files["scheduler"]["sha256"])
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "package_version": runtime.__version__,
+        "model": {"name": model_dir.name, "hash": model_hash, "dims": asdict(dims), "default_height": limits.default_height,
+                  "default_width": limits.default_width, "pixel_factor": limits.pixel_factor,
+                  "recommended_guidance_scale": limits.recommended_guidance_scale},
+        "build": {"backend": backend.value, "max_images": options.max_images, "height": height, "width": width,
+                  "dynamic_size": options.dynamic_size, "onnxruntime_version": ort.__version__},
+        **files,
+        "components": entries,
+    }  # fmt: skip
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # last: the directory is now complete
+    keep = {f["file"] for f in files.values()}
+    for entry in entries.values():
+        for artifact in (entry["onnx"], entry.get("tensorrt")):
+            if artifact:
+                keep |= {artifact["file"], *(d["file"] for d in artifact.get("external_data", []))}
+    remove_stale(out_dir, keep)

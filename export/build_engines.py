@@ -1,0 +1,75 @@
+"""``python export/build_engines.py``: build the engine directory of a ContextDiff model.
+
+With no arguments: the embedded default model into ``./engines/<model name>``, TensorRT plans where TensorRT
+works, ONNX Runtime artifacts otherwise. Ends with a table of what was built and what was reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from runtime.errors import ContextDiffError  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line, exit status 2
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(prog="python export/build_engines.py", description=__doc__.split("\n\n")[0].strip("`"))
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: the embedded default model)")
+    p.add_argument("--out", type=Path, default=None, help="engine directory (default: ./engines/<model name>)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default=None, help="default: fp16 with TensorRT, fp32 with ONNX Runtime")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto", help="default: %(default)s")
+    p.add_argument("--batch", type=int, default=1, help="max images per call; guidance doubling is accounted for (default: %(default)s)")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    p.add_argument("--dynamic-size", action="store_true", help="accept half to twice the size instead of exactly it")
+    p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder memory limit in GiB")
+    p.add_argument("--force", action="store_true", help="rebuild every artifact")
+    return p.parse_args(argv)
+
+
+def format_table(results) -> str:
+    rows = [("component", "format", "precision", "size", "build time", "status")]
+    for r in results:
+        size = f"{r.size_bytes / 2**20:.1f} MiB" if r.size_bytes >= 2**20 else f"{r.size_bytes / 2**10:.0f} KiB"
+        rows.append((r.component, r.format, r.precision, size, f"{r.seconds:.1f} s", ("cached" if r.cached else "built") + (f" ({r.note})" if r.note else "")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths)] + lines[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("torch", "onnxscript", "onnx_ir", "httpx", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from contextdiff_ref.defaults import default_model_dir
+    from export.build import Backend, BuildOptions, build_engine_dir
+    from export.onnx_export import Precision
+
+    try:
+        model = args.model if args.model is not None else default_model_dir()
+        out = args.out if args.out is not None else Path("engines") / Path(model).resolve().name
+        options = BuildOptions(backend=Backend(args.backend), precision=Precision(args.precision) if args.precision else None,
+                               max_images=args.batch, height=args.height, width=args.width, dynamic_size=args.dynamic_size,
+                               force=args.force, workspace_gib=args.workspace_gib)  # fmt: skip
+        results = build_engine_dir(model, out, options)
+    except ContextDiffError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    print(f"engine directory: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
