@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from contextdiff_ref.defaults import default_model_dir
+    from contextdiff_ref.model_dir import quiet_loading
     from contextdiff_ref.pipeline import ContextDiffPipeline
 
+    quiet_loading()
     try:
         if args.output.suffix.lower() != ".png":
             raise ContextDiffError(f"--output={args.output}: the file name must end in .png")

@@ -52,6 +52,16 @@ class ModelComponents:
     recommended_guidance_scale: float | None = None
 
 
+def quiet_loading() -> None:
+    """Turn off diffusers' and transformers' own progress bars and info logs (for command-line tools)."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.disable_progress_bar()
+        library.set_verbosity_error()
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelDirectoryError(f"missing file: {path}")

@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from runtime.errors import ContextDiffError
 
@@ -47,14 +47,6 @@ def hash_parts(*parts: str | bytes) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
-
-
-def hash_files(paths: Iterable[Path], root: Path) -> str:
-    """Content hash of files (names relative to ``root`` and bytes)."""
-    parts: list[str | bytes] = []
-    for path in sorted(paths):
-        parts += [str(path.relative_to(root)), sha256_file(path)]
-    return hash_parts(*parts)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -24,7 +24,7 @@ import runtime
 from contextdiff_ref.model_dir import ModelComponents, check_model_dir, load_model_dir
 from contextdiff_ref.pipeline import model_limits
 from export.artifacts import (
-    FORMAT_VERSION, MANIFEST, TMP_PREFIX, BuildError, BuildLock, atomic_write, atomic_write_text, hash_files, hash_parts,
+    FORMAT_VERSION, MANIFEST, TMP_PREFIX, BuildError, BuildLock, atomic_write, atomic_write_text, hash_parts,
     read_manifest, remove_stale, sha256_file,
 )  # fmt: skip
 from export.graphs import graph_modules, model_dims
@@ -173,9 +173,17 @@ def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDim
 
 
 def _source_key(model_dir: Path, component: Component, precision: Precision) -> str:
+    """Hash of what an artifact is made from: the component's files (JSON configs without their "_" metadata keys,
+    which record where a model was loaded from, not what it is), the spec and the export settings."""
     folder = model_dir / _SOURCE_FOLDER[component]
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    return hash_parts(hash_files(files, folder), json.dumps(SPECS[component].to_json()), str(OPSET), precision.value, EXPORT_VERSION, torch.__version__)
+    parts: list[str] = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix == ".json":
+            config = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if not k.startswith("_")}
+            parts += [path.name, json.dumps(config, sort_keys=True)]
+        else:
+            parts += [path.name, sha256_file(path)]
+    return hash_parts(*parts, json.dumps(SPECS[component].to_json()), str(OPSET), precision.value, EXPORT_VERSION, torch.__version__)
 
 
 def _tokenizer_json(components: ModelComponents, length: int) -> str:

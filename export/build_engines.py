@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("torch", "onnxscript", "onnx_ir", "httpx", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from contextdiff_ref.defaults import default_model_dir
+    from contextdiff_ref.model_dir import quiet_loading
     from export.build import Backend, BuildOptions, build_engine_dir
+
+    quiet_loading()
     from export.onnx_export import Precision
 
     try:

@@ -1,0 +1,78 @@
+"""``python export/build_engines.py``: the default build, its table, and one clear line for each bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export.artifacts import read_manifest
+from export.build_engines import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_no_arguments_builds_the_default_model(tmp_path):
+    env = {**os.environ, "CONTEXTDIFF_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    run = lambda: subprocess.run([sys.executable, str(ROOT / "export" / "build_engines.py")], cwd=tmp_path, env=env,  # noqa: E731
+                                 capture_output=True, text=True, timeout=600)  # fmt: skip
+    first = run()
+    assert first.returncode == 0, first.stderr
+    engine_dir = tmp_path / "engines" / "tiny-pixel-seed0"
+    assert read_manifest(engine_dir) is not None
+    assert "component" in first.stdout and first.stdout.count(" built") == 3
+    assert "TensorRT" in first.stderr or "TensorRT" in first.stdout  # says in one line what it did without TensorRT
+    second = run()
+    assert second.returncode == 0 and second.stdout.count(" cached") == 3
+
+
+@pytest.fixture()
+def broken_model(pixel_model_dir, tmp_path):
+    root = Path(shutil.copytree(pixel_model_dir, tmp_path / "broken"))
+    shutil.rmtree(root / "unet")
+    return root
+
+
+BAD = [
+    (lambda d, b, t: ["--model", str(t / "nope")], "not found"),
+    (lambda d, b, t: ["--model", str(b)], "unet"),
+    (lambda d, b, t: ["--model", str(d), "--out", str(t / "file.txt" / "sub")], "not writable"),
+    (lambda d, b, t: ["--model", str(d), "--out", str(t / "e"), "--height", "33"], "--height"),
+    (lambda d, b, t: ["--model", str(d), "--out", str(t / "e"), "--width", "100000"], "--width"),
+    (lambda d, b, t: ["--model", str(d), "--out", str(t / "e"), "--batch", "0"], "--batch"),
+    (lambda d, b, t: ["--model", str(d), "--precision", "fp8"], "--precision"),
+    (lambda d, b, t: ["--model", str(d), "--backend", "cuda"], "--backend"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=["missing-dir", "missing-unet", "unwritable", "height", "width", "batch", "precision", "backend"])
+def test_bad_input_is_one_clear_line(pixel_model_dir, broken_model, tmp_path, capsys, args, needle):
+    (tmp_path / "file.txt").write_text("a file, not a directory")
+    with pytest.raises(SystemExit) if needle in ("--precision", "--backend") else _no_exit() as exit_info:
+        code = main(args(pixel_model_dir, broken_model, tmp_path))
+    code = exit_info.value.code if needle in ("--precision", "--backend") else code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+
+
+def test_tensorrt_requested_without_it(pixel_model_dir, tmp_path, capsys):
+    from export.tensorrt_build import tensorrt_status
+
+    if tensorrt_status()[0] is not None:
+        pytest.skip("TensorRT is usable here")
+    assert main(["--model", str(pixel_model_dir), "--out", str(tmp_path / "e"), "--backend", "tensorrt"]) == 2
+    assert "--backend tensorrt" in capsys.readouterr().err
+
+
+class _no_exit:
+    value = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
