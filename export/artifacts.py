@@ -13,6 +13,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -106,9 +108,17 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     return manifest
 
 
+# Names this package writes: <component>.<precision>.<16 hex>.onnx[.data] | .plan, and temporary files.
+_ARTIFACT_NAME = re.compile(r"^(text_encoder|unet|adapter|vae_decoder)\.(fp32|fp16)\.[0-9a-f]{16}\.(onnx|onnx\.data|plan)$")
+
+
 def remove_stale(directory: Path, keep: set[str]) -> None:
-    """Delete leftover temporary files and artifacts the new manifest no longer names."""
+    """Delete leftover temporary files and artifacts of ours that the new manifest no longer names. Files this
+    package did not write are never touched, whatever directory ``--out`` points at."""
     for path in directory.iterdir():
-        if path.is_file() and path.name not in keep and path.name not in (MANIFEST, LOCK) and not path.name.startswith("timing"):
-            if path.name.startswith(TMP_PREFIX) or path.suffix in (".onnx", ".plan", ".data", ".json"):
-                path.unlink(missing_ok=True)
+        if path.name in keep:
+            continue
+        if path.name.startswith(TMP_PREFIX):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        elif path.is_file() and _ARTIFACT_NAME.match(path.name):
+            path.unlink(missing_ok=True)

@@ -157,3 +157,16 @@ def test_large_graphs_use_external_data(model_copy, tmp_path, monkeypatch):
     session = ort.InferenceSession(str(out / unet["file"]), providers=["CPUExecutionProvider"])
     feed = {"sample": np.zeros((2, 3, 32, 32), np.float32), "timestep": np.array([10, 10]), "encoder_hidden_states": np.zeros((2, 16, 32), np.float32)}
     assert np.all(np.isfinite(session.run(None, feed)[0]))
+
+
+def test_foreign_files_in_the_output_directory_are_left_alone(model_copy, tmp_path):
+    out = tmp_path / "shared-dir"
+    out.mkdir()
+    foreign = [out / "notes.json", out / "other.onnx", out / "unet.fp32.plan"]
+    for f in foreign:
+        f.write_text("mine")
+    (out / ".tmp-leftover").write_text("from a killed build")
+    build_engine_dir(model_copy, out, ORT)
+    assert_complete(out)
+    assert all(f.read_text() == "mine" for f in foreign)
+    assert not (out / ".tmp-leftover").exists()
