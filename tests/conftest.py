@@ -37,3 +37,33 @@ def latent_pipe(latent_model_dir):
     from contextdiff_ref.pipeline import ContextDiffPipeline
 
     return ContextDiffPipeline.from_pretrained(latent_model_dir)
+
+
+# Engine directories (ONNX Runtime artifacts), built once per session: up to 3 images per call.
+def _engines(model_dir, tmp_path_factory, name, precision, dynamic_size):
+    from export.build import Backend, BuildOptions, build_engine_dir
+    from export.onnx_export import Precision
+
+    out = tmp_path_factory.mktemp("engines") / name
+    build_engine_dir(model_dir, out, BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision(precision), max_images=3, dynamic_size=dynamic_size))
+    return out
+
+
+@pytest.fixture(scope="session")
+def latent_fp32_dir(latent_model_dir, tmp_path_factory):
+    return _engines(latent_model_dir, tmp_path_factory, "latent-fp32", "fp32", dynamic_size=True)
+
+
+@pytest.fixture(scope="session")
+def latent_fp16_dir(latent_model_dir, tmp_path_factory):
+    return _engines(latent_model_dir, tmp_path_factory, "latent-fp16", "fp16", dynamic_size=True)
+
+
+@pytest.fixture(scope="session")
+def pixel_fp32_dir(pixel_model_dir, tmp_path_factory):
+    return _engines(pixel_model_dir, tmp_path_factory, "pixel-fp32", "fp32", dynamic_size=False)
+
+
+@pytest.fixture(scope="session")
+def pixel_fp16_dir(pixel_model_dir, tmp_path_factory):
+    return _engines(pixel_model_dir, tmp_path_factory, "pixel-fp16", "fp16", dynamic_size=False)

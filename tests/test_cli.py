@@ -38,8 +38,18 @@ def test_cli_errors_are_one_clear_line(pixel_model_dir, tmp_path):
 
 
 def test_import_runtime_stays_lean():
-    code = ("import sys, runtime, runtime.schedule, runtime.sampling, runtime.validation, runtime.noise, runtime.images; "
+    code = ("import sys, runtime, runtime.schedule, runtime.sampling, runtime.validation, runtime.noise, runtime.images, "
+            "runtime.specs, runtime.manifest, runtime.runners, runtime.generator, runtime.__main__; "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy")  # fmt: skip
     result = run("-c", code)
     assert result.returncode == 0, result.stderr
+
+
+def test_runtime_cli_generates_from_an_engine_directory(pixel_fp32_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    result = run("-m", "runtime", "a red circle at the top left", "-o", str(out), "--engines", str(pixel_fp32_dir), "--steps", "3", "--num-images", "3")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (64, 64)  # 3 images in a 2 x 2 grid of 32 x 32
+    missing = run("-m", "runtime", "x", "-o", str(tmp_path / "a.png"), "--engines", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "engine directory not found" in missing.stderr and "Traceback" not in missing.stderr

@@ -49,7 +49,7 @@ def test_manifest_contents(latent_fp32_dir):
     assert set(manifest["components"]) == {"text_encoder", "unet", "adapter", "vae_decoder"}
     unet = manifest["components"]["unet"]
     assert unet["precision"] == "fp32" and unet["onnx"]["opset"] >= 17
-    assert unet["profile"] == {"min": [1, 8, 8], "opt": [4, 16, 16], "max": [4, 32, 32]}  # batch 2 images x guidance; dynamic size
+    assert unet["profile"] == {"min": [1, 8, 8], "opt": [6, 16, 16], "max": [6, 32, 32]}  # 3 images x guidance; dynamic size
     assert [t["name"] for t in unet["io"]["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
     assert json.loads((latent_fp32_dir / "scheduler.json").read_text())["steps_offset"] == 1
 

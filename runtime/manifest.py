@@ -1,0 +1,129 @@
+"""Reading and validating an engine directory's manifest before anything is loaded. Torch-free.
+
+Every fault — missing directory or file, unknown format version, sha256 mismatch (a truncated or corrupted
+artifact), a TensorRT plan built for another TensorRT version or GPU — raises :class:`EngineDirectoryError`
+with what is wrong and how to fix it (rebuild with ``python export/build_engines.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ContextDiffError
+from runtime.specs import Component, ModelDims, Profile
+from runtime.validation import ModelLimits
+
+FORMAT_VERSION = 1
+REBUILD = "rebuild it with `python export/build_engines.py`"
+
+
+class EngineDirectoryError(ContextDiffError):
+    """An engine directory is missing, incomplete, corrupted, or built for something else."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ComponentArtifacts:
+    component: Component
+    precision: str
+    profile: Profile
+    onnx: Path
+    plan: Path | None
+    plan_info: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class EngineManifest:
+    root: Path
+    data: dict[str, Any]
+    dims: ModelDims
+    limits: ModelLimits
+    components: dict[Component, ComponentArtifacts]
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root / self.data["tokenizer"]["file"]
+
+    @property
+    def scheduler_path(self) -> Path:
+        return self.root / self.data["scheduler"]["file"]
+
+    @property
+    def max_images(self) -> int:
+        return int(self.data["build"]["max_images"])
+
+
+def _check_file(root: Path, entry: dict[str, Any]) -> Path:
+    path = root / entry["file"]
+    if not path.is_file():
+        raise EngineDirectoryError(f"missing file {path}; the engine directory is incomplete: {REBUILD}")
+    if _sha256(path) != entry["sha256"]:
+        raise EngineDirectoryError(f"sha256 mismatch for {path}: the file is truncated or corrupted; {REBUILD}")
+    return path
+
+
+def load_manifest(engine_dir: str | os.PathLike[str], *, verify: bool = True) -> EngineManifest:
+    """Parse and check ``engine_dir/manifest.json``; with ``verify`` also the sha256 of every artifact."""
+    root = Path(engine_dir)
+    if not root.is_dir():
+        raise EngineDirectoryError(f"engine directory not found: {root}; build one with `python export/build_engines.py`")
+    path = root / "manifest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EngineDirectoryError(f"missing {path} (an unfinished or interrupted build?): {REBUILD}") from None
+    except (OSError, ValueError) as exc:
+        raise EngineDirectoryError(f"cannot read {path}: {exc}; {REBUILD}") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise EngineDirectoryError(f"{path}: format_version={version!r}, this runtime reads {FORMAT_VERSION}; {REBUILD}")
+    try:
+        return _parse(root, data, verify)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EngineDirectoryError(f"{path} is malformed ({type(exc).__name__}: {exc}); {REBUILD}") from None
+
+
+def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
+    model = data["model"]
+    dims = ModelDims(**model["dims"])
+    limits = ModelLimits(
+        num_train_timesteps=dims.num_train_timesteps, sample_channels=dims.channels, default_height=int(data["build"]["height"]),
+        default_width=int(data["build"]["width"]), pixel_factor=int(model["pixel_factor"]), vae_scale_factor=dims.vae_scale_factor,
+        recommended_guidance_scale=model.get("recommended_guidance_scale"),
+    )  # fmt: skip
+    check = (lambda entry: _check_file(root, entry)) if verify else (lambda entry: root / entry["file"])
+    check(data["tokenizer"]), check(data["scheduler"])
+    components = {}
+    for name, entry in data["components"].items():
+        component = Component(name)
+        onnx_path = check(entry["onnx"])
+        for extra in entry["onnx"].get("external_data", []):
+            check(extra)
+        plan = check(entry["tensorrt"]) if "tensorrt" in entry else None
+        components[component] = ComponentArtifacts(component, entry["precision"], Profile.from_json(entry["profile"]), onnx_path, plan, entry.get("tensorrt"))
+    missing = {Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER} - set(components)
+    if missing or (dims.vae_scale_factor > 1) != (Component.VAE_DECODER in components):
+        raise EngineDirectoryError(f"{root / 'manifest.json'} lacks components {sorted(c.value for c in missing) or ['vae_decoder']}; {REBUILD}")
+    return EngineManifest(root, data, dims, limits, components)
+
+
+def check_tensorrt_plan(artifacts: ComponentArtifacts, trt_version: str, compute_capability: str) -> None:
+    """A plan runs only with the TensorRT version and GPU architecture it was built for."""
+    info = artifacts.plan_info or {}
+    if info.get("builder_version") != trt_version or info.get("compute_capability") != compute_capability:
+        raise EngineDirectoryError(
+            f"{artifacts.plan}: built with TensorRT {info.get('builder_version')} for compute capability {info.get('compute_capability')}, "
+            f"but this machine has TensorRT {trt_version} and compute capability {compute_capability}; {REBUILD} on this machine"
+        )

@@ -1,0 +1,95 @@
+"""One small Runner protocol, one class per backend. The denoising loop only ever calls ``infer``.
+
+``activate()`` loads, ``infer(feed) -> outputs`` runs (the public method validates the feed against the
+component spec, ``_infer`` does the work), ``close()`` releases; runners are context managers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from runtime.errors import InvalidArgumentError
+from runtime.specs import ComponentSpec
+
+logger = logging.getLogger(__name__)
+
+Array = Any  # numpy.ndarray here; GPU runners will exchange cupy arrays
+
+
+class Runner(Protocol):
+    spec: ComponentSpec
+
+    def activate(self) -> None: ...
+
+    def infer(self, feed: Mapping[str, Array]) -> dict[str, Array]: ...
+
+    def close(self) -> None: ...
+
+
+class RunnerBase:
+    """Validation and context management shared by every backend; subclasses implement ``_activate``/``_infer``."""
+
+    def __init__(self, spec: ComponentSpec) -> None:
+        self.spec = spec
+        self.active = False
+
+    def activate(self) -> None:
+        if not self.active:
+            self._activate()
+            self.active = True
+
+    def close(self) -> None:
+        self.active = False
+
+    def __enter__(self) -> RunnerBase:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def infer(self, feed: Mapping[str, Array]) -> dict[str, Array]:
+        """Run on ``feed`` ({input name: array}); returns {output name: array}."""
+        if not self.active:
+            raise RuntimeError(f"{type(self).__name__}({self.spec.name}) is not active: call activate() or use it as a context manager")
+        for tensor in self.spec.inputs:
+            value = feed.get(tensor.name)
+            if value is None or str(value.dtype) != tensor.dtype or value.ndim != len(tensor.dims):
+                got = "missing" if value is None else f"{value.dtype} array of shape {tuple(value.shape)}"
+                raise InvalidArgumentError(f"{self.spec.name} input {tensor.name!r}", got, f"a {tensor.dtype} array with dims {tensor.dims}")
+        return self._infer(feed)
+
+    def _activate(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement _activate")
+
+    def _infer(self, feed: Mapping[str, Array]) -> dict[str, Array]:
+        raise NotImplementedError(f"{type(self).__name__} must implement _infer")
+
+
+class OnnxRuntimeRunner(RunnerBase):
+    """ONNX Runtime on the CPU execution provider (NumPy arrays in and out)."""
+
+    def __init__(self, spec: ComponentSpec, path: Path, *, threads: int | None = None) -> None:
+        super().__init__(spec)
+        self.path, self.threads = path, threads
+        self.session = None
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
+
+    def close(self) -> None:
+        self.session = None
+        super().close()
+
+    def _infer(self, feed: Mapping[str, Array]) -> dict[str, Array]:
+        outputs = self.session.run(None, {k: np.ascontiguousarray(feed[k]) for k in (t.name for t in self.spec.inputs)})
+        return {t.name: out for t, out in zip(self.spec.outputs, outputs)}

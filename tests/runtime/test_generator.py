@@ -1,0 +1,159 @@
+"""runtime.Generator against the reference pipeline, plus threads, memory, and engine-directory faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contextdiff_ref.pipeline import ContextDiffPipeline
+from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.generator import Generator
+from runtime.manifest import EngineDirectoryError
+
+PROMPTS = {1: ["a red circle at the top left"], 3: ["a red circle", "a blue square at the bottom right and a cyan circle at the top left", ""]}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / max(np.mean((a.astype(np.float64) - b) ** 2), 1e-30)))
+
+
+def compare(model_dir, engine_dir, *, batch, guidance, eta, steps=20):
+    pipe, gen = ContextDiffPipeline.from_pretrained(model_dir), Generator.from_dir(engine_dir)
+    ref_steps, rt_steps = [], []
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=7, progress=False)
+    expected = pipe(PROMPTS[batch], callback=ref_steps.append, **kwargs).images
+    got = gen(PROMPTS[batch], callback=rt_steps.append, **kwargs).images
+    x0_errors = [np.linalg.norm(b.pred_original_sample - a.pred_original_sample.numpy()) / np.linalg.norm(a.pred_original_sample.numpy())
+                 for a, b in zip(ref_steps, rt_steps)]  # fmt: skip
+    assert len(x0_errors) == steps and got.shape == expected.shape and got.dtype == np.float32
+    return psnr(got, expected), max(x0_errors), got
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("guidance", [7.5, 1.0])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
+def test_fp32_parity_with_the_reference(latent, eta, guidance, batch, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
+    model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
+    image_psnr, x0_error, _ = compare(model_dir, engine_dir, batch=batch, guidance=guidance, eta=eta)
+    assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
+
+
+@pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
+def test_fp16_engines_stay_close(latent, pixel_model_dir, latent_model_dir, pixel_fp16_dir, latent_fp16_dir):
+    model_dir, engine_dir = (latent_model_dir, latent_fp16_dir) if latent else (pixel_model_dir, pixel_fp16_dir)
+    image_psnr, _, images = compare(model_dir, engine_dir, batch=3, guidance=7.5, eta=0.0)
+    assert np.all(np.isfinite(images)) and image_psnr >= 35.0, image_psnr
+
+
+def test_same_results_from_four_threads(pixel_fp32_dir):
+    gen = Generator.from_dir(pixel_fp32_dir)
+    run = lambda seed: gen(PROMPTS[1], num_inference_steps=4, eta=1.0, seed=seed, progress=False).images  # noqa: E731
+    serial = {seed: run(seed) for seed in range(8)}
+    threaded: dict[int, np.ndarray] = {}
+
+    def worker(seeds):
+        for seed in seeds:
+            threaded[seed] = run(seed)
+
+    threads = [threading.Thread(target=worker, args=([i, i + 4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert set(threaded) == set(serial)
+    for seed in serial:
+        np.testing.assert_array_equal(threaded[seed], serial[seed])
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS is read from /proc (Linux only)")
+def test_memory_stays_flat_over_200_generations(pixel_fp32_dir):
+    gen = Generator.from_dir(pixel_fp32_dir)
+    call = lambda i: gen(PROMPTS[1], num_inference_steps=2, eta=1.0, seed=i, progress=False)  # noqa: E731
+    for i in range(20):  # warm-up: allocator pools and ONNX Runtime arenas settle
+        call(i)
+    before = _rss_bytes()
+    for i in range(200):
+        call(i)
+    growth = _rss_bytes() - before
+    assert growth < 16 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 200 generations"
+
+
+def test_defaults_and_bad_arguments(pixel_fp32_dir):
+    gen = Generator.from_dir(pixel_fp32_dir)
+    assert gen.backend == "onnxruntime-cpu"
+    images = gen("", num_inference_steps=2, seed=0, progress=False).images
+    assert images.shape == (1, 32, 32, 3) and 0.0 <= images.min() and images.max() <= 1.0
+    for kwargs, name in [(dict(prompt=[]), "prompt"), (dict(prompt="x", eta=2.0), "eta"), (dict(prompt="x", seed="1"), "seed"),
+                         (dict(prompt="x", guidance_scale=float("nan")), "guidance_scale"), (dict(prompt="x", height=31), "height"),
+                         (dict(prompt="x", latents=np.zeros((1, 3, 8, 8), np.float32)), "latents")]:  # fmt: skip
+        with pytest.raises(InvalidArgumentError, match=f"invalid {name}="):
+            gen(num_inference_steps=2, progress=False, **kwargs)
+    with pytest.raises(InvalidArgumentError, match="up to 3 image"):  # the engines were built for 3 images per call
+        gen(["a"] * 4, num_inference_steps=2, progress=False)
+    with pytest.raises(InvalidArgumentError, match="32x32 to 32x32"):  # static size
+        gen("a", height=64, num_inference_steps=2, progress=False)
+    with pytest.raises(InvalidArgumentError, match="backend"):
+        Generator.from_dir(pixel_fp32_dir, backend="tensorrt-typo")
+
+
+def test_long_prompt_is_truncated_with_a_warning(pixel_fp32_dir, caplog):
+    gen = Generator.from_dir(pixel_fp32_dir)
+    with caplog.at_level("WARNING"):
+        gen(" ".join(["red circle"] * 20), num_inference_steps=2, progress=False)
+    assert any("truncated" in r.message for r in caplog.records)
+
+
+@pytest.fixture()
+def engine_copy(pixel_fp32_dir, tmp_path) -> Path:
+    return Path(shutil.copytree(pixel_fp32_dir, tmp_path / "engines"))
+
+
+def _manifest(root: Path) -> dict:
+    return json.loads((root / "manifest.json").read_text())
+
+
+def _break(root: Path, how: str) -> str:
+    unet = root / _manifest(root)["components"]["unet"]["onnx"]["file"]
+    if how == "missing-dir":
+        shutil.rmtree(root)
+        return "not found"
+    if how == "missing-manifest":
+        (root / "manifest.json").unlink()
+        return "missing"
+    if how == "missing-file":
+        unet.unlink()
+        return "missing file"
+    if how == "corrupted":
+        data = bytearray(unet.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        unet.write_bytes(bytes(data))
+        return "sha256 mismatch"
+    if how == "truncated":
+        unet.write_bytes(unet.read_bytes()[:1000])
+        return "sha256 mismatch"
+    if how == "format-version":
+        (root / "manifest.json").write_text(json.dumps({**_manifest(root), "format_version": 99}))
+        return "format_version=99"
+    (root / "manifest.json").write_text("{truncated")
+    return "cannot read"
+
+
+@pytest.mark.parametrize("how", ["missing-dir", "missing-manifest", "missing-file", "corrupted", "truncated", "format-version", "malformed"])
+def test_engine_directory_faults(engine_copy, how):
+    needle = _break(engine_copy, how)
+    with pytest.raises(EngineDirectoryError, match=needle) as info:
+        Generator.from_dir(engine_copy)
+    assert isinstance(info.value, ContextDiffError) and ("build_engines.py" in str(info.value))
