@@ -27,7 +27,7 @@ from export.artifacts import (
     FORMAT_VERSION, MANIFEST, TMP_PREFIX, BuildError, BuildLock, atomic_write, atomic_write_text, hash_parts,
     read_manifest, remove_stale, sha256_file,
 )  # fmt: skip
-from export.graphs import graph_modules, model_dims
+from contextdiff_ref.graphs import graph_modules, model_dims
 from export.onnx_export import OPSET, Precision, export_onnx, save_onnx, to_fp16
 from export.tensorrt_build import build_plan, compute_capability, tensorrt_status
 from runtime.errors import InvalidArgumentError

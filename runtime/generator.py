@@ -8,6 +8,7 @@ on threading.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -30,13 +31,56 @@ from runtime.validation import GenerationRequest, validate_request
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime")  # this version runs ONNX Runtime on the CPU; GPU runners are not written yet
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu")
 
 
-def _pick_backend(backend: str) -> str:
+def _gpu_ready() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # not installed, no driver, no device
+        return False
+
+
+def _pick_backend(backend: str, manifest: EngineManifest) -> str:
+    """auto: TensorRT (plans present and importable), then ONNX Runtime CUDA, then ONNX Runtime CPU."""
     if backend not in BACKENDS:
-        raise InvalidArgumentError("backend", backend, f"one of {', '.join(map(repr, BACKENDS))} (TensorRT, CUDA and Torch runners are not in this version)")
-    return "onnxruntime-cpu"
+        raise InvalidArgumentError("backend", backend, f"one of {', '.join(map(repr, BACKENDS))} ('torch': contextdiff_ref.torch_runner.torch_generator)")
+    import onnxruntime as ort
+
+    has_plans = all(a.plan is not None for a in manifest.components.values())
+    trt_ok = has_plans and _gpu_ready() and importlib.util.find_spec("tensorrt") is not None
+    cuda_ok = "CUDAExecutionProvider" in ort.get_available_providers() and _gpu_ready()
+    if backend == "tensorrt" and not trt_ok:
+        why = "the engine directory has no TensorRT plans" if not has_plans else "TensorRT or a CUDA GPU (with CuPy) is not available"
+        raise InvalidArgumentError("backend", backend, f"a backend this machine can run: {why}; rebuild with --backend tensorrt or use 'auto'")
+    if backend == "onnxruntime-cuda" and not cuda_ok:
+        raise InvalidArgumentError("backend", backend, "a backend this machine can run: needs onnxruntime-gpu, CuPy and a CUDA GPU")
+    if backend == "auto":
+        return "tensorrt" if trt_ok else "onnxruntime-cuda" if cuda_ok else "onnxruntime-cpu"
+    if backend == "onnxruntime":
+        return "onnxruntime-cuda" if cuda_ok else "onnxruntime-cpu"
+    return backend
+
+
+def _runners(manifest: EngineManifest, backend: str, device_id: int) -> dict[Component, Runner]:
+    if backend == "tensorrt":
+        import cupy
+        import tensorrt
+
+        from runtime.manifest import check_tensorrt_plan
+        from runtime.tensorrt_runner import TensorRTRunner
+
+        cc = cupy.cuda.Device(device_id).compute_capability  # "90" -> "9.0", as the exporter records it
+        capability = f"{cc[:-1]}.{cc[-1]}"
+        runners: dict[Component, Runner] = {}
+        for component, artifacts in manifest.components.items():
+            check_tensorrt_plan(artifacts, tensorrt.__version__, capability)
+            runners[component] = TensorRTRunner(SPECS[component], artifacts.plan, manifest.dims, artifacts.profile, device_id=device_id)
+        return runners
+    cuda = backend == "onnxruntime-cuda"
+    return {c: OnnxRuntimeRunner(SPECS[c], a.onnx, cuda=cuda, device_id=device_id) for c, a in manifest.components.items()}
 
 
 class Generator:
@@ -46,8 +90,10 @@ class Generator:
     >>> gen("a red circle at the top left", seed=0).images  # float32 (1, H, W, 3) in [0, 1]
     """
 
-    def __init__(self, manifest: EngineManifest, runners: dict[Component, Runner], backend: str) -> None:
-        self.manifest, self.runners, self.backend = manifest, runners, backend
+    def __init__(self, manifest: EngineManifest, runners: dict[Component, Runner], backend: str, xp: Any = np) -> None:
+        """``runners``: one per component of the manifest; ``xp``: the array module the runners exchange (NumPy, or
+        CuPy for GPU runners) — buffers live there, and nothing crosses host and device inside the loop."""
+        self.manifest, self.runners, self.backend, self.xp = manifest, runners, backend, xp
         self.schedule = Schedule(SchedulerConfig.from_dict(json.loads(manifest.scheduler_path.read_text(encoding="utf-8"))))
         self.tokenizer = Tokenizer.from_file(str(manifest.tokenizer_path))
         self.limits = manifest.limits
@@ -57,16 +103,22 @@ class Generator:
 
     @classmethod
     def from_dir(cls, engine_dir: str | os.PathLike[str], backend: str = "auto", device: int | None = None) -> Generator:
-        """Validate ``engine_dir`` (format version, sha256 of every artifact) and load its engines.
+        """Validate ``engine_dir`` (format version, sha256 of every artifact; for TensorRT plans the TensorRT version
+        and GPU compute capability) before loading anything, then load its engines.
 
-        ``device``: reserved for GPU runners; only None (the CPU) is accepted in this version."""
-        chosen = _pick_backend(backend)
-        if device is not None:
-            raise InvalidArgumentError("device", device, "None: this version runs on the CPU")
+        ``backend``: "auto" (TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU; the choice is logged),
+        "tensorrt", "onnxruntime", "onnxruntime-cuda" or "onnxruntime-cpu". ``device``: CUDA device index (GPU backends).
+        """
+        if device is not None and (isinstance(device, bool) or not isinstance(device, int) or device < 0):
+            raise InvalidArgumentError("device", device, "None or a CUDA device index >= 0")
         manifest = load_manifest(engine_dir)
-        runners = {c: OnnxRuntimeRunner(SPECS[c], a.onnx) for c, a in manifest.components.items()}
+        chosen = _pick_backend(backend, manifest)
+        runners = _runners(manifest, chosen, device or 0)
         logger.info("Generator: %s backend for %s", chosen, engine_dir)
-        return cls(manifest, runners, chosen)
+        xp = np
+        if chosen != "onnxruntime-cpu":
+            import cupy as xp  # noqa: F811
+        return cls(manifest, runners, chosen, xp=xp)
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -94,19 +146,19 @@ class Generator:
         for prompt, encoding in zip(prompts, encodings):
             if encoding.overflowing:
                 logger.warning("prompt truncated to the tokenizer's %d tokens: %r", len(encoding.ids), prompt)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        ids = self.xp.asarray(np.array([e.ids for e in encodings], dtype=np.int64))  # one upload per call
         return self.runners[Component.TEXT_ENCODER].infer({"input_ids": ids})["text_states"]
 
     def _denoiser(self, text: np.ndarray, request: GenerationRequest) -> Callable[[np.ndarray, int], np.ndarray]:
-        unet, w, n = self.runners[Component.UNET], request.guidance_scale, request.batch_size
+        unet, w, n, xp = self.runners[Component.UNET], request.guidance_scale, request.batch_size, self.xp
         copies = 2 if request.do_guidance else 1
         model_input = None
-        timestep = np.empty((copies * n,), dtype=np.int64)
+        timestep = xp.empty((copies * n,), dtype=xp.int64)
 
         def denoise(x: np.ndarray, t: int) -> np.ndarray:  # method doc §5 step 1
             nonlocal model_input
             if model_input is None:
-                model_input = np.empty((copies * n, *x.shape[1:]), dtype=np.float32)  # allocated once per call
+                model_input = xp.empty((copies * n, *x.shape[1:]), dtype=xp.float32)  # allocated once per call
             for i in range(copies):
                 model_input[i * n : (i + 1) * n] = x
             timestep.fill(t)
@@ -119,15 +171,15 @@ class Generator:
         return denoise
 
     def _context_shift(self, cond_text: np.ndarray) -> Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]:
-        adapter, n = self.runners[Component.ADAPTER], cond_text.shape[0]
-        text2 = np.concatenate([cond_text, cond_text])
+        adapter, n, xp = self.runners[Component.ADAPTER], cond_text.shape[0], self.xp
+        text2 = xp.concatenate([cond_text, cond_text])
         x2 = None
-        timesteps = np.empty((2 * n,), dtype=np.int64)
+        timesteps = xp.empty((2 * n,), dtype=xp.int64)
 
         def shift(x0: np.ndarray, t: int, s: int) -> tuple[np.ndarray, np.ndarray]:  # method doc §5 step 3
             nonlocal x2
             if x2 is None:
-                x2 = np.empty((2 * n, *x0.shape[1:]), dtype=np.float32)
+                x2 = xp.empty((2 * n, *x0.shape[1:]), dtype=xp.float32)
             x2[:n], x2[n:] = x0, x0
             timesteps[:n], timesteps[n:] = t, s
             r = adapter.infer({"sample": x2, "encoder_hidden_states": text2, "timestep": timesteps})["shift"]
@@ -135,12 +187,12 @@ class Generator:
 
         return shift
 
-    def decode(self, x0: np.ndarray, output_type: str) -> Any:
-        if output_type == "latent":
-            return np.asarray(x0, dtype=np.float32)
-        if Component.VAE_DECODER in self.runners:
-            x0 = self.runners[Component.VAE_DECODER].infer({"latent": np.ascontiguousarray(x0, dtype=np.float32)})["image"]
-        return to_images(x0, output_type)
+    def decode(self, x0: Any, output_type: str) -> Any:
+        """Final sample -> images; the one device-to-host copy of a call happens here."""
+        if output_type != "latent" and Component.VAE_DECODER in self.runners:
+            x0 = self.runners[Component.VAE_DECODER].infer({"latent": self.xp.ascontiguousarray(x0, dtype=self.xp.float32)})["image"]
+        host = x0 if isinstance(x0, np.ndarray) else self.xp.asnumpy(x0)
+        return np.asarray(host, dtype=np.float32) if output_type == "latent" else to_images(host, output_type)
 
     # -- the call --------------------------------------------------------------------------------------
     def __call__(
@@ -172,10 +224,11 @@ class Generator:
             f = self.limits.vae_scale_factor
             shape = (request.batch_size, self.limits.sample_channels, request.height // f, request.width // f)
             initial, step_noise = draw_noise(request.seed, shape, request.num_inference_steps, request.eta)
+            xp = self.xp  # noise and latents move to the runners' device once per call
             x0 = sample(
                 self._denoiser(text, request), self._context_shift(cond_text),
-                initial if request.latents is None else request.latents.copy(), self.schedule.plan(request.num_inference_steps, request.eta),
-                step_noise=step_noise, callback=request.callback,
+                xp.array(initial if request.latents is None else request.latents), self.schedule.plan(request.num_inference_steps, request.eta),
+                step_noise=None if step_noise is None else xp.asarray(step_noise), callback=request.callback,
                 progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
             )  # fmt: skip
             return GenerationOutput(images=self.decode(x0, request.output_type), seed=request.seed)

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 
 from contextdiff_ref.model_dir import load_model_dir
 from contextdiff_ref.text import tokenize
-from export.graphs import graph_modules, model_dims
+from contextdiff_ref.graphs import graph_modules, model_dims
 from export.trt_support import unsupported
 from runtime.specs import SPECS, Component, Profile
 

@@ -24,7 +24,7 @@ def test_plans_build_cache_and_match_onnxruntime(latent_model_dir, tmp_path):
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
     from contextdiff_ref.model_dir import load_model_dir
-    from export.graphs import model_dims
+    from contextdiff_ref.graphs import model_dims
 
     out = tmp_path / "engines"
     options = BuildOptions(backend=Backend.TENSORRT, precision=Precision.FP16, max_images=2)

@@ -14,6 +14,7 @@ from contextdiff_ref.pipeline import ContextDiffPipeline
 from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError
+from runtime.specs import Component
 
 PROMPTS = {1: ["a red circle at the top left"], 3: ["a red circle", "a blue square at the bottom right and a cyan circle at the top left", ""]}
 
@@ -157,3 +158,41 @@ def test_engine_directory_faults(engine_copy, how):
     with pytest.raises(EngineDirectoryError, match=needle) as info:
         Generator.from_dir(engine_copy)
     assert isinstance(info.value, ContextDiffError) and ("build_engines.py" in str(info.value))
+
+
+def test_gpu_backends_are_clear_errors_where_unavailable(pixel_fp32_dir):
+    from runtime.generator import _gpu_ready
+
+    if _gpu_ready():
+        pytest.skip("a CUDA GPU is visible here; this test is about machines without one")
+    with pytest.raises(InvalidArgumentError, match="no TensorRT plans"):
+        Generator.from_dir(pixel_fp32_dir, backend="tensorrt")
+    with pytest.raises(InvalidArgumentError, match="onnxruntime-gpu"):
+        Generator.from_dir(pixel_fp32_dir, backend="onnxruntime-cuda")
+    assert Generator.from_dir(pixel_fp32_dir, backend="onnxruntime").backend == "onnxruntime-cpu"
+    with pytest.raises(InvalidArgumentError, match="device"):
+        Generator.from_dir(pixel_fp32_dir, device=-1)
+
+
+def test_plan_built_elsewhere_is_refused():
+    from runtime.manifest import ComponentArtifacts, check_tensorrt_plan
+    from runtime.specs import Profile
+
+    artifacts = ComponentArtifacts(Component.UNET, "fp16", Profile((1, 8, 8), (2, 8, 8), (2, 8, 8)), Path("unet.onnx"), Path("unet.plan"),
+                                   {"builder_version": "10.0.1", "compute_capability": "8.6"})  # fmt: skip
+    check_tensorrt_plan(artifacts, "10.0.1", "8.6")  # the machine it was built for
+    for version, capability in [("10.3.0", "8.6"), ("10.0.1", "9.0")]:
+        with pytest.raises(EngineDirectoryError, match="build_engines.py"):
+            check_tensorrt_plan(artifacts, version, capability)
+
+
+@pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
+def test_torch_backend_matches_the_reference(latent, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
+    from contextdiff_ref.torch_runner import torch_generator
+
+    model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
+    gen = torch_generator(model_dir, engine_dir)
+    kwargs = dict(num_inference_steps=10, guidance_scale=7.5, eta=1.0, seed=3, progress=False)
+    expected = ContextDiffPipeline.from_pretrained(model_dir)(PROMPTS[3], **kwargs).images
+    got = gen(PROMPTS[3], **kwargs).images
+    assert gen.backend == "torch" and psnr(got, expected) >= 60.0

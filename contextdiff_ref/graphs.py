@@ -1,4 +1,5 @@
-"""torch modules whose forward takes exactly a component spec's inputs, in order (runtime/specs.py)."""
+"""torch modules whose forward takes exactly a component spec's inputs, in order (runtime/specs.py): what is exported
+to ONNX and what the Torch runner runs."""
 
 from __future__ import annotations
 
