@@ -211,7 +211,8 @@ class Generator:
         *,
         progress: bool = True,
     ) -> GenerationOutput:
-        """Same arguments and results as ``ContextDiffPipeline.__call__`` (NumPy arrays in the callback)."""
+        """Same arguments and results as ``ContextDiffPipeline.__call__``. The callback's arrays are the runners'
+        (NumPy on the CPU, CuPy on a GPU) and belong to the loop: copy what you keep."""
         request = validate_request(
             self.limits, prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,

@@ -1,0 +1,182 @@
+"""End-to-end latency, side by side and interleaved: the reference pipeline, a plain diffusers DDIM loop (same
+UNet / text encoder / VAE, no adapter: what Stable Diffusion costs), and runtime.Generator on every backend this
+machine has. Writes a JSON file and prints a markdown table. Benchmarks are scripts, never timed tests.
+
+    python -m benchmarks.latency                       # embedded default model, CPU
+    python -m benchmarks.latency --sd15 --device cuda  # SD-1.5-shaped model at 512 x 512 on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from benchmarks.models import sd15_shaped_components, unet_flops
+from benchmarks.timing import Timer, diffusers_ddim, instrument_generator, instrument_pipeline
+
+logger = logging.getLogger("benchmarks.latency")
+
+
+@dataclass
+class System:
+    name: str
+    run: Callable[[], Any]  # one generation, returns when its result is ready
+    timer: Timer
+    e2e: list[float] = field(default_factory=list)
+
+
+def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any]:
+    from contextdiff_ref.defaults import default_model_dir
+    from contextdiff_ref.model_dir import quiet_loading, save_model_dir
+    from contextdiff_ref.pipeline import ContextDiffPipeline
+    from contextdiff_ref.torch_runner import torch_generator
+    from export.build import Backend, BuildOptions, build_engine_dir
+    from export.onnx_export import Precision
+    from runtime.generator import Generator
+
+    quiet_loading()
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    if args.sd15:
+        model_dir = workdir / "sd15-shaped"
+        save_model_dir(sd15_shaped_components(), model_dir)
+    gpu = args.device == "cuda"
+    dtype = torch.float16 if gpu else torch.float32
+    pipe = ContextDiffPipeline.from_pretrained(model_dir, device=args.device, torch_dtype=dtype)
+    prompts = [args.prompt] * args.batch
+    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, seed=0, progress=False)
+    systems = [System("reference (eager PyTorch)", None, Timer(gpu)), System("diffusers DDIM baseline (no adapter)", None, Timer(gpu))]
+    instrument_pipeline(pipe, systems[0].timer)
+    systems[0].run = lambda: pipe.run_timed(prompts, **call).images
+    systems[1].run = lambda: diffusers_ddim(pipe, prompts, args.steps, args.guidance, systems[1].timer)
+    precisions = [Precision.FP16] if gpu else [Precision.FP32, Precision.FP16]
+    for precision in precisions:
+        engines = workdir / f"engines-{precision.value}"
+        build_engine_dir(model_dir, engines, BuildOptions(backend=Backend.AUTO if gpu else Backend.ONNXRUNTIME, precision=precision, max_images=args.batch))
+        gen = Generator.from_dir(engines)
+        systems.append(System(f"runtime {gen.backend} {precision.value}", None, Timer(gpu)))
+        instrument_generator(gen, systems[-1].timer)
+        systems[-1].run = (lambda g: lambda: g.run_timed(prompts, **call).images)(gen)
+    torch_gen = torch_generator(model_dir, workdir / f"engines-{precisions[0].value}", device=args.device, fp16=gpu)
+    systems.append(System(f"runtime torch {'fp16 + CUDA graphs' if gpu else 'fp32'}", None, Timer(gpu)))
+    instrument_generator(torch_gen, systems[-1].timer)
+    systems[-1].run = lambda: torch_gen.run_timed(prompts, **call).images
+    return systems, pipe
+
+
+def _summary(system: System, steps: int, batch: int, reference: float, baseline: float) -> dict[str, Any]:
+    e2e = np.array(system.e2e)
+    per_call = {k: float(np.mean(v)) for k, v in system.timer.samples.items()}
+    step = float(np.mean(system.timer.samples.get("step", [np.nan])))
+    engines = per_call.get("unet", 0.0) * system.timer.calls_per_step("unet") + per_call.get("adapter", 0.0) * system.timer.calls_per_step("adapter")
+    return {
+        "runs": len(e2e), "mean_s": float(e2e.mean()), "p50_s": float(np.percentile(e2e, 50)), "p90_s": float(np.percentile(e2e, 90)),
+        "p99_s": float(np.percentile(e2e, 99)), "images_per_s": batch / float(e2e.mean()),
+        "stages_ms": {k: 1e3 * v for k, v in per_call.items()},
+        "loop_overhead_fraction": (step - engines) / step if step == step else None,
+        "adapter_over_unet": per_call["adapter"] / per_call["unet"] if "adapter" in per_call and "unet" in per_call else None,
+        "vs_reference": float(e2e.mean()) / reference, "vs_diffusers": float(e2e.mean()) / baseline,
+    }  # fmt: skip
+
+
+def _machine(device: str) -> dict[str, Any]:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "cpu_count": torch.get_num_threads()}  # fmt: skip
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["fp16_matmul_tflops"] = _matmul_peak()
+    return info
+
+
+def _matmul_peak(n: int = 8192, repeats: int = 20) -> float:
+    """Measured fp16 dense matmul throughput (TFLOP/s): the physical yardstick for the UNet's achieved rate."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = ["| system | mean s | p50 s | p90 s | p99 s | img/s | × reference | × diffusers | UNet ms/call | adapter ms/call | loop overhead | adapter / UNet |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
+    for name, s in result["systems"].items():
+        st = s["stages_ms"]
+        rows.append(f"| {name} | {s['mean_s']:.3f} | {s['p50_s']:.3f} | {s['p90_s']:.3f} | {s['p99_s']:.3f} | {s['images_per_s']:.2f} | "
+                    f"{s['vs_reference']:.2f} | {s['vs_diffusers']:.2f} | {fmt(st.get('unet'), '.2f')} | {fmt(st.get('adapter'), '.2f')} | "
+                    f"{fmt(s['loop_overhead_fraction'], '.1%')} | {fmt(s['adapter_over_unet'], '.1%')} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
+    p.add_argument("--sd15", action="store_true", help="an SD-1.5-shaped model with random weights (for GPUs)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--prompt", default="a red circle at the top left")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/latency.json"))
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.runs < 1 or args.batch < 1 or args.warmup < 0:
+        p.error("--steps, --runs and --batch must be >= 1, --warmup >= 0")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with tempfile.TemporaryDirectory(prefix="contextdiff-bench-") as tmp:
+        systems, pipe = _systems(args, Path(tmp))
+        for system in systems:  # warm-up, then interleaved timed runs (A B C A B C ...) so drift hits all alike
+            for _ in range(args.warmup):
+                system.run()
+            system.timer.reset()
+        for i in range(args.runs):
+            for system in systems:
+                start = time.perf_counter()
+                system.run()
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                system.e2e.append(time.perf_counter() - start)
+            logger.info("run %d/%d done", i + 1, args.runs)
+        reference, baseline = float(np.mean(systems[0].e2e)), float(np.mean(systems[1].e2e))
+        h = pipe.limits.default_height // pipe.limits.vae_scale_factor
+        flops = unet_flops(pipe.components, 2 * args.batch if args.guidance != 1 else args.batch, h, h)
+        result = {
+            "machine": _machine(args.device),
+            "config": {"model": "sd15-shaped" if args.sd15 else (args.model or "embedded default"), "device": args.device, "steps": args.steps,
+                       "guidance": args.guidance, "batch": args.batch, "height": pipe.limits.default_height, "warmup": args.warmup, "runs": args.runs},
+            "unet_gflops_per_call": flops / 1e9,
+            "peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
+            "systems": {s.name: _summary(s, args.steps, args.batch, reference, baseline) for s in systems},
+        }  # fmt: skip
+        for s in result["systems"].values():
+            unet_ms = s["stages_ms"].get("unet")
+            s["unet_tflops_achieved"] = flops / (unet_ms / 1e3) / 1e12 if unet_ms else None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Per-stage timing for the latency benchmark: text encoding, UNet and adapter calls, whole steps, decoding.
+
+Stages are timed by wrapping the callables each system already calls (runners, module forwards, pipeline stages),
+so the measured code is the shipped code. A step's "loop overhead" is its wall time minus its engine calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+STAGE_OF_COMPONENT = {"text_encoder": "text_encoder", "unet": "unet", "adapter": "adapter", "vae_decoder": "decode"}
+
+
+class Timer:
+    def __init__(self, sync_cuda: bool = False) -> None:
+        self.sync_cuda = sync_cuda
+        self.reset()
+
+    def reset(self) -> None:
+        self.samples: dict[str, list[float]] = defaultdict(list)
+        self._last: float | None = None
+
+    def now(self) -> float:
+        if self.sync_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def wrap(self, stage: str, fn: Callable[..., Any], *, starts_loop: bool = False) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = self.now()
+            out = fn(*args, **kwargs)
+            end = self.now()
+            self.samples[stage].append(end - start)
+            if starts_loop:
+                self._last = end
+            return out
+
+        return timed
+
+    def on_step(self, _step_output: Any) -> None:
+        """Per-step callback: the time since the previous step ended (or since text encoding ended)."""
+        now = self.now()
+        if self._last is not None:
+            self.samples["step"].append(now - self._last)
+        self._last = now
+
+    def calls_per_step(self, stage: str) -> float:
+        steps = len(self.samples.get("step", []))
+        return len(self.samples.get(stage, [])) / steps if steps else 0.0
+
+
+class _TimedRunner:
+    def __init__(self, runner: Any, timer: Timer, stage: str) -> None:
+        self.runner, self.spec = runner, runner.spec
+        self.infer = timer.wrap(stage, runner.infer)
+
+    def activate(self) -> None:
+        self.runner.activate()
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def instrument_generator(gen: Any, timer: Timer) -> None:
+    for component, runner in list(gen.runners.items()):
+        gen.runners[component] = _TimedRunner(runner, timer, STAGE_OF_COMPONENT[component.value])
+    gen.encode_prompt = timer.wrap("text", gen.encode_prompt, starts_loop=True)
+    _with_step_callback(gen, timer)
+
+
+def instrument_pipeline(pipe: Any, timer: Timer) -> None:
+    for name in ("unet", "adapter"):
+        module = getattr(pipe.components, name)
+        module.forward = timer.wrap(name, module.forward)
+    if pipe.components.vae is not None:
+        pipe.components.vae.decode = timer.wrap("decode", pipe.components.vae.decode)
+    pipe.encode_prompt = timer.wrap("text", pipe.encode_prompt, starts_loop=True)
+    _with_step_callback(pipe, timer)
+
+
+def _with_step_callback(obj: Any, timer: Timer) -> None:
+    call = obj.__call__
+
+    def timed_call(*args: Any, **kwargs: Any) -> Any:
+        return call(*args, **{**kwargs, "callback": timer.on_step})
+
+    obj.run_timed = timed_call
+
+
+def diffusers_ddim(pipe: Any, prompts: list[str], steps: int, guidance: float, timer: Timer) -> np.ndarray:
+    """What plain Stable Diffusion costs: diffusers' DDIMScheduler loop with the pipeline's text encoder, UNet and VAE,
+    classifier-free guidance on the doubled batch, no adapter. Calls the modules' own forwards (not the reference's
+    timed wrappers)."""
+    from diffusers import DDIMScheduler
+
+    from contextdiff_ref.text import tokenize
+    from runtime.images import to_images
+    from runtime.noise import draw_noise
+
+    c = pipe.components
+    scheduler = DDIMScheduler.from_config(c.scheduler_config.to_dict())
+    scheduler.set_timesteps(steps)
+    n, f = len(prompts), pipe.limits.vae_scale_factor
+    with torch.inference_mode():
+        start = timer.now()
+        ids = tokenize(c, [""] * n + prompts).to(pipe.device)
+        text = c.text_encoder(ids)[0]
+        timer.samples["text"].append(timer.now() - start)
+        shape = (n, pipe.limits.sample_channels, pipe.limits.default_height // f, pipe.limits.default_width // f)
+        x = torch.from_numpy(draw_noise(0, shape, steps, 0.0)[0]).to(pipe.device, pipe.dtype)
+        unet_forward = type(c.unet).forward
+        for t in scheduler.timesteps:
+            step_start = timer.now()
+            uncond, cond = unet_forward(c.unet, torch.cat([x, x]), t, encoder_hidden_states=text).sample.chunk(2)
+            timer.samples["unet"].append(timer.now() - step_start)
+            x = scheduler.step(uncond + guidance * (cond - uncond), t, x).prev_sample
+            timer.samples["step"].append(timer.now() - step_start)
+        start = timer.now()
+        if c.vae is not None:
+            x = type(c.vae).decode(c.vae, x / c.vae.config.scaling_factor).sample
+        images = to_images(x.float().cpu().numpy(), "np")
+        timer.samples["decode"].append(timer.now() - start)
+    return images
