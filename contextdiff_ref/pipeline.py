@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 from contextdiff_ref.model_dir import ModelComponents, load_model_dir, save_model_dir
 from contextdiff_ref.text import tokenize
 from runtime.images import GenerationOutput, to_images
-from runtime.noise import draw_noise
-from runtime.sampling import StepOutput, sample
+from runtime.sampling import StepOutput, generate
 from runtime.schedule import Schedule
 from runtime.validation import GenerationRequest, ModelLimits, validate_request
 
@@ -157,21 +156,8 @@ class ContextDiffPipeline:
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback,
         )
-        text = self.encode_prompt(request.negative_prompts + request.prompts if request.do_guidance else request.prompts)
-        cond_text = text[request.batch_size :] if request.do_guidance else text
-        f = self.limits.vae_scale_factor
-        shape = (request.batch_size, self.limits.sample_channels, request.height // f, request.width // f)
-        initial, step_noise = draw_noise(request.seed, shape, request.num_inference_steps, request.eta)
-        if request.latents is not None:
-            initial = request.latents
-        plan = self.schedule.plan(request.num_inference_steps, request.eta)
-        x0 = sample(
-            self._denoiser(text, request),
-            self._context_shift(cond_text),
-            torch.from_numpy(np.array(initial)).to(self.device),
-            plan,
-            step_noise=None if step_noise is None else torch.from_numpy(step_noise).to(self.device),
-            callback=request.callback,
+        return generate(
+            request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
+            decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device),
             progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
-        )
-        return GenerationOutput(images=self.decode(x0, request.output_type), seed=request.seed)
+        )  # fmt: skip

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runtime.errors import ContextDiffError
+from runtime.manifest import sha256_file  # noqa: F401 — the one implementation, re-exported for export/
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -31,14 +32,6 @@ os.umask(_UMASK)
 
 class BuildError(ContextDiffError):
     """The engine directory cannot be built as asked (locked, not writable, backend unavailable, ...)."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hash_parts(*parts: str | bytes) -> str:

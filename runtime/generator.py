@@ -22,9 +22,8 @@ from tqdm.auto import tqdm
 from runtime.errors import InvalidArgumentError
 from runtime.images import GenerationOutput, to_images
 from runtime.manifest import EngineManifest, load_manifest
-from runtime.noise import draw_noise
 from runtime.runners import OnnxRuntimeRunner, Runner
-from runtime.sampling import StepOutput, sample
+from runtime.sampling import StepOutput, generate
 from runtime.schedule import Schedule, SchedulerConfig
 from runtime.specs import SPECS, Component, batch_range
 from runtime.validation import GenerationRequest, validate_request
@@ -220,16 +219,8 @@ class Generator:
         )  # fmt: skip
         self._check_profiles(request)
         with self._lock:
-            text = self.encode_prompt(request.negative_prompts + request.prompts if request.do_guidance else request.prompts)
-            cond_text = text[request.batch_size :] if request.do_guidance else text
-            f = self.limits.vae_scale_factor
-            shape = (request.batch_size, self.limits.sample_channels, request.height // f, request.width // f)
-            initial, step_noise = draw_noise(request.seed, shape, request.num_inference_steps, request.eta)
-            xp = self.xp  # noise and latents move to the runners' device once per call
-            x0 = sample(
-                self._denoiser(text, request), self._context_shift(cond_text),
-                xp.array(initial if request.latents is None else request.latents), self.schedule.plan(request.num_inference_steps, request.eta),
-                step_noise=None if step_noise is None else xp.asarray(step_noise), callback=request.callback,
+            return generate(  # noise and latents reach the runners' device once per call (xp.array)
+                request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
+                decode=self.decode, to_device=self.xp.array,
                 progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
             )  # fmt: skip
-            return GenerationOutput(images=self.decode(x0, request.output_type), seed=request.seed)

@@ -26,7 +26,8 @@ class EngineDirectoryError(ContextDiffError):
     """An engine directory is missing, incomplete, corrupted, or built for something else."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -69,7 +70,7 @@ def _check_file(root: Path, entry: dict[str, Any]) -> Path:
     path = root / entry["file"]
     if not path.is_file():
         raise EngineDirectoryError(f"missing file {path}; the engine directory is incomplete: {REBUILD}")
-    if _sha256(path) != entry["sha256"]:
+    if sha256_file(path) != entry["sha256"]:
         raise EngineDirectoryError(f"sha256 mismatch for {path}: the file is truncated or corrupted; {REBUILD}")
     return path
 

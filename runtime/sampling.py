@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
-from runtime.schedule import Array, SamplingPlan, contextual_ddim_step, predict_x0
+from runtime.images import GenerationOutput
+from runtime.noise import draw_noise
+from runtime.schedule import Array, SamplingPlan, Schedule, contextual_ddim_step, predict_x0
+from runtime.validation import GenerationRequest, ModelLimits
 
 
 class Denoiser(Protocol):
@@ -61,3 +64,32 @@ def sample(
         if callback is not None:
             callback(StepOutput(i, c.timestep, c.prev_timestep, x, x0))
     return x
+
+
+def generate(
+    request: GenerationRequest,
+    limits: ModelLimits,
+    schedule: Schedule,
+    *,
+    encode: Callable[[tuple[str, ...]], Array],
+    denoiser: Callable[[Array, GenerationRequest], Denoiser],
+    context_shift: Callable[[Array], ContextShift],
+    decode: Callable[[Array, str], Any],
+    to_device: Callable[[Any], Array],
+    progress: Callable[[Iterable[int]], Iterable[int]] = iter,
+) -> GenerationOutput:
+    """The stages of one validated call, shared by the reference pipeline and runtime.Generator: encode the text
+    ([uncond; cond] when guiding), draw the noise (runtime.noise), move it to the device once (``to_device``),
+    sample, decode."""
+    n = request.batch_size
+    text = encode(request.negative_prompts + request.prompts if request.do_guidance else request.prompts)
+    cond_text = text[n:] if request.do_guidance else text
+    f = limits.vae_scale_factor
+    shape = (n, limits.sample_channels, request.height // f, request.width // f)
+    initial, step_noise = draw_noise(request.seed, shape, request.num_inference_steps, request.eta)
+    x0 = sample(
+        denoiser(text, request), context_shift(cond_text), to_device(initial if request.latents is None else request.latents),
+        schedule.plan(request.num_inference_steps, request.eta), step_noise=None if step_noise is None else to_device(step_noise),
+        callback=request.callback, progress=progress,
+    )  # fmt: skip
+    return GenerationOutput(images=decode(x0, request.output_type), seed=request.seed)
