@@ -104,9 +104,11 @@ class ContextDiffPipeline:
     def _context_shift(self, cond_text: torch.Tensor) -> Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]:
         adapter, n = self.components.adapter, cond_text.shape[0]
         text2 = torch.cat([cond_text, cond_text])
+        timesteps = torch.empty(2 * n, dtype=torch.long, device=self.device)  # once per call; filled in place per step
 
         def shift(x0: torch.Tensor, t: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:  # method doc §5 step 3
-            timesteps = torch.tensor([t] * n + [s] * n, device=self.device)
+            timesteps[:n].fill_(t)
+            timesteps[n:].fill_(s)
             r = adapter(torch.cat([x0, x0]).to(self.dtype), text2, timesteps).float()
             return r[:n], r[n:]
 
