@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.models import sd15_shaped_components, unet_flops
 from benchmarks.timing import Timer, diffusers_ddim, instrument_generator, instrument_pipeline
+from runtime.errors import ContextDiffError
 
 logger = logging.getLogger("benchmarks.latency")
 
@@ -142,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps, --runs and --batch must be >= 1, --warmup >= 0")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="contextdiff-bench-") as tmp:
-        systems, pipe = _systems(args, Path(tmp))
+        try:
+            systems, pipe = _systems(args, Path(tmp))
+        except ContextDiffError as exc:
+            p.exit(2, f"error: {exc}\n")
         for system in systems:  # warm-up, then interleaved timed runs (A B C A B C ...) so drift hits all alike
             for _ in range(args.warmup):
                 system.run()

@@ -18,28 +18,37 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from contextdiff_ref.adapter import ContextAdapter
 from contextdiff_ref.model_dir import ModelComponents, save_model_dir
+from contextdiff_ref.shapes import vocabulary
 from runtime.schedule import SchedulerConfig
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-SHAPES_WORDS = (
-    "a", "at", "the", "and", "top", "bottom", "left", "right",
-    "red", "green", "blue", "yellow", "magenta", "cyan", "square", "circle", "triangle",
-)  # fmt: skip
+SHAPES_WORDS = vocabulary()  # every word of the shapes captions
 
 
 def make_clip_tokenizer(words: Iterable[str] = SHAPES_WORDS, max_length: int = 16) -> CLIPTokenizer:
-    """A CLIP-style byte-level BPE tokenizer: every byte is a token, and each of ``words`` is merged into one."""
+    """A CLIP-style byte-level BPE tokenizer: every byte is a token, and each of ``words`` is merged into one.
+
+    BPE applies the lowest-ranked merge first, so one word's merges can derail another's ("re" from "red" splits
+    "green" into g·re·e·n); merges continuing each word from wherever it got stuck are appended until every word
+    encodes to one token."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {symbol: i for i, symbol in enumerate(alphabet + [c + "</w>" for c in alphabet])}
     merges: list[tuple[str, str]] = []
-    for word in words:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(symbols) > 1:  # merge left to right: ((r e) d</w>)
-            merges.append((symbols[0], symbols[1]))
-            vocab.setdefault(symbols[0] + symbols[1], len(vocab))
-            symbols = [symbols[0] + symbols[1]] + symbols[2:]
-    vocab[BOS], vocab[EOS] = len(vocab), len(vocab) + 1
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    words = tuple(words)
+    for _ in range(len(words) + 1):
+        tokenizer = CLIPTokenizer(vocab={**vocab, BOS: len(vocab), EOS: len(vocab) + 1}, merges=merges, model_max_length=max_length)
+        pieces = {word: tokenizer.tokenize(word) for word in words} if merges else {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
+        stuck = {word: symbols for word, symbols in pieces.items() if len(symbols) > 1}
+        if not stuck:
+            return tokenizer
+        for symbols in stuck.values():
+            while len(symbols) > 1:  # merge left to right from the current split: ((r e) d</w>)
+                if (symbols[0], symbols[1]) not in merges:
+                    merges.append((symbols[0], symbols[1]))
+                vocab.setdefault(symbols[0] + symbols[1], len(vocab))
+                symbols = [symbols[0] + symbols[1]] + symbols[2:]
+        vocab = {k: i for i, k in enumerate(vocab)}  # BOS/EOS stay last
+    raise RuntimeError(f"could not build single-token merges for {sorted(stuck)}")
 
 
 def build_tiny_components(*, latent: bool = False, seed: int = 0, prediction_type: str = "epsilon") -> ModelComponents:

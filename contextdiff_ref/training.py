@@ -24,10 +24,13 @@ from runtime.schedule import Schedule, forward_sample, training_target
 class LossConfig:
     use_adapter: bool = True  # False: the baseline, r ≡ 0 (plain DDPM)
     text_dropout: float = 0.1  # fraction of samples trained with the empty prompt (for classifier-free guidance)
+    snr_gamma: float | None = None  # Min-SNR-γ loss weighting (Hang et al. 2023); None: plain mean squared error
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.text_dropout < 1.0:
             raise InvalidArgumentError("text_dropout", self.text_dropout, "a fraction in [0, 1)")
+        if self.snr_gamma is not None and not (isinstance(self.snr_gamma, (int, float)) and 0 < self.snr_gamma < float("inf")):
+            raise InvalidArgumentError("snr_gamma", self.snr_gamma, "None or a positive finite number")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ContextDiffObjective:
         self._sqrt_ab = as_tensor(coefficients.sqrt_alpha_bar)
         self._shift = as_tensor(coefficients.shift)
         self._sqrt_1m_ab = as_tensor(coefficients.sqrt_one_minus_alpha_bar)
+        self._snr = as_tensor(coefficients.sqrt_alpha_bar**2 / coefficients.sqrt_one_minus_alpha_bar**2)
         self._empty_ids = tokenize(components, [""]).to(self.device)
 
     def __call__(self, x0: torch.Tensor, prompts: Sequence[str], generator: torch.Generator) -> LossOutput:
@@ -72,9 +76,15 @@ class ContextDiffObjective:
         x_t = forward_sample(x0, shift, noise, column(self._sqrt_ab), column(self._shift), column(self._sqrt_1m_ab))
         # 5. target (§4): ε̃, x_0 or v, with gradients to the adapter through x_t and the target
         target = training_target(c.scheduler_config.prediction_type, x0, x_t, column(self._sqrt_ab), column(self._sqrt_1m_ab))
-        # 6. mean squared error of the UNet's prediction
+        # 6. mean squared error of the UNet's prediction, per sample weighted by min(SNR_t, γ) relative to the
+        #    prediction type's own SNR weighting (ε: SNR, x_0: 1, v: SNR + 1) when snr_gamma is set
         prediction = c.unet(x_t, t, encoder_hidden_states=text).sample
-        return LossOutput(F.mse_loss(prediction, target), t, x_t, shift, dropped)
+        per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+        if self.config.snr_gamma is not None:
+            snr = self._snr[t]
+            implicit = {"epsilon": snr, "sample": torch.ones_like(snr), "v_prediction": snr + 1}[c.scheduler_config.prediction_type.value]
+            per_sample = per_sample * snr.clamp(max=self.config.snr_gamma) / implicit
+        return LossOutput(per_sample.mean(), t, x_t, shift, dropped)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Trained jointly: UNet, text encoder and (unless baseline) adapter."""

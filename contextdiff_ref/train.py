@@ -1,0 +1,256 @@
+"""``python -m contextdiff_ref.train --out runs/contextdiff``: train the shapes model (ContextDiff or the baseline).
+
+Resumable and deterministic: batch k of the data stream and the noise/timesteps/dropout of step k depend only on
+(seed, k), and ``<out>/checkpoint.pt`` (written atomically every ``--checkpoint-every`` steps) holds the weights,
+the EMA weights, the optimizer and the step, so rerunning the same command continues where the last run stopped.
+Every checkpoint also writes ``<out>/model``: a complete model directory with the EMA weights. ``--baseline``
+trains the same model, data and budget with r ≡ 0 (the adapter stays at its zero initialisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.training_utils import EMAModel
+
+from contextdiff_ref.model_dir import ModelComponents, quiet_loading, save_model_dir
+from contextdiff_ref.shapes import training_batch
+from contextdiff_ref.shapes_model import build_shapes_components
+from contextdiff_ref.training import ContextDiffObjective, LossConfig
+from runtime.errors import ContextDiffError, InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; a resumed run must match its checkpoint's config (except ``steps``)."""
+
+    baseline: bool = False
+    steps: int = 30_000
+    batch_size: int = 32
+    learning_rate: float = 6e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    text_dropout: float = 0.1
+    snr_gamma: float | None = 5.0
+    seed: int = 0  # model initialisation, data stream and noise
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(name, value, "a positive integer")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise InvalidArgumentError("warmup_steps", self.warmup_steps, "an integer >= 0")
+        for name in ("learning_rate", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise InvalidArgumentError(name, value, "a positive finite number")
+        if not 0 <= self.weight_decay < 1:
+            raise InvalidArgumentError("weight_decay", self.weight_decay, "a number in [0, 1)")
+        if not 0 < self.ema_decay < 1:
+            raise InvalidArgumentError("ema_decay", self.ema_decay, "a number in (0, 1)")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a resumed run must share with its checkpoint."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}
+
+
+class Trainer:
+    """One training run in ``out``: builds or resumes, steps, checkpoints, exports the EMA model directory."""
+
+    def __init__(self, config: TrainConfig, out: Path, device: str = "cpu") -> None:
+        self.config, self.out, self.device = config, Path(out), torch.device(device)
+        self.components = build_shapes_components(config.seed)
+        for module in self._modules():
+            module.to(self.device)
+        self.objective = ContextDiffObjective(
+            self.components, LossConfig(use_adapter=not config.baseline, text_dropout=config.text_dropout, snr_gamma=config.snr_gamma), device=self.device
+        )
+        self.objective.train()
+        self.parameters = self.objective.parameters()
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, betas=(0.9, 0.99), weight_decay=config.weight_decay)
+        self.ema = EMAModel(self.parameters, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
+        self.step = 0
+        self._resume()
+
+    def _modules(self) -> list[torch.nn.Module]:
+        c = self.components
+        return [c.text_encoder, c.unet, c.adapter]
+
+    def _resume(self) -> None:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            return
+        state = _read_checkpoint(path, self.device)
+        if state["config"] != self.config.identity():
+            diff = {k: (state["config"].get(k), v) for k, v in self.config.identity().items() if state["config"].get(k) != v}
+            raise ContextDiffError(f"{path} was trained with other settings {diff} (checkpoint, requested): use another --out")
+        for module, weights in zip(self._modules(), state["modules"]):
+            module.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+        logger.info("resumed %s at step %d", path, self.step)
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up, then constant (the EMA does the averaging)."""
+        return self.config.learning_rate * min(1.0, (step + 1) / max(1, self.config.warmup_steps))
+
+    def train_step(self) -> float:
+        """One optimisation step on batch ``self.step`` of the stream; returns the loss."""
+        cfg = self.config
+        images, prompts = training_batch(cfg.seed, self.step, cfg.batch_size)
+        generator = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
+        x0 = torch.from_numpy(images).to(self.device)
+        loss = self.objective(x0, prompts, generator).loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters, cfg.grad_clip)
+        self.optimizer.step()
+        self.ema.step(self.parameters)
+        self.step += 1
+        return float(loss.detach())
+
+    def ema_components(self) -> ModelComponents:
+        """A copy of the components holding the EMA weights, on the CPU, in eval mode."""
+        self.ema.store(self.parameters)
+        self.ema.copy_to(self.parameters)
+        try:
+            c = self.components
+            copies = [_cpu_copy(m) for m in self._modules()]
+        finally:
+            self.ema.restore(self.parameters)
+        return ModelComponents(c.tokenizer, copies[0], copies[1], copies[2], c.scheduler_config, None, c.recommended_guidance_scale)
+
+    def save(self) -> None:
+        """Checkpoint (atomically: temporary file + rename) and export the EMA model directory."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {
+            "config": self.config.identity(),
+            "step": self.step,
+            "modules": [m.state_dict() for m in self._modules()],
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict(),
+        }
+        tmp = self.out / f".{CHECKPOINT}.tmp-{os.getpid()}"
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / CHECKPOINT)
+        save_model_dir(self.ema_components(), self.out / "model")
+        logger.info("step %d: checkpoint and model directory written to %s", self.step, self.out)
+
+    def run(self, checkpoint_every: int, log_every: int = 50) -> None:
+        """Train to ``config.steps``, logging mean loss and seconds per step to the log and ``<out>/log.jsonl``."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        losses: list[float] = []
+        start = time.perf_counter()
+        with open(self.out / LOG, "a", encoding="utf-8") as log:
+            while self.step < self.config.steps:
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    raise ContextDiffError(f"loss became {loss} at step {self.step}; the last checkpoint in {self.out} is intact")
+                losses.append(loss)
+                if self.step % log_every == 0:
+                    record = {"step": self.step, "loss": sum(losses) / len(losses), "lr": self.learning_rate(self.step - 1),
+                              "seconds_per_step": (time.perf_counter() - start) / len(losses)}  # fmt: skip
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    logger.info("step %(step)d loss %(loss).4f lr %(lr).2e %(seconds_per_step).3f s/step", record)
+                    losses, start = [], time.perf_counter()
+                if self.step % checkpoint_every == 0 or self.step == self.config.steps:
+                    self.save()
+
+
+def _read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise ContextDiffError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # an unreadable checkpoint: say which file and why
+        raise ContextDiffError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _cpu_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module).to("cpu").eval().requires_grad_(False)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m contextdiff_ref.train", description="Train the shapes model (ContextDiff or the no-adapter baseline); rerun to resume.")
+    parser.add_argument("--out", type=Path, required=True, help="run directory: checkpoint.pt, log.jsonl, model/ (EMA weights)")
+    parser.add_argument("--baseline", action="store_true", help="train with r ≡ 0 (no adapter): the comparison model")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="train until this many steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: %(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--export", type=Path, default=None, metavar="DIR",
+                        help="do not train: write the checkpoint's EMA model directory to DIR (atomically) and exit")
+    parser.add_argument("--recommended-guidance", type=float, default=None,
+                        help="with --export: the guidance scale stored in the model directory (callers' default)")
+    return parser.parse_args(argv)
+
+
+def export_model(run_dir: Path, dest: Path, recommended_guidance: float | None) -> Path:
+    """Write the EMA model directory of ``run_dir``'s checkpoint to ``dest``, with the recommended guidance scale."""
+    state = _read_checkpoint(run_dir / CHECKPOINT)
+    if recommended_guidance is not None and not (0 <= recommended_guidance < math.inf):
+        raise InvalidArgumentError("--recommended-guidance", recommended_guidance, "a finite number >= 0")
+    allowed = set(dataclasses.asdict(TrainConfig())) - {"steps"}
+    trainer = Trainer(TrainConfig(steps=max(1, int(state["step"])), **{k: v for k, v in state["config"].items() if k in allowed}), run_dir)
+    components = dataclasses.replace(trainer.ema_components(), recommended_guidance_scale=recommended_guidance)
+    logger.info("exporting step %d of %s to %s", trainer.step, run_dir, dest)
+    return save_model_dir(components, dest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_loading()
+    try:
+        if args.checkpoint_every < 1:
+            raise InvalidArgumentError("--checkpoint-every", args.checkpoint_every, "a positive integer")
+        if args.threads is not None:
+            if args.threads < 1:
+                raise InvalidArgumentError("--threads", args.threads, "a positive integer")
+            torch.set_num_threads(args.threads)
+        if args.export is not None:
+            export_model(args.out, args.export, args.recommended_guidance)
+            return 0
+        config = TrainConfig(baseline=args.baseline, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+        trainer = Trainer(config, args.out, device=args.device)
+        if trainer.step >= config.steps:
+            logger.info("%s is already at step %d (>= --steps %d); nothing to do", args.out, trainer.step, config.steps)
+            return 0
+        trainer.run(args.checkpoint_every)
+    except (ContextDiffError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
