@@ -68,13 +68,18 @@ def evaluation_scenes(images_per_prompt: int, limit: int | None) -> dict[str, li
     return {name: [s for s in scenes[:limit] for _ in range(images_per_prompt)] for name, scenes in evaluation_sets().items()}
 
 
+def grid_indices(count: int, per_set: int = 12) -> list[int]:
+    """Which images of a set go into the grid: ``per_set`` evenly spaced ones (all when there are fewer)."""
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, min(per_set, count))})
+
+
 def write_grid(images: dict[str, dict[str, np.ndarray]], path: Path, per_set: int = 12, scale: int = 4) -> None:
-    """PNG: for each model (top to bottom), a row of the first ``per_set`` images of each prompt set, upscaled."""
+    """PNG: one row per model and prompt set (models top to bottom), ``per_set`` evenly spaced images each, upscaled."""
     from PIL import Image
 
     from runtime.images import make_grid
 
-    rows = [images[m][name][:per_set] for m in images for name in images[m]]
+    rows = [images[m][name][grid_indices(len(images[m][name]), per_set)] for m in images for name in images[m]]
     width = max(len(r) for r in rows)
     padded = [np.concatenate([r, np.zeros((width - len(r), *r.shape[1:]), r.dtype)]) for r in rows]
     grid = make_grid(np.concatenate(padded), columns=width)
@@ -125,7 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="prompts per generation call (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts of each set (quick checks)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
-    p.add_argument("--grid", type=Path, default=None, help="write a PNG of the first 12 images of each set (rows: one-object, two-object; models side by side)")
+    p.add_argument("--grid", type=Path, default=None, help="write a PNG: per model, a row of 12 evenly spaced images of each prompt set")
     return p.parse_args(argv)
 
 

@@ -7,9 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
+from runtime import DEFAULT_MODEL_NAME
 from runtime.errors import ContextDiffError
 
-DEFAULT_ENGINES = Path("engines") / "tiny-pixel-seed0"  # where `python export/build_engines.py` writes the default model
+DEFAULT_ENGINES = Path("engines") / DEFAULT_MODEL_NAME  # where `python export/build_engines.py` writes the default model
 
 
 class _Parser(argparse.ArgumentParser):

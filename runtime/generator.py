@@ -85,7 +85,7 @@ def _runners(manifest: EngineManifest, backend: str, device_id: int) -> dict[Com
 class Generator:
     """Text-to-image generation from an engine directory.
 
-    >>> gen = Generator.from_dir("engines/tiny-pixel-seed0")
+    >>> gen = Generator.from_dir("engines/shapes-contextdiff")
     >>> gen("a red circle at the top left", seed=0).images  # float32 (1, H, W, 3) in [0, 1]
     """
 

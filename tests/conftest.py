@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-# The default model is written to a cache directory; keep tests from touching the user's.
-os.environ.setdefault("CONTEXTDIFF_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "contextdiff"))
 
 
 @pytest.fixture(scope="session")

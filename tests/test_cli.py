@@ -23,11 +23,11 @@ def test_main_command_writes_a_png(pixel_model_dir, tmp_path):
     assert Image.open(out).size == (32, 32)
 
 
-def test_main_command_builds_the_default_model_when_absent(tmp_path):
+def test_main_command_uses_the_shipped_default_model(tmp_path):
     out = tmp_path / "out.png"
-    result = run("-m", "contextdiff_ref", "a red circle", "-o", str(out), "--steps", "2", env={"CONTEXTDIFF_CACHE": str(tmp_path / "cache")})
+    result = run("-m", "contextdiff_ref", "a red circle at the top left", "-o", str(out), "--steps", "2")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "cache" / "tiny-pixel-seed0" / "model_index.json").is_file() and out.is_file()
+    assert "shapes-contextdiff" in result.stdout and Image.open(out).size == (32, 32)
 
 
 def test_cli_errors_are_one_clear_line(pixel_model_dir, tmp_path):

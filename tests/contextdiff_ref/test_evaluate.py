@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 
-from contextdiff_ref.evaluate import evaluate, main, markdown_table
+from PIL import Image
+
+from contextdiff_ref.evaluate import evaluate, main, markdown_table, write_grid
 from contextdiff_ref.shapes import COLOURS, POSITIONS, SHAPES, ShapeObject, render
 
 
@@ -27,7 +29,7 @@ def blank(prompts, seed):
     return np.zeros((len(prompts), 32, 32, 3), np.float32)
 
 
-def test_report_for_a_perfect_and_an_empty_model():
+def test_report_for_a_perfect_and_an_empty_model(tmp_path):
     seeds = []
     report, images = evaluate({"contextdiff": oracle, "baseline": lambda p, s: seeds.append(s) or blank(p, s)}, batch=8)
     for name, n in (("one_object", 72), ("two_object", 72)):
@@ -38,6 +40,10 @@ def test_report_for_a_perfect_and_an_empty_model():
     assert report["models"]["contextdiff"]["two_object"]["objects"] == 144
     assert seeds == list(range(9)) * 2  # chunk k of each set: seed k
     assert images["contextdiff"]["one_object"].shape == (72, 32, 32, 3)
+    write_grid(images, tmp_path / "grid.png")
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.shape == (4 * 128, 12 * 128, 3)  # rows: model x prompt set; 12 images of 32 px, 4x upscaled
+    assert grid[:256].max() == 255 and grid[256:].max() == 0  # the perfect model's rows, then the blank model's
     table = markdown_table(report)
     assert "| contextdiff | one_object | 72 | 100.0% | 100.0% | 100.0% |" in table and "ContextDiff − baseline" in table
 
