@@ -51,6 +51,7 @@ class TrainConfig:
     text_dropout: float = 0.1
     snr_gamma: float | None = 5.0
     seed: int = 0  # model initialisation, data stream and noise
+    init_from: str | None = None  # a checkpoint to start from: its raw weights and step; fresh optimizer, EMA and warm-up
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -69,8 +70,8 @@ class TrainConfig:
             raise InvalidArgumentError("ema_decay", self.ema_decay, "a number in (0, 1)")
 
     def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with its checkpoint."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}
+        """The fields a resumed run must share with its checkpoint (``init_from`` only matters before the first one)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("steps", "init_from")}
 
 
 class Trainer:
@@ -88,12 +89,27 @@ class Trainer:
         self.parameters = self.objective.parameters()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, betas=(0.9, 0.99), weight_decay=config.weight_decay)
         self.ema = EMAModel(self.parameters, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
-        self.step = 0
-        self._resume()
+        self.step = self.start_step = 0
+        if (self.out / CHECKPOINT).is_file():
+            self._resume()
+        elif config.init_from is not None:
+            self._initialise(Path(config.init_from))
 
     def _modules(self) -> list[torch.nn.Module]:
         c = self.components
         return [c.text_encoder, c.unet, c.adapter]
+
+    def _initialise(self, path: Path) -> None:
+        """Start a new phase from another run's checkpoint (e.g. with another loss weighting): its raw weights and
+        step (the data stream goes on where it stopped); the optimizer, EMA and learning-rate warm-up start afresh."""
+        state = _read_checkpoint(path, self.device)
+        if state["config"].get("baseline") != self.config.baseline:
+            raise ContextDiffError(f"--init-from {path}: baseline={state['config'].get('baseline')} there, {self.config.baseline} here")
+        for module, weights in zip(self._modules(), state["modules"]):
+            module.load_state_dict(weights)
+        self.ema = EMAModel(self.parameters, decay=self.config.ema_decay, use_ema_warmup=True, power=2 / 3)
+        self.step = self.start_step = int(state["step"])
+        logger.info("initialised from %s (step %d)", path, self.step)
 
     def _resume(self) -> None:
         path = self.out / CHECKPOINT
@@ -108,11 +124,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
+        self.start_step = int(state.get("start_step", 0))
         logger.info("resumed %s at step %d", path, self.step)
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then constant (the EMA does the averaging)."""
-        return self.config.learning_rate * min(1.0, (step + 1) / max(1, self.config.warmup_steps))
+        return self.config.learning_rate * min(1.0, (step - self.start_step + 1) / max(1, self.config.warmup_steps))
 
     def train_step(self) -> float:
         """One optimisation step on batch ``self.step`` of the stream; returns the loss."""
@@ -148,6 +165,8 @@ class Trainer:
         state = {
             "config": self.config.identity(),
             "step": self.step,
+            "start_step": self.start_step,
+            "init_from": self.config.init_from,
             "modules": [m.state_dict() for m in self._modules()],
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict(),
@@ -204,6 +223,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.learning_rate)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--snr-gamma", type=float, default=defaults.snr_gamma, help="Min-SNR-γ loss weighting; 0: plain loss of the prediction type (default: %(default)s)")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                        help="start a new phase from another run's checkpoint.pt (weights and step; fresh optimizer, EMA, warm-up)")
     parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -219,7 +241,7 @@ def export_model(run_dir: Path, dest: Path, recommended_guidance: float | None) 
     state = _read_checkpoint(run_dir / CHECKPOINT)
     if recommended_guidance is not None and not (0 <= recommended_guidance < math.inf):
         raise InvalidArgumentError("--recommended-guidance", recommended_guidance, "a finite number >= 0")
-    allowed = set(dataclasses.asdict(TrainConfig())) - {"steps"}
+    allowed = set(dataclasses.asdict(TrainConfig())) - {"steps", "init_from"}
     trainer = Trainer(TrainConfig(steps=max(1, int(state["step"])), **{k: v for k, v in state["config"].items() if k in allowed}), run_dir)
     components = dataclasses.replace(trainer.ema_components(), recommended_guidance_scale=recommended_guidance)
     logger.info("exporting step %d of %s to %s", trainer.step, run_dir, dest)
@@ -240,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.export is not None:
             export_model(args.out, args.export, args.recommended_guidance)
             return 0
-        config = TrainConfig(baseline=args.baseline, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+        config = TrainConfig(baseline=args.baseline, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                             snr_gamma=args.snr_gamma or None, init_from=str(args.init_from.resolve()) if args.init_from else None)
         trainer = Trainer(config, args.out, device=args.device)
         if trainer.step >= config.steps:
             logger.info("%s is already at step %d (>= --steps %d); nothing to do", args.out, trainer.step, config.steps)

@@ -87,3 +87,18 @@ def test_export_writes_the_ema_model_with_the_recommended_guidance(tmp_path, cap
     assert "no checkpoint" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["--out", str(out), "--export", str(tmp_path / "y"), "--recommended-guidance", "-1"]) == 2
     assert "--recommended-guidance" in capsys.readouterr().err
+
+
+def test_init_from_starts_a_new_phase_from_another_run(tmp_path, capsys):
+    first = Trainer(TrainConfig(steps=2, **TINY), tmp_path / "phase1")
+    first.run(checkpoint_every=100)
+    phase2 = TrainConfig(steps=4, snr_gamma=None, init_from=str(tmp_path / "phase1" / CHECKPOINT), **TINY)
+    second = Trainer(phase2, tmp_path / "phase2")
+    assert second.step == 2 and second.learning_rate(2) == phase2.learning_rate / 2  # warm-up again from step 2
+    a, b = weights(first), weights(second)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    second.run(checkpoint_every=100)
+    resumed = Trainer(TrainConfig(steps=4, snr_gamma=None, **TINY), tmp_path / "phase2")  # resumes; init_from no longer needed
+    assert resumed.step == 4 and resumed.start_step == 2
+    assert main(["--out", str(tmp_path / "p3"), "--steps", "3", "--batch-size", "2", "--baseline", "--init-from", str(tmp_path / "phase1" / CHECKPOINT)]) == 2
+    assert "baseline" in capsys.readouterr().err
