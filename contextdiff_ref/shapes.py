@@ -14,8 +14,6 @@ half-open box with ``2·|x − cx| <= y − top``: apex at the top centre, base 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
-
 import numpy as np
 
 from runtime.errors import InvalidArgumentError
@@ -134,10 +132,6 @@ def two_object_scenes(count: int = 72, seed: int = 0) -> list[Scene]:
 
 def evaluation_sets() -> dict[str, list[Scene]]:
     return {"one_object": one_object_scenes(), "two_object": two_object_scenes()}
-
-
-def captions(scenes: Iterable[Scene]) -> list[str]:
-    return [caption(s) for s in scenes]
 
 
 def quadrant_of(position: str) -> tuple[slice, slice]:

@@ -10,6 +10,7 @@ trains the same model, data and budget with r ≡ 0 (the adapter stays at its ze
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -88,7 +89,7 @@ class Trainer:
         self.objective.train()
         self.parameters = self.objective.parameters()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, betas=(0.9, 0.99), weight_decay=config.weight_decay)
-        self.ema = EMAModel(self.parameters, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
+        self.ema = self._new_ema()
         self.step = self.start_step = 0
         if (self.out / CHECKPOINT).is_file():
             self._resume()
@@ -99,6 +100,9 @@ class Trainer:
         c = self.components
         return [c.text_encoder, c.unet, c.adapter]
 
+    def _new_ema(self) -> EMAModel:
+        return EMAModel(self.parameters, decay=self.config.ema_decay, use_ema_warmup=True, power=2 / 3)
+
     def _initialise(self, path: Path) -> None:
         """Start a new phase from another run's checkpoint (e.g. with another loss weighting): its raw weights and
         step (the data stream goes on where it stopped); the optimizer, EMA and learning-rate warm-up start afresh."""
@@ -107,7 +111,7 @@ class Trainer:
             raise ContextDiffError(f"--init-from {path}: baseline={state['config'].get('baseline')} there, {self.config.baseline} here")
         for module, weights in zip(self._modules(), state["modules"]):
             module.load_state_dict(weights)
-        self.ema = EMAModel(self.parameters, decay=self.config.ema_decay, use_ema_warmup=True, power=2 / 3)
+        self.ema = self._new_ema()
         self.step = self.start_step = int(state["step"])
         logger.info("initialised from %s (step %d)", path, self.step)
 
@@ -209,8 +213,6 @@ def _read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str
 
 
 def _cpu_copy(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
     return copy.deepcopy(module).to("cpu").eval().requires_grad_(False)
 
 
