@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from contextdiff_ref.coordinates import unet_forward
 from contextdiff_ref.model_dir import ModelComponents
 from contextdiff_ref.pipeline import model_limits
 from contextdiff_ref.text import max_text_length
@@ -22,12 +23,14 @@ class TextEncoderGraph(nn.Module):
 
 
 class UNetGraph(nn.Module):
-    def __init__(self, unet: nn.Module) -> None:
+    """(B, C, H, W), (B,), (B, L, D) -> (B, C, H, W); coordinate planes, if the model has them, are added inside."""
+
+    def __init__(self, unet: nn.Module, coordinates: bool = False) -> None:
         super().__init__()
-        self.unet = unet
+        self.unet, self.coordinates = unet, coordinates
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        return unet_forward(self.unet, sample, timestep, encoder_hidden_states, coordinates=self.coordinates)
 
 
 class AdapterGraph(nn.Module):
@@ -56,7 +59,7 @@ def graph_modules(components: ModelComponents) -> dict[Component, nn.Module]:
     """The modules to export, in eval mode; the VAE decoder only for latent models."""
     modules: dict[Component, nn.Module] = {
         Component.TEXT_ENCODER: TextEncoderGraph(components.text_encoder),
-        Component.UNET: UNetGraph(components.unet),
+        Component.UNET: UNetGraph(components.unet, components.unet_coordinate_channels),
         Component.ADAPTER: AdapterGraph(components.adapter),
     }
     if components.vae is not None:

@@ -1,6 +1,7 @@
 """The model directory (diffusers layout): checking, loading and saving it. Weights: safetensors only.
 
-    model_index.json            {"_class_name": ..., "recommended_guidance_scale": 7.5 (optional), ...}
+    model_index.json            {"_class_name": ..., "recommended_guidance_scale": 7.5 (optional),
+                                 "unet_coordinate_channels": true (optional; contextdiff_ref/coordinates.py), ...}
     tokenizer/                  tokenizer.json, or vocab.json + merges.txt (CLIP BPE)
     text_encoder/               config.json + model.safetensors            (transformers CLIPTextModel)
     unet/                       config.json + diffusion_pytorch_model.safetensors (UNet2DConditionModel)
@@ -29,6 +30,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from contextdiff_ref.adapter import ContextAdapter
+from contextdiff_ref.coordinates import COORDINATE_CHANNELS, unet_forward
 from runtime.errors import ContextDiffError, ModelDirectoryError
 from runtime.schedule import SchedulerConfig
 
@@ -50,6 +52,11 @@ class ModelComponents:
     scheduler_config: SchedulerConfig
     vae: AutoencoderKL | None = None
     recommended_guidance_scale: float | None = None
+    unet_coordinate_channels: bool = False  # the UNet also sees x/y coordinate planes (contextdiff_ref/coordinates.py)
+
+    def predict(self, sample: torch.Tensor, timestep: torch.Tensor | int, text: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction (B, C, H, W) for a sample (B, C, H, W) and text states (B, L, D)."""
+        return unet_forward(self.unet, sample, timestep, text, coordinates=self.unet_coordinate_channels)
 
 
 def quiet_loading() -> None:
@@ -112,6 +119,19 @@ def _guidance_from_index(index: dict[str, Any], path: Path) -> float | None:
     return float(value)
 
 
+def _coordinates_from_index(index: dict[str, Any], path: Path, unet: UNet2DConditionModel) -> bool:
+    value = index.get("unet_coordinate_channels", False)
+    if not isinstance(value, bool):
+        raise ModelDirectoryError(f"{path / MODEL_INDEX}: unet_coordinate_channels={value!r} must be true or false")
+    extra = COORDINATE_CHANNELS if value else 0
+    if unet.config.in_channels != unet.config.out_channels + extra:
+        raise ModelDirectoryError(
+            f"{path / 'unet'}: in_channels={unet.config.in_channels} must be out_channels ({unet.config.out_channels}) + {extra} "
+            f"when model_index.json has unet_coordinate_channels={str(value).lower()}"
+        )
+    return value
+
+
 def _load(folder: Path, loader: Callable[[], Any]) -> Any:
     try:
         return loader()
@@ -136,7 +156,8 @@ def load_model_dir(path: str | os.PathLike[str], *, torch_dtype: torch.dtype = t
     for module in (text_encoder, unet, adapter, vae):
         if module is not None:
             module.eval().requires_grad_(False)
-    return ModelComponents(tokenizer, text_encoder, unet, adapter, scheduler_config, vae, _guidance_from_index(index, root))
+    return ModelComponents(tokenizer, text_encoder, unet, adapter, scheduler_config, vae, _guidance_from_index(index, root),
+                           _coordinates_from_index(index, root, unet))
 
 
 def save_model_dir(components: ModelComponents, path: str | os.PathLike[str]) -> Path:
@@ -166,6 +187,8 @@ def save_model_dir(components: ModelComponents, path: str | os.PathLike[str]) ->
             index["vae"] = ["diffusers", "AutoencoderKL"]
         if components.recommended_guidance_scale is not None:
             index["recommended_guidance_scale"] = components.recommended_guidance_scale
+        if components.unet_coordinate_channels:
+            index["unet_coordinate_channels"] = True
         (tmp / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")  # written last
         old = None
         if root.exists():

@@ -35,7 +35,7 @@ def model_limits(components: ModelComponents) -> ModelLimits:
     width = unet.sample_size if isinstance(unet.sample_size, int) else unet.sample_size[1]
     return ModelLimits(
         num_train_timesteps=components.scheduler_config.num_train_timesteps,
-        sample_channels=unet.in_channels,
+        sample_channels=unet.out_channels,
         default_height=size * vae_scale,
         default_width=width * vae_scale,
         pixel_factor=sample_factor * vae_scale,
@@ -89,11 +89,11 @@ class ContextDiffPipeline:
         return self.components.text_encoder(tokenize(self.components, prompts).to(self.device))[0]
 
     def _denoiser(self, text: torch.Tensor, request: GenerationRequest) -> Callable[[torch.Tensor, int], torch.Tensor]:
-        unet, w = self.components.unet, request.guidance_scale
+        predict, w = self.components.predict, request.guidance_scale
 
         def denoise(x: torch.Tensor, t: int) -> torch.Tensor:  # method doc §5 step 1
             model_input = torch.cat([x, x]) if request.do_guidance else x
-            output = unet(model_input.to(self.dtype), t, encoder_hidden_states=text).sample.float()
+            output = predict(model_input.to(self.dtype), t, text).float()
             if not request.do_guidance:
                 return output
             uncond, cond = output.chunk(2)

@@ -50,7 +50,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     text_dropout: float = 0.1
-    snr_gamma: float | None = 5.0
+    snr_gamma: float | None = None  # Min-SNR-γ weighting; None: the plain v loss
+    high_noise_fraction: float = 0.25  # of each batch, t from the last 5% of timesteps (training.HIGH_NOISE_PORTION)
     seed: int = 0  # model initialisation, data stream and noise
     init_from: str | None = None  # a checkpoint to start from: its raw weights and step; fresh optimizer, EMA and warm-up
 
@@ -69,6 +70,11 @@ class TrainConfig:
             raise InvalidArgumentError("weight_decay", self.weight_decay, "a number in [0, 1)")
         if not 0 < self.ema_decay < 1:
             raise InvalidArgumentError("ema_decay", self.ema_decay, "a number in (0, 1)")
+        self.loss_config()  # checks the loss fields
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(use_adapter=not self.baseline, text_dropout=self.text_dropout, snr_gamma=self.snr_gamma,
+                          high_noise_fraction=self.high_noise_fraction)  # fmt: skip
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint (``init_from`` only matters before the first one)."""
@@ -83,9 +89,7 @@ class Trainer:
         self.components = build_shapes_components(config.seed)
         for module in self._modules():
             module.to(self.device)
-        self.objective = ContextDiffObjective(
-            self.components, LossConfig(use_adapter=not config.baseline, text_dropout=config.text_dropout, snr_gamma=config.snr_gamma), device=self.device
-        )
+        self.objective = ContextDiffObjective(self.components, config.loss_config(), device=self.device)
         self.objective.train()
         self.parameters = self.objective.parameters()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, betas=(0.9, 0.99), weight_decay=config.weight_decay)
@@ -161,7 +165,7 @@ class Trainer:
             copies = [_cpu_copy(m) for m in self._modules()]
         finally:
             self.ema.restore(self.parameters)
-        return ModelComponents(c.tokenizer, copies[0], copies[1], copies[2], c.scheduler_config, None, c.recommended_guidance_scale)
+        return dataclasses.replace(c, text_encoder=copies[0], unet=copies[1], adapter=copies[2])
 
     def save(self) -> None:
         """Checkpoint (atomically: temporary file + rename) and export the EMA model directory."""
@@ -225,7 +229,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.learning_rate)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--snr-gamma", type=float, default=defaults.snr_gamma, help="Min-SNR-γ loss weighting; 0: plain loss of the prediction type (default: %(default)s)")
+    parser.add_argument("--snr-gamma", type=float, default=0.0, help="Min-SNR-γ loss weighting; 0: the plain loss of the prediction type (default: %(default)s)")
+    parser.add_argument("--high-noise-fraction", type=float, default=defaults.high_noise_fraction,
+                        help="fraction of each batch trained at the last 5%% of timesteps, where only the text tells the layout (default: %(default)s)")
     parser.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
                         help="start a new phase from another run's checkpoint.pt (weights and step; fresh optimizer, EMA, warm-up)")
     parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: %(default)s)")
@@ -265,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             export_model(args.out, args.export, args.recommended_guidance)
             return 0
         config = TrainConfig(baseline=args.baseline, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                             snr_gamma=args.snr_gamma or None, init_from=str(args.init_from.resolve()) if args.init_from else None)
+                             snr_gamma=args.snr_gamma or None, high_noise_fraction=args.high_noise_fraction, init_from=str(args.init_from.resolve()) if args.init_from else None)
         trainer = Trainer(config, args.out, device=args.device)
         if trainer.step >= config.steps:
             logger.info("%s is already at step %d (>= --steps %d); nothing to do", args.out, trainer.step, config.steps)

@@ -20,17 +20,23 @@ from runtime.errors import InvalidArgumentError
 from runtime.schedule import Schedule, forward_sample, training_target
 
 
+HIGH_NOISE_PORTION = 0.05  # the last 5% of the timesteps (t >= 950 of 1000): x_t holds almost no image, only the text
+
+
 @dataclass(frozen=True)
 class LossConfig:
     use_adapter: bool = True  # False: the baseline, r ≡ 0 (plain DDPM)
     text_dropout: float = 0.1  # fraction of samples trained with the empty prompt (for classifier-free guidance)
     snr_gamma: float | None = None  # Min-SNR-γ loss weighting (Hang et al. 2023); None: plain mean squared error
+    high_noise_fraction: float = 0.0  # fraction of each batch whose t is drawn from the last HIGH_NOISE_PORTION of [0, T)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.text_dropout < 1.0:
             raise InvalidArgumentError("text_dropout", self.text_dropout, "a fraction in [0, 1)")
         if self.snr_gamma is not None and not (isinstance(self.snr_gamma, (int, float)) and 0 < self.snr_gamma < float("inf")):
             raise InvalidArgumentError("snr_gamma", self.snr_gamma, "None or a positive finite number")
+        if not 0.0 <= self.high_noise_fraction <= 1.0:
+            raise InvalidArgumentError("high_noise_fraction", self.high_noise_fraction, "a fraction in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,13 @@ class ContextDiffObjective:
         c, b = self.components, x0.shape[0]
         if len(prompts) != b:
             raise InvalidArgumentError("prompts", f"{len(prompts)} prompts", f"one prompt per sample ({b})")
-        # 1. t ~ U{0, ..., T−1}, ε ~ N(0, I)
-        t = torch.randint(0, self.schedule.num_train_timesteps, (b,), generator=generator, device=self.device)
+        # 1. t ~ U{0, ..., T−1}, ε ~ N(0, I); a fraction of the batch draws t from the high-noise end instead
+        num_t = self.schedule.num_train_timesteps
+        t = torch.randint(0, num_t, (b,), generator=generator, device=self.device)
+        if self.config.high_noise_fraction > 0:
+            low = num_t - max(1, round(HIGH_NOISE_PORTION * num_t))
+            high = torch.randint(low, num_t, (b,), generator=generator, device=self.device)
+            t = torch.where(torch.rand(b, generator=generator, device=self.device) < self.config.high_noise_fraction, high, t)
         noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
         # 2. text dropout: the empty prompt for a fraction of the samples
         ids = tokenize(c, prompts).to(self.device)
@@ -78,7 +89,7 @@ class ContextDiffObjective:
         target = training_target(c.scheduler_config.prediction_type, x0, x_t, column(self._sqrt_ab), column(self._sqrt_1m_ab))
         # 6. mean squared error of the UNet's prediction, per sample weighted by min(SNR_t, γ) relative to the
         #    prediction type's own SNR weighting (ε: SNR, x_0: 1, v: SNR + 1) when snr_gamma is set
-        prediction = c.unet(x_t, t, encoder_hidden_states=text).sample
+        prediction = c.predict(x_t, t, text)
         per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
         if self.config.snr_gamma is not None:
             snr = self._snr[t]

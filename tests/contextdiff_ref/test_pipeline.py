@@ -50,7 +50,7 @@ def diffusers_ddim_loop(pipe, prompts, steps, guidance, eta, seed, float64_table
         for i, t in enumerate(scheduler.timesteps):
             if teacher is not None:
                 x = torch.as_tensor(teacher[i])
-            uncond, cond = pipe.components.unet(torch.cat([x, x]), t, encoder_hidden_states=text).sample.chunk(2)
+            uncond, cond = pipe.components.predict(torch.cat([x, x]), t, text).chunk(2)
             output = uncond + guidance * (cond - uncond)
             z = None if noise is None else torch.from_numpy(noise[i])
             if float64_tables:

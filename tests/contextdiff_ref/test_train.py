@@ -68,7 +68,7 @@ def test_loss_is_logged(tmp_path):
     assert [r["step"] for r in records] == [2, 4] and all(r["loss"] > 0 and r["seconds_per_step"] > 0 for r in records)
 
 
-@pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", -1), ("learning_rate", 0.0), ("ema_decay", 1.0)])
+@pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", -1), ("learning_rate", 0.0), ("ema_decay", 1.0), ("high_noise_fraction", 1.5), ("snr_gamma", -1.0)])
 def test_bad_config(field, value):
     from runtime.errors import InvalidArgumentError
 

@@ -70,6 +70,23 @@ def test_text_dropout_rate():
         LossConfig(text_dropout=1.0)
 
 
+def test_high_noise_fraction_draws_that_share_of_the_batch_from_the_last_timesteps():
+    from contextdiff_ref.training import HIGH_NOISE_PORTION
+
+    components = build_tiny_components()
+    x0, prompts = torch.zeros(2000, 3, 8, 8), ["a red circle"] * 2000
+    low = round((1 - HIGH_NOISE_PORTION) * 1000)  # tiny models have T = 1000
+    with torch.no_grad():
+        plain = ContextDiffObjective(components, LossConfig())(x0, prompts, torch.Generator().manual_seed(5)).timesteps
+        all_high = ContextDiffObjective(components, LossConfig(high_noise_fraction=1.0))(x0, prompts, torch.Generator().manual_seed(5)).timesteps
+        mixed = ContextDiffObjective(components, LossConfig(high_noise_fraction=0.25))(x0, prompts, torch.Generator().manual_seed(5)).timesteps
+    assert all_high.min() >= low and all_high.max() == 999 and len(all_high.unique()) > 40
+    assert 0.02 < (plain >= low).float().mean() < 0.08  # uniform: 5%
+    assert 0.25 < (mixed >= low).float().mean() < 0.33  # 0.25 + 0.75 * 0.05 = 0.2875
+    with pytest.raises(InvalidArgumentError, match="high_noise_fraction"):
+        LossConfig(high_noise_fraction=1.5)
+
+
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     objective = ContextDiffObjective(build_tiny_components(), LossConfig(text_dropout=0.0))
     objective.train()
