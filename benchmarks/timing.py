@@ -6,6 +6,7 @@ so the measured code is the shipped code. A step's "loop overhead" is its wall t
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from typing import Any, Callable
@@ -98,6 +99,7 @@ def diffusers_ddim(pipe: Any, prompts: list[str], steps: int, guidance: float, t
     timed wrappers)."""
     from diffusers import DDIMScheduler
 
+    from contextdiff_ref.coordinates import unet_forward
     from contextdiff_ref.text import tokenize
     from runtime.images import to_images
     from runtime.noise import draw_noise
@@ -113,10 +115,10 @@ def diffusers_ddim(pipe: Any, prompts: list[str], steps: int, guidance: float, t
         timer.samples["text"].append(timer.now() - start)
         shape = (n, pipe.limits.sample_channels, pipe.limits.default_height // f, pipe.limits.default_width // f)
         x = torch.from_numpy(draw_noise(0, shape, steps, 0.0)[0]).to(pipe.device, pipe.dtype)
-        unet_forward = type(c.unet).forward
+        bare_unet = functools.partial(type(c.unet).forward, c.unet)
         for t in scheduler.timesteps:
             step_start = timer.now()
-            uncond, cond = unet_forward(c.unet, torch.cat([x, x]), t, encoder_hidden_states=text).sample.chunk(2)
+            uncond, cond = unet_forward(bare_unet, torch.cat([x, x]), t, text, coordinates=c.unet_coordinate_channels).chunk(2)
             timer.samples["unet"].append(timer.now() - step_start)
             x = scheduler.step(uncond + guidance * (cond - uncond), t, x).prev_sample
             timer.samples["step"].append(timer.now() - step_start)

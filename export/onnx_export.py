@@ -1,8 +1,10 @@
 """torch module -> ONNX graph (dynamo exporter, onnxscript clean-up and constant folding) and its fp16 variant.
 
-fp16 keeps fp32 where fp16 is known to break: normalisations and softmax (their reductions), and the whole
+fp16 keeps fp32 where fp16 is known to break: normalisations and softmax (their reductions), the whole
 backward cone of every Sin/Cos — the sinusoidal timestep and position embeddings, whose arguments (t · freq up
-to ~1000 rad) lose whole radians in fp16. Graph inputs and outputs stay float32.
+to ~1000 rad) lose whole radians in fp16 — and everything computed from tensor shapes alone (e.g. the UNet's
+coordinate planes, contextdiff_ref/coordinates.py), which the converter would otherwise leave half converted.
+Graph inputs and outputs stay float32.
 """
 
 from __future__ import annotations
@@ -79,6 +81,18 @@ def sinusoid_cone(model: onnx.ModelProto) -> set[str]:
     return keep
 
 
+def shape_only_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes whose values depend on the graph inputs' shapes only, never on their values: Shape/Size
+    nodes and whatever is computed from them, initializers and constants (the nodes are in topological order)."""
+    static = {t.name for t in model.graph.initializer}
+    keep: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in ("Shape", "Size") or all(not i or i in static for i in node.input):
+            keep.add(node.name)
+            static.update(node.output)
+    return keep
+
+
 def _is_cast(node: onnx.NodeProto, to: int) -> bool:
     return node.op_type == "Cast" and any(a.name == "to" and a.i == to for a in node.attribute)
 
@@ -133,7 +147,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
     converted = convert_float_to_float16(  # the converter's own list too: ops whose fp16 forms are invalid (Resize scales)
         model, keep_io_types=True, op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS)),
-        node_block_list=sorted(sinusoid_cone(model)),
+        node_block_list=sorted(sinusoid_cone(model) | shape_only_nodes(model)),
     )
     restored = _remove_fp16_round_trips(model, converted)
     _float32_outputs(converted)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from tokenizers import Tokenizer
 
 from contextdiff_ref.alignment import score_image, summarize
@@ -24,24 +23,11 @@ def test_shipped_model_loads_with_a_recommended_guidance_and_a_standalone_tokeni
     assert any(p.abs().sum() > 0 for p in load_model_dir(default_model_dir()).adapter.proj_out.parameters())  # a trained adapter
 
 
-@pytest.mark.xfail(strict=True, reason="issue 6 target not reached yet: the shipped model (11,500 steps) scores 13% colour-position "
-                   "accuracy here (it draws the named colours, mostly in the wrong quadrant); strict, so this fails once the target is met")
 def test_quick_sample_puts_the_named_colour_in_the_named_quadrant():
-    scenes = one_object_scenes()[::5]  # 15 prompts: every colour, shape and position
+    """Issue 6's quick check, with the model's own recommended guidance (the runtime's default): 15 one-object prompts
+    (every colour, shape and position), 20 steps, colour-position accuracy >= 80%."""
+    scenes = one_object_scenes()[::5]
     pipe = ContextDiffPipeline.from_pretrained(default_model_dir())
     images = pipe([caption(s) for s in scenes], num_inference_steps=20, seed=0, progress=False).images
     result = summarize([score_image(image, scene) for image, scene in zip(images, scenes)])
     assert result["colour_position_accuracy"] >= 0.8, result
-
-
-def test_quick_sample_draws_the_named_colours():
-    """What the shipped model does reach: every one-object image holds an object of the named colour (somewhere)."""
-    from contextdiff_ref.alignment import read_quadrant
-    from contextdiff_ref.shapes import POSITIONS
-
-    scenes = one_object_scenes()[::5]
-    pipe = ContextDiffPipeline.from_pretrained(default_model_dir())
-    images = pipe([caption(s) for s in scenes], num_inference_steps=20, seed=0, progress=False).images
-    found = [any(read_quadrant(image, p).occupied and read_quadrant(image, p).colour == scene[0].colour for p in POSITIONS)
-             for image, scene in zip(images, scenes)]  # fmt: skip
-    assert sum(found) >= 0.9 * len(scenes), found
