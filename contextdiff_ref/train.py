@@ -133,7 +133,20 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
         self.start_step = int(state.get("start_step", 0))
+        self._truncate_log()
         logger.info("resumed %s at step %d", path, self.step)
+
+    def _truncate_log(self) -> None:
+        """Drop the log records of steps past the checkpoint (work lost when the last run stopped; redone now)."""
+        log = self.out / LOG
+        if not log.is_file():
+            return
+        lines = log.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.step]
+        if len(kept) != len(lines):
+            tmp = log.with_name(f".{LOG}.tmp-{os.getpid()}")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, log)
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then constant (the EMA does the averaging)."""

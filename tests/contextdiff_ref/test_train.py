@@ -30,6 +30,15 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert not torch.equal(a["1.conv_out.weight"], Trainer(TrainConfig(steps=4, **TINY), tmp_path / "fresh").components.unet.conv_out.weight)
 
 
+def test_resume_drops_the_log_records_of_lost_steps(tmp_path):
+    Trainer(TrainConfig(steps=2, **TINY), tmp_path / "r").run(checkpoint_every=100, log_every=1)
+    with open(tmp_path / "r" / "log.jsonl", "a", encoding="utf-8") as log:  # a run that logged step 3, then was killed
+        log.write(json.dumps({"step": 3, "loss": 1.0}) + "\n")
+    resumed = Trainer(TrainConfig(steps=4, **TINY), tmp_path / "r")
+    assert resumed.step == 2
+    assert [json.loads(line)["step"] for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_checkpoint_writes_a_loadable_ema_model_dir_and_baseline_keeps_r_zero(tmp_path):
     trainer = Trainer(TrainConfig(steps=3, baseline=True, **TINY), tmp_path / "run")
     trainer.run(checkpoint_every=2)
