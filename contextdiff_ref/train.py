@@ -137,12 +137,14 @@ class Trainer:
         logger.info("resumed %s at step %d", path, self.step)
 
     def _truncate_log(self) -> None:
-        """Drop the log records of steps past the checkpoint (work lost when the last run stopped; redone now)."""
+        """Drop the log records of steps past the checkpoint (work lost when the last run stopped; redone now) and
+        any line a killed run left half written."""
         log = self.out / LOG
         if not log.is_file():
             return
         lines = log.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.step]
+        steps = [_logged_step(line) for line in lines]
+        kept = [line for line, step in zip(lines, steps) if step is not None and step <= self.step]
         if len(kept) != len(lines):
             tmp = log.with_name(f".{LOG}.tmp-{os.getpid()}")
             tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
@@ -218,6 +220,13 @@ class Trainer:
                     losses, start = [], time.perf_counter()
                 if self.step % checkpoint_every == 0 or self.step == self.config.steps:
                     self.save()
+
+
+def _logged_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

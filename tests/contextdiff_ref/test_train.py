@@ -33,7 +33,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 def test_resume_drops_the_log_records_of_lost_steps(tmp_path):
     Trainer(TrainConfig(steps=2, **TINY), tmp_path / "r").run(checkpoint_every=100, log_every=1)
     with open(tmp_path / "r" / "log.jsonl", "a", encoding="utf-8") as log:  # a run that logged step 3, then was killed
-        log.write(json.dumps({"step": 3, "loss": 1.0}) + "\n")
+        log.write(json.dumps({"step": 3, "loss": 1.0}) + "\n" + '{"step": 4, "lo')  # and a half-written line
     resumed = Trainer(TrainConfig(steps=4, **TINY), tmp_path / "r")
     assert resumed.step == 2
     assert [json.loads(line)["step"] for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()] == [1, 2]
