@@ -1,7 +1,9 @@
 """Coordinate input planes for the UNet (CoordConv, Liu et al. 2018), and the one UNet call that adds them.
 
-A convolutional UNet knows where it is only through zero padding, which is a weak signal under heavy noise: the
-shapes model trained that way drew the named colour but put it in a random quadrant. A model directory whose
+A convolutional UNet knows where it is only through zero padding, a weak signal under heavy noise. The planes give
+it absolute position directly (a small help to the shapes model: 54 vs 49 of 72 one-object prompts placed right
+after 400 steps trained at t >= 990; what fixed its random quadrants was training more at high noise, see
+``training.HIGH_NOISE_PORTION``). A model directory whose
 ``model_index.json`` says ``"unet_coordinate_channels": true`` has a UNet with ``in_channels = out_channels + 2``
 and is fed, after the sample's channels, two fixed planes (like the depth map of diffusers' depth-to-image UNet):
 
