@@ -51,15 +51,19 @@ def make_clip_tokenizer(words: Iterable[str] = SHAPES_WORDS, max_length: int = 1
     raise RuntimeError(f"could not build single-token merges for {sorted(stuck)}")
 
 
-def build_tiny_components(*, latent: bool = False, seed: int = 0, prediction_type: str = "epsilon") -> ModelComponents:
-    """Seeded random tiny model (a few seconds on a CPU); the global torch RNG is left untouched."""
+def build_tiny_components(*, latent: bool = False, seed: int = 0, prediction_type: str = "epsilon", vocab_size: int | None = None) -> ModelComponents:
+    """Seeded random tiny model (a few seconds on a CPU); the global torch RNG is left untouched.
+
+    ``vocab_size``: rows of the text encoder's token embedding (default: the tokenizer's vocabulary). Rows past the
+    tokenizer's are never looked up, but they are weights: 17.5 M rows make a 2.24 GB text encoder — a real graph past
+    protobuf's 2 GiB limit that still exports and runs in seconds (tests/export/test_large_graphs.py)."""
     tokenizer = make_clip_tokenizer()
     text_dim = 32
     channels = 4 if latent else 3
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=64, num_hidden_layers=2,
+            vocab_size=vocab_size or len(tokenizer), hidden_size=text_dim, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         ))  # fmt: skip
@@ -93,6 +97,8 @@ def build_tiny_components(*, latent: bool = False, seed: int = 0, prediction_typ
     return ModelComponents(tokenizer, text_encoder, unet, adapter, scheduler, vae, recommended_guidance_scale=None)
 
 
-def write_tiny_model_dir(path: str | os.PathLike[str], *, latent: bool = False, seed: int = 0, prediction_type: str = "epsilon") -> Path:
-    """Build a tiny model and write it as a complete model directory (atomically)."""
-    return save_model_dir(build_tiny_components(latent=latent, seed=seed, prediction_type=prediction_type), path)
+def write_tiny_model_dir(path: str | os.PathLike[str], *, latent: bool = False, seed: int = 0, prediction_type: str = "epsilon",
+                         vocab_size: int | None = None) -> Path:
+    """Build a tiny model (arguments: :func:`build_tiny_components`) and write it as a model directory (atomically)."""
+    components = build_tiny_components(latent=latent, seed=seed, prediction_type=prediction_type, vocab_size=vocab_size)
+    return save_model_dir(components, path)

@@ -3,7 +3,10 @@ scheduler and manifest. Every artifact is keyed by a content hash, so unchanged 
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
+import gc
 import json
 import logging
 import os
@@ -12,7 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -28,15 +31,17 @@ from export.artifacts import (
     read_manifest, remove_stale, sha256_file,
 )  # fmt: skip
 from contextdiff_ref.graphs import graph_modules, model_dims
-from export.onnx_export import OPSET, Precision, export_onnx, save_onnx, to_fp16
+from export.onnx_export import OPSET, Flavour, Precision, export_onnx, to_fp16
 from export.tensorrt_build import build_plan, compute_capability, tensorrt_status
-from runtime.errors import InvalidArgumentError
+from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.specs import SPECS, Component, ModelDims, Profile, make_profile
+from runtime.validation import ModelLimits
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = "1"  # bump when graph wrappers or conversion rules change, to invalidate cached ONNX
+EXPORT_VERSION = "2"  # bump when graph wrappers or conversion rules change, to invalidate cached ONNX
 FP16_TOLERANCE = 1e-2  # relative L2 error of an fp16 graph against its fp32 graph, on random inputs
+CHECK_SIZE = 32  # the fp16 check runs at most 32 x 32 samples: precision is per op, and 64 x 64 would cost minutes
 _SOURCE_FOLDER = {Component.TEXT_ENCODER: "text_encoder", Component.UNET: "unet", Component.ADAPTER: "adapter", Component.VAE_DECODER: "vae"}
 
 
@@ -50,6 +55,7 @@ class Backend(str, enum.Enum):
 class BuildOptions:
     backend: Backend = Backend.AUTO
     precision: Precision | None = None  # None: fp16 for TensorRT, fp32 for ONNX Runtime
+    flavour: Flavour | None = None  # None: standard for TensorRT, onnxruntime (fused attention) for ONNX Runtime
     max_images: int = 1  # images per call; the guidance doubling is accounted for
     height: int | None = None  # pixels; None: the model's default
     width: int | None = None
@@ -81,8 +87,7 @@ def resolve_backend(requested: Backend) -> tuple[Backend, str | None]:
     return requested, version if requested is Backend.TENSORRT else None
 
 
-def _check_options(options: BuildOptions, components: ModelComponents) -> tuple[int, int]:
-    limits = model_limits(components)
+def _check_options(options: BuildOptions, limits: ModelLimits) -> tuple[int, int]:
     if isinstance(options.max_images, bool) or not isinstance(options.max_images, int) or not 1 <= options.max_images <= 64:
         raise InvalidArgumentError("--batch", options.max_images, "an integer from 1 to 64 (images per call)")
     if options.workspace_gib is not None and not options.workspace_gib > 0:
@@ -106,27 +111,38 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise BuildError(f"output directory {out_dir} is not writable: {exc.strerror or exc}") from None
 
 
-def _fp16_error(fp32: onnx.ModelProto, fp16: onnx.ModelProto, feed: dict[str, np.ndarray]) -> float:
+def _session_output(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    """Run the graph file ``path`` once on the CPU (by path: any size); the session is gone when this returns."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def _fp16_error(fp32: Path, fp16: Path, feed: dict[str, np.ndarray]) -> float:
     """Relative L2 error of the fp16 graph against the fp32 one on ``feed``; inf when it produces NaN/inf."""
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]  # noqa: E731
-    a, b = run(fp32), run(fp16)
+    a = _session_output(fp32, feed)
+    b = _session_output(fp16, feed)
     if not np.all(np.isfinite(b)):
         return float("inf")
     return float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-30))
 
 
-def _write_onnx(model: onnx.ModelProto, out_dir: Path, name: str) -> dict[str, Any]:
-    """Save atomically (data file first, graph last) and describe the files."""
-    tmp_dir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir))
+@contextlib.contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A temporary directory inside ``out_dir`` (same filesystem: renames out of it are atomic), removed on exit."""
+    stage = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir))
     try:
-        files = save_onnx(model, tmp_dir / name)
-        for path in reversed(files):  # the .data file (if any) before the graph that points to it
-            os.replace(path, out_dir / path.name)
+        yield stage
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(files: list[Path], out_dir: Path, flavour: Flavour) -> dict[str, Any]:
+    """Move a graph and its data file into ``out_dir`` (the data file first: the graph names it) and describe them."""
+    for path in reversed(files):
+        os.replace(path, out_dir / path.name)
     graph, *data = [out_dir / p.name for p in files]
     return {"file": graph.name, "sha256": sha256_file(graph), "external_data": [{"file": d.name, "sha256": sha256_file(d)} for d in data],
-            "bytes": sum(p.stat().st_size for p in [graph, *data]), "opset": OPSET, "exporter": f"torch {torch.__version__} (dynamo)"}  # fmt: skip
+            "bytes": sum(p.stat().st_size for p in [graph, *data]), "opset": OPSET, "flavour": flavour.value,
+            "exporter": f"torch {torch.__version__} (dynamo)"}  # fmt: skip
 
 
 def _artifact_intact(out_dir: Path, entry: dict[str, Any] | None, name: str) -> bool:
@@ -136,26 +152,41 @@ def _artifact_intact(out_dir: Path, entry: dict[str, Any] | None, name: str) -> 
     return all((out_dir / f["file"]).is_file() and sha256_file(out_dir / f["file"]) == f["sha256"] for f in files)
 
 
-def _build_onnx(component: Component, module: torch.nn.Module, dims: ModelDims, profile: Profile, precision: Precision,
-                source_key: str, out_dir: Path, previous: dict[str, Any]) -> tuple[dict[str, Any], str, bool, str]:  # fmt: skip
-    """(onnx entry, precision used, cached, note) for one component."""
+def _check_inputs(component: Component, dims: ModelDims, profile: Profile) -> dict[str, np.ndarray]:
+    """Random inputs for tracing and the fp16 check: the profile's opt batch (at least 2, so the batch axis stays
+    symbolic), its opt size capped at CHECK_SIZE (a multiple of the model's factor)."""
+    q = dims.sample_factor
+    cap = max(q, CHECK_SIZE // q * q)
+    _, height, width = profile.opt
+    return SPECS[component].sample_inputs(dims, max(2, profile.opt[0]), min(height, cap), min(width, cap), np.random.default_rng(0))
+
+
+def _build_onnx(component: Component, take_module: Callable[[], torch.nn.Module], dims: ModelDims, profile: Profile, precision: Precision,
+                flavour: Flavour, source_key: str, out_dir: Path, previous: dict[str, Any]) -> tuple[dict[str, Any], str, bool, str]:  # fmt: skip
+    """(onnx entry, precision used, cached, note) for one component. Everything is written in a staging directory
+    and moved into ``out_dir`` only when complete. ``take_module()`` hands over the torch module (only when the
+    artifact must be built); it is dropped as soon as it is exported."""
     name = f"{component.value}.{precision.value}.{source_key[:16]}.onnx"
     if _artifact_intact(out_dir, previous.get("onnx"), name):
         return previous["onnx"], previous["precision"], True, previous.get("note", "")
-    spec = SPECS[component]
-    feed = spec.sample_inputs(dims, max(2, profile.opt[0]), profile.opt[1], profile.opt[2], np.random.default_rng(0))
-    logger.info("exporting %s to ONNX (opset %d) ...", component.value, OPSET)
-    model = export_onnx(module, spec, {k: torch.from_numpy(v) for k, v in feed.items()})
-    used, note = Precision.FP32, ""
-    if precision is Precision.FP16:
-        converted = to_fp16(model)
-        error = _fp16_error(model, converted, feed)
-        if error <= FP16_TOLERANCE:
-            model, used, note = converted, Precision.FP16, f"fp16 rel. error {error:.1e}"
-        else:
-            note = f"fp16 rel. error {error:.1e} > {FP16_TOLERANCE:g}: kept fp32"
-            logger.warning("%s: %s", component.value, note)
-    return _write_onnx(model, out_dir, name), used.value, False, note
+    feed = _check_inputs(component, dims, profile)
+    with _staging(out_dir) as stage:
+        logger.info("%s: exporting to ONNX (opset %d, %s graph) ...", component.value, OPSET, flavour.value)
+        sample = {k: torch.from_numpy(v) for k, v in feed.items()}
+        files = export_onnx(take_module(), SPECS[component], sample, stage / "fp32" / name, flavour=flavour)
+        gc.collect()  # the module (and its memory-mapped weights) is gone now: the fp16 steps below need only the file
+        used, note = Precision.FP32, ""
+        if precision is Precision.FP16:
+            logger.info("%s: converting to fp16 and comparing with fp32 ...", component.value)
+            converted = to_fp16(files[0], stage / "fp16" / name)
+            gc.collect()  # the converted graph's reference cycles, before ONNX Runtime loads both graphs
+            error = _fp16_error(files[0], converted[0], feed)
+            if error <= FP16_TOLERANCE:
+                files, used, note = converted, Precision.FP16, f"fp16 rel. error {error:.1e}"
+            else:
+                note = f"fp16 rel. error {error:.1e} > {FP16_TOLERANCE:g}: kept fp32"
+                logger.warning("%s: %s", component.value, note)
+        return _publish(files, out_dir, flavour), used.value, False, note
 
 
 def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDims, profile: Profile, precision: str,
@@ -172,7 +203,7 @@ def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDim
             "builder_version": trt_version, "compute_capability": cc, "key": key}, False  # fmt: skip
 
 
-def _source_key(model_dir: Path, component: Component, precision: Precision) -> str:
+def _source_key(model_dir: Path, component: Component, precision: Precision, flavour: Flavour) -> str:
     """Hash of what an artifact is made from: the component's files (JSON configs without their "_" metadata keys,
     which record where a model was loaded from, not what it is), the spec and the export settings."""
     folder = model_dir / _SOURCE_FOLDER[component]
@@ -183,7 +214,7 @@ def _source_key(model_dir: Path, component: Component, precision: Precision) -> 
             parts += [path.name, json.dumps(config, sort_keys=True)]
         else:
             parts += [path.name, sha256_file(path)]
-    return hash_parts(*parts, json.dumps(SPECS[component].to_json()), str(OPSET), precision.value, EXPORT_VERSION, torch.__version__)
+    return hash_parts(*parts, json.dumps(SPECS[component].to_json()), str(OPSET), precision.value, flavour.value, EXPORT_VERSION, torch.__version__)
 
 
 def _tokenizer_json(components: ModelComponents, length: int) -> str:
@@ -195,48 +226,105 @@ def _tokenizer_json(components: ModelComponents, length: int) -> str:
     return tokenizer.to_str(pretty=True)
 
 
+def _resolve_flavour(requested: Flavour | None, backend: Backend) -> Flavour:
+    if requested is None:
+        return Flavour.STANDARD if backend is Backend.TENSORRT else Flavour.ONNXRUNTIME
+    if requested is Flavour.ONNXRUNTIME and backend is Backend.TENSORRT:
+        raise InvalidArgumentError("--onnx-flavour", requested.value, "'standard' with --backend tensorrt (TensorRT cannot parse ONNX Runtime's contrib ops)")
+    return requested
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether running out of space (or quota) on a disk caused ``exc``, anywhere in its chain."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _failure(what: str, exc: Exception, out_dir: Path) -> BuildError:
+    """One line naming what failed and why (the traceback goes to the debug log: ``--verbose``)."""
+    logger.debug("%s failed", what, exc_info=exc)
+    if _disk_full(exc):
+        return BuildError(f"{what}: the disk of {out_dir} is full: nothing half-written was kept, and no manifest names an unfinished "
+                          "artifact (a previous complete build stays usable); free some space and run the build again")  # fmt: skip
+    lines = str(exc).strip().splitlines()
+    return BuildError(f"{what}: {type(exc).__name__}: {lines[0] if lines else 'no message'} (run with --verbose for the traceback)")
+
+
+@dataclass(frozen=True)
+class _ModelFacts:
+    """What the manifest needs from a model directory, taken before its weights are let go."""
+
+    dims: ModelDims
+    limits: ModelLimits
+    tokenizer_json: str
+    scheduler_config: dict[str, Any]
+
+
 def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], options: BuildOptions = BuildOptions()) -> list[ComponentResult]:
-    """Build (or bring up to date) the engine directory ``out_dir`` for the model directory ``model_dir``."""
+    """Build (or bring up to date) the engine directory ``out_dir`` for the model directory ``model_dir``.
+
+    Any failure raises :class:`BuildError` (or ``InvalidArgumentError``/``ModelDirectoryError`` for bad input) naming
+    the component and the cause; ``out_dir`` then holds the previous complete build, or no manifest at all. Each
+    component's torch module is dropped once its artifacts are written, so peak memory follows the largest
+    component, not the whole model (weights are memory-mapped from the safetensors files)."""
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     check_model_dir(model_dir)
     backend, trt_version = resolve_backend(options.backend)
     precision = options.precision or (Precision.FP16 if backend is Backend.TENSORRT else Precision.FP32)
+    flavour = _resolve_flavour(options.flavour, backend)
     components = load_model_dir(model_dir)
-    height, width = _check_options(options, components)
+    dims = model_dims(components)
+    facts = _ModelFacts(dims, model_limits(components), _tokenizer_json(components, dims.text_length), components.scheduler_config.to_dict())
+    height, width = _check_options(options, facts.limits)
+    modules = graph_modules(components)
+    del components  # from here on, the modules below hold the only references to the weights
     _prepare_out_dir(out_dir)
     with BuildLock(out_dir):
-        dims = model_dims(components)
         previous = {} if options.force else (read_manifest(out_dir) or {}).get("components", {})
         entries, results = {}, []
-        for component, module in graph_modules(components).items():
+        for component in list(modules):
             start = time.perf_counter()
             profile = make_profile(component, dims, max_images=options.max_images, height=height, width=width, dynamic_size=options.dynamic_size)
             old = previous.get(component.value, {})
-            source_key = _source_key(model_dir, component, precision)
-            onnx_entry, used, cached, note = _build_onnx(component, module, dims, profile, precision, source_key, out_dir, old)
-            entry = {"precision": used, "note": note, "source_key": source_key, "profile": profile.to_json(), "io": SPECS[component].to_json(), "onnx": onnx_entry}
-            artifact, fmt = onnx_entry, "onnx"
-            if backend is Backend.TENSORRT:
-                artifact, plan_cached = _build_plan(component, onnx_entry, dims, profile, used, trt_version, out_dir, old.get("tensorrt"), options.workspace_gib)
-                entry["tensorrt"], fmt, cached = artifact, "tensorrt", cached and plan_cached
+            try:
+                source_key = _source_key(model_dir, component, precision, flavour)
+                take = lambda c=component: modules.pop(c)  # noqa: E731
+                onnx_entry, used, cached, note = _build_onnx(component, take, dims, profile, precision, flavour, source_key, out_dir, old)
+                modules.pop(component, None)  # cached: never taken
+                entry = {"precision": used, "note": note, "source_key": source_key, "profile": profile.to_json(), "io": SPECS[component].to_json(), "onnx": onnx_entry}
+                artifact, fmt = onnx_entry, "onnx"
+                if backend is Backend.TENSORRT:
+                    artifact, plan_cached = _build_plan(component, onnx_entry, dims, profile, used, trt_version, out_dir, old.get("tensorrt"), options.workspace_gib)
+                    entry["tensorrt"], fmt, cached = artifact, "tensorrt", cached and plan_cached
+            except ContextDiffError:
+                raise
+            except Exception as exc:  # exporter, converter, checker, ONNX Runtime, TensorRT, the disk: one line each
+                raise _failure(component.value, exc, out_dir) from exc
             entries[component.value] = entry
             results.append(ComponentResult(component.value, fmt, used, artifact["bytes"], time.perf_counter() - start, cached, note))
-        _write_manifest(out_dir, model_dir, components, dims, options, height, width, backend, entries)
+            logger.info("%s: %s (%.1f s)", component.value, "cached" if cached else "built", results[-1].seconds)
+        try:
+            _write_manifest(out_dir, model_dir, facts, options, height, width, backend, entries)
+        except OSError as exc:
+            raise _failure("manifest", exc, out_dir) from exc
     return results
 
 
-def _write_manifest(out_dir: Path, model_dir: Path, components: ModelComponents, dims: ModelDims, options: BuildOptions,
-                    height: int, width: int, backend: Backend, entries: dict[str, Any]) -> None:  # fmt: skip
-    atomic_write_text(out_dir / "tokenizer.json", _tokenizer_json(components, dims.text_length))
-    atomic_write_text(out_dir / "scheduler.json", json.dumps(components.scheduler_config.to_dict(), indent=2) + "\n")
-    limits = model_limits(components)
+def _write_manifest(out_dir: Path, model_dir: Path, facts: _ModelFacts, options: BuildOptions, height: int, width: int, backend: Backend,
+                    entries: dict[str, Any]) -> None:  # fmt: skip
+    atomic_write_text(out_dir / "tokenizer.json", facts.tokenizer_json)
+    atomic_write_text(out_dir / "scheduler.json", json.dumps(facts.scheduler_config, indent=2) + "\n")
+    limits = facts.limits
     files = {"tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(out_dir / "tokenizer.json")},
              "scheduler": {"file": "scheduler.json", "sha256": sha256_file(out_dir / "scheduler.json")}}  # fmt: skip
     model_hash = hash_parts(*(e["source_key"] for e in entries.values()), files["tokenizer"]["sha256"], files["scheduler"]["sha256"])
     manifest = {
         "format_version": FORMAT_VERSION,
         "package_version": runtime.__version__,
-        "model": {"name": model_dir.name, "hash": model_hash, "dims": asdict(dims), "default_height": limits.default_height,
+        "model": {"name": model_dir.name, "hash": model_hash, "dims": asdict(facts.dims), "default_height": limits.default_height,
                   "default_width": limits.default_width, "pixel_factor": limits.pixel_factor,
                   "recommended_guidance_scale": limits.recommended_guidance_scale},
         "build": {"backend": backend.value, "max_images": options.max_images, "height": height, "width": width,

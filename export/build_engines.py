@@ -28,12 +28,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="engine directory (default: ./engines/<model name>)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default=None, help="default: fp16 with TensorRT, fp32 with ONNX Runtime")
     p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto", help="default: %(default)s")
+    p.add_argument("--onnx-flavour", choices=["standard", "onnxruntime"], default=None,
+                   help="ONNX graphs: 'standard' (ai.onnx ops only; TensorRT, any runtime) or 'onnxruntime' (attention fused into "
+                        "ONNX Runtime's MultiHeadAttention); default: standard with TensorRT, onnxruntime otherwise")  # fmt: skip
     p.add_argument("--batch", type=int, default=1, help="max images per call; guidance doubling is accounted for (default: %(default)s)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     p.add_argument("--dynamic-size", action="store_true", help="accept half to twice the size instead of exactly it")
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder memory limit in GiB")
     p.add_argument("--force", action="store_true", help="rebuild every artifact")
+    p.add_argument("--verbose", action="store_true", help="debug log, with the traceback of a failure")
     return p.parse_args(argv)
 
 
@@ -49,20 +53,21 @@ def format_table(results) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("torch", "onnxscript", "onnx_ir", "httpx", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from contextdiff_ref.defaults import default_model_dir
     from contextdiff_ref.model_dir import quiet_loading
     from export.build import Backend, BuildOptions, build_engine_dir
+    from export.onnx_export import Flavour, Precision
 
     quiet_loading()
-    from export.onnx_export import Precision
 
     try:
         model = args.model if args.model is not None else default_model_dir()
         out = args.out if args.out is not None else Path("engines") / Path(model).resolve().name
         options = BuildOptions(backend=Backend(args.backend), precision=Precision(args.precision) if args.precision else None,
+                               flavour=Flavour(args.onnx_flavour) if args.onnx_flavour else None,
                                max_images=args.batch, height=args.height, width=args.width, dynamic_size=args.dynamic_size,
                                force=args.force, workspace_gib=args.workspace_gib)  # fmt: skip
         results = build_engine_dir(model, out, options)

@@ -1,4 +1,10 @@
-"""torch module -> ONNX graph (dynamo exporter, onnxscript clean-up and constant folding) and its fp16 variant.
+"""torch module -> ONNX graph file (dynamo exporter, onnxscript clean-up and constant folding), its fp16 variant, and
+the checks — all by path, so graphs of any size work: weights that would push a file past protobuf's 2 GiB limit go
+to ``<file>.data`` (ONNX external data), and nothing here ever serialises a whole model in memory.
+
+Two flavours of the same spec (:class:`Flavour`): ``standard`` graphs use ``ai.onnx`` ops only — inside TensorRT's
+support matrix, runnable anywhere — and ``onnxruntime`` graphs have diffusers' attention layers fused into ONNX
+Runtime's ``MultiHeadAttention`` contrib op (``export/attention.py``).
 
 fp16 keeps fp32 where fp16 is known to break: normalisations and softmax (their reductions), the whole
 backward cone of every Sin/Cos — the sinusoidal timestep and position embeddings, whose arguments (t · freq up
@@ -9,23 +15,32 @@ Graph inputs and outputs stay float32.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxscript.optimizer
 import torch
 from onnx import TensorProto, helper
 
+from export.attention import TRANSLATION_TABLE, contrib_schemas, fused_attention
 from runtime.specs import ComponentSpec
 
 logger = logging.getLogger(__name__)
 
 OPSET = 18
-TWO_GB = 2**31 - 1
+# Weights go to <file>.data (ONNX external data) above this many bytes: such graphs are written tensor by tensor, never
+# serialized whole in memory, and ONNX Runtime memory-maps the file instead of copying it (a session over a 2.2 GB text
+# encoder: 0.1 GiB RSS). Protobuf's own limit, 2 GiB per serialized graph, is far above it.
+EXTERNAL_DATA_ABOVE = 256 * 2**20
 FP32_OPS = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt")
 
 
@@ -34,35 +49,61 @@ class Precision(str, enum.Enum):
     FP16 = "fp16"
 
 
-def export_onnx(module: torch.nn.Module, spec: ComponentSpec, sample: dict[str, torch.Tensor]) -> onnx.ModelProto:
-    """Export with the spec's names and dynamic axes; returns the cleaned, constant-folded, checked graph.
+class Flavour(str, enum.Enum):
+    STANDARD = "standard"  # ai.onnx ops only: TensorRT's support matrix, any ONNX runtime
+    ONNXRUNTIME = "onnxruntime"  # attention fused into com.microsoft.MultiHeadAttention: ONNX Runtime only
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Keep the libraries' chatter out of what a user reads: the exporter's torchvision-registration warnings, the
+    optimizer's per-initializer INFO lines, the pytree ``LeafSpec`` FutureWarning. Real errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(module: torch.nn.Module, spec: ComponentSpec, sample: dict[str, torch.Tensor], path: Path, *, flavour: Flavour) -> list[Path]:
+    """Export ``module`` with the spec's names and dynamic axes to ``path`` (cleaned, constant-folded, checked);
+    returns the files written (the graph, and its ``.data`` file when the weights need one).
 
     ``sample`` must use sizes other than 1 on every dynamic axis, so the exporter keeps them symbolic.
     """
     axes = spec.dynamic_axes()
     dynamic_shapes = tuple({axis: torch.export.Dim.AUTO for axis in axes[t.name]} for t in spec.inputs)
-    with torch.no_grad():
+    fused = flavour is Flavour.ONNXRUNTIME
+    with fused_attention(module) if fused else contextlib.nullcontext(), torch.no_grad(), _quiet_libraries(), contrib_schemas():
         program = torch.onnx.export(
             module, tuple(sample[t.name] for t in spec.inputs), f=None, dynamo=True, opset_version=OPSET,
-            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
-            dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs], dynamic_shapes=dynamic_shapes,
+            custom_translation_table=TRANSLATION_TABLE if fused else None, optimize=True, verbose=False,
         )  # fmt: skip
-    model = program.model_proto
-    onnxscript.optimizer.optimize(model)  # a second pass: folds what the exporter's pass left behind
-    onnx.checker.check_model(model, full_check=False)
-    return model
+        model = onnxscript.optimizer.optimize(program.model)  # a second pass (in place): folds what the exporter's pass left
+    return save_checked(model, path)
 
 
-def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
-    """Write ``model`` to ``path``; weights go to ``<path>.data`` when the graph would exceed protobuf's 2 GB.
-    Returns the files written."""
-    size = sum(len(t.raw_data) or np.prod(t.dims) * 4 for t in model.graph.initializer)
-    if size < TWO_GB - 64 * 2**20:
-        onnx.save_model(model, str(path))
-        return [path]
-    data = path.with_name(path.name + ".data")
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
-    return [path, data]
+def save_checked(model: ir.Model, path: Path) -> list[Path]:
+    """Write ``model`` to ``path`` — its weights to ``<path>.data`` above EXTERNAL_DATA_ABOVE bytes — then check the
+    written file by path (``onnx.checker`` with strict shape inference). Returns the files written."""
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    data = path.with_name(path.name + ".data") if weights > EXTERNAL_DATA_ABOVE else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        ir.external_data.load_to_model(model)  # tensors still in another graph's data file (to_fp16's fp32 ones) come inline
+    ir.save(model, path, external_data=data.name if data else None)
+    for value in model.graph.initializers.values():  # written: let the weights go. onnxscript's rewrite rules keep a
+        value.const_value = None  # reference to the last graph they matched (until the next optimize call), and so its weights
+    with contrib_schemas():
+        onnx.checker.check_model(str(path), full_check=True)
+    return [path] + ([data] if data else [])
 
 
 def sinusoid_cone(model: onnx.ModelProto) -> set[str]:
@@ -97,14 +138,27 @@ def _is_cast(node: onnx.NodeProto, to: int) -> bool:
     return node.op_type == "Cast" and any(a.name == "to" and a.i == to for a in node.attribute)
 
 
-def _remove_fp16_round_trips(original: onnx.ModelProto, converted: onnx.ModelProto) -> int:
+def _float32_values(converted: onnx.ModelProto) -> set[str]:
+    """Values the converted graph holds in float32, from its own types: the converter, given an inferred graph, keeps
+    ``value_info`` complete (it adds an entry for every Cast it inserts)."""
+    g = converted.graph
+    typed = [*g.value_info, *g.input]
+    return {v.name for v in typed if v.type.tensor_type.elem_type == TensorProto.FLOAT} | {
+        t.name for t in g.initializer if t.data_type == TensorProto.FLOAT
+    }
+
+
+def _original_initializers(src: Path, names: set[str]) -> dict[str, TensorProto]:
+    """The initializers ``names`` of the graph file ``src`` as stored there (external ones keep pointing to its data)."""
+    return {t.name: t for t in onnx.load(str(src), load_external_data=False).graph.initializer if t.name in names}
+
+
+def _remove_fp16_round_trips(src: Path, converted: onnx.ModelProto) -> int:
     """The converter rounds to fp16 wherever a value leaves a node, also between two nodes kept in fp32
     (t · freq -> fp16 -> fp32 -> Sin), and rounds every float initializer, casting it back in front of kept nodes.
     Undo both: an fp32 -> fp16 -> fp32 round trip becomes the fp32 value, and an initializer whose consumers are
-    all Cast-to-fp32 gets its original fp32 values back (π·2^k frequencies: 402.12 would become 402.0)."""
-    fp32_values = {t.name for t in original.graph.initializer if t.data_type == TensorProto.FLOAT}
-    inferred = onnx.shape_inference.infer_shapes(converted)
-    fp32_values |= {v.name for v in list(inferred.graph.value_info) + list(inferred.graph.input) if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    all Cast-to-fp32 gets its original fp32 values back from ``src`` (π·2^k frequencies: 402.12 would become 402.0)."""
+    fp32_values = _float32_values(converted)
     producers = {out: node for node in converted.graph.node for out in node.output}
     consumers = defaultdict(list)
     for node in converted.graph.node:
@@ -117,12 +171,13 @@ def _remove_fp16_round_trips(original: onnx.ModelProto, converted: onnx.ModelPro
             node.op_type, node.input[0] = "Identity", source.input[0]
             del node.attribute[:]
             removed += 1
-    originals = {t.name: t for t in original.graph.initializer if t.data_type == TensorProto.FLOAT}
+    rounded = {t.name for t in converted.graph.initializer if t.data_type == TensorProto.FLOAT16
+               and consumers.get(t.name) and all(_is_cast(u, TensorProto.FLOAT) for u in consumers[t.name])}  # fmt: skip
+    originals = _original_initializers(src, rounded)
     for i, tensor in enumerate(converted.graph.initializer):  # round trips through a rounded initializer
-        users = consumers.get(tensor.name, [])
-        if tensor.name in originals and tensor.data_type == TensorProto.FLOAT16 and users and all(_is_cast(u, TensorProto.FLOAT) for u in users):
+        if tensor.name in originals and originals[tensor.name].data_type == TensorProto.FLOAT:
             converted.graph.initializer[i].CopyFrom(originals[tensor.name])
-            for cast in users:
+            for cast in consumers[tensor.name]:
                 cast.op_type = "Identity"
                 del cast.attribute[:]
             removed += 1
@@ -141,19 +196,47 @@ def _float32_outputs(model: onnx.ModelProto) -> None:
             output.type.tensor_type.elem_type = TensorProto.FLOAT
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The fp16 variant of an fp32 graph (see the module docstring for what stays fp32)."""
+def _fp16_from_fp32_file(tensor: ir.ExternalTensor, chunk: int = 2**24) -> np.ndarray:
+    """The fp16 values of an fp32 tensor stored externally, rounded by the converter's own rule (out-of-range values
+    clamped, tiny ones kept non-zero), read in chunks: never the whole fp32 tensor in memory."""
+    from onnxconverter_common.float16 import convert_np_to_float16
+
+    count = math.prod(tensor.shape.numpy())
+    out = np.empty(count, dtype=np.float16)
+    with open(tensor.path, "rb") as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # one per chunk with a value clamped into fp16's range
+        f.seek(tensor.offset or 0)
+        for i in range(0, count, chunk):
+            out[i : i + chunk] = convert_np_to_float16(np.fromfile(f, dtype=np.float32, count=min(chunk, count - i)))
+    return out.reshape(tensor.shape.numpy())
+
+
+def to_fp16(src: Path, dst: Path) -> list[Path]:
+    """Write the fp16 variant of the fp32 graph file ``src`` to ``dst`` (what stays fp32: the module docstring);
+    returns the files written. Any size works: shape inference and the converter see the graph without its external
+    weights (the converter only relabels those), which are then converted chunk by chunk from ``src``'s data file."""
     from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    converted = convert_float_to_float16(  # the converter's own list too: ops whose fp16 forms are invalid (Resize scales)
-        model, keep_io_types=True, op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS)),
-        node_block_list=sorted(sinusoid_cone(model) | shape_only_nodes(model)),
-    )
-    restored = _remove_fp16_round_trips(model, converted)
+    with contrib_schemas():
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
+    keep = sorted(sinusoid_cone(model) | shape_only_nodes(model))
+    with warnings.catch_warnings():  # it warns for every weight it clamps into fp16's range
+        warnings.simplefilter("ignore", UserWarning)
+        converted = convert_float_to_float16(  # in place; the converter's own op list too: ops whose fp16 forms are invalid
+            model, keep_io_types=True, disable_shape_infer=True, op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS)),
+            node_block_list=keep,
+        )  # fmt: skip
+    restored = _remove_fp16_round_trips(src, converted)
     _float32_outputs(converted)
-    del converted.graph.value_info[:]  # the converter's types are stale after the rewiring above
-    onnxscript.optimizer.optimize(converted)  # drops the Identity nodes left by the restore
-    onnx.checker.check_model(converted, full_check=False)
-    onnx.shape_inference.infer_shapes(converted, strict_mode=True)  # every type consistent
+    del converted.graph.value_info[:]  # the converter's types are stale after the rewiring above; the optimizer re-infers
     logger.debug("fp16 conversion: %d fp32 -> fp16 -> fp32 round trips removed", restored)
-    return converted
+    graph = ir.serde.deserialize_model(converted)
+    ir.external_data.set_base_dir(graph.graph, src.parent)
+    for value in graph.graph.initializers.values():
+        tensor = value.const_value
+        relabelled = isinstance(tensor, ir.ExternalTensor) and tensor.dtype == ir.DataType.FLOAT16 and tensor.length == 4 * tensor.size
+        if relabelled:  # the converter changed its type, not its bytes: they are src's fp32 values
+            value.const_value = ir.Tensor(_fp16_from_fp32_file(tensor), name=value.name)
+    with contrib_schemas(), _quiet_libraries():
+        graph = onnxscript.optimizer.optimize(graph)  # drops the Identity nodes left above
+    return save_checked(graph, dst)

@@ -73,7 +73,8 @@ def unsupported(model: onnx.ModelProto) -> list[str]:
         if support is None or not support.supported:
             problems.append(f"{where}: not supported by TensorRT 10")
             continue
-        dtype = _TYPE_NAMES.get(types.get(node.input[0])) if node.input and node.input[0] else None
+        elem = types.get(node.input[0]) if node.input and node.input[0] else None
+        dtype = _TYPE_NAMES.get(elem, TensorProto.DataType.Name(elem)) if elem else None  # DOUBLE etc.: never supported
         if dtype and support.types and dtype not in support.types:
             problems.append(f"{where}: input type {dtype} not among {sorted(support.types)}")
         for index, node_input in enumerate(node.input):

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 
-
 @pytest.fixture(scope="session")
 def pixel_model_dir(tmp_path_factory) -> Path:
     from contextdiff_ref.tiny import write_tiny_model_dir
@@ -36,13 +35,16 @@ def latent_pipe(latent_model_dir):
     return ContextDiffPipeline.from_pretrained(latent_model_dir)
 
 
-# Engine directories (ONNX Runtime artifacts), built once per session: up to 3 images per call.
-def _engines(model_dir, tmp_path_factory, name, precision, dynamic_size):
+# Engine directories (ONNX Runtime artifacts), built once per session: up to 3 images per call. The default flavour
+# for ONNX Runtime has attention fused into its MultiHeadAttention op; the "standard" ones use ai.onnx ops only.
+def _engines(model_dir, tmp_path_factory, name, precision, dynamic_size, flavour=None):
     from export.build import Backend, BuildOptions, build_engine_dir
-    from export.onnx_export import Precision
+    from export.onnx_export import Flavour, Precision
 
     out = tmp_path_factory.mktemp("engines") / name
-    build_engine_dir(model_dir, out, BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision(precision), max_images=3, dynamic_size=dynamic_size))
+    options = BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision(precision), max_images=3, dynamic_size=dynamic_size,
+                           flavour=Flavour(flavour) if flavour else None)  # fmt: skip
+    build_engine_dir(model_dir, out, options)
     return out
 
 
@@ -54,6 +56,16 @@ def latent_fp32_dir(latent_model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def latent_fp16_dir(latent_model_dir, tmp_path_factory):
     return _engines(latent_model_dir, tmp_path_factory, "latent-fp16", "fp16", dynamic_size=True)
+
+
+@pytest.fixture(scope="session")
+def latent_standard_fp32_dir(latent_model_dir, tmp_path_factory):
+    return _engines(latent_model_dir, tmp_path_factory, "latent-standard-fp32", "fp32", dynamic_size=True, flavour="standard")
+
+
+@pytest.fixture(scope="session")
+def latent_standard_fp16_dir(latent_model_dir, tmp_path_factory):
+    return _engines(latent_model_dir, tmp_path_factory, "latent-standard-fp16", "fp16", dynamic_size=True, flavour="standard")
 
 
 @pytest.fixture(scope="session")

@@ -17,24 +17,13 @@ import torch
 
 import export.build as build_module
 from contextdiff_ref.model_dir import load_model_dir, save_model_dir
-from export.artifacts import MANIFEST, BuildError, BuildLock, read_manifest, sha256_file
+from export.artifacts import MANIFEST, BuildError, BuildLock, read_manifest
 from export.build import Backend, BuildOptions, build_engine_dir
 from export.onnx_export import Precision
+from tests.parity import assert_complete
 
 ROOT = Path(__file__).resolve().parents[2]
 ORT = BuildOptions(backend=Backend.ONNXRUNTIME)
-
-
-def assert_complete(engine_dir: Path) -> dict:
-    """The manifest exists, and every file it names exists with the recorded sha256."""
-    manifest = read_manifest(engine_dir)
-    assert manifest is not None
-    files = [manifest["tokenizer"], manifest["scheduler"]]
-    for entry in manifest["components"].values():
-        files += [entry["onnx"], *entry["onnx"]["external_data"]] + ([entry["tensorrt"]] if "tensorrt" in entry else [])
-    for f in files:
-        assert sha256_file(engine_dir / f["file"]) == f["sha256"], f["file"]
-    return manifest
 
 
 @pytest.fixture()
@@ -138,25 +127,6 @@ def test_tensorrt_is_a_clear_error_when_absent(model_copy, tmp_path):
     with pytest.raises(BuildError, match="--backend tensorrt"):
         build_engine_dir(model_copy, tmp_path / "engines", BuildOptions(backend=Backend.TENSORRT))
     assert not (tmp_path / "engines" / MANIFEST).exists()
-
-
-def test_large_graphs_use_external_data(model_copy, tmp_path, monkeypatch):
-    """The > 2 GB path, exercised on a tiny model by lowering the threshold to about 1 MiB."""
-    import numpy as np
-    import onnxruntime as ort
-
-    import export.onnx_export as onnx_export
-
-    monkeypatch.setattr(onnx_export, "TWO_GB", 65 * 2**20)  # threshold = TWO_GB − 64 MiB = 1 MiB
-    out = tmp_path / "engines"
-    build_engine_dir(model_copy, out, ORT)
-    manifest = assert_complete(out)
-    unet = manifest["components"]["unet"]["onnx"]
-    assert [d["file"] for d in unet["external_data"]] == [unet["file"] + ".data"]
-    assert unet["bytes"] == sum((out / f).stat().st_size for f in (unet["file"], unet["file"] + ".data"))
-    session = ort.InferenceSession(str(out / unet["file"]), providers=["CPUExecutionProvider"])
-    feed = {"sample": np.zeros((2, 3, 32, 32), np.float32), "timestep": np.array([10, 10]), "encoder_hidden_states": np.zeros((2, 16, 32), np.float32)}
-    assert np.all(np.isfinite(session.run(None, feed)[0]))
 
 
 def test_foreign_files_in_the_output_directory_are_left_alone(model_copy, tmp_path):

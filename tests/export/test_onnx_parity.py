@@ -1,4 +1,5 @@
-"""Every exported graph against the reference torch module, at three shapes inside its profile."""
+"""Every exported graph, in both flavours, against the reference torch module at three shapes inside its profile; the
+TensorRT support check on the graphs meant for TensorRT (and on graphs it must reject)."""
 
 from __future__ import annotations
 
@@ -44,20 +45,42 @@ def run_parity(model_dir, engine_dir, component):
     return entry, errors
 
 
+FLAVOURS = ["onnxruntime", "standard"]
+ATTENTION = {Component.UNET, Component.ADAPTER, Component.VAE_DECODER}  # components with diffusers attention layers
+
+
+@pytest.fixture()
+def engine_dirs(request):
+    """{(flavour, precision): engine dir}, built lazily (session fixtures) for what a test asks."""
+    names = {("onnxruntime", "fp32"): "latent_fp32_dir", ("onnxruntime", "fp16"): "latent_fp16_dir",
+             ("standard", "fp32"): "latent_standard_fp32_dir", ("standard", "fp16"): "latent_standard_fp16_dir"}  # fmt: skip
+    return lambda flavour, precision: request.getfixturevalue(names[flavour, precision])
+
+
+def op_types(engine_dir, entry) -> set[tuple[str, str]]:
+    return {(n.domain, n.op_type) for n in onnx.load(str(engine_dir / entry["onnx"]["file"]), load_external_data=False).graph.node}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
 @pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: c.value)
-def test_fp32_graphs_match_torch(latent_model_dir, latent_fp32_dir, component):
-    entry, pairs = run_parity(latent_model_dir, latent_fp32_dir, component)
-    assert entry["precision"] == "fp32"
+def test_fp32_graphs_match_torch(latent_model_dir, engine_dirs, component, flavour):
+    engine_dir = engine_dirs(flavour, "fp32")
+    entry, pairs = run_parity(latent_model_dir, engine_dir, component)
+    assert entry["precision"] == "fp32" and entry["onnx"]["flavour"] == flavour
+    fused = ("com.microsoft", "MultiHeadAttention") in op_types(engine_dir, entry)
+    assert fused == (flavour == "onnxruntime" and component in ATTENTION)
     assert len({g.shape for g, _ in pairs}) == 3  # three distinct shapes
     for got, expected in pairs:
         assert np.abs(got - expected).max() <= 1e-4
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
 @pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: c.value)
-def test_fp16_graphs_are_close_and_finite(latent_model_dir, latent_fp16_dir, component):
-    entry, pairs = run_parity(latent_model_dir, latent_fp16_dir, component)
+def test_fp16_graphs_are_close_and_finite(latent_model_dir, engine_dirs, component, flavour):
+    engine_dir = engine_dirs(flavour, "fp16")
+    entry, pairs = run_parity(latent_model_dir, engine_dir, component)
     assert entry["precision"] == "fp16", entry["note"]
-    graph = onnx.load(str(latent_fp16_dir / entry["onnx"]["file"]))
+    graph = onnx.load(str(engine_dir / entry["onnx"]["file"]))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
     for got, expected in pairs:
         assert np.all(np.isfinite(got))
@@ -65,11 +88,47 @@ def test_fp16_graphs_are_close_and_finite(latent_model_dir, latent_fp16_dir, com
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_every_graph_is_supported_by_tensorrt(latent_fp32_dir, latent_fp16_dir, precision):
-    engine_dir = latent_fp32_dir if precision == "fp32" else latent_fp16_dir
+def test_every_standard_graph_is_supported_by_tensorrt(engine_dirs, precision):
+    engine_dir = engine_dirs("standard", precision)
     manifest = json.loads((engine_dir / "manifest.json").read_text())
     for name, entry in manifest["components"].items():
         assert unsupported(onnx.load(str(engine_dir / entry["onnx"]["file"]))) == [], name
+
+
+def test_fused_graphs_are_rejected_for_tensorrt(engine_dirs):
+    """The checker must refuse what TensorRT cannot parse: here, the ONNX Runtime flavour's contrib op."""
+    engine_dir = engine_dirs("onnxruntime", "fp32")
+    entry = json.loads((engine_dir / "manifest.json").read_text())["components"]["unet"]
+    problems = unsupported(onnx.load(str(engine_dir / entry["onnx"]["file"])))
+    assert problems and all("com.microsoft" in p and "MultiHeadAttention" in p for p in problems)
+
+
+def test_the_support_checker_rejects_what_tensorrt_cannot_run():
+    """Hand-made graphs, one per kind of rejection: an op TensorRT lacks, an unsupported input type, an opset out of
+    range, Conv weights that are not initializers, an unsupported Resize mode, a used LayerNormalization mean output."""
+    from onnx import TensorProto, helper
+
+    def model(nodes, inputs, opset=18, initializers=()):
+        outputs = [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)]
+        graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    w = helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3, 3, 3])
+    cases = {
+        "not supported": model([helper.make_node("StringNormalizer", ["s"], ["y"])], [helper.make_tensor_value_info("s", TensorProto.STRING, [2])]),
+        "input type": model([helper.make_node("Relu", ["d"], ["y"])], [helper.make_tensor_value_info("d", TensorProto.DOUBLE, [2])]),
+        "opset 7": model([helper.make_node("Relu", ["x"], ["y"])], [x], opset=7),
+        "weights must be an initializer": model([helper.make_node("Conv", ["x", "w"], ["y"])], [x, w]),
+        "mode=cubic": model([helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="cubic")], [x],
+                            initializers=[helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])]),
+        "only the first output": model([helper.make_node("LayerNormalization", ["x", "g"], ["n", "mean"]), helper.make_node("Relu", ["mean"], ["y"])],
+                                       [x], initializers=[helper.make_tensor("g", TensorProto.FLOAT, [8], [1.0] * 8)]),
+    }  # fmt: skip
+    for needle, graph in cases.items():
+        problems = unsupported(graph)
+        assert any(needle in p for p in problems), (needle, problems)
+    assert unsupported(model([helper.make_node("Relu", ["x"], ["y"])], [x])) == []  # and accepts a plain one
 
 
 def test_runtime_tokenizer_matches_the_reference(latent_model_dir, latent_fp32_dir):

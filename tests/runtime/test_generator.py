@@ -15,24 +15,7 @@ from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError
 from runtime.specs import Component
-
-PROMPTS = {1: ["a red circle at the top left"], 3: ["a red circle", "a blue square at the bottom right and a cyan circle at the top left", ""]}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / max(np.mean((a.astype(np.float64) - b) ** 2), 1e-30)))
-
-
-def compare(model_dir, engine_dir, *, batch, guidance, eta, steps=20):
-    pipe, gen = ContextDiffPipeline.from_pretrained(model_dir), Generator.from_dir(engine_dir)
-    ref_steps, rt_steps = [], []
-    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=7, progress=False)
-    expected = pipe(PROMPTS[batch], callback=ref_steps.append, **kwargs).images
-    got = gen(PROMPTS[batch], callback=rt_steps.append, **kwargs).images
-    x0_errors = [np.linalg.norm(b.pred_original_sample - a.pred_original_sample.numpy()) / np.linalg.norm(a.pred_original_sample.numpy())
-                 for a, b in zip(ref_steps, rt_steps)]  # fmt: skip
-    assert len(x0_errors) == steps and got.shape == expected.shape and got.dtype == np.float32
-    return psnr(got, expected), max(x0_errors), got
+from tests.parity import PROMPTS, compare, psnr
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -50,6 +33,18 @@ def test_fp16_engines_stay_close(latent, pixel_model_dir, latent_model_dir, pixe
     model_dir, engine_dir = (latent_model_dir, latent_fp16_dir) if latent else (pixel_model_dir, pixel_fp16_dir)
     image_psnr, _, images = compare(model_dir, engine_dir, batch=3, guidance=7.5, eta=0.0)
     assert np.all(np.isfinite(images)) and image_psnr >= 35.0, image_psnr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_standard_graphs_match_the_reference_too(precision, latent_model_dir, latent_standard_fp32_dir, latent_standard_fp16_dir):
+    """The other artifact flavour (ai.onnx ops only, what TensorRT is built from) through the same runtime."""
+    engine_dir = latent_standard_fp32_dir if precision == "fp32" else latent_standard_fp16_dir
+    assert {e["onnx"]["flavour"] for e in json.loads((engine_dir / "manifest.json").read_text())["components"].values()} == {"standard"}
+    image_psnr, x0_error, images = compare(latent_model_dir, engine_dir, batch=3, guidance=7.5, eta=1.0)
+    if precision == "fp32":
+        assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
+    else:
+        assert np.all(np.isfinite(images)) and image_psnr >= 35.0, image_psnr
 
 
 def test_same_results_from_four_threads(pixel_fp32_dir):
