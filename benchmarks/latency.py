@@ -3,7 +3,7 @@ UNet / text encoder / VAE, no adapter: what Stable Diffusion costs), and runtime
 machine has. Writes a JSON file and prints a markdown table. Benchmarks are scripts, never timed tests.
 
     python -m benchmarks.latency                       # embedded default model, CPU
-    python -m benchmarks.latency --sd15 --device cuda  # SD-1.5-shaped model at 512 x 512 on a GPU
+    python -m benchmarks.latency --sd15 --device cuda  # the SD-1.5-class model at 512 x 512 on a GPU
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks.models import sd15_shaped_components, unet_flops
+from benchmarks.models import unet_flops
 from benchmarks.timing import Timer, diffusers_ddim, instrument_generator, instrument_pipeline
 from runtime.errors import ContextDiffError
 
@@ -40,7 +40,7 @@ class System:
 
 def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any]:
     from contextdiff_ref.defaults import default_model_dir
-    from contextdiff_ref.model_dir import quiet_loading, save_model_dir
+    from contextdiff_ref.model_dir import quiet_loading
     from contextdiff_ref.pipeline import ContextDiffPipeline
     from contextdiff_ref.torch_runner import torch_generator
     from export.build import Backend, BuildOptions, build_engine_dir
@@ -50,8 +50,9 @@ def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any
     quiet_loading()
     model_dir = Path(args.model) if args.model else default_model_dir()
     if args.sd15:
-        model_dir = workdir / "sd15-shaped"
-        save_model_dir(sd15_shaped_components(), model_dir)
+        from contextdiff_ref.sd15 import write_sd15_model_dir
+
+        model_dir = write_sd15_model_dir(workdir / "sd15-contextdiff")
     gpu = args.device == "cuda"
     dtype = torch.float16 if gpu else torch.float32
     pipe = ContextDiffPipeline.from_pretrained(model_dir, device=args.device, torch_dtype=dtype)
@@ -129,7 +130,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
-    p.add_argument("--sd15", action="store_true", help="an SD-1.5-shaped model with random weights (for GPUs)")
+    p.add_argument("--sd15", action="store_true", help="the SD-1.5-class model with random weights (contextdiff_ref.sd15; for GPUs)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--prompt", default="a red circle at the top left")
     p.add_argument("--steps", type=int, default=50)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         flops = unet_flops(pipe.components, 2 * args.batch if args.guidance != 1 else args.batch, h, h)
         result = {
             "machine": _machine(args.device),
-            "config": {"model": "sd15-shaped" if args.sd15 else (args.model or "embedded default"), "device": args.device, "steps": args.steps,
+            "config": {"model": "sd15-contextdiff" if args.sd15 else (args.model or "embedded default"), "device": args.device, "steps": args.steps,
                        "guidance": args.guidance, "batch": args.batch, "height": pipe.limits.default_height, "warmup": args.warmup, "runs": args.runs},
             "unet_gflops_per_call": flops / 1e9,
             "peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -140,3 +140,44 @@ def test_foreign_files_in_the_output_directory_are_left_alone(model_copy, tmp_pa
     assert_complete(out)
     assert all(f.read_text() == "mine" for f in foreign)
     assert not (out / ".tmp-leftover").exists()
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """mount(size) -> a fresh tmpfs of ``size`` bytes (unmounted after the test); skips where mounting is not allowed."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        path = tmp_path / f"disk{len(mounted)}"
+        path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 1024 + 1}k", "tmpfs", str(path)], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"mounting a small tmpfs to fill needs root with CAP_SYS_ADMIN: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_a_full_disk_fails_cleanly_and_keeps_the_previous_build(model_copy, pixel_fp32_dir, small_disk):
+    from runtime.generator import Generator
+
+    sizes = {k: v["onnx"]["bytes"] for k, v in read_manifest(pixel_fp32_dir)["components"].items()}  # the same model's artifacts
+    out = small_disk(sizes["text_encoder"] + sizes["unet"] // 2) / "engines"  # the disk fills while the UNet is written
+    with pytest.raises(BuildError, match=r"^unet: the disk of .* is full: nothing half-written was kept"):
+        build_engine_dir(model_copy, out, ORT)
+    assert read_manifest(out) is None and not any(p.name.startswith(".tmp-") for p in out.iterdir())
+
+    out = small_disk(sum(sizes.values()) + sizes["unet"] // 2) / "engines"  # one build fits, a second UNet does not
+    build_engine_dir(model_copy, out, ORT)
+    before = assert_complete(out)
+    components = load_model_dir(model_copy)
+    with torch.no_grad():
+        next(components.unet.parameters()).add_(0.01)
+    save_model_dir(components, model_copy)
+    with pytest.raises(BuildError, match=r"^unet: the disk of .* is full"):
+        build_engine_dir(model_copy, out, ORT)
+    assert assert_complete(out) == before and not any(p.name.startswith(".tmp-") for p in out.iterdir())
+    assert Generator.from_dir(out).backend == "onnxruntime-cpu"  # the previous build is still usable

@@ -1,0 +1,109 @@
+"""Parity of an engine directory with its model directory: runtime.Generator against the reference pipeline for the same
+call and seed — per step the relative L2 error of x̂_0, then the final latent and the decoded image. Writes JSON.
+
+    python -m benchmarks.parity --model models/sd15-contextdiff --engines engines/sd15-contextdiff-512 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger("benchmarks.parity")
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    """10 log10(peak² / MSE) in float64 (images in [0, 1]: peak 1)."""
+    return float(10 * np.log10(peak**2 / max(np.mean((a.astype(np.float64) - b) ** 2), 1e-30)))
+
+
+def rel_error(got: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(got, np.float64) - expected) / max(np.linalg.norm(np.asarray(expected, np.float64)), 1e-30))
+
+
+@dataclass
+class ParityReport:
+    image_psnr: float  # decoded images, [0, 1]
+    latent_psnr: float  # final sample, peak = the reference's value range
+    latent_rel_error: float
+    x0_rel_errors: list[float]  # per step
+    seconds: dict[str, float]  # reference and runtime, one call each
+    images: np.ndarray = field(repr=False)  # the runtime's
+
+    @property
+    def x0_max_rel_error(self) -> float:
+        return max(self.x0_rel_errors)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "images"}
+        return {**data, "x0_max_rel_error": self.x0_max_rel_error}
+
+
+def compare_with_reference(model_dir: str | Path, engine_dir: str | Path, prompts: Sequence[str], **call: Any) -> ParityReport:
+    """Run the reference pipeline and runtime.Generator (ONNX Runtime CPU) on the same call (``call``: the pipelines'
+    keyword arguments; ``seed`` defaults to 0) and compare them step by step."""
+    from contextdiff_ref.pipeline import ContextDiffPipeline
+    from runtime.generator import Generator
+
+    call = {"seed": 0, "progress": False, **call}
+    outputs, seconds = {}, {}
+    for name, make in (("reference", lambda: ContextDiffPipeline.from_pretrained(model_dir)), ("runtime", lambda: Generator.from_dir(engine_dir))):
+        system, steps = make(), []
+        start = time.perf_counter()
+        images = system(list(prompts), callback=steps.append, **call).images
+        seconds[name] = time.perf_counter() - start
+        to_np = (lambda a: a.float().numpy()) if name == "reference" else np.asarray  # noqa: E731
+        outputs[name] = (images, [to_np(s.pred_original_sample).copy() for s in steps], to_np(steps[-1].sample).copy())
+        del system  # one model in memory at a time
+    (ref_images, ref_x0, ref_latent), (images, x0, latent) = outputs["reference"], outputs["runtime"]
+    assert images.shape == ref_images.shape and len(x0) == len(ref_x0)
+    return ParityReport(
+        image_psnr=psnr(images, ref_images), latent_psnr=psnr(latent, ref_latent, peak=float(ref_latent.max() - ref_latent.min())),
+        latent_rel_error=rel_error(latent, ref_latent), x0_rel_errors=[rel_error(b, a) for a, b in zip(ref_x0, x0)], seconds=seconds,
+        images=images,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.parity", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True, help="model directory")
+    p.add_argument("--engines", type=Path, required=True, help="engine directory built from it")
+    p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from contextdiff_ref.model_dir import quiet_loading
+    from runtime.errors import ContextDiffError
+
+    quiet_loading()
+    try:
+        report = compare_with_reference(args.model, args.engines, [args.prompt], num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                        eta=args.eta, seed=args.seed)  # fmt: skip
+    except ContextDiffError as exc:
+        p.exit(2, f"error: {exc}\n")
+    manifest = json.loads((args.engines / "manifest.json").read_text())
+    result = {"model": str(args.model), "engines": str(args.engines), "call": {k: v for k, v in vars(args).items() if k not in ("model", "engines", "out")},
+              "precision": {k: v["precision"] for k, v in manifest["components"].items()},
+              "flavour": {k: v["onnx"].get("flavour", "standard") for k, v in manifest["components"].items()}, **report.to_json()}  # fmt: skip
+    text = json.dumps(result, indent=2) + "\n"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""A Stable-Diffusion-1.5-class model on the CPU, one interleaved run: diffusers' own ``StableDiffusionPipeline`` (DDIM,
+eager torch, the same UNet / text encoder / VAE weights, no adapter) vs the reference pipeline vs ``runtime.Generator``
+(ONNX Runtime fp32), at each size, guidance on, batch 1. Writes JSON and prints a markdown table.
+
+Each system lives in its own worker process, so the peak RSS reported is that system's alone; runs are interleaved
+across the workers (A B C A B C ...) so drift hits all alike, one at a time, with a pause between runs so no worker's
+idle threads spin into the next one's. Seconds per step are measured from step end to step end (the first step from
+the end of text encoding) — the denoising loop alone, without text encoding and decoding, which are reported apart.
+
+    python -m benchmarks.sd15_cpu --sizes 256 512 --steps 3 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+logger = logging.getLogger("benchmarks.sd15_cpu")
+
+SYSTEMS = ("diffusers StableDiffusionPipeline (DDIM, eager)", "reference (eager PyTorch)", "runtime onnxruntime-cpu fp32")
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def _diffusers(model_dir: Path, timer: Any) -> Callable[[dict[str, Any]], Any]:
+    """diffusers' own pipeline assembled from the model directory's text encoder, tokenizer, UNet, VAE and scheduler
+    config (its model_index.json names our pipeline class, so it is not loaded through it)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    config = {k: v for k, v in json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text()).items() if k != "shift_schedule"}
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(model_dir / "vae"), text_encoder=CLIPTextModel.from_pretrained(model_dir / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(model_dir / "tokenizer"), unet=UNet2DConditionModel.from_pretrained(model_dir / "unet"),
+        scheduler=DDIMScheduler.from_config(config), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    pipe.encode_prompt = timer.wrap("text", pipe.encode_prompt, starts_loop=True)
+    pipe.unet.forward = timer.wrap("unet", pipe.unet.forward)
+    pipe.vae.decode = timer.wrap("decode", pipe.vae.decode)
+
+    def run(call: dict[str, Any]) -> Any:
+        with torch.inference_mode():
+            return pipe(PROMPT, height=call["size"], width=call["size"], num_inference_steps=call["steps"], guidance_scale=call["guidance"],
+                        generator=torch.Generator().manual_seed(0), output_type="np",
+                        callback_on_step_end=lambda *a: (timer.on_step(None), a[3])[1]).images  # fmt: skip
+
+    return run
+
+
+def _reference(model_dir: Path, timer: Any) -> Callable[[dict[str, Any]], Any]:
+    from benchmarks.timing import instrument_pipeline
+    from contextdiff_ref.pipeline import ContextDiffPipeline
+
+    pipe = ContextDiffPipeline.from_pretrained(model_dir)
+    instrument_pipeline(pipe, timer)
+    return lambda call: pipe.run_timed(PROMPT, height=call["size"], width=call["size"], num_inference_steps=call["steps"],
+                                       guidance_scale=call["guidance"], seed=0, progress=False).images  # fmt: skip
+
+
+def _runtime(engine_dir: Path, timer: Any) -> Callable[[dict[str, Any]], Any]:
+    from benchmarks.timing import instrument_generator
+    from runtime.generator import Generator
+
+    gen = Generator.from_dir(engine_dir, backend="onnxruntime-cpu")
+    instrument_generator(gen, timer)
+    return lambda call: gen.run_timed(PROMPT, num_inference_steps=call["steps"], guidance_scale=call["guidance"], seed=0, progress=False).images
+
+
+def _worker(conn: Any, system: str, model_dir: Path, engine_dir: Path) -> None:
+    """One system in its own process: load it, then answer "run" (one timed generation) until "stop" (peak RSS)."""
+    try:
+        from benchmarks.timing import Timer
+        from contextdiff_ref.model_dir import quiet_loading
+
+        quiet_loading()
+        timer = Timer()
+        start = time.perf_counter()
+        run = {SYSTEMS[0]: lambda: _diffusers(model_dir, timer), SYSTEMS[1]: lambda: _reference(model_dir, timer),
+               SYSTEMS[2]: lambda: _runtime(engine_dir, timer)}[system]()  # fmt: skip
+        conn.send({"load_s": time.perf_counter() - start})
+        while (call := conn.recv()) is not None:
+            timer.reset()
+            start = time.perf_counter()
+            images = run(call)
+            conn.send({"e2e_s": time.perf_counter() - start, "stages": {k: list(v) for k, v in timer.samples.items()},
+                       "finite": bool(np.all(np.isfinite(images)))})  # fmt: skip
+        conn.send({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    except Exception as exc:  # reported to the driver, which stops with one line
+        conn.send({"error": f"{system}: {type(exc).__name__}: {exc}"})
+
+
+def _ask(conn: Any, message: Any = "noop") -> dict[str, Any]:
+    if message != "noop":
+        conn.send(message)
+    reply = conn.recv()
+    if "error" in reply:
+        raise RuntimeError(reply["error"])
+    return reply
+
+
+def bench_size(model_dir: Path, engine_dir: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    workers, loads = {}, {}
+    try:
+        for system in SYSTEMS:  # loaded one after the other, so no load competes with another
+            parent, child = ctx.Pipe()
+            process = ctx.Process(target=_worker, args=(child, system, model_dir, engine_dir), daemon=True)
+            process.start()
+            workers[system] = (process, parent)
+            loads[system] = _ask(parent)["load_s"]
+        call = {"size": size, "steps": args.steps, "guidance": args.guidance}
+        for _ in range(args.warmup):
+            for system, (_, conn) in workers.items():
+                _ask(conn, call)
+        samples: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
+        for i in range(args.runs):
+            for system, (_, conn) in workers.items():
+                time.sleep(args.pause)
+                samples[system].append(_ask(conn, call))
+            logger.info("%d px: run %d/%d done", size, i + 1, args.runs)
+        peaks = {system: _ask(conn, None)["peak_rss_mib"] for system, (_, conn) in workers.items()}
+    finally:
+        for process, _ in workers.values():
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    return {system: _summary(samples[system], loads[system], peaks[system]) for system in SYSTEMS}
+
+
+def _summary(runs: list[dict[str, Any]], load_s: float, peak_rss_mib: float) -> dict[str, Any]:
+    stages: dict[str, list[float]] = {}
+    for run in runs:
+        for k, v in run["stages"].items():
+            stages.setdefault(k, []).extend(v)
+    e2e, steps = np.array([r["e2e_s"] for r in runs]), np.array(stages["step"])
+    return {"runs": len(runs), "load_s": load_s, "peak_rss_mib": peak_rss_mib, "all_finite": all(r["finite"] for r in runs),
+            "s_per_step_mean": float(steps.mean()), "s_per_step_p50": float(np.median(steps)), "s_per_step_min": float(steps.min()),
+            "s_per_step_max": float(steps.max()), "e2e_s_mean": float(e2e.mean()),
+            "stages_ms": {k: 1e3 * float(np.mean(v)) for k, v in stages.items() if k != "step"}}  # fmt: skip
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = ["| size | system | s / step | × diffusers per step | e2e s | text ms | UNet ms/call | adapter ms/call | decode ms | peak RSS GiB | × diffusers RSS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
+    for size, systems in result["sizes"].items():
+        base = systems[SYSTEMS[0]]
+        for name, s in systems.items():
+            st = s["stages_ms"]
+            rows.append(f"| {size} | {name} | {s['s_per_step_mean']:.2f} | {s['s_per_step_mean'] / base['s_per_step_mean']:.2f} | "
+                        f"{s['e2e_s_mean']:.1f} | {fmt(st.get('text'), '.0f')} | {fmt(st.get('unet'), '.0f')} | {fmt(st.get('adapter'), '.0f')} | "
+                        f"{fmt(st.get('decode'), '.0f')} | {s['peak_rss_mib'] / 1024:.2f} | {s['peak_rss_mib'] / base['peak_rss_mib']:.2f} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sd15_cpu", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=Path("models/sd15-contextdiff"), help="model directory; written if absent (default: %(default)s)")
+    p.add_argument("--engines-root", type=Path, default=Path("engines"), help="engine directories <root>/<model>-<size> (built or reused)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/sd15-cpu.json"))
+    args = p.parse_args(argv)
+    if args.steps < 2 or args.runs < 1 or args.warmup < 0 or any(s < 64 or s % 64 for s in args.sizes):
+        p.error("--steps must be >= 2 (steps are timed end to end), --runs >= 1, --warmup >= 0, --sizes multiples of 64")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from contextdiff_ref.model_dir import quiet_loading
+    from contextdiff_ref.sd15 import write_sd15_model_dir
+    from export.build import Backend, BuildOptions, build_engine_dir
+    from export.onnx_export import Precision
+    from runtime.errors import ContextDiffError
+
+    quiet_loading()
+    result: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "python": sys.version.split()[0],
+                    "cpu_count": multiprocessing.cpu_count()},
+        "config": {"model": str(args.model), "steps": args.steps, "guidance": args.guidance, "batch": 1, "warmup": args.warmup, "runs": args.runs,
+                   "prompt": PROMPT},
+        "sizes": {},
+    }  # fmt: skip
+    try:
+        if not args.model.is_dir():
+            logger.info("writing the SD-1.5-class model directory %s ...", args.model)
+            write_sd15_model_dir(args.model)
+        for size in args.sizes:
+            engine_dir = args.engines_root / f"{args.model.resolve().name}-{size}"
+            build_engine_dir(args.model, engine_dir, BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision.FP32, height=size, width=size))
+            result["sizes"][str(size)] = bench_size(args.model.resolve(), engine_dir.resolve(), size, args)
+    except (ContextDiffError, RuntimeError, OSError) as exc:
+        p.exit(2, f"error: {exc}\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
