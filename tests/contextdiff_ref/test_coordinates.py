@@ -74,11 +74,12 @@ def test_exported_unet_takes_the_sample_alone_and_matches_torch_at_every_size(co
     import onnx
 
     from export.build import Backend, BuildOptions, build_engine_dir
-    from export.onnx_export import Precision
+    from export.onnx_export import Flavour, Precision
     from export.trt_support import unsupported
 
-    engines = tmp_path / "engines"
-    options = BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision(precision), max_images=2, dynamic_size=True)
+    engines = tmp_path / "engines"  # the standard flavour: the graph TensorRT would parse, run here by ONNX Runtime
+    options = BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision(precision), max_images=2, dynamic_size=True,
+                           flavour=Flavour.STANDARD)
     build_engine_dir(coordinate_model_dir, engines, options)
     entry, pairs = run_parity(coordinate_model_dir, engines, Component.UNET)
     assert entry["precision"] == precision, entry.get("note")
