@@ -8,34 +8,30 @@ its tests skip with that reason and ``build_engines.py`` builds ONNX Runtime art
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+from runtime import cuda_driver
 from runtime.specs import ComponentSpec, ModelDims, Profile
 
 logger = logging.getLogger(__name__)
 
 
 def tensorrt_status() -> tuple[str | None, str]:
-    """(TensorRT version or None, reason it is unusable)."""
+    """(TensorRT version or None, reason it is unusable). The GPU is asked of the CUDA driver itself, so the CPU
+    torch wheel the constraints pin does not hide one."""
     try:
         import tensorrt as trt
     except Exception as exc:  # ImportError, or the index's placeholder package raising on import
         return None, f"TensorRT is not importable ({type(exc).__name__}: {exc})"
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None, "TensorRT is installed but no CUDA GPU is visible"
-    except ImportError:
-        pass
+    if cuda_driver.device_count() == 0:
+        return None, "TensorRT is installed but the CUDA driver shows no GPU"
     return trt.__version__, ""
 
 
-def compute_capability() -> str:
-    import torch
-
-    major, minor = torch.cuda.get_device_capability()
-    return f"{major}.{minor}"
+def compute_capability(device_id: int = 0) -> str:
+    """"9.0" for an H100: plans are keyed by it."""
+    return cuda_driver.gpu_info(device_id).compute_capability
 
 
 def build_plan(
@@ -51,7 +47,10 @@ def build_plan(
 ) -> None:
     """Build and write a serialized engine for ``onnx_path`` with one optimization profile (``profile``).
 
-    tf32 is always allowed; fp16 kernels when ``fp16``. The timing cache at ``timing_cache`` is read if present
+    ``fp16``: the graph is the fp16 ONNX, which keeps fp32 islands on purpose (the timestep and position sinusoids,
+    normalisations, softmax); it is parsed as a strongly typed network, so every layer runs in the type the graph
+    gives it — a weakly typed network with the fp16 flag would let TensorRT pick fp16 for those islands too.
+    Otherwise an fp32 network with tf32 allowed. The timing cache at ``timing_cache`` is read if present
     and written back, so later builds reuse measured tactics. Progress is logged by Polygraphy.
     """
     import tensorrt as trt
@@ -63,11 +62,16 @@ def build_plan(
     for tensor in spec.inputs:
         trt_profile.add(tensor.name, min=shapes[0][tensor.name], opt=shapes[1][tensor.name], max=shapes[2][tensor.name])
     pools = {trt.MemoryPoolType.WORKSPACE: workspace_bytes} if workspace_bytes else None
-    config = CreateConfig(
-        tf32=True, fp16=fp16, profiles=[trt_profile], memory_pool_limits=pools,
+    config = CreateConfig(  # precision flags are not allowed (nor needed) on a strongly typed network
+        tf32=not fp16, profiles=[trt_profile], memory_pool_limits=pools,
         load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
     )  # fmt: skip
-    network = network_from_onnx_path(str(onnx_path))
-    logger.info("TensorRT: building %s (%s) ...", spec.name, "fp16" if fp16 else "tf32")
-    engine = engine_from_network(network, config=config, save_timing_cache=str(timing_cache))
-    save_engine(engine, path=str(plan_path))
+    network = network_from_onnx_path(str(onnx_path), strongly_typed=fp16)
+    logger.info("TensorRT: building %s (%s) ...", spec.name, "fp16, strongly typed" if fp16 else "tf32")
+    fresh_cache = timing_cache.with_name(f".{timing_cache.name}.{os.getpid()}.tmp")  # renamed into place: never half written
+    try:
+        engine = engine_from_network(network, config=config, save_timing_cache=str(fresh_cache))
+        save_engine(engine, path=str(plan_path))
+        os.replace(fresh_cache, timing_cache)
+    finally:
+        fresh_cache.unlink(missing_ok=True)

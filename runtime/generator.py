@@ -8,6 +8,7 @@ on threading.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -19,6 +20,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from runtime import cuda_driver
 from runtime.errors import InvalidArgumentError
 from runtime.images import GenerationOutput, to_images
 from runtime.manifest import EngineManifest, load_manifest
@@ -34,12 +36,8 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-
 
 
 def _gpu_ready() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # not installed, no driver, no device
-        return False
+    """A GPU the CUDA driver shows, and CuPy to hold the loop's arrays on it."""
+    return cuda_driver.device_count() > 0 and importlib.util.find_spec("cupy") is not None
 
 
 def _pick_backend(backend: str, manifest: EngineManifest) -> str:
@@ -65,21 +63,19 @@ def _pick_backend(backend: str, manifest: EngineManifest) -> str:
 
 def _runners(manifest: EngineManifest, backend: str, device_id: int) -> dict[Component, Runner]:
     if backend == "tensorrt":
-        import cupy
         import tensorrt
 
         from runtime.manifest import check_tensorrt_plan
         from runtime.tensorrt_runner import TensorRTRunner
 
-        cc = cupy.cuda.Device(device_id).compute_capability  # "90" -> "9.0", as the exporter records it
-        capability = f"{cc[:-1]}.{cc[-1]}"
+        capability = cuda_driver.gpu_info(device_id).compute_capability  # "9.0", as the exporter records it
         runners: dict[Component, Runner] = {}
         for component, artifacts in manifest.components.items():
             check_tensorrt_plan(artifacts, tensorrt.__version__, capability)
             runners[component] = TensorRTRunner(SPECS[component], artifacts.plan, manifest.dims, artifacts.profile, device_id=device_id)
         return runners
     cuda = backend == "onnxruntime-cuda"
-    return {c: OnnxRuntimeRunner(SPECS[c], a.onnx, cuda=cuda, device_id=device_id) for c, a in manifest.components.items()}
+    return {c: OnnxRuntimeRunner(SPECS[c], a.onnx, model=manifest.dims, cuda=cuda, device_id=device_id) for c, a in manifest.components.items()}
 
 
 class Generator:
@@ -89,16 +85,22 @@ class Generator:
     >>> gen("a red circle at the top left", seed=0).images  # float32 (1, H, W, 3) in [0, 1]
     """
 
-    def __init__(self, manifest: EngineManifest, runners: dict[Component, Runner], backend: str, xp: Any = np) -> None:
+    def __init__(self, manifest: EngineManifest, runners: dict[Component, Runner], backend: str, xp: Any = np, device_id: int = 0) -> None:
         """``runners``: one per component of the manifest; ``xp``: the array module the runners exchange (NumPy, or
-        CuPy for GPU runners) — buffers live there, and nothing crosses host and device inside the loop."""
-        self.manifest, self.runners, self.backend, self.xp = manifest, runners, backend, xp
+        CuPy for GPU runners) — buffers live there, and nothing crosses host and device inside the loop.
+        ``device_id``: with CuPy, the CUDA device made current (on the calling thread) for loading and for every call."""
+        self.manifest, self.runners, self.backend, self.xp, self.device_id = manifest, runners, backend, xp, device_id
         self.schedule = Schedule(SchedulerConfig.from_dict(json.loads(manifest.scheduler_path.read_text(encoding="utf-8"))))
         self.tokenizer = Tokenizer.from_file(str(manifest.tokenizer_path))
         self.limits = manifest.limits
         self._lock = threading.Lock()
-        for runner in runners.values():
-            runner.activate()
+        with self._on_device():
+            for runner in runners.values():
+                runner.activate()
+
+    def _on_device(self) -> contextlib.AbstractContextManager[Any]:
+        """CuPy's current device is per thread: every thread that loads or calls gets the Generator's device."""
+        return self.xp.cuda.Device(self.device_id) if self.xp is not np else contextlib.nullcontext()
 
     @classmethod
     def from_dir(cls, engine_dir: str | os.PathLike[str], backend: str = "auto", device: int | None = None) -> Generator:
@@ -112,12 +114,14 @@ class Generator:
             raise InvalidArgumentError("device", device, "None or a CUDA device index >= 0")
         manifest = load_manifest(engine_dir)
         chosen = _pick_backend(backend, manifest)
+        if chosen != "onnxruntime-cpu" and (device or 0) >= cuda_driver.device_count():
+            raise InvalidArgumentError("device", device, f"a CUDA device index below {cuda_driver.device_count()} (the devices the driver shows)")
         runners = _runners(manifest, chosen, device or 0)
         logger.info("Generator: %s backend for %s", chosen, engine_dir)
         xp = np
         if chosen != "onnxruntime-cpu":
             import cupy as xp  # noqa: F811
-        return cls(manifest, runners, chosen, xp=xp)
+        return cls(manifest, runners, chosen, xp=xp, device_id=device or 0)
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -218,7 +222,7 @@ class Generator:
             output_type=output_type, callback=callback,
         )  # fmt: skip
         self._check_profiles(request)
-        with self._lock:
+        with self._lock, self._on_device():
             return generate(  # noise and latents reach the runners' device once per call (xp.array)
                 request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
                 decode=self.decode, to_device=self.xp.array,

@@ -101,6 +101,12 @@ class ComponentSpec:
         dims = model.resolve(batch, height, width)
         return {t.name: t.shape(dims) for t in self.outputs}
 
+    def call_dims(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int, int]:
+        """(batch, height, width) of a call from its input shapes (height and width 0 for the text encoder)."""
+        first = self.inputs[0]
+        shape = dict(zip(first.dims, shapes[first.name]))
+        return shape["batch"], shape.get("height", 0), shape.get("width", 0)
+
     def sample_inputs(self, model: ModelDims, batch: int, height: int, width: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Random inputs of the right shapes: N(0, 1) floats, token ids in the vocabulary, integer timesteps."""
         feed = {}

@@ -1,15 +1,18 @@
-"""TensorRT runner: one deserialized plan, CuPy buffers bound once, CUDA-graph replay for static shapes.
+"""TensorRT runner: one deserialized plan, CuPy buffers bound once, a CUDA graph per input shape.
 
 Written against TensorRT 10's documented Python API (named I/O tensors, ``set_input_shape``,
-``set_tensor_address``, ``execute_async_v3``). TensorRT cannot be installed where this package is developed, so
-this module is exercised only where ``import tensorrt`` works; it is imported lazily by runtime.generator.
+``set_tensor_address``, ``execute_async_v3``) and its CUDA-graph guidance: after a shape change, enqueue once
+before capturing; capture on a non-blocking stream (capture must not touch the legacy default stream). TensorRT
+cannot be installed where this package is developed, so the TensorRT calls run only where ``import tensorrt``
+works; the bookkeeping (``GraphBook``: when to rebind, run, capture or replay) is plain Python and tested on the CPU.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Hashable, Mapping
 
 import numpy as np
 
@@ -18,69 +21,118 @@ from runtime.specs import ComponentSpec, ModelDims, Profile
 
 logger = logging.getLogger(__name__)
 
+MAX_GRAPHS = 16  # captured graphs kept per runner (one per distinct input shape); later shapes run uncaptured
+
+
+@dataclass(frozen=True)
+class Action:
+    rebind: bool  # the input shapes differ from the context's: set them (and the addresses) before this call
+    how: str  # "run" (plain enqueue), "capture" (capture a graph, then launch it) or "replay" (launch a captured graph)
+
+
+class GraphBook:
+    """Per input-shape key: the first call after a shape change runs plainly (TensorRT's required enqueue after a
+    shape change), a second call with the same shape captures a CUDA graph, every later one replays it — also after
+    other shapes came in between. ``clear()`` forgets everything (a closed runner rebinds from scratch)."""
+
+    def __init__(self, max_graphs: int = MAX_GRAPHS) -> None:
+        self.max_graphs = max_graphs
+        self.clear()
+
+    def clear(self) -> None:
+        self.bound: Hashable | None = None
+        self.graphs: dict[Hashable, Any] = {}
+
+    def next(self, key: Hashable) -> Action:
+        rebind, self.bound = key != self.bound, key
+        if key in self.graphs:
+            return Action(rebind, "replay")
+        if not rebind and len(self.graphs) < self.max_graphs:
+            return Action(False, "capture")
+        return Action(rebind, "run")
+
+    def captured(self, key: Hashable, graph: Any) -> None:
+        self.graphs[key] = graph
+
 
 class TensorRTRunner(RunnerBase):
-    """Inputs are copied into buffers bound at activation (so a captured CUDA graph stays valid); outputs are views
-    of bound buffers, valid until the next ``infer`` — the denoising loop consumes them before calling again."""
+    """Inputs are copied into buffers bound at activation (so captured graphs stay valid); outputs are views of
+    bound buffers, valid until the next ``infer`` — the denoising loop consumes them before calling again."""
 
-    def __init__(self, spec: ComponentSpec, plan: Path, model: ModelDims, profile: Profile, *, device_id: int = 0) -> None:
+    def __init__(self, spec: ComponentSpec, plan: Path, model: ModelDims, profile: Profile, *, device_id: int = 0,
+                 cuda_graphs: bool = True) -> None:  # fmt: skip
         super().__init__(spec)
         self.plan, self.model, self.profile, self.device_id = plan, model, profile, device_id
-        self.static = profile.min == profile.max
-        self._graph = None
-        self._shapes: dict[str, tuple[int, ...]] | None = None
+        self.book = GraphBook(MAX_GRAPHS if cuda_graphs else 0)
+        self._views: dict[str, Any] = {}
 
     def _activate(self) -> None:
         import cupy as cp
         import tensorrt as trt
 
-        cp.cuda.Device(self.device_id).use()
-        self._trt_logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._trt_logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
-        if self._engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {self.plan}")
-        self._context = self._engine.create_execution_context()
-        self._stream = cp.cuda.Stream(non_blocking=False)  # blocking: ordered after the loop's default-stream work
-        largest = {**self.spec.input_shapes(self.model, *self.profile.max), **self.spec.output_shapes(self.model, *self.profile.max)}
-        self._buffers = {t.name: cp.empty(largest[t.name], dtype=np.dtype(t.dtype)) for t in self.spec.inputs + self.spec.outputs}
+        with cp.cuda.Device(self.device_id):
+            self._trt_logger = trt.Logger(trt.Logger.WARNING)
+            self._runtime = trt.Runtime(self._trt_logger)
+            self._engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
+            if self._engine is None:
+                raise RuntimeError(f"TensorRT could not deserialize {self.plan}")
+            self._context = self._engine.create_execution_context()
+            self._stream = cp.cuda.Stream(non_blocking=True)  # capture must not touch the legacy default stream
+            largest = {**self.spec.input_shapes(self.model, *self.profile.max), **self.spec.output_shapes(self.model, *self.profile.max)}
+            self._buffers = {t.name: cp.empty(largest[t.name], dtype=np.dtype(t.dtype)) for t in self.spec.inputs + self.spec.outputs}
+        self.book.clear()
+        self._views = {}
 
     def close(self) -> None:
-        self._graph = self._context = self._engine = self._runtime = None
-        self._buffers = {}
+        self._context = self._engine = self._runtime = None
+        self._buffers, self._views = {}, {}
+        self.book.clear()
         super().close()
 
-    def _bind(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
-        """Set input shapes and tensor addresses for ``shapes``; returns the views in the bound buffers."""
+    def _bind(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Set the input shapes and the tensor addresses for ``shapes``; the views are prefixes of the bound buffers."""
         views = {}
         for tensor in self.spec.inputs:
             shape = shapes[tensor.name]
             views[tensor.name] = self._buffers[tensor.name].ravel()[: int(np.prod(shape))].reshape(shape)
-            self._context.set_input_shape(tensor.name, shape)
+            if not self._context.set_input_shape(tensor.name, shape):
+                raise RuntimeError(f"TensorRT {self.spec.name}: input {tensor.name!r} of shape {shape} is outside the plan's profile {self.profile}")
         for tensor in self.spec.outputs:
             shape = tuple(self._context.get_tensor_shape(tensor.name))
             views[tensor.name] = self._buffers[tensor.name].ravel()[: int(np.prod(shape))].reshape(shape)
         for name, view in views.items():
-            self._context.set_tensor_address(name, view.data.ptr)
-        return views
+            if not self._context.set_tensor_address(name, view.data.ptr):
+                raise RuntimeError(f"TensorRT {self.spec.name}: could not bind the address of {name!r}")
+        self._views = views
+
+    def _enqueue(self) -> None:
+        if not self._context.execute_async_v3(self._stream.ptr):
+            raise RuntimeError(f"TensorRT {self.spec.name}: execute_async_v3 failed (see TensorRT's log above)")
 
     def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
         import cupy as cp
 
         shapes = {t.name: tuple(feed[t.name].shape) for t in self.spec.inputs}
-        if shapes != self._shapes:
-            self._views, self._shapes, self._graph = self._bind(shapes), shapes, None
+        key = tuple(shapes.values())
+        action = self.book.next(key)
+        if action.rebind:
+            self._bind(shapes)
+        self._stream.wait_event(cp.cuda.get_current_stream().record())  # the feed was written on the caller's stream
         with self._stream:
             for tensor in self.spec.inputs:
                 self._views[tensor.name][...] = cp.asarray(feed[tensor.name])
-            if self._graph is not None:
-                self._graph.launch(self._stream)
-            elif self.static:  # capture once, replay every later call: no per-call launch overhead
-                self._stream.begin_capture()
-                self._context.execute_async_v3(self._stream.ptr)
-                self._graph = self._stream.end_capture()
-                self._graph.launch(self._stream)
-            else:
-                self._context.execute_async_v3(self._stream.ptr)
+        if action.how == "run":
+            self._enqueue()
+        elif action.how == "capture":  # only the engine goes into the graph; the input copies stay outside it
+            self._stream.begin_capture()
+            try:
+                self._enqueue()
+            finally:
+                graph = self._stream.end_capture()
+            self.book.captured(key, graph)
+            graph.launch(self._stream)
+        else:
+            self.book.graphs[key].launch(self._stream)
         self._stream.synchronize()
         return {t.name: self._views[t.name] for t in self.spec.outputs}
+
