@@ -18,8 +18,12 @@ STAGE_OF_COMPONENT = {"text_encoder": "text_encoder", "unet": "unet", "adapter":
 
 
 class Timer:
+    """``sync_cuda``: synchronise the device around every timed stage (what per-stage GPU times need, and what would
+    distort an end-to-end time); ``active=False`` makes every wrapper a plain call and records nothing."""
+
     def __init__(self, sync_cuda: bool = False) -> None:
         self.sync_cuda = sync_cuda
+        self.active = True
         self.reset()
 
     def reset(self) -> None:
@@ -27,12 +31,18 @@ class Timer:
         self._last: float | None = None
 
     def now(self) -> float:
-        if self.sync_cuda:
+        if self.sync_cuda and self.active:
             torch.cuda.synchronize()
         return time.perf_counter()
 
+    def record(self, stage: str, seconds: float) -> None:
+        if self.active:
+            self.samples[stage].append(seconds)
+
     def wrap(self, stage: str, fn: Callable[..., Any], *, starts_loop: bool = False) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return fn(*args, **kwargs)
             start = self.now()
             out = fn(*args, **kwargs)
             end = self.now()
@@ -45,6 +55,8 @@ class Timer:
 
     def on_step(self, _step_output: Any) -> None:
         """Per-step callback: the time since the previous step ended (or since text encoding ended)."""
+        if not self.active:
+            return
         now = self.now()
         if self._last is not None:
             self.samples["step"].append(now - self._last)
@@ -112,19 +124,19 @@ def diffusers_ddim(pipe: Any, prompts: list[str], steps: int, guidance: float, t
         start = timer.now()
         ids = tokenize(c, [""] * n + prompts).to(pipe.device)
         text = c.text_encoder(ids)[0]
-        timer.samples["text"].append(timer.now() - start)
+        timer.record("text", timer.now() - start)
         shape = (n, pipe.limits.sample_channels, pipe.limits.default_height // f, pipe.limits.default_width // f)
         x = torch.from_numpy(draw_noise(0, shape, steps, 0.0)[0]).to(pipe.device, pipe.dtype)
         bare_unet = functools.partial(type(c.unet).forward, c.unet)
         for t in scheduler.timesteps:
             step_start = timer.now()
             uncond, cond = unet_forward(bare_unet, torch.cat([x, x]), t, text, coordinates=c.unet_coordinate_channels).chunk(2)
-            timer.samples["unet"].append(timer.now() - step_start)
+            timer.record("unet", timer.now() - step_start)
             x = scheduler.step(uncond + guidance * (cond - uncond), t, x).prev_sample
-            timer.samples["step"].append(timer.now() - step_start)
+            timer.record("step", timer.now() - step_start)
         start = timer.now()
         if c.vae is not None:
             x = type(c.vae).decode(c.vae, x / c.vae.config.scaling_factor).sample
         images = to_images(x.float().cpu().numpy(), "np")
-        timer.samples["decode"].append(timer.now() - start)
+        timer.record("decode", timer.now() - start)
     return images

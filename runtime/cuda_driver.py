@@ -3,7 +3,8 @@ TensorRT needed, so the same answer reaches the exporter (is a GPU visible, what
 generator's backend choice and the benchmarks, whichever Python packages are installed.
 
 Uses the driver API's documented entry points only: ``cuInit``, ``cuDeviceGetCount``, ``cuDeviceGet``,
-``cuDeviceGetName``, ``cuDeviceGetAttribute``, ``cuDeviceTotalMem_v2``, ``cuDriverGetVersion``.
+``cuDeviceGetName``, ``cuDeviceGetAttribute``, ``cuDeviceTotalMem_v2``, ``cuDriverGetVersion``, and for memory in use
+``cuDevicePrimaryCtxRetain``, ``cuCtxPushCurrent_v2``, ``cuMemGetInfo_v2``, ``cuCtxPopCurrent_v2``.
 """
 
 from __future__ import annotations
@@ -94,3 +95,23 @@ def driver_version() -> str | None:
     if lib.cuDriverGetVersion(ctypes.byref(version)) != 0:
         return None
     return f"{version.value // 1000}.{version.value % 1000 // 10}"
+
+
+def memory_in_use(index: int = 0) -> int:
+    """Bytes in use on device ``index`` as the driver counts them (every allocation on the device: torch's, ONNX
+    Runtime's, CuPy's and TensorRT's pools alike, and other processes'). Raises CudaUnavailable without a device."""
+    lib = _driver()
+    if not 0 <= index < device_count():
+        raise CudaUnavailable(f"CUDA device {index} does not exist (the driver shows {device_count()})")
+    device, context, free, total = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_size_t()
+    _check(lib, lib.cuDeviceGet(ctypes.byref(device), index), "cuDeviceGet")
+    _check(lib, lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
+    try:
+        _check(lib, lib.cuCtxPushCurrent_v2(context), "cuCtxPushCurrent")
+        try:
+            _check(lib, lib.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)), "cuMemGetInfo")
+        finally:
+            lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+    finally:
+        lib.cuDevicePrimaryCtxRelease_v2(device)
+    return total.value - free.value
