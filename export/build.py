@@ -35,6 +35,7 @@ from export.onnx_export import OPSET, Flavour, Precision, export_onnx, to_fp16
 from export.tensorrt_build import build_plan, compute_capability, tensorrt_status
 from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.specs import SPECS, Component, ModelDims, Profile, make_profile
+from runtime.tensorrt_runner import PlanRuntime
 from runtime.validation import ModelLimits
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class BuildOptions:
     dynamic_size: bool = False  # profile from half to twice the size instead of static
     force: bool = False  # rebuild everything
     workspace_gib: float | None = None  # TensorRT builder memory limit
+    tensorrt_runtime: PlanRuntime = PlanRuntime.FULL  # LEAN: version-compatible plans the ~50 MB tensorrt_lean runs
 
 
 @dataclass(frozen=True)
@@ -190,17 +192,18 @@ def _build_onnx(component: Component, take_module: Callable[[], torch.nn.Module]
 
 
 def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDims, profile: Profile, precision: str,
-                trt_version: str, out_dir: Path, previous: dict[str, Any] | None, workspace_gib: float | None) -> tuple[dict[str, Any], bool]:  # fmt: skip
-    cc = compute_capability()
-    key = hash_parts(onnx_entry["sha256"], precision, json.dumps(profile.to_json()), "tensorrt", trt_version, cc)
+                trt_version: str, out_dir: Path, previous: dict[str, Any] | None, options: BuildOptions) -> tuple[dict[str, Any], bool]:  # fmt: skip
+    cc, runtime_kind = compute_capability(), options.tensorrt_runtime
+    key = hash_parts(onnx_entry["sha256"], precision, json.dumps(profile.to_json()), "tensorrt", trt_version, cc, runtime_kind.value)
     name = f"{component.value}.{precision}.{key[:16]}.plan"
     if _artifact_intact(out_dir, previous, name):
         return previous, True  # type: ignore[return-value]
-    workspace = int(workspace_gib * 2**30) if workspace_gib else None
+    workspace = int(options.workspace_gib * 2**30) if options.workspace_gib else None
     atomic_write(out_dir / name, lambda tmp: build_plan(out_dir / onnx_entry["file"], tmp, SPECS[component], dims, profile,
-                                                       fp16=precision == "fp16", timing_cache=out_dir / "timing.cache", workspace_bytes=workspace))  # fmt: skip
+                                                       fp16=precision == "fp16", timing_cache=out_dir / "timing.cache", workspace_bytes=workspace,
+                                                       lean=runtime_kind is PlanRuntime.LEAN))  # fmt: skip
     return {"file": name, "sha256": sha256_file(out_dir / name), "bytes": (out_dir / name).stat().st_size, "builder": "tensorrt",
-            "builder_version": trt_version, "compute_capability": cc, "key": key}, False  # fmt: skip
+            "builder_version": trt_version, "compute_capability": cc, "runtime": runtime_kind.value, "key": key}, False  # fmt: skip
 
 
 def _source_key(model_dir: Path, component: Component, precision: Precision, flavour: Flavour) -> str:
@@ -273,6 +276,9 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     check_model_dir(model_dir)
     backend, trt_version = resolve_backend(options.backend)
+    if options.tensorrt_runtime is not PlanRuntime.FULL and backend is not Backend.TENSORRT:
+        raise InvalidArgumentError("--tensorrt-runtime", options.tensorrt_runtime.value,
+                                   "'full' when no TensorRT plans are built (lean plans need TensorRT's builder and a GPU: --backend tensorrt)")  # fmt: skip
     precision = options.precision or (Precision.FP16 if backend is Backend.TENSORRT else Precision.FP32)
     flavour = _resolve_flavour(options.flavour, backend)
     components = load_model_dir(model_dir)
@@ -297,7 +303,7 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
                 entry = {"precision": used, "note": note, "source_key": source_key, "profile": profile.to_json(), "io": SPECS[component].to_json(), "onnx": onnx_entry}
                 artifact, fmt = onnx_entry, "onnx"
                 if backend is Backend.TENSORRT:
-                    artifact, plan_cached = _build_plan(component, onnx_entry, dims, profile, used, trt_version, out_dir, old.get("tensorrt"), options.workspace_gib)
+                    artifact, plan_cached = _build_plan(component, onnx_entry, dims, profile, used, trt_version, out_dir, old.get("tensorrt"), options)
                     entry["tensorrt"], fmt, cached = artifact, "tensorrt", cached and plan_cached
             except ContextDiffError:
                 raise

@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     p.add_argument("--dynamic-size", action="store_true", help="accept half to twice the size instead of exactly it")
+    p.add_argument("--tensorrt-runtime", choices=["full", "lean"], default="full",
+                   help="TensorRT that runs the plans: 'full' (fastest, the full TensorRT on the deployment machine) or 'lean' "
+                        "(version-compatible plans, run by the ~50 MB tensorrt_lean package of this TensorRT version); default: %(default)s")  # fmt: skip
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder memory limit in GiB")
     p.add_argument("--force", action="store_true", help="rebuild every artifact")
     p.add_argument("--verbose", action="store_true", help="debug log, with the traceback of a failure")
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from contextdiff_ref.model_dir import quiet_loading
     from export.build import Backend, BuildOptions, build_engine_dir
     from export.onnx_export import Flavour, Precision
+    from runtime.tensorrt_runner import PlanRuntime
 
     quiet_loading()
 
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         options = BuildOptions(backend=Backend(args.backend), precision=Precision(args.precision) if args.precision else None,
                                flavour=Flavour(args.onnx_flavour) if args.onnx_flavour else None,
                                max_images=args.batch, height=args.height, width=args.width, dynamic_size=args.dynamic_size,
-                               force=args.force, workspace_gib=args.workspace_gib)  # fmt: skip
+                               force=args.force, workspace_gib=args.workspace_gib, tensorrt_runtime=PlanRuntime(args.tensorrt_runtime))  # fmt: skip
         results = build_engine_dir(model, out, options)
     except ContextDiffError as exc:
         print(f"error: {exc}", file=sys.stderr)

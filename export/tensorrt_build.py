@@ -34,6 +34,14 @@ def compute_capability(device_id: int = 0) -> str:
     return cuda_driver.gpu_info(device_id).compute_capability
 
 
+def config_flags(*, fp16: bool, lean: bool) -> dict[str, bool]:
+    """Polygraphy ``CreateConfig`` flags. ``lean``: a version-compatible plan without the lean runtime inside it
+    (TensorRT's ``VERSION_COMPATIBLE`` + ``EXCLUDE_LEAN_RUNTIME``), which the ~50 MB ``tensorrt_lean`` package of the
+    builder's exact version runs — no full TensorRT on the deployment machine. Strongly typed (fp16) networks take
+    no precision flags; fp32 ones allow tf32."""
+    return {"tf32": not fp16, "version_compatible": lean, "exclude_lean_runtime": lean}
+
+
 def build_plan(
     onnx_path: Path,
     plan_path: Path,
@@ -44,13 +52,14 @@ def build_plan(
     fp16: bool,
     timing_cache: Path,
     workspace_bytes: int | None = None,
+    lean: bool = False,
 ) -> None:
     """Build and write a serialized engine for ``onnx_path`` with one optimization profile (``profile``).
 
     ``fp16``: the graph is the fp16 ONNX, which keeps fp32 islands on purpose (the timestep and position sinusoids,
     normalisations, softmax); it is parsed as a strongly typed network, so every layer runs in the type the graph
     gives it — a weakly typed network with the fp16 flag would let TensorRT pick fp16 for those islands too.
-    Otherwise an fp32 network with tf32 allowed. The timing cache at ``timing_cache`` is read if present
+    Otherwise an fp32 network with tf32 allowed. ``lean``: see :func:`config_flags`. The timing cache at ``timing_cache`` is read if present
     and written back, so later builds reuse measured tactics. Progress is logged by Polygraphy.
     """
     import tensorrt as trt
@@ -62,12 +71,12 @@ def build_plan(
     for tensor in spec.inputs:
         trt_profile.add(tensor.name, min=shapes[0][tensor.name], opt=shapes[1][tensor.name], max=shapes[2][tensor.name])
     pools = {trt.MemoryPoolType.WORKSPACE: workspace_bytes} if workspace_bytes else None
-    config = CreateConfig(  # precision flags are not allowed (nor needed) on a strongly typed network
-        tf32=not fp16, profiles=[trt_profile], memory_pool_limits=pools,
+    config = CreateConfig(
+        **config_flags(fp16=fp16, lean=lean), profiles=[trt_profile], memory_pool_limits=pools,
         load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
     )  # fmt: skip
     network = network_from_onnx_path(str(onnx_path), strongly_typed=fp16)
-    logger.info("TensorRT: building %s (%s) ...", spec.name, "fp16, strongly typed" if fp16 else "tf32")
+    logger.info("TensorRT: building %s (%s%s) ...", spec.name, "fp16, strongly typed" if fp16 else "tf32", ", lean runtime" if lean else "")
     fresh_cache = timing_cache.with_name(f".{timing_cache.name}.{os.getpid()}.tmp")  # renamed into place: never half written
     try:
         engine = engine_from_network(network, config=config, save_timing_cache=str(fresh_cache))

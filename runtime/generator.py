@@ -28,6 +28,7 @@ from runtime.runners import OnnxRuntimeRunner, Runner
 from runtime.sampling import StepOutput, generate
 from runtime.schedule import Schedule, SchedulerConfig
 from runtime.specs import SPECS, Component, batch_range
+from runtime.tensorrt_runner import PlanRuntime, import_tensorrt, install_hint, tensorrt_module_name
 from runtime.validation import GenerationRequest, validate_request
 
 logger = logging.getLogger(__name__)
@@ -40,18 +41,34 @@ def _gpu_ready() -> bool:
     return cuda_driver.device_count() > 0 and importlib.util.find_spec("cupy") is not None
 
 
+def _plan_runtime(manifest: EngineManifest) -> PlanRuntime | None:
+    """The TensorRT the directory's plans need (one build makes them all alike), or None without plans."""
+    kinds = {a.plan_runtime for a in manifest.components.values() if a.plan is not None}
+    if len(kinds) != 1 or any(a.plan is None for a in manifest.components.values()):
+        return None
+    return kinds.pop()
+
+
 def _pick_backend(backend: str, manifest: EngineManifest) -> str:
-    """auto: TensorRT (plans present and importable), then ONNX Runtime CUDA, then ONNX Runtime CPU."""
+    """auto: TensorRT (plans present and the TensorRT they need — full or lean — importable), then ONNX Runtime CUDA,
+    then ONNX Runtime CPU."""
     if backend not in BACKENDS:
         raise InvalidArgumentError("backend", backend, f"one of {', '.join(map(repr, BACKENDS))} ('torch': contextdiff_ref.torch_runner.torch_generator)")
     import onnxruntime as ort
 
-    has_plans = all(a.plan is not None for a in manifest.components.values())
-    trt_ok = has_plans and _gpu_ready() and importlib.util.find_spec("tensorrt") is not None
+    plan_runtime = _plan_runtime(manifest)
+    trt_module = tensorrt_module_name(plan_runtime) if plan_runtime else None
+    trt_ok = trt_module is not None and _gpu_ready()
     cuda_ok = "CUDAExecutionProvider" in ort.get_available_providers() and _gpu_ready()
     if backend == "tensorrt" and not trt_ok:
-        why = "the engine directory has no TensorRT plans" if not has_plans else "TensorRT or a CUDA GPU (with CuPy) is not available"
-        raise InvalidArgumentError("backend", backend, f"a backend this machine can run: {why}; rebuild with --backend tensorrt or use 'auto'")
+        if plan_runtime is None:
+            why = "the engine directory has no TensorRT plans; rebuild with --backend tensorrt"
+        elif trt_module is None:
+            version = next(iter(manifest.components.values())).plan_info["builder_version"]
+            why = f"its plans need the {plan_runtime.value} TensorRT runtime {version}, which is not installed ({install_hint(plan_runtime, version)})"
+        else:
+            why = "no CUDA GPU (with CuPy) is available"
+        raise InvalidArgumentError("backend", backend, f"a backend this machine can run: {why}; or use 'auto'")
     if backend == "onnxruntime-cuda" and not cuda_ok:
         raise InvalidArgumentError("backend", backend, "a backend this machine can run: needs onnxruntime-gpu, CuPy and a CUDA GPU")
     if backend == "auto":
@@ -63,16 +80,18 @@ def _pick_backend(backend: str, manifest: EngineManifest) -> str:
 
 def _runners(manifest: EngineManifest, backend: str, device_id: int) -> dict[Component, Runner]:
     if backend == "tensorrt":
-        import tensorrt
-
         from runtime.manifest import check_tensorrt_plan
         from runtime.tensorrt_runner import TensorRTRunner
 
+        plan_runtime = _plan_runtime(manifest)
+        trt = import_tensorrt(plan_runtime)
         capability = cuda_driver.gpu_info(device_id).compute_capability  # "9.0", as the exporter records it
         runners: dict[Component, Runner] = {}
         for component, artifacts in manifest.components.items():
-            check_tensorrt_plan(artifacts, tensorrt.__version__, capability)
-            runners[component] = TensorRTRunner(SPECS[component], artifacts.plan, manifest.dims, artifacts.profile, device_id=device_id)
+            check_tensorrt_plan(artifacts, trt.__version__, capability)
+            runners[component] = TensorRTRunner(SPECS[component], artifacts.plan, manifest.dims, artifacts.profile, device_id=device_id,
+                                                plan_runtime=plan_runtime)  # fmt: skip
+        logger.info("TensorRT plans run by %s %s", trt.__name__, trt.__version__)
         return runners
     cuda = backend == "onnxruntime-cuda"
     return {c: OnnxRuntimeRunner(SPECS[c], a.onnx, model=manifest.dims, cuda=cuda, device_id=device_id) for c, a in manifest.components.items()}

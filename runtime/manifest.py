@@ -16,6 +16,7 @@ from typing import Any
 
 from runtime.errors import ContextDiffError
 from runtime.specs import Component, ModelDims, Profile
+from runtime.tensorrt_runner import PlanRuntime
 from runtime.validation import ModelLimits
 
 FORMAT_VERSION = 1
@@ -43,6 +44,11 @@ class ComponentArtifacts:
     onnx: Path
     plan: Path | None
     plan_info: dict[str, Any] | None
+
+    @property
+    def plan_runtime(self) -> PlanRuntime:
+        """Which TensorRT runs the plan: the full one (plans of builds before this field existed) or the lean runtime."""
+        return PlanRuntime((self.plan_info or {}).get("runtime", PlanRuntime.FULL.value))
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,7 @@ def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
             check(extra)
         plan = check(entry["tensorrt"]) if "tensorrt" in entry else None
         components[component] = ComponentArtifacts(component, entry["precision"], Profile.from_json(entry["profile"]), onnx_path, plan, entry.get("tensorrt"))
+        components[component].plan_runtime  # noqa: B018 -- an unknown runtime name is a malformed manifest (ValueError)
     missing = {Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER} - set(components)
     if missing or (dims.vae_scale_factor > 1) != (Component.VAE_DECODER in components):
         raise EngineDirectoryError(f"{root / 'manifest.json'} lacks components {sorted(c.value for c in missing) or ['vae_decoder']}; {REBUILD}")
@@ -121,10 +128,14 @@ def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
 
 
 def check_tensorrt_plan(artifacts: ComponentArtifacts, trt_version: str, compute_capability: str) -> None:
-    """A plan runs only with the TensorRT version and GPU architecture it was built for."""
+    """A plan runs only with the TensorRT version and GPU architecture it was built for — also a lean plan: one built
+    without the lean runtime inside runs with the lean runtime of exactly the builder's version. ``trt_version``: the
+    version of the module that will run it (``tensorrt``, or ``tensorrt_lean`` for lean plans)."""
     info = artifacts.plan_info or {}
     if info.get("builder_version") != trt_version or info.get("compute_capability") != compute_capability:
+        which = "the TensorRT lean runtime" if artifacts.plan_runtime is PlanRuntime.LEAN else "TensorRT"
         raise EngineDirectoryError(
             f"{artifacts.plan}: built with TensorRT {info.get('builder_version')} for compute capability {info.get('compute_capability')}, "
-            f"but this machine has TensorRT {trt_version} and compute capability {compute_capability}; {REBUILD} on this machine"
+            f"but this machine has {which} {trt_version} and compute capability {compute_capability}; install {which} "
+            f"{info.get('builder_version')} or {REBUILD} on this machine"
         )

@@ -3,15 +3,21 @@
 Written against TensorRT 10's documented Python API (named I/O tensors, ``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``) and its CUDA-graph guidance: after a shape change, enqueue once
 before capturing; capture on a non-blocking stream (capture must not touch the legacy default stream). TensorRT
-cannot be installed where this package is developed, so the TensorRT calls run only where ``import tensorrt``
-works; the bookkeeping (``GraphBook``: when to rebind, run, capture or replay) is plain Python and tested on the CPU.
+cannot be installed where this package is developed, so the TensorRT calls run only where TensorRT and a GPU
+work; the bookkeeping (``GraphBook``: when to rebind, run, capture or replay) is plain Python and tested on the CPU.
+Plans built with ``--tensorrt-runtime lean`` run through the lean runtime's module (``tensorrt_lean``), whose
+Python API for deserializing and running engines is the full one's.
 """
 
 from __future__ import annotations
 
+import enum
+import importlib
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Hashable, Mapping
 
 import numpy as np
@@ -20,6 +26,35 @@ from runtime.runners import RunnerBase
 from runtime.specs import ComponentSpec, ModelDims, Profile
 
 logger = logging.getLogger(__name__)
+
+class PlanRuntime(str, enum.Enum):
+    """Which TensorRT runs a plan, recorded per plan in the manifest (``tensorrt.runtime``)."""
+
+    FULL = "full"  # the full TensorRT (``tensorrt``, > 1 GB installed) of the builder's version
+    LEAN = "lean"  # ``tensorrt_lean`` (~50 MB) of the builder's version: plans built version-compatible, lean runtime excluded
+
+
+# Import names, in order of preference: the ``tensorrt_lean`` meta-package re-exports the bindings wheel's module.
+_MODULES = {PlanRuntime.FULL: ("tensorrt",), PlanRuntime.LEAN: ("tensorrt_lean", "tensorrt_lean_bindings")}
+_PACKAGES = {PlanRuntime.FULL: "tensorrt-cu12=={v}", PlanRuntime.LEAN: "tensorrt-lean-cu12-libs=={v} tensorrt-lean-cu12-bindings=={v}"}
+
+
+def tensorrt_module_name(runtime: PlanRuntime) -> str | None:
+    """The importable module that runs ``runtime``'s plans here, or None (nothing is imported)."""
+    return next((name for name in _MODULES[runtime] if importlib.util.find_spec(name) is not None), None)
+
+
+def import_tensorrt(runtime: PlanRuntime) -> ModuleType:
+    name = tensorrt_module_name(runtime)
+    if name is None:
+        raise ImportError(f"none of {', '.join(_MODULES[runtime])} is installed")
+    return importlib.import_module(name)
+
+
+def install_hint(runtime: PlanRuntime, version: str) -> str:
+    """The pip command that installs what runs ``runtime`` plans built by TensorRT ``version``."""
+    return "pip install " + _PACKAGES[runtime].format(v=version)
+
 
 MAX_GRAPHS = 16  # captured graphs kept per runner (one per distinct input shape); later shapes run uncaptured
 
@@ -60,16 +95,18 @@ class TensorRTRunner(RunnerBase):
     bound buffers, valid until the next ``infer`` — the denoising loop consumes them before calling again."""
 
     def __init__(self, spec: ComponentSpec, plan: Path, model: ModelDims, profile: Profile, *, device_id: int = 0,
-                 cuda_graphs: bool = True) -> None:  # fmt: skip
+                 cuda_graphs: bool = True, plan_runtime: PlanRuntime = PlanRuntime.FULL) -> None:  # fmt: skip
+        """``plan_runtime``: the TensorRT the plan was built for — the full one, or the lean runtime (the same Python
+        API for deserializing and running engines)."""
         super().__init__(spec)
-        self.plan, self.model, self.profile, self.device_id = plan, model, profile, device_id
+        self.plan, self.model, self.profile, self.device_id, self.plan_runtime = plan, model, profile, device_id, plan_runtime
         self.book = GraphBook(MAX_GRAPHS if cuda_graphs else 0)
         self._views: dict[str, Any] = {}
 
     def _activate(self) -> None:
         import cupy as cp
-        import tensorrt as trt
 
+        trt = import_tensorrt(self.plan_runtime)
         with cp.cuda.Device(self.device_id):
             self._trt_logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._trt_logger)
