@@ -98,11 +98,11 @@ def _machine(device: str) -> dict[str, Any]:
             "torch": torch.__version__, "cpu_count": torch.get_num_threads()}  # fmt: skip
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
-        info["fp16_matmul_tflops"] = _matmul_peak()
+        info["fp16_matmul_tflops"] = matmul_peak_tflops()
     return info
 
 
-def _matmul_peak(n: int = 8192, repeats: int = 20) -> float:
+def matmul_peak_tflops(n: int = 8192, repeats: int = 20) -> float:
     """Measured fp16 dense matmul throughput (TFLOP/s): the physical yardstick for the UNet's achieved rate."""
     a = torch.randn(n, n, device="cuda", dtype=torch.float16)
     b = torch.randn(n, n, device="cuda", dtype=torch.float16)
