@@ -213,7 +213,7 @@ class Generator:
         """Final sample -> images; the one device-to-host copy of a call happens here."""
         if output_type != "latent" and Component.VAE_DECODER in self.runners:
             x0 = self.runners[Component.VAE_DECODER].infer({"latent": self.xp.ascontiguousarray(x0, dtype=self.xp.float32)})["image"]
-        host = x0 if isinstance(x0, np.ndarray) else self.xp.asnumpy(x0)
+        host = x0 if self.xp is np else self.xp.asnumpy(x0)
         return np.asarray(host, dtype=np.float32) if output_type == "latent" else to_images(host, output_type)
 
     # -- the call --------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The runners' GPU code paths that can run on the CPU: ONNX Runtime I/O binding (the CUDA runner's code, binding
-NumPy arrays instead of CuPy ones), the CUDA provider check, and the CUDA driver query the exporter and the generator
+NumPy arrays instead of CuPy ones), the Generator's device handling on a CuPy-like array module, the CUDA
+provider check, and the CUDA driver query the exporter and the generator
 share. What only a GPU can run is run by ``python -m benchmarks.gpu_check``."""
 
 from __future__ import annotations
@@ -48,6 +49,56 @@ def test_generator_on_io_bound_runners_matches_plain_runners(latent_fp32_dir):
     expected = Generator(manifest, plain, "onnxruntime-cpu")(**call).images
     got = Generator(manifest, bound, "onnxruntime-cpu")(**call).images
     np.testing.assert_array_equal(got, expected)
+
+
+class _DeviceArrays:
+    """An array module like CuPy as the Generator uses it — NumPy's functions, a ``cuda.Device`` context and
+    ``asnumpy`` — that records which device each thread made current, and where the host copy happens."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.entered: list[tuple[int, int]] = []  # (device, thread id)
+        self.host_copies = 0
+        arrays = self
+
+        class Device:
+            def __init__(self, index: int) -> None:
+                self.index = index
+
+            def __enter__(self):
+                arrays.entered.append((self.index, threading.get_ident()))
+
+            def __exit__(self, *exc):
+                return False
+
+        self.cuda = type("cuda", (), {"Device": Device})
+
+    def asnumpy(self, value):
+        self.host_copies += 1
+        return np.asarray(value)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def test_generator_on_a_device_array_module_enters_its_device_on_every_thread(latent_fp32_dir):
+    import threading
+
+    manifest, plain = _runners(latent_fp32_dir)
+    call = dict(prompt="a red circle at the top left", num_inference_steps=3, guidance_scale=3.0, seed=1, progress=False)
+    expected = Generator(manifest, plain, "onnxruntime-cpu")(**call).images
+    manifest, runners = _runners(latent_fp32_dir)
+    xp = _DeviceArrays()
+    gen = Generator(manifest, runners, "test-device", xp=xp, device_id=3)
+    assert [d for d, _ in xp.entered] == [3]  # engines loaded on the Generator's device
+    got = {}
+    worker = threading.Thread(target=lambda: got.setdefault("images", gen(**call).images))
+    worker.start()
+    worker.join()
+    np.testing.assert_array_equal(got["images"], expected)
+    assert xp.entered[1] == (3, worker.ident)  # the calling thread made the device current itself
+    assert xp.host_copies == 1  # one device-to-host copy per call, at decode
 
 
 def test_io_binding_needs_the_model_dims(latent_fp32_dir):
