@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from tokenizers import Tokenizer
