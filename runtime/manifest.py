@@ -44,11 +44,7 @@ class ComponentArtifacts:
     onnx: Path
     plan: Path | None
     plan_info: dict[str, Any] | None
-
-    @property
-    def plan_runtime(self) -> PlanRuntime:
-        """Which TensorRT runs the plan: the full one (plans of builds before this field existed) or the lean runtime."""
-        return PlanRuntime((self.plan_info or {}).get("runtime", PlanRuntime.FULL.value))
+    plan_runtime: PlanRuntime = PlanRuntime.FULL  # which TensorRT runs the plan; builds before the field existed: full
 
 
 @dataclass(frozen=True)
@@ -119,8 +115,9 @@ def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
         for extra in entry["onnx"].get("external_data", []):
             check(extra)
         plan = check(entry["tensorrt"]) if "tensorrt" in entry else None
-        components[component] = ComponentArtifacts(component, entry["precision"], Profile.from_json(entry["profile"]), onnx_path, plan, entry.get("tensorrt"))
-        components[component].plan_runtime  # noqa: B018 -- an unknown runtime name is a malformed manifest (ValueError)
+        plan_runtime = PlanRuntime(entry.get("tensorrt", {}).get("runtime", PlanRuntime.FULL.value))  # unknown name: ValueError, malformed
+        components[component] = ComponentArtifacts(component, entry["precision"], Profile.from_json(entry["profile"]), onnx_path, plan, entry.get("tensorrt"),
+                                                   plan_runtime)  # fmt: skip
     missing = {Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER} - set(components)
     if missing or (dims.vae_scale_factor > 1) != (Component.VAE_DECODER in components):
         raise EngineDirectoryError(f"{root / 'manifest.json'} lacks components {sorted(c.value for c in missing) or ['vae_decoder']}; {REBUILD}")
