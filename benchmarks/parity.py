@@ -47,15 +47,18 @@ class ParityReport:
         return {**data, "x0_max_rel_error": self.x0_max_rel_error}
 
 
-def compare_with_reference(model_dir: str | Path, engine_dir: str | Path, prompts: Sequence[str], **call: Any) -> ParityReport:
-    """Run the reference pipeline and runtime.Generator (ONNX Runtime CPU) on the same call (``call``: the pipelines'
-    keyword arguments; ``seed`` defaults to 0) and compare them step by step."""
+def compare_with_reference(model_dir: str | Path, engine_dir: str | Path, prompts: Sequence[str], *, backend: str = "auto", precision: str | None = None,
+                           **call: Any) -> ParityReport:  # fmt: skip
+    """Run the reference pipeline and runtime.Generator (``backend``/``precision`` as ``Generator.from_dir`` takes them)
+    on the same call (``call``: the pipelines' keyword arguments; ``seed`` defaults to 0) and compare them step by step."""
     from contextdiff_ref.pipeline import ContextDiffPipeline
     from runtime.generator import Generator
 
     call = {"seed": 0, "progress": False, **call}
     outputs, seconds = {}, {}
-    for name, make in (("reference", lambda: ContextDiffPipeline.from_pretrained(model_dir)), ("runtime", lambda: Generator.from_dir(engine_dir))):
+    systems = (("reference", lambda: ContextDiffPipeline.from_pretrained(model_dir)),
+               ("runtime", lambda: Generator.from_dir(engine_dir, backend=backend, precision=precision)))  # fmt: skip
+    for name, make in systems:
         system, steps = make(), []
         start = time.perf_counter()
         images = system(list(prompts), callback=steps.append, **call).images
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="auto", help="runtime backend, as `python -m runtime` takes it (default: %(default)s)")
+    p.add_argument("--precision", choices=["f32", "bf16"], default=None, help="the openvino backend's precision")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -90,11 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_loading()
     try:
         report = compare_with_reference(args.model, args.engines, [args.prompt], num_inference_steps=args.steps, guidance_scale=args.guidance,
-                                        eta=args.eta, seed=args.seed)  # fmt: skip
+                                        eta=args.eta, seed=args.seed, backend=args.backend, precision=args.precision)  # fmt: skip
     except ContextDiffError as exc:
         p.exit(2, f"error: {exc}\n")
     manifest = json.loads((args.engines / "manifest.json").read_text())
-    result = {"model": str(args.model), "engines": str(args.engines), "call": {k: v for k, v in vars(args).items() if k not in ("model", "engines", "out")},
+    call = {k: v for k, v in vars(args).items() if k not in ("model", "engines", "out", "backend", "precision")}
+    result = {"model": str(args.model), "engines": str(args.engines), "call": call, "backend": args.backend, "openvino_precision": args.precision,
               "precision": {k: v["precision"] for k, v in manifest["components"].items()},
               "flavour": {k: v["onnx"].get("flavour", "standard") for k, v in manifest["components"].items()}, **report.to_json()}  # fmt: skip
     text = json.dumps(result, indent=2) + "\n"

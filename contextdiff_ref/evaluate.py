@@ -33,13 +33,15 @@ logger = logging.getLogger(__name__)
 GenerateFn = Callable[[list[str], int], np.ndarray]  # (prompts, seed) -> (N, 32, 32, 3) float32 in [0, 1]
 
 
-def runtime_generate_fn(model_dir: Path, engines_dir: Path, max_images: int, steps: int, guidance: float | None) -> GenerateFn:
-    """Generation through ``runtime.Generator`` on ONNX Runtime (CPU), building the engine directory if needed."""
+def runtime_generate_fn(model_dir: Path, engines_dir: Path, max_images: int, steps: int, guidance: float | None, backend: str = "onnxruntime-cpu",
+                        precision: str | None = None) -> GenerateFn:  # fmt: skip
+    """Generation through ``runtime.Generator`` on a CPU backend (ONNX Runtime, or OpenVINO at ``precision``), building
+    the engine directory if needed."""
     from export.build import Backend, BuildOptions, build_engine_dir
     from runtime.generator import Generator
 
     build_engine_dir(model_dir, engines_dir, BuildOptions(backend=Backend.ONNXRUNTIME, max_images=max_images))
-    generator = Generator.from_dir(engines_dir, backend="onnxruntime-cpu")
+    generator = Generator.from_dir(engines_dir, backend=backend, precision=precision)
     return lambda prompts, seed: generator(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed, progress=False).images
 
 
@@ -122,6 +124,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=None, help="ContextDiff model directory (default: the embedded default model)")
     p.add_argument("--baseline", type=Path, default=None, help="baseline model directory (same prompts and seeds)")
     p.add_argument("--backend", choices=["runtime", "reference"], default="runtime", help="runtime.Generator on ONNX Runtime, or the PyTorch reference (default: %(default)s)")
+    p.add_argument("--runtime-backend", choices=["onnxruntime-cpu", "openvino"], default="onnxruntime-cpu",
+                   help="the runtime's backend with --backend runtime (default: %(default)s)")
+    p.add_argument("--precision", choices=["f32", "bf16"], default=None, help="OpenVINO's inference precision (--runtime-backend openvino)")
     p.add_argument("--engines", type=Path, default=None, help="where engine directories are built (default: a temporary directory)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each model's recommendation, else 7.5)")
@@ -157,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="contextdiff-eval-") as tmp:
             engines_root = args.engines if args.engines is not None else Path(tmp)
             models = {
-                name: runtime_generate_fn(Path(path), engines_root / name, args.batch, args.steps, args.guidance) if args.backend == "runtime"
+                name: runtime_generate_fn(Path(path), engines_root / name, args.batch, args.steps, args.guidance, args.runtime_backend, args.precision)
+                if args.backend == "runtime"
                 else reference_generate_fn(Path(path), args.steps, args.guidance)
                 for name, path in dirs.items()
             }  # fmt: skip

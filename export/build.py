@@ -23,16 +23,17 @@ import torch
 from tokenizers import Tokenizer
 
 import runtime
+from contextdiff_ref.graphs import graph_modules, model_dims
 from contextdiff_ref.model_dir import ModelComponents, check_model_dir, load_model_dir
 from contextdiff_ref.pipeline import model_limits
 from export.artifacts import (
     FORMAT_VERSION, MANIFEST, TMP_PREFIX, BuildError, BuildLock, atomic_write, atomic_write_text, hash_parts,
     read_manifest, remove_stale, sha256_file,
 )  # fmt: skip
-from contextdiff_ref.graphs import graph_modules, model_dims
 from export.onnx_export import OPSET, Flavour, Precision, export_onnx, to_fp16
 from export.tensorrt_build import build_plan, compute_capability, tensorrt_status
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.openvino_runner import OpenVINOPrecision
 from runtime.specs import SPECS, Component, ModelDims, Profile, make_profile
 from runtime.tensorrt_runner import PlanRuntime
 from runtime.validation import ModelLimits
@@ -63,6 +64,7 @@ class BuildOptions:
     force: bool = False  # rebuild everything
     workspace_gib: float | None = None  # TensorRT builder memory limit
     tensorrt_runtime: PlanRuntime = PlanRuntime.FULL  # LEAN: version-compatible plans the ~50 MB tensorrt_lean runs
+    openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded for the runtime's openvino backend; artifacts unchanged
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def resolve_backend(requested: Backend) -> tuple[Backend, str | None]:
 def _check_options(options: BuildOptions, limits: ModelLimits) -> tuple[int, int]:
     if isinstance(options.max_images, bool) or not isinstance(options.max_images, int) or not 1 <= options.max_images <= 64:
         raise InvalidArgumentError("--batch", options.max_images, "an integer from 1 to 64 (images per call)")
+    if options.openvino_precision not in {p.value for p in OpenVINOPrecision}:  # the enum's members compare equal to their values
+        raise InvalidArgumentError("--openvino-precision", options.openvino_precision, f"one of {[p.value for p in OpenVINOPrecision]}")
     if options.workspace_gib is not None and not options.workspace_gib > 0:
         raise InvalidArgumentError("--workspace-gib", options.workspace_gib, "a positive number of GiB")
     sizes = []
@@ -333,7 +337,8 @@ def _write_manifest(out_dir: Path, model_dir: Path, facts: _ModelFacts, options:
                   "default_width": limits.default_width, "pixel_factor": limits.pixel_factor,
                   "recommended_guidance_scale": limits.recommended_guidance_scale},
         "build": {"backend": backend.value, "max_images": options.max_images, "height": height, "width": width,
-                  "dynamic_size": options.dynamic_size, "onnxruntime_version": ort.__version__},
+                  "dynamic_size": options.dynamic_size, "onnxruntime_version": ort.__version__,
+                  "openvino_precision": OpenVINOPrecision(options.openvino_precision).value},
         **files,
         "components": entries,
     }  # fmt: skip

@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tensorrt-runtime", choices=["full", "lean"], default="full",
                    help="TensorRT that runs the plans: 'full' (fastest, the full TensorRT on the deployment machine) or 'lean' "
                         "(version-compatible plans, run by the ~50 MB tensorrt_lean package of this TensorRT version); default: %(default)s")  # fmt: skip
+    p.add_argument("--openvino-precision", choices=["f32", "bf16"], default="f32",
+                   help="inference precision recorded for the runtime's openvino backend (the ONNX artifacts are the same): 'bf16' "
+                        "makes the runtime's auto backend pick OpenVINO bf16 on CPUs that have bf16 (default: %(default)s)")  # fmt: skip
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder memory limit in GiB")
     p.add_argument("--force", action="store_true", help="rebuild every artifact")
     p.add_argument("--verbose", action="store_true", help="debug log, with the traceback of a failure")
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from contextdiff_ref.model_dir import quiet_loading
     from export.build import Backend, BuildOptions, build_engine_dir
     from export.onnx_export import Flavour, Precision
+    from runtime.openvino_runner import OpenVINOPrecision
     from runtime.tensorrt_runner import PlanRuntime
 
     quiet_loading()
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         options = BuildOptions(backend=Backend(args.backend), precision=Precision(args.precision) if args.precision else None,
                                flavour=Flavour(args.onnx_flavour) if args.onnx_flavour else None,
                                max_images=args.batch, height=args.height, width=args.width, dynamic_size=args.dynamic_size,
-                               force=args.force, workspace_gib=args.workspace_gib, tensorrt_runtime=PlanRuntime(args.tensorrt_runtime))  # fmt: skip
+                               force=args.force, workspace_gib=args.workspace_gib, tensorrt_runtime=PlanRuntime(args.tensorrt_runtime),
+                               openvino_precision=OpenVINOPrecision(args.openvino_precision))  # fmt: skip
         results = build_engine_dir(model, out, options)
     except ContextDiffError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,7 +29,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
     p.add_argument("--num-images", type=int, default=1, help="images for the prompt; more than one are written as a grid")
-    p.add_argument("--backend", default="auto", help="runtime backend (default: %(default)s)")
+    p.add_argument("--backend", default="auto",
+                   help="auto, tensorrt, onnxruntime, onnxruntime-cuda, onnxruntime-cpu or openvino (default: %(default)s)")
+    p.add_argument("--precision", choices=["f32", "bf16"], default=None,
+                   help="the openvino backend's inference precision (default: what the engine directory records, else f32)")
     return p.parse_args(argv)
 
 
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ContextDiffError(f"--output={args.output}: the file name must end in .png")
         if args.num_images < 1:
             raise ContextDiffError(f"--num-images={args.num_images}: must be at least 1")
-        gen = Generator.from_dir(args.engines, backend=args.backend)
+        gen = Generator.from_dir(args.engines, backend=args.backend, precision=args.precision)
         result = gen([args.prompt] * args.num_images, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                      guidance_scale=args.guidance, eta=args.eta, seed=args.seed)  # fmt: skip
         image = make_grid(result.images) if args.num_images > 1 else result.images[0]
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ContextDiffError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output} for {args.prompt!r} from {args.engines} ({gen.backend}), seed {result.seed}")
+    backend = f"{gen.backend} {gen.precision}" if gen.precision else gen.backend
+    print(f"wrote {args.output} for {args.prompt!r} from {args.engines} ({backend}), seed {result.seed}")
     return 0
 
 

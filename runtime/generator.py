@@ -24,6 +24,7 @@ from runtime import cuda_driver
 from runtime.errors import InvalidArgumentError
 from runtime.images import GenerationOutput, to_images
 from runtime.manifest import EngineManifest, load_manifest
+from runtime.openvino_runner import OpenVINOPrecision, OpenVINORunner, OpenVINOUnavailableError, bf16_unsupported_reason, import_openvino
 from runtime.runners import OnnxRuntimeRunner, Runner
 from runtime.sampling import StepOutput, generate
 from runtime.schedule import Schedule, SchedulerConfig
@@ -33,7 +34,9 @@ from runtime.validation import GenerationRequest, validate_request
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu", "openvino")
+CPU_BACKENDS = ("onnxruntime-cpu", "openvino")
+OPENVINO_CACHE = "openvino-cache"  # inside the engine directory: OpenVINO's compiled models, keyed by artifact and version
 
 
 def _gpu_ready() -> bool:
@@ -49,11 +52,38 @@ def _plan_runtime(manifest: EngineManifest) -> PlanRuntime | None:
     return kinds.pop()
 
 
-def _pick_backend(backend: str, manifest: EngineManifest) -> str:
-    """auto: TensorRT (plans present and the TensorRT they need — full or lean — importable), then ONNX Runtime CUDA,
-    then ONNX Runtime CPU."""
+def _openvino_status(precision: OpenVINOPrecision) -> str | None:
+    """None where OpenVINO can run ``precision`` on this CPU, else why not."""
+    try:
+        ov = import_openvino()
+    except OpenVINOUnavailableError as exc:
+        return str(exc)
+    return bf16_unsupported_reason(ov.Core()) if precision is OpenVINOPrecision.BF16 else None
+
+
+def _parse_precision(precision: str | OpenVINOPrecision | None) -> OpenVINOPrecision | None:
+    if precision is None or isinstance(precision, OpenVINOPrecision):
+        return precision
+    try:
+        return OpenVINOPrecision(precision)
+    except ValueError:
+        raise InvalidArgumentError("precision", precision, f"None or one of {[p.value for p in OpenVINOPrecision]} (the openvino backend's)") from None
+
+
+def _pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPrecision | None = None) -> tuple[str, OpenVINOPrecision | None]:
+    """(backend, OpenVINO precision or None). auto: TensorRT (plans present and the TensorRT they need — full or lean —
+    importable), then ONNX Runtime CUDA; on the CPU, OpenVINO where bf16 is wanted (``precision`` or the manifest) and
+    the CPU has it, else ONNX Runtime CPU (OpenVINO f32 measured no faster than it: docs in the README)."""
     if backend not in BACKENDS:
         raise InvalidArgumentError("backend", backend, f"one of {', '.join(map(repr, BACKENDS))} ('torch': contextdiff_ref.torch_runner.torch_generator)")
+    if precision is not None and backend not in ("auto", "openvino"):
+        raise InvalidArgumentError("precision", precision.value, f"None with backend {backend!r}: only the openvino backend takes a precision "
+                                   "(the other backends run the artifacts' own precision, chosen at build time)")  # fmt: skip
+    if backend == "openvino" or (backend == "auto" and precision is not None):
+        wanted = precision or manifest.openvino_precision
+        if why := _openvino_status(wanted):
+            raise InvalidArgumentError("backend", backend, f"a backend this machine can run: OpenVINO {wanted.value} cannot run here: {why}")
+        return "openvino", wanted
     import onnxruntime as ort
 
     plan_runtime = _plan_runtime(manifest)
@@ -72,13 +102,23 @@ def _pick_backend(backend: str, manifest: EngineManifest) -> str:
     if backend == "onnxruntime-cuda" and not cuda_ok:
         raise InvalidArgumentError("backend", backend, "a backend this machine can run: needs onnxruntime-gpu, CuPy and a CUDA GPU")
     if backend == "auto":
-        return "tensorrt" if trt_ok else "onnxruntime-cuda" if cuda_ok else "onnxruntime-cpu"
+        if trt_ok or cuda_ok:
+            return ("tensorrt" if trt_ok else "onnxruntime-cuda"), None
+        if manifest.openvino_precision is OpenVINOPrecision.BF16:
+            if (why := _openvino_status(OpenVINOPrecision.BF16)) is None:
+                return "openvino", OpenVINOPrecision.BF16
+            logger.warning("%s asks for OpenVINO bf16 on the CPU, but %s: running its fp32 artifacts with ONNX Runtime at full precision",
+                           manifest.root, why)  # fmt: skip
+        return "onnxruntime-cpu", None
     if backend == "onnxruntime":
-        return "onnxruntime-cuda" if cuda_ok else "onnxruntime-cpu"
-    return backend
+        return ("onnxruntime-cuda" if cuda_ok else "onnxruntime-cpu"), None
+    return backend, None
 
 
-def _runners(manifest: EngineManifest, backend: str, device_id: int) -> dict[Component, Runner]:
+def _runners(manifest: EngineManifest, backend: str, device_id: int, precision: OpenVINOPrecision | None = None) -> dict[Component, Runner]:
+    if backend == "openvino":
+        cache = manifest.root / OPENVINO_CACHE
+        return {c: OpenVINORunner(SPECS[c], a.onnx, precision=precision, cache_root=cache, artifact_sha256=a.onnx_sha256) for c, a in manifest.components.items()}
     if backend == "tensorrt":
         from runtime.manifest import check_tensorrt_plan
         from runtime.tensorrt_runner import TensorRTRunner
@@ -104,11 +144,13 @@ class Generator:
     >>> gen("a red circle at the top left", seed=0).images  # float32 (1, H, W, 3) in [0, 1]
     """
 
-    def __init__(self, manifest: EngineManifest, runners: dict[Component, Runner], backend: str, xp: Any = np, device_id: int = 0) -> None:
+    def __init__(self, manifest: EngineManifest, runners: dict[Component, Runner], backend: str, xp: Any = np, device_id: int = 0,
+                 precision: str | None = None) -> None:  # fmt: skip
         """``runners``: one per component of the manifest; ``xp``: the array module the runners exchange (NumPy, or
         CuPy for GPU runners) — buffers live there, and nothing crosses host and device inside the loop.
         ``device_id``: with CuPy, the CUDA device made current (on the calling thread) for loading and for every call."""
         self.manifest, self.runners, self.backend, self.xp, self.device_id = manifest, runners, backend, xp, device_id
+        self.precision = precision  # the openvino backend's inference precision ("f32"/"bf16"); None for the others
         self.schedule = Schedule(SchedulerConfig.from_dict(json.loads(manifest.scheduler_path.read_text(encoding="utf-8"))))
         self.tokenizer = Tokenizer.from_file(str(manifest.tokenizer_path))
         self.limits = manifest.limits
@@ -122,25 +164,31 @@ class Generator:
         return self.xp.cuda.Device(self.device_id) if self.xp is not np else contextlib.nullcontext()
 
     @classmethod
-    def from_dir(cls, engine_dir: str | os.PathLike[str], backend: str = "auto", device: int | None = None) -> Generator:
+    def from_dir(cls, engine_dir: str | os.PathLike[str], backend: str = "auto", device: int | None = None,
+                 precision: str | OpenVINOPrecision | None = None) -> Generator:  # fmt: skip
         """Validate ``engine_dir`` (format version, sha256 of every artifact; for TensorRT plans the TensorRT version
         and GPU compute capability) before loading anything, then load its engines.
 
-        ``backend``: "auto" (TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU; the choice is logged),
-        "tensorrt", "onnxruntime", "onnxruntime-cuda" or "onnxruntime-cpu". ``device``: CUDA device index (GPU backends).
+        ``backend``: "auto" (TensorRT, then ONNX Runtime CUDA; on the CPU OpenVINO where bf16 is wanted and the CPU
+        has it, else ONNX Runtime CPU; the choice is logged), "tensorrt", "onnxruntime", "onnxruntime-cuda",
+        "onnxruntime-cpu" or "openvino". ``device``: CUDA device index (GPU backends). ``precision``: OpenVINO's
+        inference precision, "f32" or "bf16" (None: what the engine directory records, else f32); only the openvino
+        backend takes one, and bf16 on a CPU without bf16 instructions is refused, never run at f32.
         """
         if device is not None and (isinstance(device, bool) or not isinstance(device, int) or device < 0):
             raise InvalidArgumentError("device", device, "None or a CUDA device index >= 0")
+        wanted = _parse_precision(precision)
         manifest = load_manifest(engine_dir)
-        chosen = _pick_backend(backend, manifest)
-        if chosen != "onnxruntime-cpu" and (device or 0) >= cuda_driver.device_count():
+        chosen, ov_precision = _pick_backend(backend, manifest, wanted)
+        on_cpu = chosen in CPU_BACKENDS
+        if not on_cpu and (device or 0) >= cuda_driver.device_count():
             raise InvalidArgumentError("device", device, f"a CUDA device index below {cuda_driver.device_count()} (the devices the driver shows)")
-        runners = _runners(manifest, chosen, device or 0)
-        logger.info("Generator: %s backend for %s", chosen, engine_dir)
+        runners = _runners(manifest, chosen, device or 0, ov_precision)
+        logger.info("Generator: %s backend%s for %s", chosen, f" ({ov_precision.value})" if ov_precision else "", engine_dir)
         xp = np
-        if chosen != "onnxruntime-cpu":
+        if not on_cpu:
             import cupy as xp  # noqa: F811
-        return cls(manifest, runners, chosen, xp=xp, device_id=device or 0)
+        return cls(manifest, runners, chosen, xp=xp, device_id=device or 0, precision=ov_precision.value if ov_precision else None)
 
     def close(self) -> None:
         for runner in self.runners.values():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ContextDiffError
+from runtime.openvino_runner import OpenVINOPrecision
 from runtime.specs import Component, ModelDims, Profile
 from runtime.tensorrt_runner import PlanRuntime
 from runtime.validation import ModelLimits
@@ -45,6 +46,7 @@ class ComponentArtifacts:
     plan: Path | None
     plan_info: dict[str, Any] | None
     plan_runtime: PlanRuntime = PlanRuntime.FULL  # which TensorRT runs the plan; builds before the field existed: full
+    onnx_sha256: tuple[str, ...] = ()  # the ONNX file's sha256, then its external data files' (what a compiled copy derives from)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class EngineManifest:
     dims: ModelDims
     limits: ModelLimits
     components: dict[Component, ComponentArtifacts]
+    openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded by `build_engines.py --openvino-precision`
 
     @property
     def tokenizer_path(self) -> Path:
@@ -116,12 +119,14 @@ def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
             check(extra)
         plan = check(entry["tensorrt"]) if "tensorrt" in entry else None
         plan_runtime = PlanRuntime(entry.get("tensorrt", {}).get("runtime", PlanRuntime.FULL.value))  # unknown name: ValueError, malformed
+        shas = (entry["onnx"]["sha256"], *(extra["sha256"] for extra in entry["onnx"].get("external_data", [])))
         components[component] = ComponentArtifacts(component, entry["precision"], Profile.from_json(entry["profile"]), onnx_path, plan, entry.get("tensorrt"),
-                                                   plan_runtime)  # fmt: skip
+                                                   plan_runtime, shas)  # fmt: skip
     missing = {Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER} - set(components)
     if missing or (dims.vae_scale_factor > 1) != (Component.VAE_DECODER in components):
         raise EngineDirectoryError(f"{root / 'manifest.json'} lacks components {sorted(c.value for c in missing) or ['vae_decoder']}; {REBUILD}")
-    return EngineManifest(root, data, dims, limits, components)
+    openvino_precision = OpenVINOPrecision(data["build"].get("openvino_precision", OpenVINOPrecision.F32.value))  # unknown: malformed
+    return EngineManifest(root, data, dims, limits, components, openvino_precision)
 
 
 def check_tensorrt_plan(artifacts: ComponentArtifacts, trt_version: str, compute_capability: str) -> None:

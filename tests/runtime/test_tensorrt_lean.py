@@ -60,9 +60,9 @@ def test_the_generator_picks_the_tensorrt_the_plans_need(latent_fp32_dir, tmp_pa
     monkeypatch.setattr(generator_module, "_gpu_ready", lambda: True)  # the choice, not the GPU, is under test
     found = {PlanRuntime.LEAN: "tensorrt_lean", PlanRuntime.FULL: None}
     monkeypatch.setattr(generator_module, "tensorrt_module_name", found.get)
-    assert generator_module._pick_backend("auto", lean) == "tensorrt"
-    assert generator_module._pick_backend("tensorrt", lean) == "tensorrt"
-    assert generator_module._pick_backend("auto", full) != "tensorrt"  # full TensorRT missing: ONNX Runtime instead
+    assert generator_module._pick_backend("auto", lean)[0] == "tensorrt"
+    assert generator_module._pick_backend("tensorrt", lean)[0] == "tensorrt"
+    assert generator_module._pick_backend("auto", full)[0] != "tensorrt"  # full TensorRT missing: ONNX Runtime instead
     with pytest.raises(InvalidArgumentError, match=r"full TensorRT runtime 10\.16\.1\.11, which is not installed \(pip install tensorrt-cu12==10\.16\.1\.11\)"):
         generator_module._pick_backend("tensorrt", full)
     monkeypatch.setattr(generator_module, "tensorrt_module_name", lambda runtime: None)
@@ -72,7 +72,7 @@ def test_the_generator_picks_the_tensorrt_the_plans_need(latent_fp32_dir, tmp_pa
     monkeypatch.setattr(generator_module, "_gpu_ready", lambda: False)
     with pytest.raises(InvalidArgumentError, match="no CUDA GPU"):
         generator_module._pick_backend("tensorrt", lean)
-    assert generator_module._pick_backend("auto", lean) == "onnxruntime-cpu"
+    assert generator_module._pick_backend("auto", lean)[0] == "onnxruntime-cpu"
 
 
 def test_a_lean_plan_needs_the_builders_exact_version(latent_fp32_dir, tmp_path):

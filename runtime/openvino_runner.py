@@ -1,0 +1,184 @@
+"""OpenVINO runner: the engine directory's ONNX artifacts, unchanged, compiled for the CPU by OpenVINO.
+
+Precision is explicit: ``f32`` (exact; the default) or ``bf16`` (OpenVINO's ``INFERENCE_PRECISION_HINT``, asked for
+by the caller or recorded at build time). OpenVINO quietly computes in f32 when a CPU lacks bf16 instructions
+(measured with OpenVINO 2026.4 on an AVX2-only AMD EPYC: the hint reads back ``f32``); this runner never lets that
+pass: bf16 on such a CPU is refused before compiling, and a compiled model whose precision reads back different from
+the one asked for is refused after.
+
+Compiled models are cached with OpenVINO's own model cache (``CACHE_DIR``), one directory per key: OpenVINO version,
+CPU, component, precision and the sha256 of every artifact file — so a changed artifact or another OpenVINO version
+compiles afresh. A new entry is compiled into a temporary directory and renamed into place, so an interrupted compile
+never leaves a half-written entry under a key; OpenVINO itself recompiles (and rewrites) a blob it cannot import.
+Torch-free; ``openvino`` is imported only when a runner activates (the ``openvino`` extra).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import importlib
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.runners import Array, RunnerBase
+from runtime.specs import ComponentSpec
+
+logger = logging.getLogger(__name__)
+
+DEVICE = "CPU"
+INSTALL_HINT = "pip install openvino (or the package's extra: pip install -e '.[openvino]')"
+_TMP_PREFIX = ".tmp-"
+
+
+class OpenVINOPrecision(str, enum.Enum):
+    """OpenVINO's inference precision on the CPU (``INFERENCE_PRECISION_HINT``); the artifacts stay as built."""
+
+    F32 = "f32"  # exact: what the ONNX graphs compute
+    BF16 = "bf16"  # bfloat16 matmuls and convolutions where the CPU has them (AVX512-BF16, AMX); f32 accumulation
+
+
+class OpenVINOUnavailableError(ContextDiffError):
+    """OpenVINO is not installed, or this CPU cannot run the precision asked for."""
+
+
+def import_openvino() -> ModuleType:
+    try:
+        return importlib.import_module("openvino")
+    except ImportError as exc:
+        raise OpenVINOUnavailableError(f"the openvino backend needs OpenVINO, which is not importable here ({exc}): {INSTALL_HINT}") from None
+
+
+def openvino_available() -> bool:
+    try:
+        import_openvino()
+    except OpenVINOUnavailableError:
+        return False
+    return True
+
+
+def cpu_capabilities(core: Any) -> list[str]:
+    """OpenVINO's CPU optimisation capabilities, e.g. ['FP32', 'INT8', 'BIN', 'EXPORT_IMPORT'] (+ 'BF16', 'FP16')."""
+    return [str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")]
+
+
+def bf16_unsupported_reason(core: Any) -> str | None:
+    """None where this CPU computes bf16 natively, else why not (OpenVINO would silently run f32)."""
+    capabilities = cpu_capabilities(core)
+    if "BF16" in capabilities:
+        return None
+    name = core.get_property(DEVICE, "FULL_DEVICE_NAME")
+    return f"this CPU ({name}) has no bf16 instructions (OpenVINO reports {capabilities}; bf16 needs AVX512-BF16 or AMX)"
+
+
+def _precision_name(value: Any) -> str:
+    """OpenVINO reports precisions as element types (``<Type: 'float32'>``) or strings; normalised to f32/bf16/..."""
+    text = str(getattr(value, "get_type_name", lambda: value)()).lower()
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(text, text)
+
+
+def cache_key(core: Any, ov_version: str, component: str, precision: OpenVINOPrecision, artifact_sha256: Sequence[str]) -> Path:
+    """Relative cache directory for one compiled component: <OpenVINO version + CPU>/<component>-<precision>-<artifacts>."""
+    cpu = hashlib.sha256(f"{core.get_property(DEVICE, 'FULL_DEVICE_NAME')}|{cpu_capabilities(core)}".encode()).hexdigest()[:8]
+    artifacts = hashlib.sha256("|".join(artifact_sha256).encode()).hexdigest()[:16]
+    return Path(f"openvino-{ov_version.split('-')[0]}-cpu{cpu}") / f"{component}-{precision.value}-{artifacts}"
+
+
+def compile_cached(core: Any, model_path: Path, config: dict[str, Any], cache_root: Path | None, key: Path | None) -> tuple[Any, bool]:
+    """Compile ``model_path`` for the CPU, through the cache entry ``cache_root/key`` when both are given.
+
+    Returns (compiled model, loaded from the cache). A cache that cannot be written (a read-only engine directory) is
+    skipped with a warning; nothing else about the cache can fail a load."""
+    if cache_root is None or key is None:
+        return core.compile_model(str(model_path), DEVICE, config), False
+    entry = cache_root / key
+    if entry.is_dir():  # OpenVINO imports the blob, or recompiles and rewrites one it cannot import
+        start = time.time()
+        compiled = core.compile_model(str(model_path), DEVICE, {**config, "CACHE_DIR": str(entry)})
+        hit = bool(compiled.get_property("LOADED_FROM_CACHE"))
+        if not hit:  # blobs of older paths of the same artifacts (the engine directory moved) are dead weight
+            logger.warning("%s: OpenVINO cache entry %s was not usable; recompiled into it", model_path.name, entry)
+            for blob in entry.glob("*.blob"):
+                if blob.stat().st_mtime < start:
+                    blob.unlink(missing_ok=True)
+        return compiled, hit
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=entry.parent))
+    except OSError as exc:
+        logger.warning("OpenVINO cache %s is not writable (%s): compiling %s without a cache", cache_root, exc, model_path.name)
+        return core.compile_model(str(model_path), DEVICE, config), False
+    try:
+        compiled = core.compile_model(str(model_path), DEVICE, {**config, "CACHE_DIR": str(stage)})
+        _prune(entry)
+        try:
+            stage.rename(entry)  # complete entries only ever appear under a key
+        except OSError:  # another process put the same entry in place first: theirs is as good
+            pass
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return compiled, False
+
+
+def _prune(entry: Path) -> None:
+    """Entries of the same component and precision for other artifacts are stale: a rebuild replaced them."""
+    stem = entry.name.rsplit("-", 1)[0] + "-"
+    for other in entry.parent.iterdir():
+        if other.is_dir() and other.name.startswith(stem) and other.name != entry.name:
+            shutil.rmtree(other, ignore_errors=True)
+
+
+class OpenVINORunner(RunnerBase):
+    """One component's ONNX artifact compiled by OpenVINO for the CPU; NumPy in, NumPy out.
+
+    ``cache_root``: directory of the compiled-model cache (None: no cache); ``artifact_sha256``: the sha256 of the
+    artifact's files (from the manifest), part of the cache key. ``threads``: OpenVINO's inference threads (None: all).
+    """
+
+    def __init__(self, spec: ComponentSpec, path: Path, *, precision: OpenVINOPrecision = OpenVINOPrecision.F32, cache_root: Path | None = None,
+                 artifact_sha256: Sequence[str] = (), threads: int | None = None) -> None:  # fmt: skip
+        super().__init__(spec)
+        if not isinstance(precision, OpenVINOPrecision):
+            raise InvalidArgumentError("precision", precision, f"one of {[p.value for p in OpenVINOPrecision]}")
+        self.path, self.precision, self.cache_root, self.artifact_sha256, self.threads = path, precision, cache_root, tuple(artifact_sha256), threads
+        self.request = None
+        self.loaded_from_cache = False
+
+    def _activate(self) -> None:
+        ov = import_openvino()
+        core = ov.Core()
+        if self.precision is OpenVINOPrecision.BF16 and (why := bf16_unsupported_reason(core)):
+            raise OpenVINOUnavailableError(f"{self.spec.name}: precision 'bf16' was asked for, but {why}; use precision 'f32'")
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision.value, "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        key = cache_key(core, ov.__version__, self.spec.name, self.precision, self.artifact_sha256) if self.artifact_sha256 else None
+        compiled, self.loaded_from_cache = compile_cached(core, self.path, config, self.cache_root, key)
+        got = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if got != self.precision.value:  # never a silent precision change
+            raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} compiled for {got!r} although {self.precision.value!r} "
+                                           "was asked for; refusing to run at another precision")  # fmt: skip
+        names = {name for port in compiled.outputs for name in port.get_names()}
+        missing = [t.name for t in self.spec.outputs if t.name not in names]
+        if missing:
+            raise OpenVINOUnavailableError(f"{self.path}: the compiled model has no output {missing} (it has {sorted(names)}); "
+                                           "rebuild the engine directory with `python export/build_engines.py --force`")  # fmt: skip
+        self.request = compiled.create_infer_request()
+        logger.debug("%s: OpenVINO %s %s (%s)", self.spec.name, ov.__version__, self.precision.value, "cached" if self.loaded_from_cache else "compiled")
+
+    def close(self) -> None:
+        self.request = None
+        super().close()
+
+    def _infer(self, feed: Mapping[str, Array]) -> dict[str, Array]:
+        # Inputs are shared for the (synchronous) call; outputs are copied, since the request reuses its buffers.
+        results = self.request.infer({t.name: np.ascontiguousarray(feed[t.name]) for t in self.spec.inputs}, share_inputs=True)
+        return {t.name: results[t.name] for t in self.spec.outputs}

@@ -1,0 +1,239 @@
+"""The OpenVINO CPU backend: parity with the reference and with ONNX Runtime, explicit precision, the compiled-model
+cache, the build-time precision record and auto's choice."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtime.generator as generator_module
+from export.build import Backend, BuildOptions, build_engine_dir
+from runtime import openvino_runner
+from runtime.errors import InvalidArgumentError
+from runtime.generator import OPENVINO_CACHE, Generator
+from runtime.manifest import EngineDirectoryError, load_manifest
+from runtime.openvino_runner import (
+    OpenVINOPrecision,
+    OpenVINORunner,
+    OpenVINOUnavailableError,
+    bf16_unsupported_reason,
+    cache_key,
+    compile_cached,
+)
+from runtime.runners import OnnxRuntimeRunner
+from runtime.specs import SPECS, Component
+from tests.parity import compare, psnr
+
+ov = pytest.importorskip("openvino")
+NO_BF16 = bf16_unsupported_reason(ov.Core())  # None on CPUs with AVX512-BF16 / AMX
+
+
+@pytest.fixture
+def engines(pixel_fp32_dir, tmp_path) -> Path:
+    """A private copy, so the cache written into it is this test's alone."""
+    return Path(shutil.copytree(pixel_fp32_dir, tmp_path / "engines"))
+
+
+def _generate(gen: Generator, seed: int = 3) -> np.ndarray:
+    return gen(["a red circle", "a blue square at the bottom right"], num_inference_steps=4, guidance_scale=3.0, seed=seed, progress=False).images
+
+
+@pytest.mark.parametrize("latent, eta, guidance", [(False, 0.0, 7.5), (True, 1.0, 7.5), (True, 0.0, 1.0)])
+def test_f32_matches_the_reference(latent, eta, guidance, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
+    model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
+    image_psnr, x0_error, _ = compare(model_dir, engine_dir, batch=3, guidance=guidance, eta=eta, backend="openvino")
+    assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
+
+
+def test_every_component_equals_onnxruntime_at_the_profile_corners(latent_fp32_dir):
+    manifest = load_manifest(latent_fp32_dir)
+    rng = np.random.default_rng(0)
+    for component, artifacts in manifest.components.items():
+        spec = SPECS[component]
+        with OnnxRuntimeRunner(spec, artifacts.onnx) as ort_runner, OpenVINORunner(spec, artifacts.onnx) as ov_runner:
+            for corner in (artifacts.profile.min, artifacts.profile.max):  # dynamic batch and size: both ends
+                feed = spec.sample_inputs(manifest.dims, *corner, rng)
+                expected, got = ort_runner.infer(feed), ov_runner.infer(feed)
+                for name, value in expected.items():
+                    assert got[name].shape == value.shape and got[name].dtype == value.dtype, (component, name)
+                    scale = max(float(np.abs(value).max()), 1.0)
+                    assert float(np.abs(got[name] - value).max()) <= 1e-4 * scale, (component, corner, name)
+
+
+def test_outputs_are_the_callers_own(pixel_fp32_dir):
+    """The infer request reuses its buffers: what one call returned must survive the next."""
+    manifest = load_manifest(pixel_fp32_dir)
+    artifacts, spec = manifest.components[Component.UNET], SPECS[Component.UNET]
+    rng = np.random.default_rng(1)
+    with OpenVINORunner(spec, artifacts.onnx) as runner:
+        first_feed = spec.sample_inputs(manifest.dims, *artifacts.profile.max, rng)
+        first = runner.infer(first_feed)["model_output"]
+        kept = first.copy()
+        runner.infer(spec.sample_inputs(manifest.dims, *artifacts.profile.max, rng))
+        assert np.array_equal(first, kept)
+
+
+@pytest.mark.skipif(NO_BF16 is None, reason="this CPU has bf16: the refusal is for CPUs without it")
+def test_bf16_is_refused_on_a_cpu_without_it(engines, monkeypatch):
+    with pytest.raises(InvalidArgumentError, match=r"precision|bf16") as info:
+        Generator.from_dir(engines, backend="openvino", precision="bf16")
+    assert "no bf16 instructions" in str(info.value) and "OPTIMIZATION_CAPABILITIES" not in str(info.value)
+    artifacts = load_manifest(engines).components[Component.UNET]
+    with pytest.raises(OpenVINOUnavailableError, match="bf16"):
+        OpenVINORunner(SPECS[Component.UNET], artifacts.onnx, precision=OpenVINOPrecision.BF16).activate()
+    # Were the capability check fooled, OpenVINO would compile at f32 without a word: the read-back catches it.
+    monkeypatch.setattr(openvino_runner, "bf16_unsupported_reason", lambda core: None)
+    with pytest.raises(OpenVINOUnavailableError, match=r"compiled for 'f32' although 'bf16' was asked for"):
+        OpenVINORunner(SPECS[Component.UNET], artifacts.onnx, precision=OpenVINOPrecision.BF16).activate()
+
+
+@pytest.mark.skipif(NO_BF16 is not None, reason=f"bf16 cannot run on this CPU: {NO_BF16}")
+def test_bf16_stays_close_to_the_reference(latent_model_dir, latent_fp32_dir):
+    image_psnr, _, images = compare(latent_model_dir, latent_fp32_dir, batch=3, guidance=7.5, eta=0.0, backend="openvino", precision="bf16")
+    assert np.all(np.isfinite(images)) and image_psnr >= 35.0, image_psnr
+
+
+def test_compiled_models_are_cached_and_reused(engines):
+    first = Generator.from_dir(engines, backend="openvino")
+    assert first.backend == "openvino" and first.precision == "f32"
+    assert not any(r.loaded_from_cache for r in first.runners.values())
+    entries = sorted(p.name for p in (engines / OPENVINO_CACHE).glob("*/*"))
+    assert [e.split("-")[0] for e in entries] == sorted(c.value for c in first.runners) and all("-f32-" in e for e in entries)
+    assert not list((engines / OPENVINO_CACHE).rglob(".tmp-*"))  # no staging left behind
+    expected = _generate(first)
+    second = Generator.from_dir(engines, backend="openvino")
+    assert all(r.loaded_from_cache for r in second.runners.values())
+    assert np.array_equal(_generate(second), expected)
+
+
+def test_a_damaged_cache_entry_is_recompiled(engines, caplog):
+    expected = _generate(Generator.from_dir(engines, backend="openvino"))
+    blobs = list((engines / OPENVINO_CACHE).rglob("*.blob"))
+    assert len(blobs) == 3
+    for i, blob in enumerate(blobs):  # one truncated, the others garbage
+        blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2] if i == 0 else b"not a blob" * 100)
+    with caplog.at_level(logging.WARNING, logger="runtime.openvino_runner"):
+        gen = Generator.from_dir(engines, backend="openvino")
+    assert not any(r.loaded_from_cache for r in gen.runners.values()) and "was not usable" in caplog.text
+    assert np.array_equal(_generate(gen), expected)
+    assert all(r.loaded_from_cache for r in Generator.from_dir(engines, backend="openvino").runners.values())  # rewritten whole
+
+
+def test_the_cache_key_follows_artifacts_version_and_precision():
+    core = ov.Core()
+    base = cache_key(core, "2026.4.1-22982", "unet", OpenVINOPrecision.F32, ["a" * 64])
+    assert base.parts[0].startswith("openvino-2026.4.1-cpu") and base.name.startswith("unet-f32-")
+    assert cache_key(core, "2026.4.1-22982", "unet", OpenVINOPrecision.F32, ["a" * 64]) == base
+    others = [cache_key(core, "2026.5.0-1", "unet", OpenVINOPrecision.F32, ["a" * 64]),
+              cache_key(core, "2026.4.1-22982", "unet", OpenVINOPrecision.BF16, ["a" * 64]),
+              cache_key(core, "2026.4.1-22982", "unet", OpenVINOPrecision.F32, ["b" * 64]),
+              cache_key(core, "2026.4.1-22982", "unet", OpenVINOPrecision.F32, ["a" * 64, "c" * 64])]  # fmt: skip
+    assert len({base, *others}) == 5
+
+
+def test_a_rebuilt_artifact_replaces_its_stale_entry(engines):
+    Generator.from_dir(engines, backend="openvino")
+    version_dir = next((engines / OPENVINO_CACHE).iterdir())
+    stale = version_dir / "unet-f32-0123456789abcdef"  # what an earlier build of the UNet left
+    stale.mkdir()
+    (stale / "1.blob").write_bytes(b"old")
+    shutil.rmtree(next(p for p in version_dir.glob("unet-f32-*") if p != stale))  # the current UNet's entry is gone: compiled afresh
+    Generator.from_dir(engines, backend="openvino")
+    assert not stale.exists() and len(list(version_dir.glob("unet-f32-*"))) == 1
+
+
+class _InterruptedCore:
+    """A core whose compile writes part of a blob into the cache directory and is then interrupted."""
+
+    def compile_model(self, path, device, config):
+        Path(config["CACHE_DIR"], "123.blob").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_compile_leaves_no_entry(tmp_path):
+    key = Path("openvino-x-cpu0") / "unet-f32-0011223344556677"
+    with pytest.raises(KeyboardInterrupt):
+        compile_cached(_InterruptedCore(), tmp_path / "unet.onnx", {}, tmp_path / "cache", key)
+    assert not (tmp_path / "cache" / key).exists() and not list((tmp_path / "cache").rglob(".tmp-*"))
+
+
+def test_an_unwritable_cache_is_skipped_with_a_warning(pixel_fp32_dir, tmp_path, caplog):
+    (tmp_path / "file").write_text("not a directory")
+    artifacts = load_manifest(pixel_fp32_dir).components[Component.ADAPTER]
+    runner = OpenVINORunner(SPECS[Component.ADAPTER], artifacts.onnx, cache_root=tmp_path / "file" / "cache", artifact_sha256=artifacts.onnx_sha256)
+    with caplog.at_level(logging.WARNING, logger="runtime.openvino_runner"):
+        runner.activate()
+    assert runner.active and "not writable" in caplog.text
+
+
+def test_precision_recorded_at_build_time(pixel_model_dir, pixel_fp32_dir, tmp_path, monkeypatch, caplog):
+    out = Path(shutil.copytree(pixel_fp32_dir, tmp_path / "bf16"))
+    results = build_engine_dir(pixel_model_dir, out, BuildOptions(backend=Backend.ONNXRUNTIME, max_images=3, openvino_precision="bf16"))
+    assert all(r.cached for r in results)  # the same ONNX artifacts: only the manifest's record changes
+    assert json.loads((out / "manifest.json").read_text())["build"]["openvino_precision"] == "bf16"
+    manifest = load_manifest(out)
+    assert manifest.openvino_precision is OpenVINOPrecision.BF16
+    assert load_manifest(pixel_fp32_dir).openvino_precision is OpenVINOPrecision.F32
+    # auto: OpenVINO bf16 where it can run, else ONNX Runtime at full precision, saying why
+    if NO_BF16 is None:
+        assert generator_module._pick_backend("auto", manifest) == ("openvino", OpenVINOPrecision.BF16)
+    else:
+        with caplog.at_level(logging.WARNING, logger="runtime.generator"):
+            assert generator_module._pick_backend("auto", manifest) == ("onnxruntime-cpu", None)
+        assert "asks for OpenVINO bf16" in caplog.text and "no bf16 instructions" in caplog.text
+        with pytest.raises(InvalidArgumentError, match="OpenVINO bf16 cannot run here"):
+            Generator.from_dir(out, backend="openvino")  # the record is honoured or refused, never run at f32
+        assert Generator.from_dir(out, backend="openvino", precision="f32").precision == "f32"  # the caller's word wins
+    monkeypatch.setattr(generator_module, "_openvino_status", lambda precision: None)  # a bf16 CPU, as far as the choice goes
+    assert generator_module._pick_backend("auto", manifest) == ("openvino", OpenVINOPrecision.BF16)
+    assert generator_module._pick_backend("auto", load_manifest(pixel_fp32_dir)) == ("onnxruntime-cpu", None)  # f32: ONNX Runtime
+    assert generator_module._pick_backend("auto", manifest, OpenVINOPrecision.F32) == ("openvino", OpenVINOPrecision.F32)
+
+
+def test_bad_precision_and_records_are_clear_errors(pixel_model_dir, engines, tmp_path):
+    with pytest.raises(InvalidArgumentError, match=r"invalid precision='fp16': None or one of \['f32', 'bf16'\]"):
+        Generator.from_dir(engines, backend="openvino", precision="fp16")
+    with pytest.raises(InvalidArgumentError, match=r"invalid precision='f32': None with backend 'onnxruntime-cpu'"):
+        Generator.from_dir(engines, backend="onnxruntime-cpu", precision="f32")
+    with pytest.raises(InvalidArgumentError, match=r"invalid --openvino-precision='fp8'"):
+        build_engine_dir(pixel_model_dir, tmp_path / "x", BuildOptions(backend=Backend.ONNXRUNTIME, openvino_precision="fp8"))
+    data = json.loads((engines / "manifest.json").read_text())
+    data["build"]["openvino_precision"] = "fp8"
+    (engines / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineDirectoryError, match="malformed"):
+        Generator.from_dir(engines, backend="openvino")
+
+
+def test_openvino_missing_is_a_clear_error(engines, monkeypatch):
+    real_import = openvino_runner.importlib.import_module
+
+    def no_openvino(name, *args):
+        if name == "openvino":
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(openvino_runner.importlib, "import_module", no_openvino)
+    with pytest.raises(InvalidArgumentError, match=r"needs OpenVINO.*pip install openvino"):
+        Generator.from_dir(engines, backend="openvino")
+    assert Generator.from_dir(engines).backend == "onnxruntime-cpu"  # auto never needs it
+
+
+def test_cli_runs_openvino_and_refuses_what_it_cannot(engines, tmp_path, capsys):
+    from runtime.__main__ import main
+
+    out = tmp_path / "ov.png"
+    assert main(["a red circle", "--engines", str(engines), "--backend", "openvino", "--steps", "3", "-o", str(out)]) == 0
+    assert "(openvino f32)" in capsys.readouterr().out and out.is_file()
+    reference = tmp_path / "ort.png"
+    assert main(["a red circle", "--engines", str(engines), "--backend", "onnxruntime-cpu", "--steps", "3", "-o", str(reference)]) == 0
+    from PIL import Image
+
+    assert psnr(np.asarray(Image.open(out), np.float64) / 255, np.asarray(Image.open(reference), np.float64) / 255) >= 40.0  # 8-bit rounding
+    if NO_BF16 is not None:
+        assert main(["a red circle", "--engines", str(engines), "--backend", "openvino", "--precision", "bf16", "-o", str(tmp_path / "b.png")]) == 2
+        assert "no bf16 instructions" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
