@@ -2,7 +2,7 @@
 UNet / text encoder / VAE, no adapter: what Stable Diffusion costs), and runtime.Generator on every backend this
 machine has. Writes a JSON file and prints a markdown table. Benchmarks are scripts, never timed tests.
 
-    python -m benchmarks.latency                       # embedded default model, CPU
+    python -m benchmarks.latency                       # embedded default model, CPU (ONNX Runtime, OpenVINO, torch)
     python -m benchmarks.latency --sd15 --device cuda  # the SD-1.5-class model at 512 x 512 on a GPU
 """
 
@@ -39,7 +39,31 @@ class System:
     e2e: list[float] = field(default_factory=list)
 
 
-def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any]:
+def _openvino_systems(engines: Path, prompts: list[str], call: dict[str, Any]) -> tuple[list[System], dict[str, str]]:
+    """runtime.Generator on OpenVINO (CPU) over the same fp32 artifacts: f32, and bf16 where the CPU has it.
+    Returns the systems and, for those that cannot run here, why."""
+    from runtime.generator import Generator
+    from runtime.openvino_runner import OpenVINOUnavailableError, bf16_unsupported_reason, import_openvino
+
+    try:
+        ov = import_openvino()
+    except OpenVINOUnavailableError as exc:
+        return [], {"runtime openvino f32": str(exc), "runtime openvino bf16": str(exc)}
+    systems, skipped = [], {}
+    no_bf16 = bf16_unsupported_reason(ov.Core())
+    for precision in ("f32", "bf16"):
+        name = f"runtime openvino {precision}"
+        if precision == "bf16" and no_bf16:
+            skipped[name] = no_bf16
+            continue
+        gen = Generator.from_dir(engines, backend="openvino", precision=precision)
+        systems.append(System(name, None, Timer()))
+        instrument_generator(gen, systems[-1].timer)
+        systems[-1].run = (lambda g: lambda: g.run_timed(prompts, **call).images)(gen)
+    return systems, skipped
+
+
+def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any, dict[str, str]]:
     from contextdiff_ref.defaults import default_model_dir
     from contextdiff_ref.model_dir import quiet_loading
     from contextdiff_ref.pipeline import ContextDiffPipeline
@@ -64,6 +88,7 @@ def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any
     systems[0].run = lambda: pipe.run_timed(prompts, **call).images
     systems[1].run = lambda: diffusers_ddim(pipe, prompts, args.steps, args.guidance, systems[1].timer)
     precisions = [Precision.FP16] if gpu else [Precision.FP32, Precision.FP16]
+    skipped: dict[str, str] = {}
     for precision in precisions:
         engines = workdir / f"engines-{precision.value}"
         build_engine_dir(model_dir, engines, BuildOptions(backend=Backend.AUTO if gpu else Backend.ONNXRUNTIME, precision=precision, max_images=args.batch))
@@ -71,11 +96,14 @@ def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any
         systems.append(System(f"runtime {gen.backend} {precision.value}", None, Timer(gpu)))
         instrument_generator(gen, systems[-1].timer)
         systems[-1].run = (lambda g: lambda: g.run_timed(prompts, **call).images)(gen)
+        if not gpu and precision is Precision.FP32:
+            more, skipped = _openvino_systems(engines, prompts, call)
+            systems += more
     torch_gen = torch_generator(model_dir, workdir / f"engines-{precisions[0].value}", device=args.device, fp16=gpu)
     systems.append(System(f"runtime torch {'fp16 + CUDA graphs' if gpu else 'fp32'}", None, Timer(gpu)))
     instrument_generator(torch_gen, systems[-1].timer)
     systems[-1].run = lambda: torch_gen.run_timed(prompts, **call).images
-    return systems, pipe
+    return systems, pipe, skipped
 
 
 def _summary(system: System, steps: int, batch: int, reference: float, baseline: float) -> dict[str, Any]:
@@ -125,6 +153,7 @@ def markdown(result: dict[str, Any]) -> str:
         rows.append(f"| {name} | {s['mean_s']:.3f} | {s['p50_s']:.3f} | {s['p90_s']:.3f} | {s['p99_s']:.3f} | {s['images_per_s']:.2f} | "
                     f"{s['vs_reference']:.2f} | {s['vs_diffusers']:.2f} | {fmt(st.get('unet'), '.2f')} | {fmt(st.get('adapter'), '.2f')} | "
                     f"{fmt(s['loop_overhead_fraction'], '.1%')} | {fmt(s['adapter_over_unet'], '.1%')} |")  # fmt: skip
+    rows += [f"| {name} | not run: {why} |" + " |" * 10 for name, why in result.get("skipped", {}).items()]
     return "\n".join(rows)
 
 
@@ -146,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="contextdiff-bench-") as tmp:
         try:
-            systems, pipe = _systems(args, Path(tmp))
+            systems, pipe, skipped = _systems(args, Path(tmp))
         except ContextDiffError as exc:
             p.exit(2, f"error: {exc}\n")
         for system in systems:  # warm-up, then interleaved timed runs (A B C A B C ...) so drift hits all alike
@@ -183,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             "peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "device_memory_in_use_mib": device_bytes / 2**20 if gpu else None,  # the driver's count after each run, largest: every allocator's pools
             "systems": {s.name: _summary(s, args.steps, args.batch, reference, baseline) for s in systems},
+            "skipped": skipped,  # systems that cannot run on this machine, and why
         }  # fmt: skip
         for s in result["systems"].values():
             unet_ms = s["stages_ms"].get("unet")

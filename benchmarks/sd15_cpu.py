@@ -1,6 +1,7 @@
 """A Stable-Diffusion-1.5-class model on the CPU, one interleaved run: diffusers' own ``StableDiffusionPipeline`` (DDIM,
 eager torch, the same UNet / text encoder / VAE weights, no adapter) vs the reference pipeline vs ``runtime.Generator``
-(ONNX Runtime fp32), at each size, guidance on, batch 1. Writes JSON and prints a markdown table.
+on ONNX Runtime fp32 and on OpenVINO (f32, and bf16 where the CPU has it) over the same artifacts, at each size,
+guidance on, batch 1. Writes JSON and prints a markdown table.
 
 Each system lives in its own worker process, so the peak RSS reported is that system's alone; runs are interleaved
 across the workers (A B C A B C ...) so drift hits all alike, one at a time, with a pause between runs so no worker's
@@ -27,7 +28,9 @@ import numpy as np
 
 logger = logging.getLogger("benchmarks.sd15_cpu")
 
-SYSTEMS = ("diffusers StableDiffusionPipeline (DDIM, eager)", "reference (eager PyTorch)", "runtime onnxruntime-cpu fp32")
+SYSTEMS = ("diffusers StableDiffusionPipeline (DDIM, eager)", "reference (eager PyTorch)", "runtime onnxruntime-cpu fp32", "runtime openvino f32",
+           "runtime openvino bf16")  # fmt: skip
+RUNTIME_BACKENDS = {SYSTEMS[2]: ("onnxruntime-cpu", None), SYSTEMS[3]: ("openvino", "f32"), SYSTEMS[4]: ("openvino", "bf16")}
 PROMPT = "a photograph of an astronaut riding a horse"
 
 
@@ -68,11 +71,11 @@ def _reference(model_dir: Path, timer: Any) -> Callable[[dict[str, Any]], Any]:
                                        guidance_scale=call["guidance"], seed=0, progress=False).images  # fmt: skip
 
 
-def _runtime(engine_dir: Path, timer: Any) -> Callable[[dict[str, Any]], Any]:
+def _runtime(engine_dir: Path, timer: Any, backend: str, precision: str | None) -> Callable[[dict[str, Any]], Any]:
     from benchmarks.timing import instrument_generator
     from runtime.generator import Generator
 
-    gen = Generator.from_dir(engine_dir, backend="onnxruntime-cpu")
+    gen = Generator.from_dir(engine_dir, backend=backend, precision=precision)
     instrument_generator(gen, timer)
     return lambda call: gen.run_timed(PROMPT, num_inference_steps=call["steps"], guidance_scale=call["guidance"], seed=0, progress=False).images
 
@@ -86,8 +89,10 @@ def _worker(conn: Any, system: str, model_dir: Path, engine_dir: Path) -> None:
         quiet_loading()
         timer = Timer()
         start = time.perf_counter()
-        run = {SYSTEMS[0]: lambda: _diffusers(model_dir, timer), SYSTEMS[1]: lambda: _reference(model_dir, timer),
-               SYSTEMS[2]: lambda: _runtime(engine_dir, timer)}[system]()  # fmt: skip
+        if system in RUNTIME_BACKENDS:
+            run = _runtime(engine_dir, timer, *RUNTIME_BACKENDS[system])
+        else:
+            run = {SYSTEMS[0]: lambda: _diffusers(model_dir, timer), SYSTEMS[1]: lambda: _reference(model_dir, timer)}[system]()
         conn.send({"load_s": time.perf_counter() - start})
         while (call := conn.recv()) is not None:
             timer.reset()
@@ -95,9 +100,19 @@ def _worker(conn: Any, system: str, model_dir: Path, engine_dir: Path) -> None:
             images = run(call)
             conn.send({"e2e_s": time.perf_counter() - start, "stages": {k: list(v) for k, v in timer.samples.items()},
                        "finite": bool(np.all(np.isfinite(images)))})  # fmt: skip
-        conn.send({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        conn.send({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **_rss_split()})
     except Exception as exc:  # reported to the driver, which stops with one line
         conn.send({"error": f"{system}: {type(exc).__name__}: {exc}"})
+
+
+def _rss_split() -> dict[str, float]:
+    """Resident memory now, split (Linux): anonymous (the process's own) and file-backed (memory-mapped files: model
+    weights, artifacts or compiled-model blobs mapped read-only, which the kernel can drop and re-read under pressure)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return {"end_rss_anon_mib": int(fields["RssAnon"].split()[0]) / 1024, "end_rss_file_mib": int(fields["RssFile"].split()[0]) / 1024}
+    except (OSError, KeyError, ValueError):
+        return {}
 
 
 def _ask(conn: Any, message: Any = "noop") -> dict[str, Any]:
@@ -109,11 +124,24 @@ def _ask(conn: Any, message: Any = "noop") -> dict[str, Any]:
     return reply
 
 
-def bench_size(model_dir: Path, engine_dir: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
+def available_systems() -> tuple[list[str], dict[str, str]]:
+    """The systems this machine runs, and why the others cannot run here (OpenVINO missing, or a CPU without bf16)."""
+    from runtime.openvino_runner import OpenVINOUnavailableError, bf16_unsupported_reason, import_openvino
+
+    skipped = {}
+    try:
+        if why := bf16_unsupported_reason(import_openvino().Core()):
+            skipped[SYSTEMS[4]] = why
+    except OpenVINOUnavailableError as exc:
+        skipped = {SYSTEMS[3]: str(exc), SYSTEMS[4]: str(exc)}
+    return [s for s in SYSTEMS if s not in skipped], skipped
+
+
+def bench_size(model_dir: Path, engine_dir: Path, size: int, args: argparse.Namespace, systems: list[str]) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     workers, loads = {}, {}
     try:
-        for system in SYSTEMS:  # loaded one after the other, so no load competes with another
+        for system in systems:  # loaded one after the other, so no load competes with another
             parent, child = ctx.Pipe()
             process = ctx.Process(target=_worker, args=(child, system, model_dir, engine_dir), daemon=True)
             process.start()
@@ -123,36 +151,36 @@ def bench_size(model_dir: Path, engine_dir: Path, size: int, args: argparse.Name
         for _ in range(args.warmup):
             for system, (_, conn) in workers.items():
                 _ask(conn, call)
-        samples: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
+        samples: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
         for i in range(args.runs):
             for system, (_, conn) in workers.items():
                 time.sleep(args.pause)
                 samples[system].append(_ask(conn, call))
             logger.info("%d px: run %d/%d done", size, i + 1, args.runs)
-        peaks = {system: _ask(conn, None)["peak_rss_mib"] for system, (_, conn) in workers.items()}
+        peaks = {system: _ask(conn, None) for system, (_, conn) in workers.items()}
     finally:
         for process, _ in workers.values():
             process.join(timeout=30)
             if process.is_alive():
                 process.kill()
-    return {system: _summary(samples[system], loads[system], peaks[system]) for system in SYSTEMS}
+    return {system: _summary(samples[system], loads[system], peaks[system]) for system in systems}
 
 
-def _summary(runs: list[dict[str, Any]], load_s: float, peak_rss_mib: float) -> dict[str, Any]:
+def _summary(runs: list[dict[str, Any]], load_s: float, memory: dict[str, float]) -> dict[str, Any]:
     stages: dict[str, list[float]] = {}
     for run in runs:
         for k, v in run["stages"].items():
             stages.setdefault(k, []).extend(v)
     e2e, steps = np.array([r["e2e_s"] for r in runs]), np.array(stages["step"])
-    return {"runs": len(runs), "load_s": load_s, "peak_rss_mib": peak_rss_mib, "all_finite": all(r["finite"] for r in runs),
+    return {"runs": len(runs), "load_s": load_s, **memory, "all_finite": all(r["finite"] for r in runs),
             "s_per_step_mean": float(steps.mean()), "s_per_step_p50": float(np.median(steps)), "s_per_step_min": float(steps.min()),
             "s_per_step_max": float(steps.max()), "e2e_s_mean": float(e2e.mean()),
             "stages_ms": {k: 1e3 * float(np.mean(v)) for k, v in stages.items() if k != "step"}}  # fmt: skip
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = ["| size | system | s / step | × diffusers per step | e2e s | text ms | UNet ms/call | adapter ms/call | decode ms | peak RSS GiB | × diffusers RSS |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| size | system | s / step | × diffusers per step | e2e s | text ms | UNet ms/call | adapter ms/call | decode ms | peak RSS GiB | × diffusers RSS "
+            "| end RSS anon / file-backed GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
     for size, systems in result["sizes"].items():
         base = systems[SYSTEMS[0]]
@@ -160,8 +188,24 @@ def markdown(result: dict[str, Any]) -> str:
             st = s["stages_ms"]
             rows.append(f"| {size} | {name} | {s['s_per_step_mean']:.2f} | {s['s_per_step_mean'] / base['s_per_step_mean']:.2f} | "
                         f"{s['e2e_s_mean']:.1f} | {fmt(st.get('text'), '.0f')} | {fmt(st.get('unet'), '.0f')} | {fmt(st.get('adapter'), '.0f')} | "
-                        f"{fmt(st.get('decode'), '.0f')} | {s['peak_rss_mib'] / 1024:.2f} | {s['peak_rss_mib'] / base['peak_rss_mib']:.2f} |")  # fmt: skip
+                        f"{fmt(st.get('decode'), '.0f')} | {s['peak_rss_mib'] / 1024:.2f} | {s['peak_rss_mib'] / base['peak_rss_mib']:.2f} | "
+                        f"{fmt(s.get('end_rss_anon_mib', 0) / 1024 or None, '.2f')} / {fmt(s.get('end_rss_file_mib', 0) / 1024 or None, '.2f')} |")  # fmt: skip
+    rows += [f"| all | {name} | not run: {why} |" + " |" * 9 for name, why in result.get("skipped", {}).items()]
     return "\n".join(rows)
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """Issue 17's targets per size: OpenVINO f32 no slower than ONNX Runtime per step; OpenVINO bf16 <= 0.5 x diffusers
+    per step (at 256 px). None where a system did not run."""
+    out = {}
+    for size, systems in result["sizes"].items():
+        step = {name: s["s_per_step_mean"] for name, s in systems.items()}
+        ov_vs_ort = step[SYSTEMS[3]] / step[SYSTEMS[2]] if SYSTEMS[3] in step else None
+        bf16_vs_diffusers = step[SYSTEMS[4]] / step[SYSTEMS[0]] if SYSTEMS[4] in step else None
+        out[size] = {"openvino_f32_over_onnxruntime_per_step": ov_vs_ort, "openvino_f32_no_slower": None if ov_vs_ort is None else ov_vs_ort <= 1.0,
+                     "openvino_bf16_over_diffusers_per_step": bf16_vs_diffusers,
+                     "openvino_bf16_at_most_half": None if bf16_vs_diffusers is None else bf16_vs_diffusers <= 0.5}  # fmt: skip
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                    "prompt": PROMPT},
         "sizes": {},
     }  # fmt: skip
+    systems, result["skipped"] = available_systems()
     try:
         if not args.model.is_dir():
             logger.info("writing the SD-1.5-class model directory %s ...", args.model)
@@ -200,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             engine_dir = args.engines_root / f"{args.model.resolve().name}-{size}"
             build_engine_dir(args.model, engine_dir, BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision.FP32, height=size, width=size))
-            result["sizes"][str(size)] = bench_size(args.model.resolve(), engine_dir.resolve(), size, args)
+            result["sizes"][str(size)] = bench_size(args.model.resolve(), engine_dir.resolve(), size, args, systems)
     except (ContextDiffError, RuntimeError, OSError) as exc:
         p.exit(2, f"error: {exc}\n")
+    result["targets"] = targets(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))

@@ -15,7 +15,8 @@ def test_latency_script_writes_json_and_table(tmp_path, capsys):
     result = json.loads(out.read_text())
     names = list(result["systems"])
     assert names[:2] == ["reference (eager PyTorch)", "diffusers DDIM baseline (no adapter)"]
-    assert {"runtime onnxruntime-cpu fp32", "runtime onnxruntime-cpu fp16", "runtime torch fp32"} <= set(names)
+    assert {"runtime onnxruntime-cpu fp32", "runtime onnxruntime-cpu fp16", "runtime openvino f32", "runtime torch fp32"} <= set(names)
+    assert ("runtime openvino bf16" in names) != ("runtime openvino bf16" in result["skipped"])  # run, or said why not
     reference_s = result["systems"][names[0]]["mean_s"]
     for name, system in result["systems"].items():
         stages = system["stages_ms"]
@@ -26,4 +27,4 @@ def test_latency_script_writes_json_and_table(tmp_path, capsys):
     assert result["unet_gflops_per_call"] > 0
     assert result["config"]["steps"] == 2 and result["machine"]["torch"]
     table = capsys.readouterr().out
-    assert table.count("\n| ") >= len(names) and "loop overhead" in table
+    assert table.count("\n| ") >= len(names) + len(result["skipped"]) and "loop overhead" in table
