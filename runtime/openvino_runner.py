@@ -161,7 +161,12 @@ class OpenVINORunner(RunnerBase):
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         key = cache_key(core, ov.__version__, self.spec.name, self.precision, self.artifact_sha256) if self.artifact_sha256 else None
-        compiled, self.loaded_from_cache = compile_cached(core, self.path, config, self.cache_root, key)
+        try:
+            compiled, self.loaded_from_cache = compile_cached(core, self.path, config, self.cache_root, key)
+        except RuntimeError as exc:  # OpenVINO's frontend or CPU plugin: one line, naming the component and the file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} could not compile {self.path}: {first}; "
+                                           "use another backend or rebuild the engine directory") from exc  # fmt: skip
         got = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         if got != self.precision.value:  # never a silent precision change
             raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} compiled for {got!r} although {self.precision.value!r} "

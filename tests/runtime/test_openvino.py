@@ -209,6 +209,14 @@ def test_bad_precision_and_records_are_clear_errors(pixel_model_dir, engines, tm
         Generator.from_dir(engines, backend="openvino")
 
 
+def test_a_graph_openvino_cannot_compile_is_one_clear_error(tmp_path):
+    bad = tmp_path / "unet.onnx"
+    bad.write_bytes(b"this is not an ONNX graph")
+    with pytest.raises(OpenVINOUnavailableError, match=r"^unet: OpenVINO \S+ could not compile .*unet\.onnx: ") as info:
+        OpenVINORunner(SPECS[Component.UNET], bad).activate()
+    assert "\n" not in str(info.value)
+
+
 def test_openvino_missing_is_a_clear_error(engines, monkeypatch):
     real_import = openvino_runner.importlib.import_module
 
