@@ -43,18 +43,13 @@ def _openvino_systems(engines: Path, prompts: list[str], call: dict[str, Any]) -
     """runtime.Generator on OpenVINO (CPU) over the same fp32 artifacts: f32, and bf16 where the CPU has it.
     Returns the systems and, for those that cannot run here, why."""
     from runtime.generator import Generator
-    from runtime.openvino_runner import OpenVINOUnavailableError, bf16_unsupported_reason, import_openvino
+    from runtime.openvino_runner import OpenVINOPrecision, openvino_unavailable_reason
 
-    try:
-        ov = import_openvino()
-    except OpenVINOUnavailableError as exc:
-        return [], {"runtime openvino f32": str(exc), "runtime openvino bf16": str(exc)}
     systems, skipped = [], {}
-    no_bf16 = bf16_unsupported_reason(ov.Core())
-    for precision in ("f32", "bf16"):
-        name = f"runtime openvino {precision}"
-        if precision == "bf16" and no_bf16:
-            skipped[name] = no_bf16
+    for precision in OpenVINOPrecision:
+        name = f"runtime openvino {precision.value}"
+        if why := openvino_unavailable_reason(precision):
+            skipped[name] = why
             continue
         gen = Generator.from_dir(engines, backend="openvino", precision=precision)
         systems.append(System(name, None, Timer()))

@@ -126,14 +126,10 @@ def _ask(conn: Any, message: Any = "noop") -> dict[str, Any]:
 
 def available_systems() -> tuple[list[str], dict[str, str]]:
     """The systems this machine runs, and why the others cannot run here (OpenVINO missing, or a CPU without bf16)."""
-    from runtime.openvino_runner import OpenVINOUnavailableError, bf16_unsupported_reason, import_openvino
+    from runtime.openvino_runner import OpenVINOPrecision, openvino_unavailable_reason
 
-    skipped = {}
-    try:
-        if why := bf16_unsupported_reason(import_openvino().Core()):
-            skipped[SYSTEMS[4]] = why
-    except OpenVINOUnavailableError as exc:
-        skipped = {SYSTEMS[3]: str(exc), SYSTEMS[4]: str(exc)}
+    openvino = {SYSTEMS[3]: OpenVINOPrecision.F32, SYSTEMS[4]: OpenVINOPrecision.BF16}
+    skipped = {name: why for name, precision in openvino.items() if (why := openvino_unavailable_reason(precision))}
     return [s for s in SYSTEMS if s not in skipped], skipped
 
 

@@ -24,7 +24,7 @@ from runtime import cuda_driver
 from runtime.errors import InvalidArgumentError
 from runtime.images import GenerationOutput, to_images
 from runtime.manifest import EngineManifest, load_manifest
-from runtime.openvino_runner import OpenVINOPrecision, OpenVINORunner, OpenVINOUnavailableError, bf16_unsupported_reason, import_openvino
+from runtime.openvino_runner import OpenVINOPrecision, OpenVINORunner, openvino_unavailable_reason
 from runtime.runners import OnnxRuntimeRunner, Runner
 from runtime.sampling import StepOutput, generate
 from runtime.schedule import Schedule, SchedulerConfig
@@ -52,15 +52,6 @@ def _plan_runtime(manifest: EngineManifest) -> PlanRuntime | None:
     return kinds.pop()
 
 
-def _openvino_status(precision: OpenVINOPrecision) -> str | None:
-    """None where OpenVINO can run ``precision`` on this CPU, else why not."""
-    try:
-        ov = import_openvino()
-    except OpenVINOUnavailableError as exc:
-        return str(exc)
-    return bf16_unsupported_reason(ov.Core()) if precision is OpenVINOPrecision.BF16 else None
-
-
 def _parse_precision(precision: str | OpenVINOPrecision | None) -> OpenVINOPrecision | None:
     if precision is None or isinstance(precision, OpenVINOPrecision):
         return precision
@@ -73,7 +64,8 @@ def _parse_precision(precision: str | OpenVINOPrecision | None) -> OpenVINOPreci
 def _pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPrecision | None = None) -> tuple[str, OpenVINOPrecision | None]:
     """(backend, OpenVINO precision or None). auto: TensorRT (plans present and the TensorRT they need — full or lean —
     importable), then ONNX Runtime CUDA; on the CPU, OpenVINO where bf16 is wanted (``precision`` or the manifest) and
-    the CPU has it, else ONNX Runtime CPU (OpenVINO f32 measured no faster than it: docs in the README)."""
+    the CPU has it, else ONNX Runtime CPU (OpenVINO f32 would write a compiled copy of every component into the engine
+    directory on first load, which auto does not do unasked: README, "CPU backends")."""
     if backend not in BACKENDS:
         raise InvalidArgumentError("backend", backend, f"one of {', '.join(map(repr, BACKENDS))} ('torch': contextdiff_ref.torch_runner.torch_generator)")
     if precision is not None and backend not in ("auto", "openvino"):
@@ -81,7 +73,7 @@ def _pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPre
                                    "(the other backends run the artifacts' own precision, chosen at build time)")  # fmt: skip
     if backend == "openvino" or (backend == "auto" and precision is not None):
         wanted = precision or manifest.openvino_precision
-        if why := _openvino_status(wanted):
+        if why := openvino_unavailable_reason(wanted):
             raise InvalidArgumentError("backend", backend, f"a backend this machine can run: OpenVINO {wanted.value} cannot run here: {why}")
         return "openvino", wanted
     import onnxruntime as ort
@@ -105,7 +97,7 @@ def _pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPre
         if trt_ok or cuda_ok:
             return ("tensorrt" if trt_ok else "onnxruntime-cuda"), None
         if manifest.openvino_precision is OpenVINOPrecision.BF16:
-            if (why := _openvino_status(OpenVINOPrecision.BF16)) is None:
+            if (why := openvino_unavailable_reason(OpenVINOPrecision.BF16)) is None:
                 return "openvino", OpenVINOPrecision.BF16
             logger.warning("%s asks for OpenVINO bf16 on the CPU, but %s: running its fp32 artifacts with ONNX Runtime at full precision",
                            manifest.root, why)  # fmt: skip

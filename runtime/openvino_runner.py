@@ -57,14 +57,6 @@ def import_openvino() -> ModuleType:
         raise OpenVINOUnavailableError(f"the openvino backend needs OpenVINO, which is not importable here ({exc}): {INSTALL_HINT}") from None
 
 
-def openvino_available() -> bool:
-    try:
-        import_openvino()
-    except OpenVINOUnavailableError:
-        return False
-    return True
-
-
 def cpu_capabilities(core: Any) -> list[str]:
     """OpenVINO's CPU optimisation capabilities, e.g. ['FP32', 'INT8', 'BIN', 'EXPORT_IMPORT'] (+ 'BF16', 'FP16')."""
     return [str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")]
@@ -77,6 +69,15 @@ def bf16_unsupported_reason(core: Any) -> str | None:
         return None
     name = core.get_property(DEVICE, "FULL_DEVICE_NAME")
     return f"this CPU ({name}) has no bf16 instructions (OpenVINO reports {capabilities}; bf16 needs AVX512-BF16 or AMX)"
+
+
+def openvino_unavailable_reason(precision: OpenVINOPrecision) -> str | None:
+    """None where OpenVINO can run ``precision`` on this CPU, else why not (not installed, or no bf16 here)."""
+    try:
+        ov = import_openvino()
+    except OpenVINOUnavailableError as exc:
+        return str(exc)
+    return bf16_unsupported_reason(ov.Core()) if precision is OpenVINOPrecision.BF16 else None
 
 
 def _precision_name(value: Any) -> str:

@@ -189,7 +189,7 @@ def test_precision_recorded_at_build_time(pixel_model_dir, pixel_fp32_dir, tmp_p
         with pytest.raises(InvalidArgumentError, match="OpenVINO bf16 cannot run here"):
             Generator.from_dir(out, backend="openvino")  # the record is honoured or refused, never run at f32
         assert Generator.from_dir(out, backend="openvino", precision="f32").precision == "f32"  # the caller's word wins
-    monkeypatch.setattr(generator_module, "_openvino_status", lambda precision: None)  # a bf16 CPU, as far as the choice goes
+    monkeypatch.setattr(generator_module, "openvino_unavailable_reason", lambda precision: None)  # a bf16 CPU, as far as the choice goes
     assert generator_module._pick_backend("auto", manifest) == ("openvino", OpenVINOPrecision.BF16)
     assert generator_module._pick_backend("auto", load_manifest(pixel_fp32_dir)) == ("onnxruntime-cpu", None)  # f32: ONNX Runtime
     assert generator_module._pick_backend("auto", manifest, OpenVINOPrecision.F32) == ("openvino", OpenVINOPrecision.F32)
