@@ -30,7 +30,7 @@ from runtime.sampling import StepOutput, generate
 from runtime.schedule import Schedule, SchedulerConfig
 from runtime.specs import SPECS, Component, batch_range
 from runtime.tensorrt_runner import PlanRuntime, import_tensorrt, install_hint, tensorrt_module_name
-from runtime.validation import GenerationRequest, validate_request
+from runtime.validation import GenerationRequest, merge_requests, validate_request
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +257,40 @@ class Generator:
         return np.asarray(host, dtype=np.float32) if output_type == "latent" else to_images(host, output_type)
 
     # -- the call --------------------------------------------------------------------------------------
+    @property
+    def max_images(self) -> int:
+        """Most images one call can make: what every engine's batch profile allows (guidance doubling included)."""
+        return min(a.profile.max[0] // batch_range(c, 1)[1] for c, a in self.manifest.components.items())
+
+    def validate(self, prompt: str | Sequence[str], **kwargs: Any) -> GenerationRequest:
+        """Check a call's arguments (those of ``__call__``) against the model and the engines' profiles; resolve the
+        defaults and the seed. Raises InvalidArgumentError naming the argument."""
+        request = validate_request(self.limits, prompt=prompt, **kwargs)
+        self._check_profiles(request)
+        return request
+
+    def run(self, request: GenerationRequest, *, progress: bool = True) -> GenerationOutput:
+        """Generate for a validated request (``validate`` or ``merge_requests``)."""
+        self._check_profiles(request)
+        with self._lock, self._on_device():
+            return generate(  # noise and latents reach the runners' device once per call (xp.array)
+                request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
+                decode=self.decode, to_device=self.xp.array,
+                progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
+            )  # fmt: skip
+
+    def run_batch(self, requests: Sequence[GenerationRequest], *, progress: bool = False) -> list[GenerationOutput]:
+        """Several validated calls with one ``batch_key`` in one engine pass; each gets exactly the output (and seed)
+        it gets from ``run`` alone: its noise comes from its own seed (runtime.noise.draw_noise_parts), and every
+        component computes batch items independently (equality asserted in tests/runtime/test_generator.py)."""
+        merged = merge_requests(requests)
+        images = self.run(merged, progress=progress).images
+        outputs, start = [], 0
+        for r in requests:
+            outputs.append(GenerationOutput(images=images[start : start + r.batch_size], seed=r.seed))
+            start += r.batch_size
+        return outputs
+
     def __call__(
         self,
         prompt: str | Sequence[str],
@@ -275,15 +309,8 @@ class Generator:
     ) -> GenerationOutput:
         """Same arguments and results as ``ContextDiffPipeline.__call__``. The callback's arrays are the runners'
         (NumPy on the CPU, CuPy on a GPU) and belong to the loop: copy what you keep."""
-        request = validate_request(
-            self.limits, prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
-            output_type=output_type, callback=callback,
+        request = self.validate(
+            prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
+            seed=seed, latents=latents, height=height, width=width, output_type=output_type, callback=callback,
         )  # fmt: skip
-        self._check_profiles(request)
-        with self._lock, self._on_device():
-            return generate(  # noise and latents reach the runners' device once per call (xp.array)
-                request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
-                decode=self.decode, to_device=self.xp.array,
-                progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
-            )  # fmt: skip
+        return self.run(request, progress=progress)

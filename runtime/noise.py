@@ -8,11 +8,16 @@ Order of draws from ``numpy.random.Generator(numpy.random.PCG64(seed))``, all ``
    (also at a step whose σ is 0, where it is simply not added).
 
 Drawing z in one call gives the same numbers as drawing z[0], z[1], ... one after another.
+
+A batch that joins several calls (``runtime.Generator.run_batch``, the serving layer's dynamic batching) draws each
+call's noise from its own seed in the order above and stacks them along the batch axis (:func:`draw_noise_parts`), so
+every call gets exactly the noise — and the images — it gets alone.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import numpy as np
 
@@ -34,3 +39,14 @@ def draw_noise(seed: int, shape: tuple[int, ...], num_steps: int, eta: float) ->
     initial = rng.standard_normal(tuple(shape), dtype=np.float32)
     step_noise = rng.standard_normal((num_steps, *shape), dtype=np.float32) if eta > 0 else None
     return initial, step_noise
+
+
+def draw_noise_parts(parts: Sequence[tuple[int, int]], sample_shape: tuple[int, ...], num_steps: int,
+                     eta: float) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """``parts``: (seed, images) per joined call. (x_T (ΣN, C, h, w), z (num_steps, ΣN, C, h, w) or None): each part's
+    :func:`draw_noise` with shape (images, *sample_shape), stacked along the batch axis (axis 1 of z)."""
+    drawn = [draw_noise(seed, (count, *sample_shape), num_steps, eta) for seed, count in parts]
+    if len(drawn) == 1:
+        return drawn[0]
+    initial = np.concatenate([d[0] for d in drawn])
+    return initial, None if drawn[0][1] is None else np.concatenate([d[1] for d in drawn], axis=1)

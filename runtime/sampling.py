@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
 from runtime.images import GenerationOutput
-from runtime.noise import draw_noise
+from runtime.noise import draw_noise_parts
 from runtime.schedule import Array, SamplingPlan, Schedule, contextual_ddim_step, predict_x0
 from runtime.validation import GenerationRequest, ModelLimits
 
@@ -85,8 +85,8 @@ def generate(
     text = encode(request.negative_prompts + request.prompts if request.do_guidance else request.prompts)
     cond_text = text[n:] if request.do_guidance else text
     f = limits.vae_scale_factor
-    shape = (n, limits.sample_channels, request.height // f, request.width // f)
-    initial, step_noise = draw_noise(request.seed, shape, request.num_inference_steps, request.eta)
+    sample_shape = (limits.sample_channels, request.height // f, request.width // f)
+    initial, step_noise = draw_noise_parts(request.noise_parts, sample_shape, request.num_inference_steps, request.eta)
     x0 = sample(
         denoiser(text, request), context_shift(cond_text), to_device(initial if request.latents is None else request.latents),
         schedule.plan(request.num_inference_steps, request.eta), step_noise=None if step_noise is None else to_device(step_noise),

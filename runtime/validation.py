@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -49,10 +49,21 @@ class GenerationRequest:
     output_type: str
     latents: np.ndarray | None
     callback: Callable[..., Any] | None
+    seed_parts: tuple[tuple[int, int], ...] = ()  # (seed, images) per joined call (merge_requests); () for one call
 
     @property
     def batch_size(self) -> int:
         return len(self.prompts)
+
+    @property
+    def noise_parts(self) -> tuple[tuple[int, int], ...]:
+        """(seed, images) per call whose noise this request draws (runtime.noise.draw_noise_parts)."""
+        return self.seed_parts or ((self.seed, self.batch_size),)
+
+    @property
+    def batch_key(self) -> tuple[int, float, float, int, int, str]:
+        """Requests with equal keys can share one engine call (merge_requests)."""
+        return self.num_inference_steps, self.guidance_scale, self.eta, self.height, self.width, self.output_type
 
     @property
     def do_guidance(self) -> bool:
@@ -167,4 +178,26 @@ def validate_request(
         output_type=output_type,
         latents=array,
         callback=callback,
+    )
+
+
+def merge_requests(requests: Sequence[GenerationRequest]) -> GenerationRequest:
+    """One request for the prompts of several validated calls that share a ``batch_key``, each keeping its own noise
+    (its seed, drawn as if alone: runtime.noise.draw_noise_parts). Calls with ``latents`` or a callback cannot join."""
+    if not requests:
+        raise InvalidArgumentError("requests", requests, "a non-empty sequence of validated requests")
+    keys = {r.batch_key for r in requests}
+    if len(keys) > 1:
+        raise InvalidArgumentError("requests", f"{len(requests)} requests with settings {sorted(keys)}",
+                                   "requests with equal steps, guidance, eta, size and output type (GenerationRequest.batch_key)")  # fmt: skip
+    for r in requests:
+        if r.latents is not None or r.callback is not None:
+            raise InvalidArgumentError("requests", "a request with latents or a callback", "requests without latents or callback (they cannot join a batch)")
+    if len(requests) == 1:
+        return requests[0]
+    return replace(
+        requests[0],
+        prompts=tuple(p for r in requests for p in r.prompts),
+        negative_prompts=tuple(p for r in requests for p in r.negative_prompts),
+        seed_parts=tuple(part for r in requests for part in r.noise_parts),
     )

@@ -191,3 +191,25 @@ def test_torch_backend_matches_the_reference(latent, pixel_model_dir, latent_mod
     expected = ContextDiffPipeline.from_pretrained(model_dir)(PROMPTS[3], **kwargs).images
     got = gen(PROMPTS[3], **kwargs).images
     assert gen.backend == "torch" and psnr(got, expected) >= 60.0
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
+def test_run_batch_gives_each_call_its_own_images(latent, eta, pixel_fp32_dir, latent_fp32_dir):
+    """Calls joined into one engine pass (the serving layer's dynamic batching) get exactly what each gets alone:
+    per-call noise from per-call seeds (also the per-step noise of eta > 0), per-call negative prompts and image counts."""
+    gen = Generator.from_dir(latent_fp32_dir if latent else pixel_fp32_dir)
+    first, second, third = PROMPTS[3]
+    calls = [dict(prompt=first, seed=3), dict(prompt=[second, third], negative_prompt="blurry", seed=11)]
+    requests = [gen.validate(num_inference_steps=3, eta=eta, guidance_scale=7.5, **c) for c in calls]
+    assert gen.max_images == 3 and sum(r.batch_size for r in requests) == 3
+    joined = gen.run_batch(requests)
+    for call, out in zip(calls, joined):
+        alone = gen(num_inference_steps=3, eta=eta, guidance_scale=7.5, progress=False, **call)
+        assert out.seed == alone.seed == call["seed"]
+        np.testing.assert_array_equal(out.images, alone.images)
+    other = gen.validate(first, num_inference_steps=4, eta=eta, seed=1)
+    with pytest.raises(InvalidArgumentError, match="batch_key"):
+        gen.run_batch([requests[0], other])
+    with pytest.raises(InvalidArgumentError, match="up to 3 image"):
+        gen.run_batch([requests[1], requests[1]])
