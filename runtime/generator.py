@@ -188,18 +188,19 @@ class Generator:
 
     # -- stages ----------------------------------------------------------------------------------------
     def _check_profiles(self, request: GenerationRequest) -> None:
-        """Every engine must accept this call's batch and size (its build profile)."""
+        """Every engine must accept this call's batch, and the spatial ones its size (their build profiles; the text
+        encoder's profile holds no image size)."""
         f = self.limits.vae_scale_factor
         h, w, n = request.height // f, request.width // f, request.batch_size
         for component, artifacts in self.manifest.components.items():
             batch = {Component.VAE_DECODER: n, Component.ADAPTER: 2 * n}.get(component, 2 * n if request.do_guidance else n)
-            if not artifacts.profile.contains(batch, h, w):
-                lo, hi = artifacts.profile.min, artifacts.profile.max
-                most = hi[0] // (batch_range(component, 1)[1])
+            profile = artifacts.profile
+            if not (profile.contains(batch, h, w) if SPECS[component].spatial else profile.min[0] <= batch <= profile.max[0]):
+                lo, hi = self.manifest.components[Component.UNET].profile.min, self.manifest.components[Component.UNET].profile.max
                 raise InvalidArgumentError(
                     "prompt/height/width", f"{n} image(s) of {request.height}x{request.width}",
-                    f"what the engines in {self.manifest.root} were built for: up to {most} image(s), sample sizes {lo[1]}x{lo[2]} to "
-                    f"{hi[1]}x{hi[2]} (x{f} pixels); rebuild with `python export/build_engines.py --batch/--height/--width/--dynamic-size`",
+                    f"what the engines in {self.manifest.root} were built for: up to {self.max_images} image(s), sample sizes {lo[1]}x{lo[2]} "
+                    f"to {hi[1]}x{hi[2]} (x{f} pixels); rebuild with `python export/build_engines.py --batch/--height/--width/--dynamic-size`",
                 )  # fmt: skip
 
     def encode_prompt(self, prompts: Sequence[str]) -> np.ndarray:

@@ -105,6 +105,15 @@ def test_defaults_and_bad_arguments(pixel_fp32_dir):
         Generator.from_dir(pixel_fp32_dir, backend="tensorrt-typo")
 
 
+def test_dynamic_size_engines_take_both_ends_of_their_profile(latent_fp32_dir):
+    """The text encoder's profile holds no image size: only the spatial engines' profiles bound the size."""
+    gen = Generator.from_dir(latent_fp32_dir)
+    for size in (16, 64):  # samples of 8 x 8 and 32 x 32, the profile's ends
+        assert gen("a", height=size, width=size, num_inference_steps=2, progress=False).images.shape == (1, size, size, 3)
+    with pytest.raises(InvalidArgumentError, match="sample sizes 8x8 to 32x32"):
+        gen("a", height=68, num_inference_steps=2, progress=False)
+
+
 def test_long_prompt_is_truncated_with_a_warning(pixel_fp32_dir, caplog):
     gen = Generator.from_dir(pixel_fp32_dir)
     with caplog.at_level("WARNING"):
