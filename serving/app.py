@@ -1,0 +1,126 @@
+"""The HTTP API (FastAPI) over an ImageService and a ``submit`` coroutine that runs a job — through Ray Serve's
+dynamic batching in the deployment, directly in tests.
+
+No request gets a 5xx for bad input: the body is checked against the schema (strict types, ranges, enums, sizes the
+engines take), then by the Generator's own rules; either failure is a 422 naming the field, its value and what is
+allowed. Past the queue limits Ray Serve answers 503 with Retry-After (text); a request still waiting after
+``request_timeout_s`` gets 504. Only an engine failure is a 500.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route's body type (built per engine directory) from
+# its annotation at runtime.
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from runtime import __version__
+from runtime.errors import InvalidArgumentError
+from serving.schema import ErrorResponse, ImagesResponse, ModelInfo, ResponseFormat, Status
+from serving.service import ImageService, Job, JobResult
+
+logger = logging.getLogger(__name__)
+
+Submit = Callable[[Job], Awaitable["JobResult | BaseException | None"]]
+_HEADERS = {
+    "X-Seed": {"description": "the seed the images came from", "schema": {"type": "integer", "minimum": 0}},
+    "X-Batch-Images": {"description": "images in the engine call that served the request", "schema": {"type": "integer", "minimum": 1}},
+}
+
+
+def error(status: int, allowed: str, message: str, field: str | None = None, value: Any = None, headers: dict | None = None) -> JSONResponse:
+    body = ErrorResponse(error=dict(field=field, value=value, allowed=allowed, message=message))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def _json_value(value: Any) -> Any:
+    """A rejected value as JSON can carry it (bytes and other objects as their repr, shortened)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value if not isinstance(value, str) or len(value) <= 200 else value[:197] + "..."
+    if isinstance(value, (list, dict)):
+        text = repr(value)
+        return value if len(text) <= 200 else text[:197] + "..."
+    return repr(value)[:200]
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    field = ".".join(loc) or None
+    value = _json_value(first.get("input"))
+    if value == {} or first.get("type") == "json_invalid":
+        value = None
+    message = f"invalid {field or 'request body'}: {first.get('msg')}"
+    return error(422, first.get("msg", "a body matching the schema (GET /openapi.json)"), message, field, value)
+
+
+def create_app(service: ImageService, submit: Submit) -> FastAPI:
+    """The API for ``service``; ``submit`` runs one job to its result (batched with others by whoever provides it)."""
+    Body = service.request_model
+    timeout = service.config.request_timeout_s
+    app = FastAPI(
+        title="ContextDiff image service", version=__version__,
+        description="Text-to-image generation with ContextDiff engines (runtime.Generator) behind Ray Serve, batched across requests.",
+    )  # fmt: skip
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    errors = {422: {"model": ErrorResponse, "description": "a field the service does not accept (named in the error)"}}
+
+    @app.get("/healthz", response_model=Status, summary="Liveness")
+    async def healthz() -> Status:
+        return Status(status="ok")
+
+    @app.get("/readyz", response_model=Status, summary="Readiness: the engines are loaded")
+    async def readyz() -> Status:
+        return Status(status="ready")
+
+    @app.get("/v1/model", response_model=ModelInfo, summary="What the engine directory holds and the sizes it serves")
+    async def model() -> ModelInfo:
+        return service.model_info()
+
+    @app.post(
+        "/v1/images", response_model=ImagesResponse, summary="Generate images",
+        responses={
+            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "headers": _HEADERS,
+                  "description": "JSON with base64 PNGs (response_format json) or the PNG itself (png)"},
+            **errors,
+            500: {"model": ErrorResponse, "description": "the engines failed (not the request's fault)"},
+            503: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "queue full: retry after Retry-After seconds",
+                  "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}}},
+            504: {"model": ErrorResponse, "description": "not served within the service's request_timeout_s"},
+        },
+    )  # fmt: skip
+    async def images(body: Body) -> Response:  # type: ignore[valid-type]
+        try:
+            job = service.job(body)
+        except InvalidArgumentError as exc:  # the Generator's rules, beyond what the schema can say
+            return error(422, exc.allowed, str(exc), exc.name, _json_value(exc.value))
+        try:
+            result = await asyncio.wait_for(submit(job), timeout)
+        except asyncio.TimeoutError:
+            job.cancelled = True
+            return error(504, f"a request served within {timeout:g} s", f"not served within request_timeout_s={timeout:g} s; retry later")
+        except asyncio.CancelledError:  # the client went away: a job not yet started stays out of its batch
+            job.cancelled = True
+            raise
+        if result is None:
+            return error(504, f"a request served within {timeout:g} s", "cancelled before it ran")
+        if isinstance(result, BaseException):
+            return error(500, "engines that run", f"the engines failed: {type(result).__name__}: {result}")
+        headers = {"X-Seed": str(result.seed), "X-Batch-Images": str(result.batch_images)}
+        if job.response_format is ResponseFormat.png:
+            return Response(service.png(result), media_type="image/png", headers=headers)
+        return JSONResponse(service.encode(result), headers=headers)
+
+    return app
+
+
+def direct_submit(service: ImageService) -> Submit:
+    """``submit`` without batching: each job alone in a worker thread (tests and single-process use)."""
+
+    async def submit(job: Job) -> "JobResult | BaseException | None":
+        return (await asyncio.to_thread(service.run_jobs, [job]))[0]
+
+    return submit

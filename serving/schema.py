@@ -1,0 +1,135 @@
+"""Request and response models of the HTTP API, sized from the engine directory so the published OpenAPI schema is
+exact: every range, enum and size the engines accept, nothing more (``additionalProperties: false``, strict types).
+
+A request the schema accepts is one the engines can serve; one it rejects gets a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from runtime.specs import Component
+
+MAX_PROMPT_CHARS = 2000  # longer prompts are truncated by the tokenizer anyway; this bounds the work of one request
+MAX_GUIDANCE = 100.0
+MAX_SEED = 2**63 - 1
+
+
+class ResponseFormat(str, Enum):
+    """``png``: the image as PNG bytes (several images tiled in a grid, row-major, like the CLI); ``json``: every
+    image as base64 PNG, with the seed and timings."""
+
+    png = "png"
+    json = "json"
+
+
+@dataclass(frozen=True)
+class SizeRange:
+    """Image sizes (pixels) the engines take: ``minimum`` to ``maximum`` in steps of ``multiple``; ``default`` the model's."""
+
+    minimum: int
+    maximum: int
+    multiple: int
+    default: int
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """What the schema allows, from the engine directory and the service config."""
+
+    height: SizeRange
+    width: SizeRange
+    max_images: int
+    max_steps: int
+    default_guidance: float
+
+
+def api_limits(generator: Any, max_images: int, max_steps: int) -> ApiLimits:
+    """The limits of a loaded ``runtime.Generator``: sizes from its UNet's profile (every spatial engine shares it)."""
+    limits, profile = generator.limits, generator.manifest.components[Component.UNET].profile
+    f, q = limits.vae_scale_factor, limits.pixel_factor
+
+    def size(axis: int, default: int) -> SizeRange:
+        lo = max(q, -(-profile.min[axis] * f // q) * q)
+        return SizeRange(lo, profile.max[axis] * f // q * q, q, default)
+
+    return ApiLimits(size(1, limits.default_height), size(2, limits.default_width), max_images, max_steps,
+                     limits.recommended_guidance_scale or 7.5)  # fmt: skip
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def request_model(limits: ApiLimits) -> type[BaseModel]:
+    """The ``POST /v1/images`` body for these limits (a pydantic model; FastAPI publishes its JSON schema)."""
+
+    def size(r: SizeRange, axis: str) -> Any:
+        what = f"image {axis} in pixels: {r.minimum} to {r.maximum} in steps of {r.multiple} (the engines' profile); null: {r.default}"
+        return (int | None, Field(None, ge=r.minimum, le=r.maximum, multiple_of=r.multiple, description=what))
+
+    return create_model(  # type: ignore[call-overload]
+        "ImageRequest",
+        __base__=Strict,
+        prompt=(str, Field(..., max_length=MAX_PROMPT_CHARS, description="the text to generate ('' is the unconditional prompt)")),
+        negative_prompt=(str, Field("", max_length=MAX_PROMPT_CHARS, description="what guidance steers away from")),
+        num_inference_steps=(int, Field(min(50, limits.max_steps), ge=1, le=limits.max_steps, description="DDIM steps")),
+        guidance_scale=(float | None, Field(None, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
+                                            description=f"classifier-free guidance (1: off); null: the model's {limits.default_guidance}")),
+        eta=(float, Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="DDIM eta (0: deterministic)")),
+        seed=(int | None, Field(None, ge=0, le=MAX_SEED, description="noise seed; null: a fresh one, returned in the response")),
+        height=size(limits.height, "height"),
+        width=size(limits.width, "width"),
+        num_images=(int, Field(1, ge=1, le=limits.max_images, description="images from this prompt and seed (one engine call)")),
+        response_format=(Literal["png", "json"], Field("json", description="png: the PNG bytes (several images in a grid); json: base64 PNGs, seed, timings")),  # strict: a string, not an enum instance
+    )  # fmt: skip
+
+
+class ImagesResponse(Strict):
+    images: list[str] = Field(..., description="base64-encoded PNG images, num_images of them")
+    seed: int = Field(..., ge=0, le=MAX_SEED, description="the seed the images came from (send it back to reproduce them)")
+    width: int
+    height: int
+    batch_images: int = Field(..., ge=1, description="images in the engine call that served this request (dynamic batching)")
+    queue_ms: float = Field(..., ge=0, description="time from arrival to the start of the engine call")
+    engine_ms: float = Field(..., ge=0, description="time of the engine call")
+
+
+class ErrorDetail(Strict):
+    field: str | None = Field(None, description="the request field at fault, when one is")
+    value: Any = Field(None, description="the value received")
+    allowed: str = Field(..., description="what is allowed")
+    message: str
+
+
+class ErrorResponse(Strict):
+    error: ErrorDetail
+
+
+class Status(Strict):
+    status: str
+
+
+class ComponentInfo(Strict):
+    precision: str
+    profile: dict[str, list[int]] = Field(..., description="min/opt/max of (batch, height, width) in sample units")
+
+
+class ModelInfo(Strict):
+    name: str
+    engine_dir: str
+    backend: str
+    precision: str | None = Field(None, description="the openvino backend's inference precision; null for the others")
+    default_height: int
+    default_width: int
+    height: dict[str, int] = Field(..., description="minimum, maximum, multiple (pixels)")
+    width: dict[str, int]
+    max_images_per_request: int
+    max_batch_images: int = Field(..., description="images one engine call serves (requests joined by dynamic batching)")
+    max_steps: int
+    recommended_guidance_scale: float
+    components: dict[str, ComponentInfo]

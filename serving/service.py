@@ -1,0 +1,156 @@
+"""The engine side of the service, no Ray: request bodies become validated generator calls (jobs); a batch of jobs
+is grouped by compatible settings and run in as few engine calls as the batch profile allows.
+
+Batching never changes results: ``runtime.Generator.run_batch`` gives every job the images its seed gives alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from runtime.errors import ConfigError
+from runtime.images import make_grid
+from runtime.validation import GenerationRequest
+from serving.config import ServiceConfig
+from serving.schema import ApiLimits, ComponentInfo, ModelInfo, ResponseFormat, api_limits, request_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One HTTP request on its way to the engines. ``cancelled`` is set when its client is gone or its time is up:
+    a job not yet started is then left out of its batch."""
+
+    request: GenerationRequest
+    response_format: ResponseFormat
+    arrived: float  # time.monotonic() at arrival
+    cancelled: bool = False
+
+    @property
+    def images(self) -> int:
+        return self.request.batch_size
+
+
+@dataclass(frozen=True)
+class JobResult:
+    images: np.ndarray  # float32 (num_images, H, W, 3) in [0, 1]
+    seed: int
+    batch_images: int  # images in the engine call that made these
+    queue_ms: float
+    engine_ms: float
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one engine call did, for metrics: its images, the engine time, and each job's wait before it."""
+
+    images: int
+    engine_s: float
+    queue_waits_s: tuple[float, ...]
+
+
+def chunk_jobs(jobs: Sequence[Job], max_images: int) -> list[list[Job]]:
+    """Jobs -> engine calls: grouped by ``batch_key`` (steps, guidance, eta, size), in arrival order within a group,
+    each call at most ``max_images`` images (a job is never split: its noise is one draw from its seed)."""
+    groups: dict[tuple, list[list[Job]]] = {}
+    for job in jobs:
+        chunks = groups.setdefault(job.request.batch_key, [[]])
+        if sum(j.images for j in chunks[-1]) + job.images > max_images:
+            chunks.append([])
+        chunks[-1].append(job)
+    return [chunk for chunks in groups.values() for chunk in chunks if chunk]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """(H, W, 3) float in [0, 1] -> PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ImageService:
+    """A loaded ``runtime.Generator`` behind the API: validation, batch execution, encodings, model info."""
+
+    def __init__(self, config: ServiceConfig, generator: Any = None, on_batch: Callable[[BatchStats], None] | None = None) -> None:
+        from runtime.generator import Generator
+
+        self.config = config
+        self.generator = generator if generator is not None else Generator.from_dir(config.engine_dir, backend=config.backend)
+        engine_max = self.generator.max_images
+        if config.max_batch_images is not None and config.max_batch_images > engine_max:
+            raise ConfigError(f"invalid serving config: max_batch_images={config.max_batch_images}: the engines in {self.generator.manifest.root} "
+                              f"take at most {engine_max} image(s) per call; rebuild with `python export/build_engines.py --batch N`")  # fmt: skip
+        self.max_batch_images = config.max_batch_images or engine_max
+        if self.max_batch_images == 1:
+            logger.warning("the engines in %s take one image per call: requests are served one at a time (build with --batch 8 to batch)",
+                           self.generator.manifest.root)  # fmt: skip
+        self.limits: ApiLimits = api_limits(self.generator, self.max_batch_images, config.max_steps)
+        self.request_model = request_model(self.limits)
+        self.on_batch = on_batch
+
+    def job(self, body: Any) -> Job:
+        """A validated body -> a job; the Generator's own rules (InvalidArgumentError naming the argument) apply."""
+        request = self.generator.validate(
+            [body.prompt] * body.num_images, negative_prompt=body.negative_prompt, num_inference_steps=body.num_inference_steps,
+            guidance_scale=body.guidance_scale, eta=body.eta, seed=body.seed, height=body.height, width=body.width, output_type="np",
+        )  # fmt: skip
+        return Job(request, ResponseFormat(body.response_format), time.monotonic())
+
+    def run_jobs(self, jobs: Sequence[Job]) -> list[JobResult | BaseException | None]:
+        """Results in the order of ``jobs``: a JobResult, the exception its engine call raised, or None for a job
+        cancelled before its call started."""
+        results: dict[int, JobResult | BaseException | None] = {}
+        for chunk in chunk_jobs(jobs, self.max_batch_images):
+            live = [j for j in chunk if not j.cancelled]
+            for j in chunk:
+                results[id(j)] = None
+            if not live:
+                continue
+            start = time.monotonic()
+            try:
+                outputs = self.generator.run_batch([j.request for j in live])
+            except Exception as exc:  # an engine failure is this batch's, reported to each of its requests
+                logger.exception("engine call for %d request(s) failed", len(live))
+                for j in live:
+                    results[id(j)] = exc
+                continue
+            engine_s, images = time.monotonic() - start, sum(j.images for j in live)
+            for j, out in zip(live, outputs):
+                results[id(j)] = JobResult(out.images, out.seed, images, (start - j.arrived) * 1e3, engine_s * 1e3)
+            if self.on_batch is not None:
+                self.on_batch(BatchStats(images, engine_s, tuple(start - j.arrived for j in live)))
+        return [results[id(j)] for j in jobs]
+
+    def encode(self, result: JobResult) -> dict[str, Any]:
+        """The JSON response body (serving.schema.ImagesResponse)."""
+        h, w = result.images.shape[1:3]
+        images = [base64.b64encode(png_bytes(image)).decode("ascii") for image in result.images]
+        return dict(images=images, seed=result.seed, width=w, height=h, batch_images=result.batch_images,
+                    queue_ms=round(result.queue_ms, 3), engine_ms=round(result.engine_ms, 3))  # fmt: skip
+
+    def png(self, result: JobResult) -> bytes:
+        """One PNG: the image, or several tiled row-major (runtime.images.make_grid)."""
+        return png_bytes(result.images[0] if len(result.images) == 1 else make_grid(result.images))
+
+    def model_info(self) -> ModelInfo:
+        gen, lim = self.generator, self.limits
+        manifest = gen.manifest
+        return ModelInfo(
+            name=manifest.data["model"]["name"], engine_dir=str(manifest.root), backend=gen.backend, precision=gen.precision,
+            default_height=lim.height.default, default_width=lim.width.default,
+            height=dict(minimum=lim.height.minimum, maximum=lim.height.maximum, multiple=lim.height.multiple),
+            width=dict(minimum=lim.width.minimum, maximum=lim.width.maximum, multiple=lim.width.multiple),
+            max_images_per_request=lim.max_images, max_batch_images=self.max_batch_images, max_steps=lim.max_steps,
+            recommended_guidance_scale=lim.default_guidance,
+            components={c.value: ComponentInfo(precision=a.precision, profile=a.profile.to_json()) for c, a in manifest.components.items()},
+        )  # fmt: skip

@@ -1,0 +1,102 @@
+"""The service on a real local Ray instance over HTTP (num_cpus=2, a small object store; started and shut down
+here, about half a minute): Serve's dynamic batching gives each request its own images, the bounded queue answers
+503 with Retry-After, and a deleted application finishes its in-flight requests."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import io
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.generator import Generator
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+PROMPT = "a red circle at the top left"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: dict, timeout: float = 120) -> tuple[int, Any, dict]:
+    """(status, headers (case-insensitive), JSON body or {'text': ...})."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.headers, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        text = e.read().decode(errors="replace")
+        return e.code, e.headers, json.loads(text) if e.headers.get_content_type() == "application/json" else {"text": text}
+
+
+@pytest.fixture(scope="module")
+def local_serve():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    port = _free_port()
+    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_images(local_serve, pixel_fp32_dir):
+    from serving.deployment import build_app
+
+    serve.run(build_app(dict(engines=str(pixel_fp32_dir), num_cpus=0.5, batch_wait_timeout_s=0.5)), name="batched", route_prefix="/batched")
+    url = f"{local_serve}/batched/v1/images"
+    bodies = [dict(prompt=PROMPT if i % 2 else "a blue square", seed=i, num_inference_steps=8, eta=0.5) for i in range(6)]
+    with cf.ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda b: post(url, b), bodies))
+    assert [status for status, _, _ in replies] == [200] * 6, replies
+    assert max(reply["batch_images"] for _, _, reply in replies) > 1  # requests shared engine calls
+    gen = Generator.from_dir(pixel_fp32_dir)
+    for body, (_, headers, reply) in zip(bodies, replies):
+        alone = gen(body["prompt"], seed=body["seed"], num_inference_steps=8, eta=0.5, progress=False).images[0]
+        got = np.asarray(Image.open(io.BytesIO(base64.b64decode(reply["images"][0]))))
+        np.testing.assert_array_equal(got, np.round(alone * 255).astype(np.uint8))
+        assert reply["seed"] == body["seed"] and headers.get("X-Seed") == str(body["seed"])
+    status, _, bad = post(url, dict(prompt=PROMPT, eta=3))
+    assert status == 422 and bad["error"]["field"] == "eta"
+    serve.delete("batched")
+
+
+def test_past_the_queue_limit_requests_get_503_with_retry_after(local_serve, pixel_fp32_dir):
+    from serving.deployment import build_app
+
+    tight = dict(engines=str(pixel_fp32_dir), num_cpus=0.5, max_batch_images=1, max_ongoing_requests=1, max_queued_requests=1, retry_after_s=3,
+                 max_steps=1000, graceful_shutdown_timeout_s=60)  # fmt: skip
+    serve.run(build_app(tight), name="tight", route_prefix="/tight")
+    url = f"{local_serve}/tight/v1/images"
+    slow = dict(prompt=PROMPT, num_inference_steps=60, seed=0)  # about 5 s here: the queue fills at once
+    with cf.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: post(url, slow), range(8)))
+    statuses = sorted(status for status, _, _ in replies)
+    assert set(statuses) == {200, 503} and statuses.count(200) >= 2, statuses  # one running + one queued at least
+    assert all(headers.get("Retry-After") == "3" for status, headers, _ in replies if status == 503)
+
+    # Graceful shutdown: deleting the application lets the request in flight finish.
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(reply=post(url, slow)))
+    worker.start()
+    time.sleep(1.0)
+    serve.delete("tight")
+    worker.join(timeout=120)
+    assert result["reply"][0] == 200, result
