@@ -260,7 +260,9 @@ class Schedule:
             return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
         if spacing is TimestepSpacing.LEADING:
             return (np.arange(0, n) * (T // n)).round()[::-1].astype(np.int64) + self.config.steps_offset
-        return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1  # trailing
+        # trailing. np.arange's float step yields n + 1 values for 62 of the n in 1..1000 (61, 103, 121, ...), the last
+        # one t = -1, which diffusers (same expression) then samples at; the first n are the schedule.
+        return (np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1)[:n]
 
     def previous_timesteps(self, timesteps: np.ndarray) -> np.ndarray:
         """s for each t (method doc §5): t − T//n for leading/trailing (as diffusers), else the next sampled one.

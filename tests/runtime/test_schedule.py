@@ -58,6 +58,24 @@ def test_timesteps_match_diffusers(spacing, offset):
         assert len(ours.timesteps(n)) == n
 
 
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_every_step_count_gives_that_many_valid_timesteps(spacing):
+    """diffusers' trailing spacing yields n + 1 timesteps for 62 step counts up to 1000 (61, 103, ...), the last t = -1:
+    found by fuzzing the HTTP API (a 500 at 61 steps). Ours: exactly n, descending, in [0, T), finite coefficients; where
+    diffusers gives n timesteps, the same ones."""
+    ours, theirs = Schedule(SchedulerConfig(timestep_spacing=spacing)), DDIMScheduler(timestep_spacing=spacing)
+    for n in range(1, 1001):
+        ts = ours.timesteps(n)
+        assert len(ts) == n and ts[-1] >= 0 and ts[0] < 1000 and np.all(np.diff(ts) < 0), n
+        theirs.set_timesteps(n)
+        if len(theirs.timesteps) == n:
+            np.testing.assert_array_equal(ts, theirs.timesteps.numpy(), err_msg=f"n={n}")
+        else:
+            assert spacing == "trailing" and theirs.timesteps[-1] == -1 and np.array_equal(ts, theirs.timesteps.numpy()[:n]), n
+    for n in (61, 103, 769):
+        assert all(math.isfinite(c.sigma) for c in ours.plan(n, eta=1.0).steps)
+
+
 def test_previous_timesteps():
     leading = Schedule(SchedulerConfig(timestep_spacing="leading"))
     ts = leading.timesteps(50)
