@@ -14,6 +14,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -57,6 +58,12 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return error(422, first.get("msg", "a body matching the schema (GET /openapi.json)"), message, field, value)
 
 
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a body it cannot parse: 400; unknown path: 404; method: 405, with Allow) in the same
+    error format."""
+    return error(exc.status_code, "a request the API documents (GET /openapi.json)", str(exc.detail), headers=exc.headers)
+
+
 def create_app(service: ImageService, submit: Submit) -> FastAPI:
     """The API for ``service``; ``submit`` runs one job to its result (batched with others by whoever provides it)."""
     Body = service.request_model
@@ -66,7 +73,9 @@ def create_app(service: ImageService, submit: Submit) -> FastAPI:
         description="Text-to-image generation with ContextDiff engines (runtime.Generator) behind Ray Serve, batched across requests.",
     )  # fmt: skip
     app.add_exception_handler(RequestValidationError, _validation_error)
-    errors = {422: {"model": ErrorResponse, "description": "a field the service does not accept (named in the error)"}}
+    app.add_exception_handler(HTTPException, _http_error)
+    errors = {400: {"model": ErrorResponse, "description": "a body that cannot be parsed as JSON text"},
+              422: {"model": ErrorResponse, "description": "a field the service does not accept (named in the error)"}}
 
     @app.get("/healthz", response_model=Status, summary="Liveness")
     async def healthz() -> Status:

@@ -8,15 +8,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from runtime.specs import Component
 
 MAX_PROMPT_CHARS = 2000  # longer prompts are truncated by the tokenizer anyway; this bounds the work of one request
 MAX_GUIDANCE = 100.0
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**53 - 1  # the largest integer every JSON client holds exactly (JavaScript's MAX_SAFE_INTEGER); the Generator takes up to 2**63 - 1
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's "integer" includes numbers with a zero fraction (7.0): those become ints; strings and booleans stay
+    what they are, and the strict int check refuses them."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+
+def _bounded_int(**bounds: Any) -> Any:
+    """JsonInt with its bounds inside the type, so that ``bounded | None`` publishes them (as minimum/maximum/multipleOf)."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
 
 
 class ResponseFormat(str, Enum):
@@ -70,21 +84,24 @@ def request_model(limits: ApiLimits) -> type[BaseModel]:
 
     def size(r: SizeRange, axis: str) -> Any:
         what = f"image {axis} in pixels: {r.minimum} to {r.maximum} in steps of {r.multiple} (the engines' profile); null: {r.default}"
-        return (int | None, Field(None, ge=r.minimum, le=r.maximum, multiple_of=r.multiple, description=what))
+        if r.minimum == r.maximum:  # engines of one size: the schema says that one value
+            return (Annotated[Literal[r.minimum], BeforeValidator(_integral)] | None, Field(None, description=f"image {axis}: {r.minimum} "
+                    f"(the engines were built for this size only); null: {r.default}"))  # fmt: skip
+        return (_bounded_int(ge=r.minimum, le=r.maximum, multiple_of=r.multiple) | None, Field(None, description=what))
 
     return create_model(  # type: ignore[call-overload]
         "ImageRequest",
         __base__=Strict,
         prompt=(str, Field(..., max_length=MAX_PROMPT_CHARS, description="the text to generate ('' is the unconditional prompt)")),
         negative_prompt=(str, Field("", max_length=MAX_PROMPT_CHARS, description="what guidance steers away from")),
-        num_inference_steps=(int, Field(min(50, limits.max_steps), ge=1, le=limits.max_steps, description="DDIM steps")),
+        num_inference_steps=(JsonInt, Field(min(50, limits.max_steps), ge=1, le=limits.max_steps, description="DDIM steps")),
         guidance_scale=(float | None, Field(None, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
                                             description=f"classifier-free guidance (1: off); null: the model's {limits.default_guidance}")),
         eta=(float, Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="DDIM eta (0: deterministic)")),
-        seed=(int | None, Field(None, ge=0, le=MAX_SEED, description="noise seed; null: a fresh one, returned in the response")),
+        seed=(_bounded_int(ge=0, le=MAX_SEED) | None, Field(None, description="noise seed; null: a fresh one, returned in the response")),
         height=size(limits.height, "height"),
         width=size(limits.width, "width"),
-        num_images=(int, Field(1, ge=1, le=limits.max_images, description="images from this prompt and seed (one engine call)")),
+        num_images=(JsonInt, Field(1, ge=1, le=limits.max_images, description="images from this prompt and seed (one engine call)")),
         response_format=(Literal["png", "json"], Field("json", description="png: the PNG bytes (several images in a grid); json: base64 PNGs, seed, timings")),  # strict: a string, not an enum instance
     )  # fmt: skip
 

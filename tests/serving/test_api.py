@@ -75,11 +75,11 @@ def test_no_seed_gets_a_fresh_one_that_reproduces(client):
         (dict(prompt=PROMPT, num_inference_steps=0), "num_inference_steps"),
         (dict(prompt=PROMPT, num_inference_steps=21), "num_inference_steps"),  # above the service's max_steps
         (dict(prompt=PROMPT, num_inference_steps="4"), "num_inference_steps"),  # strict: no coercion of strings
-        (dict(prompt=PROMPT, num_inference_steps=4.0), "num_inference_steps"),
+        (dict(prompt=PROMPT, num_inference_steps=4.5), "num_inference_steps"),  # 4.0 is an integer to JSON Schema, 4.5 is not
         (dict(prompt=PROMPT, eta=1.5), "eta"),
         (dict(prompt=PROMPT, guidance_scale=-1), "guidance_scale"),
         (dict(prompt=PROMPT, seed=-1), "seed"),
-        (dict(prompt=PROMPT, seed=2**63), "seed"),
+        (dict(prompt=PROMPT, seed=2**53), "seed"),  # JSON-safe seeds only
         (dict(prompt=PROMPT, seed=True), "seed"),
         (dict(prompt=PROMPT, num_images=4), "num_images"),  # the engines' batch profile: 3
         (dict(prompt=PROMPT, height=64), "height"),  # the engines were built for 32 x 32 only
@@ -98,10 +98,10 @@ def test_bad_fields_are_422_naming_the_field(client, body, field):
     assert error["field"] == field and field in error["message"] and error["allowed"]
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]"])
+@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b"J\x16%\xff\xfe"])
 def test_a_body_that_is_not_an_object_is_422(client, content):
     r = client.post("/v1/images", content=content, headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["error"]["message"], r.text
+    assert r.status_code in (400, 422) and r.json()["error"]["message"], r.text
 
 
 def test_the_openapi_schema_is_the_engines_exact_limits(latent_fp32_dir):
@@ -112,6 +112,8 @@ def test_the_openapi_schema_is_the_engines_exact_limits(latent_fp32_dir):
     props = body["properties"]
     assert (props["num_inference_steps"]["minimum"], props["num_inference_steps"]["maximum"]) == (1, 40)
     assert props["num_images"]["maximum"] == 3 and props["eta"]["maximum"] == 1.0
+    seed = next(s for s in props["seed"]["anyOf"] if s.get("type") == "integer")
+    assert (seed["minimum"], seed["maximum"]) == (0, 2**53 - 1) and "ge" not in seed  # bounds as JSON Schema names them
     height = next(s for s in props["height"]["anyOf"] if s.get("type") == "integer")
     gen, lim = service.generator, service.generator.limits
     unet = gen.manifest.components[next(c for c in gen.manifest.components if c.value == "unet")].profile
@@ -119,7 +121,7 @@ def test_the_openapi_schema_is_the_engines_exact_limits(latent_fp32_dir):
     assert height["multipleOf"] == lim.pixel_factor and height["maximum"] == unet.max[1] * f and height["minimum"] >= unet.min[1] * f
     assert props["response_format"]["enum"] == ["png", "json"]
     responses = schema["paths"]["/v1/images"]["post"]["responses"]
-    assert set(responses) == {"200", "422", "500", "503", "504"} and "image/png" in responses["200"]["content"]
+    assert set(responses) == {"200", "400", "422", "500", "503", "504"} and "image/png" in responses["200"]["content"]
     # Every size the schema allows is served (the dynamic profile's both ends), at that size.
     for size in (int(height["minimum"]), int(height["maximum"])):  # FastAPI's OpenAPI model writes bounds as JSON numbers (32.0)
         job = service.job(service.request_model(prompt=PROMPT, height=size, width=size, num_inference_steps=2))
