@@ -177,3 +177,22 @@ def test_config_errors_name_the_field(pixel_fp32_dir, tmp_path):
         build_app({"engines": str(tmp_path / "missing")})
     with pytest.raises(ConfigError, match=r"max_batch_images=4: the engines .* take at most 3"):
         ImageService(ServiceConfig(engines=str(pixel_fp32_dir), max_batch_images=4))
+
+
+def test_config_becomes_serve_deployment_options():
+    from serving.deployment import deployment_options
+
+    fixed = deployment_options(ServiceConfig(num_replicas=3, num_gpus=1, max_queued_requests=5, retry_after_s=4))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed and fixed["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert fixed["max_queued_requests"] == 5 and fixed["backpressure_config"] == {"status_code": 503, "retry_after_s": 4.0}
+    scaled = deployment_options(ServiceConfig.parse({"autoscaling": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}}))
+    assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8.0} and "num_replicas" not in scaled
+
+
+def test_the_shipped_config_file_is_valid():
+    from serving.__main__ import CONFIG, load_config
+    from serving.config import DEFAULT_SERVING_ENGINES
+
+    http, args = load_config(CONFIG)
+    config = ServiceConfig.parse(args)  # a typo in a field name would be a ConfigError here
+    assert http == {"host": "127.0.0.1", "port": 8000} and config.engines == DEFAULT_SERVING_ENGINES and config.max_queued_requests == 64
