@@ -14,9 +14,9 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, Request
-from starlette.exceptions import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from runtime import __version__
 from runtime.errors import InvalidArgumentError
