@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from contextdiff_ref.model_dir import ModelComponents, load_model_dir, save_model_dir
 from contextdiff_ref.text import tokenize
 from runtime.images import GenerationOutput, to_images
-from runtime.sampling import StepOutput, generate
+from runtime.errors import InvalidArgumentError
+from runtime.sampling import StepOutput, generate, invert
 from runtime.schedule import Schedule
 from runtime.validation import GenerationRequest, ModelLimits, validate_request
 
@@ -126,6 +127,30 @@ class ContextDiffPipeline:
                 latents = latents + vae.config.shift_factor
             x0 = vae.decode(latents.to(vae.dtype)).sample
         return to_images(x0.float().cpu().numpy(), output_type)
+
+    @torch.no_grad()
+    def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, progress: bool = True) -> np.ndarray:
+        """Contextual DDIM inversion (method doc §7) of ``sample`` (N, C, h, w) float32 — x_0 in the model's sample
+        space (pixels scaled to [-1, 1], or VAE latents times the scaling factor) — with ``prompt`` and no guidance,
+        through the schedule's inversion plan. Returns x_T (N, C, h, w) float32: sampling from it
+        (``latents=``) with the same prompt, steps and ``guidance_scale=1`` comes back close to ``sample``."""
+        shape = getattr(sample, "shape", None)
+        if shape is None or len(shape) != 4:
+            raise InvalidArgumentError("sample", type(sample).__name__ if shape is None else f"array of shape {tuple(shape)}",
+                                       f"a float32 array (N, {self.limits.sample_channels}, h, w): x_0 in the model's sample space")  # fmt: skip
+        f = self.limits.vae_scale_factor
+        try:
+            request = validate_request(self.limits, prompt=prompt, num_inference_steps=num_inference_steps, guidance_scale=1.0, latents=sample,
+                                       height=shape[2] * f, width=shape[3] * f)  # fmt: skip
+        except InvalidArgumentError as exc:  # the one array argument is `sample` here
+            if exc.name not in ("latents", "height", "width"):
+                raise
+            raise InvalidArgumentError("sample", exc.value, exc.allowed) from None
+        text = self.encode_prompt(request.prompts)
+        x_0 = torch.from_numpy(np.array(request.latents)).to(self.device)
+        x_T = invert(self._denoiser(text, request), self._context_shift(text), x_0, self.schedule.inversion_plan(request.num_inference_steps),
+                     progress=lambda steps: tqdm(steps, desc="contextual DDIM inversion", disable=not progress, leave=False))  # fmt: skip
+        return x_T.float().cpu().numpy()
 
     # -- the call --------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from runtime.images import GenerationOutput
 from runtime.noise import draw_noise_parts
-from runtime.schedule import Array, SamplingPlan, Schedule, contextual_ddim_step, predict_x0
+from runtime.schedule import Array, InversionPlan, SamplingPlan, Schedule, contextual_ddim_step, predict_x0
 from runtime.validation import GenerationRequest, ModelLimits
 
 
@@ -63,6 +63,34 @@ def sample(
         x = contextual_ddim_step(x, x0, eps_total, r_t, r_s, c, None if step_noise is None else step_noise[i])  # 4-6
         if callback is not None:
             callback(StepOutput(i, c.timestep, c.prev_timestep, x, x0))
+    return x
+
+
+def invert(
+    denoise: Denoiser,
+    context_shift: ContextShift | None,
+    x_0: Array,
+    plan: InversionPlan,
+    *,
+    callback: Callable[[StepOutput], Any] | None = None,
+    progress: Callable[[Iterable[int]], Iterable[int]] = iter,
+) -> Array:
+    """Contextual DDIM inversion (method doc §7) of x_0 (N, C, h, w) up to x_T, same shape and dtype.
+
+    ``denoise`` is called without guidance in mind (the caller's denoiser for the source prompt, w = 1), at the target
+    timestep of each step; ``context_shift=None`` means r ≡ 0 (diffusers' DDIMInverseScheduler). The callback sees
+    each step's result as ``sample`` (its ``timestep`` is s, ``prev_timestep`` the t reached).
+    """
+    x = x_0
+    for i in progress(range(len(plan.steps))):
+        step = plan.steps[i]
+        c = step.coefficients
+        output = denoise(x, step.next_timestep)  # 1. o = f(x_s, t, c_src)
+        x0, eps_total = predict_x0(output, x, c, plan)  # 1. x̂_0 = convert(o, x_s, s), clipped as in §5
+        r_s, r_t = context_shift(x0, step.adapter_timestep, step.next_timestep) if context_shift else (None, None)  # 2.
+        x = contextual_ddim_step(x, x0, eps_total, r_s, r_t, c)  # 3.–4. x_t = √ᾱ_t x̂_0 + k_t r_t + √(1 − ᾱ_t) ε̂
+        if callback is not None:
+            callback(StepOutput(i, step.timestep, step.next_timestep, x, x0))
     return x
 
 

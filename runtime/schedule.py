@@ -214,6 +214,34 @@ class SamplingPlan:
 
 
 @dataclass(frozen=True)
+class InversionStep:
+    """One step of contextual DDIM inversion from ``timestep`` s up to ``next_timestep`` t > s (method doc §7)."""
+
+    timestep: int  # s; −1 for the first step, which starts from x_0 with the "final alpha"
+    next_timestep: int  # t: the model is evaluated here, as diffusers' DDIMInverseScheduler and null-text inversion do
+    coefficients: StepCoefficients  # the deterministic step s -> t in the sampler's terms: its "t" fields hold s, its "s" fields t
+
+    @property
+    def adapter_timestep(self) -> int:
+        """Timestep at which the adapter evaluates r_s: max(s, 0) (§7 step 2; k_s = 0 where ᾱ_s = 1)."""
+        return max(self.timestep, 0)
+
+
+@dataclass(frozen=True)
+class InversionPlan:
+    """Everything the inversion loop needs about the schedule for one call: the sampling sequence reversed."""
+
+    prediction_type: PredictionType
+    clip_sample_range: float | None
+    steps: tuple[InversionStep, ...]
+
+    @property
+    def timesteps(self) -> np.ndarray:
+        """The timesteps the model is evaluated at, ascending (diffusers' ``DDIMInverseScheduler.timesteps``)."""
+        return np.array([c.next_timestep for c in self.steps], dtype=np.int64)
+
+
+@dataclass(frozen=True)
 class ForwardCoefficients:
     """Per-sample scalars of the forward process at timesteps t (B,), float64 (method doc §3)."""
 
@@ -299,6 +327,21 @@ class Schedule:
         clip = self.config.clip_sample_range if self.config.clip_sample else None
         return SamplingPlan(prediction_type=self.config.prediction_type, clip_sample_range=clip, steps=steps)
 
+    def inversion_plan(self, num_inference_steps: int) -> InversionPlan:
+        """The steps of contextual DDIM inversion (method doc §7): the sampling sequence of ``num_inference_steps``
+        reversed, each step s -> t the deterministic DDIM step between them (σ = 0) — the sampler's step with the
+        roles of s and t exchanged."""
+        ts = self.timesteps(num_inference_steps)
+        steps = []
+        for t, s in zip(ts[::-1].tolist(), self.previous_timesteps(ts)[::-1].tolist()):
+            ab_s, ab_t = self.alpha_bar(s), self.alpha_bar(t)
+            c = StepCoefficients(timestep=s, prev_timestep=t, sqrt_alpha_bar_t=math.sqrt(ab_s), sqrt_one_minus_alpha_bar_t=math.sqrt(1 - ab_s),
+                                 shift_t=self.shift(s), sqrt_alpha_bar_s=math.sqrt(ab_t), shift_s=self.shift(t), sigma=0.0,
+                                 direction=math.sqrt(1 - ab_t))  # fmt: skip
+            steps.append(InversionStep(timestep=s, next_timestep=t, coefficients=c))
+        clip = self.config.clip_sample_range if self.config.clip_sample else None
+        return InversionPlan(prediction_type=self.config.prediction_type, clip_sample_range=clip, steps=tuple(steps))
+
     def forward_coefficients(self, timesteps: np.ndarray) -> ForwardCoefficients:
         """√ᾱ_t, k_t, √(1 − ᾱ_t) for an array of train timesteps (method doc §3)."""
         t = np.asarray(timesteps, dtype=np.int64)
@@ -330,7 +373,7 @@ def training_target(
     return sqrt_alpha_bar * eps_total - sqrt_one_minus_alpha_bar * x0  # v_prediction
 
 
-def predict_x0(model_output: Array, x_t: Array, c: StepCoefficients, plan: SamplingPlan) -> tuple[Array, Array]:
+def predict_x0(model_output: Array, x_t: Array, c: StepCoefficients, plan: SamplingPlan | InversionPlan) -> tuple[Array, Array]:
     """Model output -> (x̂_0, ε̃̂) (method doc §4 and §5 step 2).
 
     x̂_0 is clipped to ±clip_sample_range when the plan asks for it. The total residual ε̃̂ is the one the
@@ -356,8 +399,9 @@ def contextual_ddim_step(
 
     ``noise`` is z ~ N(0, I) of x_t's shape; it is required when σ > 0 and ignored when σ = 0.
     """
-    # 4. ε̂ = (x_t − √ᾱ_t x̂_0 − k_t r_t) / √(1 − ᾱ_t) = ε̃̂ − k_t r_t / √(1 − ᾱ_t)
-    eps = eps_total if r_t is None else eps_total - (c.shift_t / c.sqrt_one_minus_alpha_bar_t) * r_t
+    # 4. ε̂ = (x_t − √ᾱ_t x̂_0 − k_t r_t) / √(1 − ᾱ_t) = ε̃̂ − k_t r_t / √(1 − ᾱ_t); the term is 0 where k_t = 0 (also
+    #    at ᾱ_t = 1, where inversion starts: §7 step 3)
+    eps = eps_total if r_t is None or c.shift_t == 0 else eps_total - (c.shift_t / c.sqrt_one_minus_alpha_bar_t) * r_t
     # 6. x_s = √ᾱ_s x̂_0 + k_s r_s + √(1 − ᾱ_s − σ²) ε̂ + σ z
     x_s = c.sqrt_alpha_bar_s * x0 + c.direction * eps
     if r_s is not None:
