@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from contextdiff_ref.model_dir import ModelComponents, load_model_dir, save_model_dir
 from contextdiff_ref.text import tokenize
-from runtime.images import GenerationOutput, to_images
 from runtime.errors import InvalidArgumentError
+from runtime.images import GenerationOutput, to_images
 from runtime.sampling import StepOutput, generate, invert
 from runtime.schedule import Schedule
 from runtime.validation import GenerationRequest, ModelLimits, validate_request
