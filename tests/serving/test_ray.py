@@ -96,7 +96,7 @@ def test_past_the_queue_limit_requests_get_503_with_retry_after(local_serve, pix
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(reply=post(url, slow)))
     worker.start()
-    time.sleep(1.0)
+    time.sleep(2.0)  # the request is in the replica (it takes about 5 s)
     serve.delete("tight")
     worker.join(timeout=120)
     assert result["reply"][0] == 200, result
