@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ def run_fuzz(url: str, max_examples: int, max_time_s: int, seed: int) -> dict[st
     command = fuzz_command(url, max_examples, seed)
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=max_time_s, check=False)  # a failed check is a result, not an error
+        with tempfile.TemporaryDirectory() as scratch:  # Schemathesis keeps a cache in its working directory: not in the checkout
+            done = subprocess.run(command, capture_output=True, text=True, timeout=max_time_s, check=False, cwd=scratch)  # a failed check is a result
         output, code = done.stdout + done.stderr, done.returncode
     except subprocess.TimeoutExpired as exc:
         output, code = f"{exc.stdout or ''}{exc.stderr or ''}\nstopped after --max-time={max_time_s} s", 124

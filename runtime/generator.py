@@ -310,8 +310,9 @@ class Generator:
     ) -> GenerationOutput:
         """Same arguments and results as ``ContextDiffPipeline.__call__``. The callback's arrays are the runners'
         (NumPy on the CPU, CuPy on a GPU) and belong to the loop: copy what you keep."""
-        request = self.validate(
-            prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
-            seed=seed, latents=latents, height=height, width=width, output_type=output_type, callback=callback,
+        request = validate_request(
+            self.limits, prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
+            output_type=output_type, callback=callback,
         )  # fmt: skip
-        return self.run(request, progress=progress)
+        return self.run(request, progress=progress)  # checks the engines' profiles

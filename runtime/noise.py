@@ -24,11 +24,11 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def resolve_seed(seed: int | None) -> int:
-    """The seed to use: ``seed`` itself, or a fresh one from the OS (logged, so a run can be repeated)."""
+def resolve_seed(seed: int | None, high: int = 2**63) -> int:
+    """The seed to use: ``seed`` itself, or a fresh one from the OS below ``high`` (logged, so a run can be repeated)."""
     if seed is not None:
         return int(seed)
-    fresh = int(np.random.SeedSequence().entropy % (2**63))
+    fresh = int(np.random.SeedSequence().entropy % high)
     logger.info("no seed given; using seed=%d", fresh)
     return fresh
 

@@ -305,7 +305,7 @@ class Schedule:
     def step_coefficients(self, t: int, s: int, eta: float) -> StepCoefficients:
         """Scalars of the step t -> s (method doc §5, steps 5–6), from the float64 tables."""
         ab_t, ab_s = self.alpha_bar(t), self.alpha_bar(s)
-        sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t)) * math.sqrt(max(1 - ab_t / ab_s, 0.0))  # step 5
+        sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t)) * math.sqrt(max(1 - ab_t / ab_s, 0.0)) if eta > 0 else 0.0  # step 5
         return StepCoefficients(
             timestep=int(t),
             prev_timestep=int(s),
@@ -332,13 +332,8 @@ class Schedule:
         reversed, each step s -> t the deterministic DDIM step between them (σ = 0) — the sampler's step with the
         roles of s and t exchanged."""
         ts = self.timesteps(num_inference_steps)
-        steps = []
-        for t, s in zip(ts[::-1].tolist(), self.previous_timesteps(ts)[::-1].tolist()):
-            ab_s, ab_t = self.alpha_bar(s), self.alpha_bar(t)
-            c = StepCoefficients(timestep=s, prev_timestep=t, sqrt_alpha_bar_t=math.sqrt(ab_s), sqrt_one_minus_alpha_bar_t=math.sqrt(1 - ab_s),
-                                 shift_t=self.shift(s), sqrt_alpha_bar_s=math.sqrt(ab_t), shift_s=self.shift(t), sigma=0.0,
-                                 direction=math.sqrt(1 - ab_t))  # fmt: skip
-            steps.append(InversionStep(timestep=s, next_timestep=t, coefficients=c))
+        pairs = zip(ts[::-1].tolist(), self.previous_timesteps(ts)[::-1].tolist())
+        steps = [InversionStep(timestep=s, next_timestep=t, coefficients=self.step_coefficients(s, t, 0.0)) for t, s in pairs]
         clip = self.config.clip_sample_range if self.config.clip_sample else None
         return InversionPlan(prediction_type=self.config.prediction_type, clip_sample_range=clip, steps=tuple(steps))
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from runtime.errors import ConfigError
 from runtime.images import make_grid
+from runtime.noise import resolve_seed
 from runtime.validation import GenerationRequest
 from serving.config import ServiceConfig
 from serving.schema import MAX_SEED, ApiLimits, ComponentInfo, ModelInfo, ResponseFormat, api_limits, request_model
@@ -100,7 +101,7 @@ class ImageService:
 
     def job(self, body: Any) -> Job:
         """A validated body -> a job; the Generator's own rules (InvalidArgumentError naming the argument) apply."""
-        seed = body.seed if body.seed is not None else int(np.random.SeedSequence().entropy % (MAX_SEED + 1))  # fresh, JSON-safe
+        seed = resolve_seed(body.seed, high=MAX_SEED + 1)  # a fresh one JSON-safe
         request = self.generator.validate(
             [body.prompt] * body.num_images, negative_prompt=body.negative_prompt, num_inference_steps=body.num_inference_steps,
             guidance_scale=body.guidance_scale, eta=body.eta, seed=seed, height=body.height, width=body.width, output_type="np",

@@ -16,7 +16,7 @@ def _system(step: float) -> dict:
 
 
 def test_systems_that_cannot_run_are_named_with_a_reason():
-    ov = pytest.importorskip("openvino")
+    ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
     from runtime.openvino_runner import bf16_unsupported_reason
 
     systems, skipped = available_systems()

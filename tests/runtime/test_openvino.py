@@ -29,7 +29,7 @@ from runtime.runners import OnnxRuntimeRunner
 from runtime.specs import SPECS, Component
 from tests.parity import compare, psnr
 
-ov = pytest.importorskip("openvino")
+ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
 NO_BF16 = bf16_unsupported_reason(ov.Core())  # None on CPUs with AVX512-BF16 / AMX
 
 

@@ -22,8 +22,8 @@ from PIL import Image
 
 from runtime.generator import Generator
 
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
+ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install -e '.[serve]')")
+serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install -e '.[serve]')")
 PROMPT = "a red circle at the top left"
 
 
