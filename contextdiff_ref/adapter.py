@@ -104,16 +104,23 @@ class ContextAdapter(ModelMixin, ConfigMixin):
         """sample (B, C, H, W) float, encoder_hidden_states (B, L, D) float, timestep (B,) -> (B, C, H, W)."""
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self._check(sample, encoder_hidden_states, timestep)
-        b, _, height, width = sample.shape
-        p = self.config.patch_size
-        h, w = height // p, width // p
-        grid = self.patch_embed(sample)  # (B, hidden, h, w)
-        tokens = grid.flatten(2).transpose(1, 2) + self._position_features(grid[0])[None]  # (B, h·w, hidden)
-        t_emb = self.time_embed(self.time_proj(timestep).to(tokens.dtype))  # (B, hidden)
-        tokens = tokens + t_emb[:, None, :]
+        tokens = self.embed(sample, timestep)
         text = self.text_proj(encoder_hidden_states)
         for block in self.blocks:
             tokens = block(tokens, text)
+        return self.project(tokens, sample.shape)
+
+    def embed(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W), (B,) -> visual tokens (B, h·w, hidden): patches + position + timestep embeddings."""
+        grid = self.patch_embed(sample)  # (B, hidden, h, w)
+        tokens = grid.flatten(2).transpose(1, 2) + self._position_features(grid[0])[None]  # (B, h·w, hidden)
+        t_emb = self.time_embed(self.time_proj(timestep).to(tokens.dtype))  # (B, hidden)
+        return tokens + t_emb[:, None, :]
+
+    def project(self, tokens: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Tokens (B, h·w, hidden) -> the bounded shift (B, C, H, W) of a sample of ``shape``."""
+        b, _, height, width = shape
+        p = self.config.patch_size
         out = self.proj_out(self.norm_out(tokens))  # (B, h·w, C·p²)
-        out = F.pixel_shuffle(out.transpose(1, 2).reshape(b, -1, h, w), p)  # (B, C, H, W)
+        out = F.pixel_shuffle(out.transpose(1, 2).reshape(b, -1, height // p, width // p), p)  # (B, C, H, W)
         return self.config.output_bound * torch.tanh(out)

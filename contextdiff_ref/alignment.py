@@ -55,7 +55,13 @@ def _templates(position: str) -> tuple[np.ndarray, np.ndarray]:
 def read_quadrant(image: np.ndarray, position: str) -> QuadrantReading:
     """Read the object in one quadrant of an (32, 32, 3) image with values in [0, 1]."""
     rows, cols = quadrant_of(position)
-    patch = image[rows, cols]  # (16, 16, 3)
+    return read_patch(image[rows, cols], position)
+
+
+def read_patch(patch: np.ndarray, position: str = "top left") -> QuadrantReading:
+    """Read the object in a (16, 16, 3) patch with values in [0, 1], its shapes matched against the templates of
+    ``position``'s quadrant. Masks of integer centres only translate, so the "top left" templates (centre (8, 8) ± a
+    jitter) read any 16 x 16 window centred on an integer point, e.g. a moving object's (contextdiff_ref/video)."""
     foreground = patch.max(axis=-1) > THRESHOLD
     count = int(foreground.sum())
     if count < MIN_PIXELS:
@@ -117,15 +123,18 @@ def summarize(scores: Sequence[ImageScore]) -> dict[str, float | int]:
     }
 
 
+def paired_interval(a: np.ndarray, b: np.ndarray, z: float = 1.96) -> dict[str, float]:
+    """Mean of the paired differences a − b ((n,) values of one metric on the same items) with a
+    normal-approximation confidence interval (95% for z = 1.96)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    half = z * (d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.inf)
+    return {"difference": float(d.mean()), "ci_low": float(d.mean() - half), "ci_high": float(d.mean() + half)}
+
+
 def paired_difference(a: Sequence[ImageScore], b: Sequence[ImageScore], z: float = 1.96) -> dict[str, dict[str, float]]:
     """Mean difference a − b of each metric over the same prompts and seeds, with a normal-approximation
     confidence interval (95% for z = 1.96) from the per-image paired differences."""
     if len(a) != len(b) or not a:
         raise InvalidArgumentError("scores", f"{len(a)} and {len(b)} images", "two equal, non-empty lists (same prompts and seeds)")
     pa, pb = per_image_metrics(a), per_image_metrics(b)
-    out = {}
-    for name in METRICS:
-        d = pa[name] - pb[name]
-        half = z * (d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.inf)
-        out[name] = {"difference": float(d.mean()), "ci_low": float(d.mean() - half), "ci_high": float(d.mean() + half)}
-    return out
+    return {name: paired_interval(pa[name], pb[name], z) for name in METRICS}

@@ -160,9 +160,10 @@ def load_model_dir(path: str | os.PathLike[str], *, torch_dtype: torch.dtype = t
                            _coordinates_from_index(index, root, unet))
 
 
-def save_model_dir(components: ModelComponents, path: str | os.PathLike[str]) -> Path:
+def save_model_dir(components: ModelComponents, path: str | os.PathLike[str], extra: Callable[[Path], dict[str, Any]] | None = None) -> Path:
     """Write a model directory atomically: everything goes to a temporary sibling that is renamed into place,
-    so ``path`` is either absent, the previous complete directory, or the new complete one."""
+    so ``path`` is either absent, the previous complete directory, or the new complete one. ``extra(tmp)`` writes
+    further folders into the temporary directory and returns entries to add to model_index.json (the video model)."""
     root = Path(path).resolve()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
@@ -189,6 +190,8 @@ def save_model_dir(components: ModelComponents, path: str | os.PathLike[str]) ->
             index["recommended_guidance_scale"] = components.recommended_guidance_scale
         if components.unet_coordinate_channels:
             index["unet_coordinate_channels"] = True
+        if extra is not None:
+            index.update(extra(tmp))
         (tmp / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")  # written last
         old = None
         if root.exists():

@@ -129,6 +129,19 @@ class ContextDiffPipeline:
         return to_images(x0.float().cpu().numpy(), output_type)
 
     @torch.no_grad()
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Images (N, H, W, 3) float32 in [0, 1] -> x_0 (N, C, h, w) float32 in the model's sample space (pixels
+        scaled to [-1, 1], or the VAE latents' mean times the scaling factor): the inverse of :meth:`decode`."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2).to(self.device) * 2.0 - 1.0
+        vae = self.components.vae
+        if vae is None:
+            return x.cpu().numpy()
+        latents = vae.encode(x.to(vae.dtype)).latent_dist.mean
+        if getattr(vae.config, "shift_factor", None) is not None:
+            latents = latents - vae.config.shift_factor
+        return (latents * vae.config.scaling_factor).float().cpu().numpy()
+
+    @torch.no_grad()
     def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, progress: bool = True) -> np.ndarray:
         """Contextual DDIM inversion (method doc §7) of ``sample`` (N, C, h, w) float32 — x_0 in the model's sample
         space (pixels scaled to [-1, 1], or VAE latents times the scaling factor) — with ``prompt`` and no guidance,

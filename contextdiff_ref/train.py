@@ -110,7 +110,7 @@ class Trainer:
     def _initialise(self, path: Path) -> None:
         """Start a new phase from another run's checkpoint (e.g. with another loss weighting): its raw weights and
         step (the data stream goes on where it stopped); the optimizer, EMA and learning-rate warm-up start afresh."""
-        state = _read_checkpoint(path, self.device)
+        state = read_checkpoint(path, self.device)
         if state["config"].get("baseline") != self.config.baseline:
             raise ContextDiffError(f"--init-from {path}: baseline={state['config'].get('baseline')} there, {self.config.baseline} here")
         for module, weights in zip(self._modules(), state["modules"]):
@@ -123,7 +123,7 @@ class Trainer:
         path = self.out / CHECKPOINT
         if not path.is_file():
             return
-        state = _read_checkpoint(path, self.device)
+        state = read_checkpoint(path, self.device)
         if state["config"] != self.config.identity():
             diff = {k: (state["config"].get(k), v) for k, v in self.config.identity().items() if state["config"].get(k) != v}
             raise ContextDiffError(f"{path} was trained with other settings {diff} (checkpoint, requested): use another --out")
@@ -133,22 +133,8 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
         self.start_step = int(state.get("start_step", 0))
-        self._truncate_log()
+        truncate_log(self.out / LOG, self.step)
         logger.info("resumed %s at step %d", path, self.step)
-
-    def _truncate_log(self) -> None:
-        """Drop the log records of steps past the checkpoint (work lost when the last run stopped; redone now) and
-        any line a killed run left half written."""
-        log = self.out / LOG
-        if not log.is_file():
-            return
-        lines = log.read_text(encoding="utf-8").splitlines()
-        steps = [_logged_step(line) for line in lines]
-        kept = [line for line, step in zip(lines, steps) if step is not None and step <= self.step]
-        if len(kept) != len(lines):
-            tmp = log.with_name(f".{LOG}.tmp-{os.getpid()}")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            os.replace(tmp, log)
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then constant (the EMA does the averaging)."""
@@ -194,9 +180,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict(),
         }
-        tmp = self.out / f".{CHECKPOINT}.tmp-{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / CHECKPOINT)
+        write_checkpoint(state, self.out / CHECKPOINT)
         save_model_dir(self.ema_components(), self.out / "model")
         logger.info("step %d: checkpoint and model directory written to %s", self.step, self.out)
 
@@ -229,7 +213,30 @@ def _logged_step(line: str) -> int | None:
         return None
 
 
-def _read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def truncate_log(log: Path, step: int) -> None:
+    """Drop the records of a run's ``log.jsonl`` past ``step`` (work lost when the last run stopped, redone on
+    resuming) and any line a killed run left half written."""
+    if not log.is_file():
+        return
+    lines = log.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if (logged := _logged_step(line)) is not None and logged <= step]
+    if len(kept) != len(lines):
+        tmp = log.with_name(f".{log.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, log)
+
+
+def write_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary sibling, then rename: ``path`` is always a complete checkpoint or absent."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     if not path.is_file():
         raise ContextDiffError(f"no checkpoint at {path}")
     try:
@@ -268,7 +275,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def export_model(run_dir: Path, dest: Path, recommended_guidance: float | None) -> Path:
     """Write the EMA model directory of ``run_dir``'s checkpoint to ``dest``, with the recommended guidance scale."""
-    state = _read_checkpoint(run_dir / CHECKPOINT)
+    state = read_checkpoint(run_dir / CHECKPOINT)
     if recommended_guidance is not None and not (0 <= recommended_guidance < math.inf):
         raise InvalidArgumentError("--recommended-guidance", recommended_guidance, "a finite number >= 0")
     allowed = set(dataclasses.asdict(TrainConfig())) - {"steps", "init_from"}

@@ -63,21 +63,26 @@ class ContextDiffObjective:
         self._snr = as_tensor(coefficients.sqrt_alpha_bar**2 / coefficients.sqrt_one_minus_alpha_bar**2)
         self._empty_ids = tokenize(components, [""]).to(self.device)
 
-    def __call__(self, x0: torch.Tensor, prompts: Sequence[str], generator: torch.Generator) -> LossOutput:
+    def __call__(self, x0: torch.Tensor, prompts: Sequence[str], generator: torch.Generator, group: int = 1) -> LossOutput:
+        """``group``: consecutive samples that share t and text dropout (a video's F frames folded into the batch)."""
         c, b = self.components, x0.shape[0]
         if len(prompts) != b:
             raise InvalidArgumentError("prompts", f"{len(prompts)} prompts", f"one prompt per sample ({b})")
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1 or b % group:
+            raise InvalidArgumentError("group", group, f"a positive divisor of the batch size {b}")
+        per_group = lambda v: v.repeat_interleave(group) if group > 1 else v  # noqa: E731
         # 1. t ~ U{0, ..., T−1}, ε ~ N(0, I); a fraction of the batch draws t from the high-noise end instead
-        num_t = self.schedule.num_train_timesteps
-        t = torch.randint(0, num_t, (b,), generator=generator, device=self.device)
+        num_t, g = self.schedule.num_train_timesteps, b // group
+        t = torch.randint(0, num_t, (g,), generator=generator, device=self.device)
         if self.config.high_noise_fraction > 0:
             low = num_t - max(1, round(HIGH_NOISE_PORTION * num_t))
-            high = torch.randint(low, num_t, (b,), generator=generator, device=self.device)
-            t = torch.where(torch.rand(b, generator=generator, device=self.device) < self.config.high_noise_fraction, high, t)
+            high = torch.randint(low, num_t, (g,), generator=generator, device=self.device)
+            t = torch.where(torch.rand(g, generator=generator, device=self.device) < self.config.high_noise_fraction, high, t)
+        t = per_group(t)
         noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
         # 2. text dropout: the empty prompt for a fraction of the samples
         ids = tokenize(c, prompts).to(self.device)
-        dropped = torch.rand(b, generator=generator, device=self.device) < self.config.text_dropout
+        dropped = per_group(torch.rand(g, generator=generator, device=self.device) < self.config.text_dropout)
         ids = torch.where(dropped[:, None], self._empty_ids.expand_as(ids), ids)
         text = c.text_encoder(ids)[0]
         # 3. the context shift r_φ(x_0, c, t) (r ≡ 0 for the baseline)
