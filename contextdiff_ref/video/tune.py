@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from contextdiff_ref.model_dir import MODEL_INDEX, load_model_dir
-from contextdiff_ref.pipeline import ContextDiffPipeline
+from contextdiff_ref.model_dir import load_model_dir
 from contextdiff_ref.train import CHECKPOINT, LOG, read_checkpoint, truncate_log, write_checkpoint
 from contextdiff_ref.training import ContextDiffObjective, LossConfig
 from contextdiff_ref.video.model_dir import TEMPORAL, VideoComponents, inflate, load_video_model_dir, save_video_model_dir
+from contextdiff_ref.video.pipeline import VideoEditPipeline
 from runtime.errors import ContextDiffError, InvalidArgumentError
 
 logger = logging.getLogger(__name__)
@@ -82,14 +82,11 @@ class VideoTuner:
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidArgumentError("prompt", prompt, "a non-empty text describing the source video")
         self.config, self.out, self.device = config, Path(out), torch.device(device)
-        if not (Path(model) / MODEL_INDEX).is_file():
-            load_model_dir(model)  # raises the model directory error naming what is missing
         self.video = load_for_tuning(Path(model), int(np.shape(video)[0]), config)
-        pipe = ContextDiffPipeline(self.video.components, device=self.device)  # checks the frames like an edit would
-        from contextdiff_ref.video.pipeline import VideoEditPipeline
-
-        frames = VideoEditPipeline(self.video, device=self.device).check_video(video)
-        self.x0 = torch.from_numpy(pipe.encode(frames)).to(self.device)  # (F, C, h, w)
+        pipe = VideoEditPipeline(self.video, device=self.device)
+        frames = pipe.check_video(video)  # the frames an edit would take
+        x0 = torch.from_numpy(pipe.pipe.encode(frames)).to(self.device)  # (F, C, h, w)
+        self.x0 = x0.repeat(config.videos_per_step, 1, 1, 1)  # the batch of every step: the video's noisy copies
         self.prompts = [prompt] * self.video.num_frames * config.videos_per_step
         self.identity = {"config": config.identity(), "model": str(Path(model).resolve()), "prompt": prompt,
                          "video_sha256": hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()}  # fmt: skip
@@ -124,8 +121,7 @@ class VideoTuner:
         generator = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
         for module in self._modules():
             module.train()
-        x0 = self.x0.repeat(cfg.videos_per_step, 1, 1, 1)
-        loss = self.objective(x0, self.prompts, generator, group=self.video.num_frames).loss
+        loss = self.objective(self.x0, self.prompts, generator, group=self.video.num_frames).loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, cfg.grad_clip)
