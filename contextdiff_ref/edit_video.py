@@ -25,6 +25,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt", required=True, help="the edited caption")
     parser.add_argument("-o", "--output", type=Path, required=True, help="edited video (.mp4 or .gif)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the inversion and of the edit (default: %(default)s)")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="invert only this fraction of the steps and sample back from there (default: %(default)s, all the way to x_T)")
+    parser.add_argument("--negative-prompt", default=None, help="the guidance's unconditional prompt (e.g. the source prompt; default: empty)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's recommendation)")
     parser.add_argument("--clip-sample", choices=["model", "on", "off"], default="off",
                         help="x̂_0 clipping: the model's setting, or forced (default: %(default)s; clipping makes inversion lossy)")
@@ -40,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         clip_sample = {"model": None, "on": True, "off": False}[args.clip_sample]
         pipe = VideoEditPipeline.from_pretrained(args.model, device=args.device, clip_sample=clip_sample)
-        frames = pipe.edit(read_video(args.video), args.source_prompt, args.prompt, args.steps, args.guidance)
+        frames = pipe.edit(read_video(args.video), args.source_prompt, args.prompt, args.steps, args.guidance, strength=args.strength,
+                           negative_prompt=args.negative_prompt)  # fmt: skip
         write_video(args.output, frames, fps=args.fps)
     except (ContextDiffError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

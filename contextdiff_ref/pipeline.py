@@ -142,18 +142,21 @@ class ContextDiffPipeline:
         return (latents * vae.config.scaling_factor).float().cpu().numpy()
 
     @torch.no_grad()
-    def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, progress: bool = True) -> np.ndarray:
+    def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
+               progress: bool = True) -> np.ndarray:  # fmt: skip
         """Contextual DDIM inversion (method doc §7) of ``sample`` (N, C, h, w) float32 — x_0 in the model's sample
         space (pixels scaled to [-1, 1], or VAE latents times the scaling factor) — with ``prompt`` and no guidance,
         through the schedule's inversion plan. Returns x_T (N, C, h, w) float32: sampling from it
-        (``latents=``) with the same prompt, steps and ``guidance_scale=1`` comes back close to ``sample``."""
+        (``latents=``) with the same prompt, steps and ``guidance_scale=1`` comes back close to ``sample``. With
+        ``strength`` < 1 the inversion stops part way (:meth:`runtime.schedule.Schedule.strength_steps`) and returns
+        x_t for sampling with the same ``strength``."""
         shape = getattr(sample, "shape", None)
         if shape is None or len(shape) != 4:
             raise InvalidArgumentError("sample", type(sample).__name__ if shape is None else f"array of shape {tuple(shape)}",
                                        f"a float32 array (N, {self.limits.sample_channels}, h, w): x_0 in the model's sample space")  # fmt: skip
         f = self.limits.vae_scale_factor
         try:
-            request = validate_request(self.limits, prompt=prompt, num_inference_steps=num_inference_steps, guidance_scale=1.0, latents=sample,
+            request = validate_request(self.limits, prompt=prompt, num_inference_steps=num_inference_steps, guidance_scale=1.0, latents=sample, seed=0,
                                        height=shape[2] * f, width=shape[3] * f)  # fmt: skip
         except InvalidArgumentError as exc:  # the one array argument is `sample` here
             if exc.name not in ("latents", "height", "width"):
@@ -161,7 +164,7 @@ class ContextDiffPipeline:
             raise InvalidArgumentError("sample", exc.value, exc.allowed) from None
         text = self.encode_prompt(request.prompts)
         x_0 = torch.from_numpy(np.array(request.latents)).to(self.device)
-        x_T = invert(self._denoiser(text, request), self._context_shift(text), x_0, self.schedule.inversion_plan(request.num_inference_steps),
+        x_T = invert(self._denoiser(text, request), self._context_shift(text), x_0, self.schedule.inversion_plan(request.num_inference_steps, strength),
                      progress=lambda steps: tqdm(steps, desc="contextual DDIM inversion", disable=not progress, leave=False))  # fmt: skip
         return x_T.float().cpu().numpy()
 
@@ -181,6 +184,7 @@ class ContextDiffPipeline:
         output_type: str = "np",
         callback: Callable[[StepOutput], Any] | None = None,
         *,
+        strength: float = 1.0,
         progress: bool = True,
     ) -> GenerationOutput:
         """Generate images for ``prompt`` (a string or a list of N strings).
@@ -188,7 +192,9 @@ class ContextDiffPipeline:
         ``guidance_scale=None`` uses the model directory's recommendation (7.5 if none); 1 disables guidance.
         ``latents`` (N, C, h, w) float32 replaces the initial noise; all noise comes from ``seed`` in the order
         documented in :mod:`runtime.noise`. ``callback`` receives a :class:`runtime.sampling.StepOutput`
-        (torch tensors) after every step. Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
+        (torch tensors) after every step. ``strength`` < 1 (with ``latents``: x at the first timestep run) samples
+        only the last steps of the schedule (:meth:`runtime.schedule.Schedule.strength_steps`), as after
+        :meth:`invert` with the same strength. Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
         PIL images for "pil", the final sample (N, C, h, w) for "latent".
         """
         request = validate_request(
@@ -196,8 +202,10 @@ class ContextDiffPipeline:
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback,
         )
+        if strength != 1.0 and latents is None:
+            raise InvalidArgumentError("strength", strength, "1.0 without latents (strength < 1 starts from given latents x_t, e.g. invert's)")
         return generate(
-            request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
+            request, self.limits, self.schedule, strength=strength, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
             decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device),
             progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
         )  # fmt: skip

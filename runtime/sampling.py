@@ -105,10 +105,11 @@ def generate(
     decode: Callable[[Array, str], Any],
     to_device: Callable[[Any], Array],
     progress: Callable[[Iterable[int]], Iterable[int]] = iter,
+    strength: float = 1.0,
 ) -> GenerationOutput:
     """The stages of one validated call, shared by the reference pipeline and runtime.Generator: encode the text
     ([uncond; cond] when guiding), draw the noise (runtime.noise), move it to the device once (``to_device``),
-    sample, decode."""
+    sample (the last steps only when ``strength`` < 1: the latents are then x at the first of them), decode."""
     n = request.batch_size
     text = encode(request.negative_prompts + request.prompts if request.do_guidance else request.prompts)
     cond_text = text[n:] if request.do_guidance else text
@@ -117,7 +118,7 @@ def generate(
     initial, step_noise = draw_noise_parts(request.noise_parts, sample_shape, request.num_inference_steps, request.eta)
     x0 = sample(
         denoiser(text, request), context_shift(cond_text), to_device(initial if request.latents is None else request.latents),
-        schedule.plan(request.num_inference_steps, request.eta), step_noise=None if step_noise is None else to_device(step_noise),
+        schedule.plan(request.num_inference_steps, request.eta, strength), step_noise=None if step_noise is None else to_device(step_noise),
         callback=request.callback, progress=progress,
     )  # fmt: skip
     return GenerationOutput(images=decode(x0, request.output_type), seed=request.seed)

@@ -318,21 +318,37 @@ class Schedule:
             direction=math.sqrt(max(1 - ab_s - sigma**2, 0.0)),  # step 6
         )
 
-    def plan(self, num_inference_steps: int, eta: float = 0.0) -> SamplingPlan:
-        """All step coefficients for one sampling run of ``num_inference_steps`` with DDIM η = ``eta``."""
+    def strength_steps(self, num_inference_steps: int, strength: float = 1.0) -> int:
+        """How many of the ``num_inference_steps`` an edit of ``strength`` runs: min(⌊n · strength⌋, n), diffusers'
+        image-to-image rule. Sampling runs the last that many steps of the schedule, inversion the first that many
+        in reverse, so an inversion and a sampling run of equal strength meet at the same timestep; 1 is the whole
+        schedule (method doc §7 as written: invert up to x_T)."""
+        self._check_steps(num_inference_steps)
+        n = int(num_inference_steps)
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 < strength <= 1.0 or int(n * strength) < 1:
+            raise InvalidArgumentError("strength", strength, f"a number in [1/num_inference_steps, 1] = [{1 / n:g}, 1] (1: invert up to x_T)")
+        return min(int(n * strength), n)
+
+    def plan(self, num_inference_steps: int, eta: float = 0.0, strength: float = 1.0) -> SamplingPlan:
+        """All step coefficients for one sampling run of ``num_inference_steps`` with DDIM η = ``eta``; with
+        ``strength`` < 1 only the last :meth:`strength_steps` of them (a run starting from a partly noised sample)."""
         if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
             raise InvalidArgumentError("eta", eta, "a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like)")
+        k = self.strength_steps(num_inference_steps, strength)
         ts = self.timesteps(num_inference_steps)
-        steps = tuple(self.step_coefficients(int(t), int(s), float(eta)) for t, s in zip(ts, self.previous_timesteps(ts)))
+        pairs = list(zip(ts.tolist(), self.previous_timesteps(ts).tolist()))[len(ts) - k :]
+        steps = tuple(self.step_coefficients(t, s, float(eta)) for t, s in pairs)
         clip = self.config.clip_sample_range if self.config.clip_sample else None
         return SamplingPlan(prediction_type=self.config.prediction_type, clip_sample_range=clip, steps=steps)
 
-    def inversion_plan(self, num_inference_steps: int) -> InversionPlan:
+    def inversion_plan(self, num_inference_steps: int, strength: float = 1.0) -> InversionPlan:
         """The steps of contextual DDIM inversion (method doc §7): the sampling sequence of ``num_inference_steps``
         reversed, each step s -> t the deterministic DDIM step between them (σ = 0) — the sampler's step with the
-        roles of s and t exchanged."""
+        roles of s and t exchanged. With ``strength`` < 1 only the first :meth:`strength_steps`: it stops at the
+        timestep where ``plan(num_inference_steps, strength=strength)`` starts."""
+        k = self.strength_steps(num_inference_steps, strength)
         ts = self.timesteps(num_inference_steps)
-        pairs = zip(ts[::-1].tolist(), self.previous_timesteps(ts)[::-1].tolist())
+        pairs = list(zip(ts[::-1].tolist(), self.previous_timesteps(ts)[::-1].tolist()))[:k]
         steps = [InversionStep(timestep=s, next_timestep=t, coefficients=self.step_coefficients(s, t, 0.0)) for t, s in pairs]
         clip = self.config.clip_sample_range if self.config.clip_sample else None
         return InversionPlan(prediction_type=self.config.prediction_type, clip_sample_range=clip, steps=tuple(steps))

@@ -4,8 +4,8 @@ A video's F frames are folded into the batch and run through :class:`contextdiff
 with the video model's components (the inflated UNet, the video adapter), so inversion, sampling, guidance and the
 schedule are the image pipeline's own code:
 1. encode the frames to x_0 (pixels to [-1, 1], or VAE latents);
-2. contextual DDIM inversion with the source prompt, no guidance (§7) -> x_T;
-3. contextual DDIM (§5) from x_T with the edited prompt and classifier-free guidance; decode.
+2. contextual DDIM inversion with the source prompt, no guidance (§7) -> x_T (or, with ``strength`` < 1, part way);
+3. contextual DDIM (§5) from there with the edited prompt and classifier-free guidance; decode.
 """
 
 from __future__ import annotations
@@ -72,24 +72,30 @@ class VideoEditPipeline:
             raise InvalidArgumentError("video", f"values in [{frames.min()}, {frames.max()}]", takes)
         return frames
 
-    def invert(self, video: np.ndarray, source_prompt: str, num_inference_steps: int = 50, *, progress: bool = True) -> np.ndarray:
-        """Steps 1–2: x_T (F, C, h, w) float32 of the frames, inverted with the source prompt."""
+    def invert(self, video: np.ndarray, source_prompt: str, num_inference_steps: int = 50, *, strength: float = 1.0,
+               progress: bool = True) -> np.ndarray:  # fmt: skip
+        """Steps 1–2: x_T (F, C, h, w) float32 of the frames, inverted with the source prompt (x_t part way for
+        ``strength`` < 1)."""
         frames = self.check_video(video)
         _check_prompt("source_prompt", source_prompt)
         x_0 = self.pipe.encode(frames)
-        return self.pipe.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, progress=progress)
+        return self.pipe.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress)
 
     def edit(self, video: np.ndarray, source_prompt: str, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None,
-             seed: int | None = None, *, negative_prompt: str | None = None, eta: float = 0.0, progress: bool = True) -> np.ndarray:  # fmt: skip
+             seed: int | None = None, *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0,
+             progress: bool = True) -> np.ndarray:  # fmt: skip
         """Frames (F, H, W, 3) float32 in [0, 1] of ``video`` edited from ``source_prompt`` to ``prompt``.
         ``guidance_scale=None`` uses the model's recommendation (7.5 if none); ``seed`` draws the step noise when
-        ``eta`` > 0 (with eta = 0 the edit is deterministic)."""
+        ``eta`` > 0 (with eta = 0 the edit is deterministic). ``strength`` < 1 inverts only part way and samples back
+        from there (the last ⌊n · strength⌋ of n steps, diffusers' image-to-image rule): it keeps more of the
+        source's structure; 1 is method doc §7 as written. ``negative_prompt`` is the unconditional branch of the
+        guidance (e.g. the source prompt, steering away from what the edit replaces)."""
         _check_prompt("prompt", prompt)
-        x_T = self.invert(video, source_prompt, num_inference_steps, progress=progress)
+        x_T = self.invert(video, source_prompt, num_inference_steps, strength=strength, progress=progress)
         negative = None if negative_prompt is None else [negative_prompt] * self.num_frames
         out = self.pipe([prompt] * self.num_frames, negative, num_inference_steps, guidance_scale, eta=eta, seed=seed, latents=x_T,
                         height=self.pipe.limits.vae_scale_factor * x_T.shape[2], width=self.pipe.limits.vae_scale_factor * x_T.shape[3],
-                        progress=progress)  # fmt: skip
+                        strength=strength, progress=progress)  # fmt: skip
         return out.images
 
 

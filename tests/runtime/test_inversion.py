@@ -11,6 +11,7 @@ import torch
 from diffusers import DDIMInverseScheduler
 
 from runtime.sampling import invert, sample
+from runtime.errors import InvalidArgumentError
 from runtime.schedule import Schedule, SchedulerConfig, shift_coefficient
 
 SHAPE = (2, 3, 4, 4)
@@ -102,8 +103,7 @@ def test_inversion_is_the_sampler_run_backwards(spacing):
 
 def test_the_reference_pipeline_inverts_through_the_same_loop(pixel_pipe):
     """ContextDiffPipeline.invert is runtime.sampling.invert over the pipeline's own denoiser (guidance 1) and
-    adapter; its bad input is an error naming the argument."""
-    from runtime.errors import InvalidArgumentError
+    adapter (part way with strength < 1); its bad input is an error naming the argument."""
     from runtime.validation import validate_request
 
     x_0 = np.random.default_rng(4).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
@@ -116,6 +116,43 @@ def test_the_reference_pipeline_inverts_through_the_same_loop(pixel_pipe):
         direct = invert(pixel_pipe._denoiser(text, request), pixel_pipe._context_shift(text), torch.from_numpy(x_0),
                         pixel_pipe.schedule.inversion_plan(4))  # fmt: skip
     np.testing.assert_array_equal(x_T, direct.numpy())
+    x_t = pixel_pipe.invert(x_0, prompts, num_inference_steps=4, strength=0.5, progress=False)
+    with torch.no_grad():
+        direct = invert(pixel_pipe._denoiser(text, request), pixel_pipe._context_shift(text), torch.from_numpy(x_0),
+                        pixel_pipe.schedule.inversion_plan(4, strength=0.5))  # fmt: skip
+    np.testing.assert_array_equal(x_t, direct.numpy())
+    with pytest.raises(InvalidArgumentError, match="strength=0.5: 1.0 without latents"):
+        pixel_pipe(prompts, num_inference_steps=4, strength=0.5, progress=False)
+    with pytest.raises(InvalidArgumentError, match="strength"):
+        pixel_pipe.invert(x_0, prompts, num_inference_steps=4, strength=0.1, progress=False)
     for bad, name in [(x_0[0], "sample"), (x_0.astype(np.float64), "sample"), (x_0[:1], "sample"), (x_0[:, :, :31], "sample")]:
         with pytest.raises(InvalidArgumentError, match=name):
             pixel_pipe.invert(bad, prompts, num_inference_steps=4, progress=False)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_strength_takes_diffusers_image_to_image_steps(spacing):
+    """strength < 1: sampling runs the timesteps diffusers' image-to-image pipelines keep
+    (``timesteps[n - min(int(n * strength), n):]``), inversion the first that many in reverse, ending at the timestep
+    sampling starts from; invert-then-sample at the same strength returns x_0 (the model of the test above)."""
+    from diffusers import DDIMScheduler
+
+    config = dict(timestep_spacing=spacing, prediction_type="epsilon", clip_sample=False)
+    schedule, theirs = Schedule(SchedulerConfig(**config)), DDIMScheduler(**config)
+    model = lambda x, t: np.broadcast_to(W * math.cos(t / 300.0), x.shape)  # noqa: E731
+    x_0 = np.random.default_rng(5).standard_normal(SHAPE) * 0.5
+    for n, strength in ((50, 0.96), (50, 0.5), (7, 0.3), (10, 1.0), (3, 1 / 3)):
+        theirs.set_timesteps(n)
+        kept = theirs.timesteps.numpy()[n - min(int(n * strength), n) :]
+        plan, inversion = schedule.plan(n, strength=strength), schedule.inversion_plan(n, strength=strength)
+        np.testing.assert_array_equal(plan.timesteps, kept)
+        np.testing.assert_array_equal(inversion.timesteps, kept[::-1])
+        assert inversion.steps[-1].next_timestep == plan.steps[0].timestep and len(plan.steps) == schedule.strength_steps(n, strength)
+        assert schedule.plan(n).steps[n - len(kept) :] == plan.steps  # the same steps, not new ones
+        x_t = invert(model, None, x_0, inversion)
+        np.testing.assert_allclose(sample(model, None, x_t, plan), x_0, rtol=0, atol=1e-9, err_msg=f"n={n} strength={strength}")
+    for bad in (0.0, -0.5, 1.5, 0.01, "0.5", True, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="strength"):
+            schedule.plan(50, strength=bad)
+        with pytest.raises(InvalidArgumentError, match="strength"):
+            schedule.inversion_plan(50, strength=bad)

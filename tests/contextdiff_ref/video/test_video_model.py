@@ -76,12 +76,15 @@ def test_still_video_edit_is_the_image_pipeline_frame_by_frame(video_dir, pixel_
     (inversion with the source prompt, then guided contextual DDIM with the edit)."""
     frames = _video(still=True)
     pipe = VideoEditPipeline.from_pretrained(video_dir, clip_sample=None)  # the model's clipping, as the image pipeline
-    got = pipe.edit(frames, "a red circle", "a blue square", num_inference_steps=6, guidance_scale=3.0, progress=False)
     image = ContextDiffPipeline.from_pretrained(pixel_model_dir)
-    x_T = image.invert(image.encode(frames[:1]), "a red circle", 6, progress=False)
-    want = image("a blue square", None, 6, 3.0, latents=x_T, progress=False).images
-    assert got.shape == (F, 32, 32, 3)
-    np.testing.assert_allclose(got, np.repeat(want, F, axis=0), atol=2e-5, rtol=0)
+    edits = {}
+    for strength in (1.0, 0.5):  # 0.5: inversion and sampling both stop half way (3 of 6 steps)
+        got = edits[strength] = pipe.edit(frames, "a red circle", "a blue square", num_inference_steps=6, guidance_scale=3.0, strength=strength, progress=False)
+        x_t = image.invert(image.encode(frames[:1]), "a red circle", 6, strength=strength, progress=False)
+        want = image("a blue square", None, 6, 3.0, latents=x_t, strength=strength, progress=False).images
+        assert got.shape == (F, 32, 32, 3)
+        np.testing.assert_allclose(got, np.repeat(want, F, axis=0), atol=2e-5, rtol=0, err_msg=f"strength={strength}")
+    assert np.abs(edits[0.5] - edits[1.0]).max() > 1e-3  # strength is used, not ignored
 
 
 def test_edit_bad_input(video_dir):
@@ -95,6 +98,8 @@ def test_edit_bad_input(video_dir):
     for source, prompt, name in (("", "b", "source_prompt"), ("a", " ", "prompt"), ("a", None, "prompt")):
         with pytest.raises(InvalidArgumentError, match=name):
             pipe.edit(frames, source, prompt, 2, progress=False)
+    with pytest.raises(InvalidArgumentError, match="strength"):
+        pipe.edit(frames, "a", "b", 2, strength=0.2, progress=False)
     with pytest.raises(InvalidArgumentError, match="clip_sample"):
         VideoEditPipeline.from_pretrained(video_dir, clip_sample="no")
 
@@ -156,7 +161,9 @@ def test_command_lines(pixel_model_dir, tmp_path, capsys):
     out = tmp_path / "edited.mp4"
     edit = [str(source), "--model", str(run / "model"), "--source-prompt", PROMPT, "--prompt", "a blue square", "-o", str(out), "--steps", "2"]
     assert edit_video.main(edit) == 0 and read_video(out).shape == (F, 32, 32, 3)
+    assert edit_video.main(edit + ["--strength", "0.5", "--negative-prompt", PROMPT]) == 0
     capsys.readouterr()
+    assert edit_video.main(edit + ["--strength", "0.1"]) == 2 and "strength" in capsys.readouterr().err
     for argv, message in ((["x.mp4"] + edit[1:], "existing video file"), (edit[:2] + [str(pixel_model_dir)] + edit[3:], "no temporal weights"),
                           (edit[:6] + [""] + edit[7:], "prompt")):  # fmt: skip
         assert edit_video.main(argv) == 2
