@@ -1,0 +1,227 @@
+"""``python -m contextdiff_ref.video.evaluate --out RUN``: video editing on the moving-shapes clips, ContextDiff vs
+the r ≡ 0 baseline (method doc §7, "Measures"), reference PyTorch.
+
+For each of ``--clips`` source clips (:func:`contextdiff_ref.video.data.evaluation_clips`) and each method, one-shot
+tune the image model on the clip (:class:`contextdiff_ref.video.tune.VideoTuner`; the baseline tunes and edits with
+r ≡ 0), then make its ``--edits`` fixed edits (:func:`clip_edits`: the first object's colour and shape) with
+:class:`VideoEditPipeline`. Every edit is scored per frame (:func:`score_clip`); the report gives, per method, edit
+accuracy and structure kept over all frames, the mean temporal change, and per measure the paired ContextDiff −
+baseline difference over (clip, edit) pairs with its 95% interval.
+
+Resumable: each (clip, method) writes its edited frames to ``RUN/edits/<clip>-<method>.npz`` atomically once all its
+edits are made, and its tuning run (itself resumable) is removed then; a rerun with the same settings
+(``RUN/settings.json``; ``--clips`` may grow or shrink) skips what is there and scores everything again from the
+stored frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, render_clip
+from contextdiff_ref.video.metrics import ClipScore, paired_clip_difference, score_clip, summarize_clips
+from runtime.errors import ContextDiffError, InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("contextdiff", "baseline")
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """Everything that defines an evaluation run (a resumed run must match)."""
+
+    clips: int = 24
+    edits: int = 2
+    tune_steps: int = 60
+    learning_rate: float = 1e-3
+    num_inference_steps: int = 50
+    strength: float = 0.96
+    guidance_scale: float = 15.0
+    negative: str = "source"  # the guidance's unconditional prompt: "source" (the source caption) or "empty"
+    clip_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("clips", "edits", "tune_steps", "num_inference_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(name, value, "a positive integer")
+        for name in ("learning_rate", "guidance_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf") or (name == "learning_rate" and value == 0):
+                raise InvalidArgumentError(name, value, "a positive finite number" if name == "learning_rate" else "a finite number >= 0")
+        n = self.num_inference_steps
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or not 0 < self.strength <= 1 or int(n * self.strength) < 1:
+            raise InvalidArgumentError("strength", self.strength, f"a number in [1/num_inference_steps, 1] = [{1 / n:g}, 1]")
+        if self.negative not in ("source", "empty"):
+            raise InvalidArgumentError("negative", self.negative, "'source' or 'empty'")
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _check_settings(run: Path, settings: EditSettings, model: Path) -> None:
+    """A run directory holds one evaluation's settings; ``clips`` may differ (the clips are a prefix-stable draw, so a
+    run with more clips extends one with fewer, and one with fewer scores the first of them)."""
+    wanted = dataclasses.asdict(settings) | {"model": str(Path(model).resolve())}
+    path = run / "settings.json"
+    if path.is_file():
+        found = json.loads(path.read_text()) | {"clips": settings.clips}
+        if found != wanted:
+            diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+            raise ContextDiffError(f"{run} holds an evaluation with other settings {diff} (stored, requested): use another --out")
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".settings.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(wanted, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, settings: EditSettings, work: Path,
+                   device: str = "cpu") -> np.ndarray:  # fmt: skip
+    """Tune on ``clip`` in ``work`` and edit it into each of ``edits``: (E, F, H, W, 3) float32 in [0, 1]."""
+    from contextdiff_ref.video.pipeline import VideoEditPipeline
+    from contextdiff_ref.video.tune import TuneConfig, VideoTuner
+
+    source, caption = render_clip(clip), clip_caption(clip)
+    config = TuneConfig(baseline=method == "baseline", steps=settings.tune_steps, learning_rate=settings.learning_rate, words=MOTION_WORDS)
+    tuner = VideoTuner(config, model, source, caption, work, device=device)
+    tuner.run(checkpoint_every=settings.tune_steps)
+    pipe = VideoEditPipeline(tuner.video, device=device)
+    negative = caption if settings.negative == "source" else None
+    return np.stack([
+        pipe.edit(source, caption, clip_caption(e), settings.num_inference_steps, settings.guidance_scale, strength=settings.strength,
+                  seed=0, negative_prompt=negative, progress=False)
+        for e in edits
+    ])  # fmt: skip
+
+
+def run_edits(model: Path, run: Path, settings: EditSettings, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Make (or load) every method's edits: method -> (clips, E, F, H, W, 3) float32."""
+    _check_settings(run, settings, model)
+    clips = evaluation_clips(settings.clips, settings.clip_seed)
+    out: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
+    for i, clip in enumerate(clips):
+        for method in METHODS:
+            path = run / "edits" / f"{i:02d}-{method}.npz"
+            if not path.is_file():
+                start = time.perf_counter()
+                work = run / "tune" / f"{i:02d}-{method}"
+                frames = edit_clip_with(model, clip, clip_edits(clip, settings.edits), method, settings, work, device)
+                _write_npz(path, frames=frames)
+                shutil.rmtree(work, ignore_errors=True)
+                logger.info("clip %d/%d %s: %.1f s", i + 1, len(clips), method, time.perf_counter() - start)
+            out[method].append(np.load(path)["frames"])
+    return {m: np.stack(v) for m, v in out.items()}
+
+
+def score_edits(frames: dict[str, np.ndarray], settings: EditSettings) -> dict[str, Any]:
+    """The report (JSON-ready): per method the summary over all (clip, edit) pairs, and the paired differences."""
+    clips = evaluation_clips(settings.clips, settings.clip_seed)
+    targets = [e for clip in clips for e in clip_edits(clip, settings.edits)]
+    scores: dict[str, list[ClipScore]] = {
+        m: [score_clip(f, t) for f, t in zip(frames[m].reshape(-1, *frames[m].shape[2:]), targets)] for m in METHODS
+    }
+    return {
+        "settings": dataclasses.asdict(settings),
+        "methods": {m: summarize_clips(s) for m, s in scores.items()},
+        "source_temporal_change": summarize_clips([score_clip(render_clip(c), c) for c in clips])["temporal_change"],  # the motion itself
+        "difference": paired_clip_difference(scores["contextdiff"], scores["baseline"]),
+        "pairs": len(targets),
+    }
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    lines = ["| method | clips × edits | frames | edit accuracy | structure kept | temporal change |", "|---|---|---|---|---|---|"]
+    for method, m in report["methods"].items():
+        lines.append(f"| {method} | {m['clips']} | {m['frames']} | {m['edit_accuracy']:.1%} | {m['structure_kept']:.1%} | {m['temporal_change']:.4f} |")
+    d = report["difference"]
+    cells = [f"{d[k]['difference']:+.1%} [{d[k]['ci_low']:+.1%}, {d[k]['ci_high']:+.1%}]" for k in ("edit_accuracy", "structure_kept")]
+    t = d["temporal_change"]
+    cells.append(f"{t['difference']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]")
+    lines.append(f"| ContextDiff − baseline (95% CI) | {report['pairs']} pairs | | " + " | ".join(cells) + " |")
+    lines.append(f"| source clips (for reference) | | | | | {report['source_temporal_change']:.4f} |")
+    return "\n".join(lines)
+
+
+def write_strip(frames: dict[str, np.ndarray], settings: EditSettings, path: Path, clip_index: int = 0, scale: int = 4) -> None:
+    """GIF (or mp4) of one clip: source | each edit by ContextDiff | the same edit by the baseline, side by side."""
+    from contextdiff_ref.video.io import write_video
+
+    clip = evaluation_clips(settings.clips, settings.clip_seed)[clip_index]
+    panels = [render_clip(clip)]
+    for e in range(frames["contextdiff"].shape[1]):
+        panels += [frames["contextdiff"][clip_index, e], frames["baseline"][clip_index, e]]
+    gap = np.ones((*panels[0].shape[:2], 1, 3), np.float32)  # (F, H, 1, 3): a white column between panels
+    strip = np.concatenate([p if k == 0 else np.concatenate([gap, p], axis=2) for k, p in enumerate(panels)], axis=2)
+    write_video(path, strip.repeat(scale, axis=1).repeat(scale, axis=2), fps=4)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    d = EditSettings()
+    p = argparse.ArgumentParser(prog="python -m contextdiff_ref.video.evaluate", description="Video editing on moving-shapes clips: ContextDiff vs the r ≡ 0 baseline.")
+    p.add_argument("--out", type=Path, required=True, help="run directory (resumable): settings.json, edits/")
+    p.add_argument("--model", type=Path, default=None, help="image model directory to inflate and tune (default: the embedded default model)")
+    p.add_argument("--clips", type=int, default=d.clips, help="source clips (default: %(default)s)")
+    p.add_argument("--edits", type=int, default=d.edits, help="edits per clip (default: %(default)s)")
+    p.add_argument("--tune-steps", type=int, default=d.tune_steps, help="one-shot tuning steps per clip and method (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="tuning learning rate (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d.num_inference_steps, help="DDIM steps (default: %(default)s)")
+    p.add_argument("--strength", type=float, default=d.strength, help="fraction of the steps inverted and resampled (default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=d.guidance_scale, help="guidance scale (default: %(default)s)")
+    p.add_argument("--negative", choices=["source", "empty"], default=d.negative, help="the guidance's unconditional prompt (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--strip", type=Path, default=None, help="write clip 0 as source | ContextDiff edit | baseline edit, per edit (.gif or .mp4)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("contextdiff_ref.video.tune", "contextdiff_ref.model_dir", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from contextdiff_ref.defaults import default_model_dir
+    from contextdiff_ref.model_dir import check_model_dir, quiet_loading
+
+    quiet_loading()
+    try:
+        settings = EditSettings(clips=args.clips, edits=args.edits, tune_steps=args.tune_steps, learning_rate=args.lr, num_inference_steps=args.steps,
+                                strength=args.strength, guidance_scale=args.guidance, negative=args.negative)  # fmt: skip
+        model = args.model if args.model is not None else default_model_dir()
+        check_model_dir(model)
+        frames = run_edits(Path(model), args.out, settings, args.device)
+        report = score_edits(frames, settings) | {"model": str(model), "device": args.device}
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.json.with_name(f".{args.json.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+            os.replace(tmp, args.json)
+        if args.strip is not None:
+            write_strip(frames, settings, args.strip)
+    except (ContextDiffError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

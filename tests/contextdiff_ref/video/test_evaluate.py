@@ -1,0 +1,77 @@
+"""The video-editing evaluation (contextdiff_ref.video.evaluate): scoring and report on known frames, a resumable
+run on the tiny pixel model, bad settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from contextdiff_ref.video import evaluate
+from contextdiff_ref.video.data import clip_edits, evaluation_clips, render_clip
+from contextdiff_ref.video.evaluate import METHODS, EditSettings, markdown_table, run_edits, score_edits
+from contextdiff_ref.video.io import read_video
+from runtime.errors import ContextDiffError, InvalidArgumentError
+
+
+def test_report_on_known_frames():
+    """Frames that are exactly the edited clips score 100%; the unedited source keeps the structure and edits
+    nothing; the paired difference and its interval follow."""
+    settings = EditSettings(clips=3, edits=2)
+    clips = evaluation_clips(3)
+    perfect = np.stack([[render_clip(e) for e in clip_edits(c, 2)] for c in clips])
+    source = np.stack([[render_clip(c)] * 2 for c in clips])
+    report = score_edits({"contextdiff": perfect, "baseline": source}, settings)
+    assert report["pairs"] == 6 and report["methods"]["contextdiff"]["frames"] == 48
+    assert report["methods"]["contextdiff"]["edit_accuracy"] == 1.0 and report["methods"]["contextdiff"]["structure_kept"] == 1.0
+    assert report["methods"]["baseline"]["edit_accuracy"] == 0.0 and report["methods"]["baseline"]["structure_kept"] == 1.0
+    d = report["difference"]
+    assert d["edit_accuracy"] == {"difference": 1.0, "ci_low": 1.0, "ci_high": 1.0}
+    assert d["structure_kept"]["difference"] == 0.0
+    assert report["source_temporal_change"] == pytest.approx(report["methods"]["baseline"]["temporal_change"])  # baseline = the sources
+    table = markdown_table(report)
+    assert "| contextdiff | 6 | 48 | 100.0% | 100.0% |" in table and "+100.0% [+100.0%, +100.0%]" in table
+    json.dumps(report)
+
+
+def test_a_run_resumes_from_its_stored_edits(pixel_model_dir, tmp_path, monkeypatch):
+    settings = EditSettings(clips=1, edits=1, tune_steps=1, num_inference_steps=2, strength=1.0, guidance_scale=2.0)
+    run = tmp_path / "run"
+    frames = run_edits(pixel_model_dir, run, settings)
+    assert set(frames) == set(METHODS) and frames["contextdiff"].shape == (1, 1, 8, 32, 32, 3)
+    assert sorted(p.name for p in (run / "edits").iterdir()) == ["00-baseline.npz", "00-contextdiff.npz"]
+    assert not any((run / "tune").iterdir())  # tuning runs are removed once their edits are stored
+    assert not np.array_equal(frames["contextdiff"], frames["baseline"])  # the adapter is used by one of them only
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a stored (clip, method) was edited again")
+
+    monkeypatch.setattr(evaluate, "edit_clip_with", must_not_run)
+    again = run_edits(pixel_model_dir, run, settings)
+    for m in METHODS:
+        np.testing.assert_array_equal(again[m], frames[m])
+    assert evaluation_clips(2)[0] == evaluation_clips(1)[0]  # a prefix-stable draw: more clips extend a run
+    with pytest.raises(AssertionError, match="edited again"):
+        run_edits(pixel_model_dir, run, EditSettings(clips=2, edits=1, tune_steps=1, num_inference_steps=2, strength=1.0, guidance_scale=2.0))
+    with pytest.raises(ContextDiffError, match="other settings .*guidance_scale"):
+        run_edits(pixel_model_dir, run, EditSettings(clips=1, edits=1, tune_steps=1, num_inference_steps=2, strength=1.0, guidance_scale=3.0))
+    evaluate.write_strip(frames, settings, tmp_path / "strip.gif", scale=1)
+    assert read_video(tmp_path / "strip.gif").shape == (8, 32, 32 * 3 + 2, 3)  # source | ContextDiff | baseline
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("clips", 0), ("edits", 1.5), ("tune_steps", -1), ("num_inference_steps", True), ("strength", 0.0), ("strength", 0.01),
+     ("strength", 1.5), ("guidance_scale", -1.0), ("learning_rate", 0.0), ("negative", "target")],
+)  # fmt: skip
+def test_bad_settings(field, value):
+    with pytest.raises(InvalidArgumentError, match=field):
+        EditSettings(**{field: value})
+
+
+def test_command_line_errors(tmp_path, capsys):
+    assert evaluate.main(["--out", str(tmp_path / "r"), "--strength", "2"]) == 2
+    assert "strength" in capsys.readouterr().err
+    assert evaluate.main(["--out", str(tmp_path / "r"), "--model", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
