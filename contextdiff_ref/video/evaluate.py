@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from contextdiff_ref.evaluate import write_json
 from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.metrics import ClipScore, paired_clip_difference, score_clip, summarize_clips
 from runtime.errors import ContextDiffError, InvalidArgumentError
@@ -88,10 +89,7 @@ def _check_settings(run: Path, settings: EditSettings, model: Path) -> None:
             diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
             raise ContextDiffError(f"{run} holds an evaluation with other settings {diff} (stored, requested): use another --out")
         return
-    run.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".settings.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(wanted, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, wanted)
 
 
 def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, settings: EditSettings, work: Path,
@@ -210,10 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         frames = run_edits(Path(model), args.out, settings, args.device)
         report = score_edits(frames, settings) | {"model": str(model), "device": args.device}
         if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.json.with_name(f".{args.json.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
-            os.replace(tmp, args.json)
+            write_json(args.json, report)
         if args.strip is not None:
             write_strip(frames, settings, args.strip)
     except (ContextDiffError, OSError) as exc:
