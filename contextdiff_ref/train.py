@@ -18,9 +18,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from diffusers.training_utils import EMAModel
@@ -186,24 +187,43 @@ class Trainer:
 
     def run(self, checkpoint_every: int, log_every: int = 50) -> None:
         """Train to ``config.steps``, logging mean loss and seconds per step to the log and ``<out>/log.jsonl``."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        losses: list[float] = []
-        start = time.perf_counter()
-        with open(self.out / LOG, "a", encoding="utf-8") as log:
-            while self.step < self.config.steps:
-                loss = self.train_step()
-                if not math.isfinite(loss):
-                    raise ContextDiffError(f"loss became {loss} at step {self.step}; the last checkpoint in {self.out} is intact")
-                losses.append(loss)
-                if self.step % log_every == 0:
-                    record = {"step": self.step, "loss": sum(losses) / len(losses), "lr": self.learning_rate(self.step - 1),
-                              "seconds_per_step": (time.perf_counter() - start) / len(losses)}  # fmt: skip
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    logger.info("step %(step)d loss %(loss).4f lr %(lr).2e %(seconds_per_step).3f s/step", record)
-                    losses, start = [], time.perf_counter()
-                if self.step % checkpoint_every == 0 or self.step == self.config.steps:
-                    self.save()
+        run_steps(self, checkpoint_every, log_every, extra=lambda: {"lr": self.learning_rate(self.step - 1)})
+
+
+class ResumableRun(Protocol):
+    """What :func:`run_steps` drives: the shapes trainer and the video tuner."""
+
+    out: Path
+    step: int
+    config: Any  # has .steps
+
+    def train_step(self) -> float: ...
+
+    def save(self) -> None: ...
+
+
+def run_steps(run: ResumableRun, checkpoint_every: int, log_every: int, *, log_last: bool = False,
+              extra: Callable[[], dict[str, float]] = dict) -> None:  # fmt: skip
+    """The loop of a resumable run: step to ``run.config.steps``; every ``log_every`` steps (and at the last when
+    ``log_last``) append the mean loss, seconds per step and ``extra()`` to ``<out>/log.jsonl``; checkpoint every
+    ``checkpoint_every`` steps and at the last. A non-finite loss stops the run (the last checkpoint stays intact)."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    losses: list[float] = []
+    start = time.perf_counter()
+    with open(run.out / LOG, "a", encoding="utf-8") as log:
+        while run.step < run.config.steps:
+            loss = run.train_step()
+            if not math.isfinite(loss):
+                raise ContextDiffError(f"loss became {loss} at step {run.step}; the last checkpoint in {run.out} is intact")
+            losses.append(loss)
+            if run.step % log_every == 0 or (log_last and run.step == run.config.steps):
+                record = {"step": run.step, "loss": sum(losses) / len(losses), **extra(), "seconds_per_step": (time.perf_counter() - start) / len(losses)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                logger.info(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+                losses, start = [], time.perf_counter()
+            if run.step % checkpoint_every == 0 or run.step == run.config.steps:
+                run.save()
 
 
 def _logged_step(line: str) -> int | None:

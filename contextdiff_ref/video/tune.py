@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 from contextdiff_ref.model_dir import load_model_dir
-from contextdiff_ref.train import CHECKPOINT, LOG, read_checkpoint, truncate_log, write_checkpoint
+from contextdiff_ref.train import CHECKPOINT, LOG, read_checkpoint, run_steps, truncate_log, write_checkpoint
 from contextdiff_ref.training import ContextDiffObjective, LossConfig
 from contextdiff_ref.video.model_dir import TEMPORAL, VideoComponents, inflate, load_video_model_dir, save_video_model_dir
 from contextdiff_ref.video.pipeline import VideoEditPipeline
@@ -142,23 +140,7 @@ class VideoTuner:
 
     def run(self, checkpoint_every: int = 100, log_every: int = 25) -> Path:
         """Tune to ``config.steps``; returns the model directory."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        losses: list[float] = []
-        start = time.perf_counter()
-        with open(self.out / LOG, "a", encoding="utf-8") as log:
-            while self.step < self.config.steps:
-                loss = self.train_step()
-                if not math.isfinite(loss):
-                    raise ContextDiffError(f"loss became {loss} at step {self.step}; the last checkpoint in {self.out} is intact")
-                losses.append(loss)
-                if self.step % log_every == 0 or self.step == self.config.steps:
-                    record = {"step": self.step, "loss": sum(losses) / len(losses), "seconds_per_step": (time.perf_counter() - start) / len(losses)}
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    logger.info("step %(step)d loss %(loss).4f %(seconds_per_step).3f s/step", record)
-                    losses, start = [], time.perf_counter()
-                if self.step % checkpoint_every == 0 or self.step == self.config.steps:
-                    self.save()
+        run_steps(self, checkpoint_every, log_every, log_last=True)
         if not (self.out / "model").is_dir():
             self.save()
         return self.out / "model"
