@@ -104,9 +104,10 @@ def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, sett
     tuner.run(checkpoint_every=settings.tune_steps)
     pipe = VideoEditPipeline(tuner.video, device=device)
     negative = caption if settings.negative == "source" else None
+    x_T = pipe.invert(source, caption, settings.num_inference_steps, strength=settings.strength, progress=False)  # once for all edits
     return np.stack([
-        pipe.edit(source, caption, clip_caption(e), settings.num_inference_steps, settings.guidance_scale, strength=settings.strength,
-                  seed=0, negative_prompt=negative, progress=False)
+        pipe.sample(x_T, clip_caption(e), settings.num_inference_steps, settings.guidance_scale, seed=0, strength=settings.strength,
+                    negative_prompt=negative, progress=False)
         for e in edits
     ])  # fmt: skip
 

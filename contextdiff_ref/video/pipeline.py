@@ -92,6 +92,14 @@ class VideoEditPipeline:
         guidance (e.g. the source prompt, steering away from what the edit replaces)."""
         _check_prompt("prompt", prompt)
         x_T = self.invert(video, source_prompt, num_inference_steps, strength=strength, progress=progress)
+        return self.sample(x_T, prompt, num_inference_steps, guidance_scale, seed, strength=strength, negative_prompt=negative_prompt, eta=eta,
+                           progress=progress)  # fmt: skip
+
+    def sample(self, x_T: np.ndarray, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None, seed: int | None = None,
+               *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0, progress: bool = True) -> np.ndarray:  # fmt: skip
+        """Step 3 of :meth:`edit` from :meth:`invert`'s x_T (with the same steps and ``strength``): one inversion
+        serves several edits of a video."""
+        _check_prompt("prompt", prompt)
         negative = None if negative_prompt is None else [negative_prompt] * self.num_frames
         out = self.pipe([prompt] * self.num_frames, negative, num_inference_steps, guidance_scale, eta=eta, seed=seed, latents=x_T,
                         height=self.pipe.limits.vae_scale_factor * x_T.shape[2], width=self.pipe.limits.vae_scale_factor * x_T.shape[3],
