@@ -76,10 +76,12 @@ def add_words(components: ModelComponents, words: Sequence[str]) -> list[str]:
 def inflate(image: ModelComponents, num_frames: int, *, contextual: bool = True, words: Sequence[str] = (), seed: int = 0) -> VideoComponents:
     """The video model of ``image`` (whose modules it takes over: the UNet is inflated in place): sparse-causal
     self-attention, fresh temporal layers (seeded; output 0), the video adapter (its new layers seeded) copied from the image adapter
-    (zero output for the baseline, ``contextual=False``), ``words`` added to the tokenizer."""
+    (zero output for the baseline, ``contextual=False``), ``words`` added to the tokenizer (their embeddings seeded too)."""
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
         raise InvalidArgumentError("num_frames", num_frames, "an integer >= 2")
-    add_words(image, words)
+    with torch.random.fork_rng(devices=[]):  # the new embedding rows are drawn from torch's global generator
+        torch.manual_seed(seed)
+        add_words(image, words)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         temporal = TemporalLayers.for_unet(image.unet, num_frames)

@@ -49,6 +49,17 @@ def test_directory_round_trip_and_words(video_dir, pixel_model_dir):
     assert ContextDiffPipeline.from_pretrained(video_dir).limits.default_height == 32  # still an image model directory
 
 
+def test_inflation_is_seeded_whatever_the_global_generator(pixel_model_dir):
+    """The added words' embedding rows (drawn by transformers from torch's global generator) and the new layers
+    depend on ``seed`` only."""
+    embeddings = []
+    for global_seed in (0, 123):
+        torch.manual_seed(global_seed)
+        video = inflate(load_model_dir(pixel_model_dir), F, words=["moving", "from", "to"], seed=1)
+        embeddings.append(video.components.text_encoder.get_input_embeddings().weight.detach().clone())
+    torch.testing.assert_close(embeddings[0], embeddings[1], atol=0, rtol=0)
+
+
 def test_directory_errors(video_dir, pixel_model_dir, tmp_path):
     with pytest.raises(ModelDirectoryError, match="no temporal weights.*image model directory"):
         load_video_model_dir(pixel_model_dir)
