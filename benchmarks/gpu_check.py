@@ -68,7 +68,7 @@ def _engines(model_dir: Path, work: Path, backend: str, precision: str, lean: bo
 
 def candidates(env: dict[str, Any], device: str) -> list[Candidate]:
     """The runtime backends to check, each with the reason it cannot run here (or None)."""
-    from contextdiff_ref.torch_runner import torch_generator
+    from contextdiff_ref.pipelines.torch_runner import torch_generator
     from export.tensorrt_build import tensorrt_status
     from runtime.generator import Generator
 
@@ -115,7 +115,7 @@ def check_model(model_dir: Path, work: Path, env: dict[str, Any], args: argparse
 
     from benchmarks.models import adapter_flops, unet_flops
     from benchmarks.timing import Timer, diffusers_ddim, instrument_generator, instrument_pipeline
-    from contextdiff_ref.pipeline import ContextDiffPipeline
+    from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 
     gpu, prompts = args.device == "cuda", [args.prompt]
     parity_call = dict(num_inference_steps=args.parity_steps, guidance_scale=args.guidance, seed=0, progress=False)
@@ -261,12 +261,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _model_dir(label: str, work: Path) -> Path:
-    from contextdiff_ref.defaults import default_model_dir
+    from contextdiff_ref.models.defaults import default_model_dir
 
     if label == "default":
         return default_model_dir()
     if label == "sd15":
-        from contextdiff_ref.sd15 import write_sd15_model_dir
+        from contextdiff_ref.models.sd15 import write_sd15_model_dir
 
         return write_sd15_model_dir(work / "sd15-contextdiff")
     return Path(label)
@@ -275,7 +275,7 @@ def _model_dir(label: str, work: Path) -> Path:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the check and write ``args.out``/gpu_check.json and .md (rewritten after each model: a check cut short
     still leaves what it measured)."""
-    from contextdiff_ref.model_dir import quiet_loading
+    from contextdiff_ref.models.model_dir import quiet_loading
 
     quiet_loading()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -59,10 +59,10 @@ def _openvino_systems(engines: Path, prompts: list[str], call: dict[str, Any]) -
 
 
 def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any, dict[str, str]]:
-    from contextdiff_ref.defaults import default_model_dir
-    from contextdiff_ref.model_dir import quiet_loading
-    from contextdiff_ref.pipeline import ContextDiffPipeline
-    from contextdiff_ref.torch_runner import torch_generator
+    from contextdiff_ref.models.defaults import default_model_dir
+    from contextdiff_ref.models.model_dir import quiet_loading
+    from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
+    from contextdiff_ref.pipelines.torch_runner import torch_generator
     from export.build import Backend, BuildOptions, build_engine_dir
     from export.onnx_export import Precision
     from runtime.generator import Generator
@@ -70,7 +70,7 @@ def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any
     quiet_loading()
     model_dir = Path(args.model) if args.model else default_model_dir()
     if args.sd15:
-        from contextdiff_ref.sd15 import write_sd15_model_dir
+        from contextdiff_ref.models.sd15 import write_sd15_model_dir
 
         model_dir = write_sd15_model_dir(workdir / "sd15-contextdiff")
     gpu = args.device == "cuda"
@@ -155,7 +155,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
-    p.add_argument("--sd15", action="store_true", help="the SD-1.5-class model with random weights (contextdiff_ref.sd15; for GPUs)")
+    p.add_argument("--sd15", action="store_true", help="the SD-1.5-class model with random weights (contextdiff_ref.models.sd15; for GPUs)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--prompt", default="a red circle at the top left")
     p.add_argument("--steps", type=int, default=50)

@@ -1,5 +1,5 @@
 """FLOP counting for the benchmarks (torch's FLOP counter, on the meta device: no weights, no time). The models
-benchmarked: the embedded default, and the SD-1.5-class model with seeded random weights of ``contextdiff_ref.sd15``."""
+benchmarked: the embedded default, and the SD-1.5-class model with seeded random weights of ``contextdiff_ref.models.sd15``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Callable
 import torch
 from diffusers import UNet2DConditionModel
 
-from contextdiff_ref.adapter import ContextAdapter
-from contextdiff_ref.model_dir import ModelComponents
+from contextdiff_ref.models.adapter import ContextAdapter
+from contextdiff_ref.models.model_dir import ModelComponents
 
 
 def _count(run: Callable[[], object]) -> int:

@@ -51,7 +51,7 @@ def compare_with_reference(model_dir: str | Path, engine_dir: str | Path, prompt
                            **call: Any) -> ParityReport:  # fmt: skip
     """Run the reference pipeline and runtime.Generator (``backend``/``precision`` as ``Generator.from_dir`` takes them)
     on the same call (``call``: the pipelines' keyword arguments; ``seed`` defaults to 0) and compare them step by step."""
-    from contextdiff_ref.pipeline import ContextDiffPipeline
+    from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
     from runtime.generator import Generator
 
     call = {"seed": 0, "progress": False, **call}
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from contextdiff_ref.model_dir import quiet_loading
+    from contextdiff_ref.models.model_dir import quiet_loading
     from runtime.errors import ContextDiffError
 
     quiet_loading()

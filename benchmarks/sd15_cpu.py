@@ -63,7 +63,7 @@ def _diffusers(model_dir: Path, timer: Any) -> Callable[[dict[str, Any]], Any]:
 
 def _reference(model_dir: Path, timer: Any) -> Callable[[dict[str, Any]], Any]:
     from benchmarks.timing import instrument_pipeline
-    from contextdiff_ref.pipeline import ContextDiffPipeline
+    from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 
     pipe = ContextDiffPipeline.from_pretrained(model_dir)
     instrument_pipeline(pipe, timer)
@@ -84,7 +84,7 @@ def _worker(conn: Any, system: str, model_dir: Path, engine_dir: Path) -> None:
     """One system in its own process: load it, then answer "run" (one timed generation) until "stop" (peak RSS)."""
     try:
         from benchmarks.timing import Timer
-        from contextdiff_ref.model_dir import quiet_loading
+        from contextdiff_ref.models.model_dir import quiet_loading
 
         quiet_loading()
         timer = Timer()
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 2 or args.runs < 1 or args.warmup < 0 or any(s < 64 or s % 64 for s in args.sizes):
         p.error("--steps must be >= 2 (steps are timed end to end), --runs >= 1, --warmup >= 0, --sizes multiples of 64")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from contextdiff_ref.model_dir import quiet_loading
-    from contextdiff_ref.sd15 import write_sd15_model_dir
+    from contextdiff_ref.models.model_dir import quiet_loading
+    from contextdiff_ref.models.sd15 import write_sd15_model_dir
     from export.build import Backend, BuildOptions, build_engine_dir
     from export.onnx_export import Precision
     from runtime.errors import ContextDiffError

@@ -111,8 +111,8 @@ def diffusers_ddim(pipe: Any, prompts: list[str], steps: int, guidance: float, t
     timed wrappers)."""
     from diffusers import DDIMScheduler
 
-    from contextdiff_ref.coordinates import unet_forward
-    from contextdiff_ref.text import tokenize
+    from contextdiff_ref.models.coordinates import unet_forward
+    from contextdiff_ref.models.text import tokenize
     from runtime.images import to_images
     from runtime.noise import draw_noise
 

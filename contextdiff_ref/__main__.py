@@ -29,9 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from contextdiff_ref.defaults import default_model_dir
-    from contextdiff_ref.model_dir import quiet_loading
-    from contextdiff_ref.pipeline import ContextDiffPipeline
+    from contextdiff_ref.models.defaults import default_model_dir
+    from contextdiff_ref.models.model_dir import quiet_loading
+    from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 
     quiet_loading()
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from contextdiff_ref.model_dir import quiet_loading
+from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.video.io import read_video, write_video
 from contextdiff_ref.video.pipeline import VideoEditPipeline
 from runtime.errors import ContextDiffError

@@ -23,12 +23,20 @@ import torch
 from tokenizers import Tokenizer
 
 import runtime
-from contextdiff_ref.graphs import graph_modules, model_dims
-from contextdiff_ref.model_dir import ModelComponents, check_model_dir, load_model_dir
-from contextdiff_ref.pipeline import model_limits
+from contextdiff_ref.models.graphs import graph_modules, model_dims
+from contextdiff_ref.models.model_dir import ModelComponents, check_model_dir, load_model_dir, model_limits
 from export.artifacts import (
-    FORMAT_VERSION, MANIFEST, TMP_PREFIX, BuildError, BuildLock, atomic_write, atomic_write_text, hash_parts,
-    read_manifest, remove_stale, sha256_file,
+    FORMAT_VERSION,
+    MANIFEST,
+    TMP_PREFIX,
+    BuildError,
+    BuildLock,
+    atomic_write,
+    atomic_write_text,
+    hash_parts,
+    read_manifest,
+    remove_stale,
+    sha256_file,
 )  # fmt: skip
 from export.onnx_export import OPSET, Flavour, Precision, export_onnx, to_fp16
 from export.tensorrt_build import build_plan, compute_capability, tensorrt_status

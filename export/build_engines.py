@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("torch", "onnxscript", "onnx_ir", "httpx", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from contextdiff_ref.defaults import default_model_dir
-    from contextdiff_ref.model_dir import quiet_loading
+    from contextdiff_ref.models.defaults import default_model_dir
+    from contextdiff_ref.models.model_dir import quiet_loading
     from export.build import Backend, BuildOptions, build_engine_dir
     from export.onnx_export import Flavour, Precision
     from runtime.openvino_runner import OpenVINOPrecision

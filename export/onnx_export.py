@@ -9,7 +9,7 @@ Runtime's ``MultiHeadAttention`` contrib op (``export/attention.py``).
 fp16 keeps fp32 where fp16 is known to break: normalisations and softmax (their reductions), the whole
 backward cone of every Sin/Cos — the sinusoidal timestep and position embeddings, whose arguments (t · freq up
 to ~1000 rad) lose whole radians in fp16 — and everything computed from tensor shapes alone (e.g. the UNet's
-coordinate planes, contextdiff_ref/coordinates.py), which the converter would otherwise leave half converted.
+coordinate planes, contextdiff_ref/models/coordinates.py), which the converter would otherwise leave half converted.
 Graph inputs and outputs stay float32.
 """
 

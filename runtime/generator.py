@@ -67,7 +67,7 @@ def _pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPre
     the CPU has it, else ONNX Runtime CPU (OpenVINO f32 would write a compiled copy of every component into the engine
     directory on first load, which auto does not do unasked: README, "CPU backends")."""
     if backend not in BACKENDS:
-        raise InvalidArgumentError("backend", backend, f"one of {', '.join(map(repr, BACKENDS))} ('torch': contextdiff_ref.torch_runner.torch_generator)")
+        raise InvalidArgumentError("backend", backend, f"one of {', '.join(map(repr, BACKENDS))} ('torch': contextdiff_ref.pipelines.torch_runner.torch_generator)")
     if precision is not None and backend not in ("auto", "openvino"):
         raise InvalidArgumentError("precision", precision.value, f"None with backend {backend!r}: only the openvino backend takes a precision "
                                    "(the other backends run the artifacts' own precision, chosen at build time)")  # fmt: skip

@@ -9,28 +9,28 @@ import pytest
 
 @pytest.fixture(scope="session")
 def pixel_model_dir(tmp_path_factory) -> Path:
-    from contextdiff_ref.tiny import write_tiny_model_dir
+    from contextdiff_ref.models.tiny import write_tiny_model_dir
 
     return write_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-pixel", latent=False, seed=0)
 
 
 @pytest.fixture(scope="session")
 def latent_model_dir(tmp_path_factory) -> Path:
-    from contextdiff_ref.tiny import write_tiny_model_dir
+    from contextdiff_ref.models.tiny import write_tiny_model_dir
 
     return write_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-latent", latent=True, seed=1)
 
 
 @pytest.fixture(scope="session")
 def pixel_pipe(pixel_model_dir):
-    from contextdiff_ref.pipeline import ContextDiffPipeline
+    from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 
     return ContextDiffPipeline.from_pretrained(pixel_model_dir)
 
 
 @pytest.fixture(scope="session")
 def latent_pipe(latent_model_dir):
-    from contextdiff_ref.pipeline import ContextDiffPipeline
+    from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 
     return ContextDiffPipeline.from_pretrained(latent_model_dir)
 

@@ -16,7 +16,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from contextdiff_ref.adapter import ContextAdapter
+from contextdiff_ref.models.adapter import ContextAdapter
 from runtime.errors import ConfigError, InvalidArgumentError
 
 

@@ -1,7 +1,7 @@
 """The "moving shapes" video set: clips of one or two shapes of the shapes dataset moving across the canvas. NumPy only.
 
 A clip has F frames (8 by default) of the 32 x 32 canvas of ``shared/docs/shapes-dataset.md``, rendered by its exact
-rules (:func:`contextdiff_ref.shapes.shape_mask`). Each object moves in a straight line from the nominal centre of
+rules (:func:`contextdiff_ref.data.shapes.shape_mask`). Each object moves in a straight line from the nominal centre of
 one quadrant to that of another, its centre on frame f (of F) at the integer point
 
     round(start + (end − start) · f / (F − 1))        (per axis; round half to even, as NumPy does)
@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from contextdiff_ref.shapes import COLOURS, POSITIONS, SHAPES, SIZE, SIZES, shape_mask
+from contextdiff_ref.data.shapes import COLOURS, POSITIONS, SHAPES, SIZE, SIZES, shape_mask
 from runtime.errors import InvalidArgumentError
 
 NUM_FRAMES = 8
@@ -42,7 +42,7 @@ PAIRED_MOVES: dict[tuple[str, str], tuple[tuple[str, str], tuple[str, str]]] = {
 class MovingObject:
     colour: str
     shape: str
-    start: str  # quadrant names of contextdiff_ref.shapes.POSITIONS
+    start: str  # quadrant names of contextdiff_ref.data.shapes.POSITIONS
     end: str
     size: int = 10
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contextdiff_ref.evaluate import write_json
+from benchmarks.alignment import write_json
 from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.metrics import ClipScore, paired_clip_difference, score_clip, summarize_clips
 from runtime.errors import ContextDiffError, InvalidArgumentError
@@ -195,10 +195,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("contextdiff_ref.video.tune", "contextdiff_ref.model_dir", "diffusers", "transformers"):
+    for noisy in ("contextdiff_ref.video.tune", "contextdiff_ref.models.model_dir", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from contextdiff_ref.defaults import default_model_dir
-    from contextdiff_ref.model_dir import check_model_dir, quiet_loading
+    from contextdiff_ref.models.defaults import default_model_dir
+    from contextdiff_ref.models.model_dir import check_model_dir, quiet_loading
 
     quiet_loading()
     try:

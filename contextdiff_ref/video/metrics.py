@@ -1,5 +1,5 @@
 """Video-editing measures on moving-shapes clips (method doc §7, "Measures"), per frame, with the shapes dataset's
-own reader (:func:`contextdiff_ref.alignment.read_patch`). NumPy only.
+own reader (:func:`contextdiff_ref.data.alignment.read_patch`). NumPy only.
 
 For each frame f and the edited object (the clip's first), the 16 x 16 window centred on the object's *source*
 centre on that frame (:meth:`MovingObject.centres`) is read:
@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from contextdiff_ref.alignment import MIN_PIXELS, THRESHOLD, paired_interval, read_patch
+from contextdiff_ref.data.alignment import MIN_PIXELS, THRESHOLD, paired_interval, read_patch
 from contextdiff_ref.video.data import Clip
 from runtime.errors import InvalidArgumentError
 

@@ -1,4 +1,4 @@
-"""The video model directory: an image model directory (``contextdiff_ref.model_dir``) plus
+"""The video model directory: an image model directory (``contextdiff_ref.models.model_dir``) plus
 
     temporal/        config.json + diffusion_pytorch_model.safetensors (TemporalLayers: one layer per transformer block)
     video_adapter/   config.json + diffusion_pytorch_model.safetensors (VideoContextAdapter)
@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import torch
 from transformers import AddedToken
 
-from contextdiff_ref.adapter import ContextAdapter
-from contextdiff_ref.model_dir import MODEL_INDEX, ModelComponents, _check_weights, _load, _read_json, load_model_dir, save_model_dir
+from contextdiff_ref.models.adapter import ContextAdapter
+from contextdiff_ref.models.model_dir import MODEL_INDEX, ModelComponents, _load, _read_json, check_weights, load_model_dir, save_model_dir
 from contextdiff_ref.video.adapter import VideoContextAdapter
 from contextdiff_ref.video.unet import TemporalLayers, VideoUNet
 from runtime.errors import InvalidArgumentError, ModelDirectoryError
@@ -99,7 +99,7 @@ def inflate(image: ModelComponents, num_frames: int, *, contextual: bool = True,
 
 
 def save_video_model_dir(video: VideoComponents, path: str | os.PathLike[str]) -> Path:
-    """Write the video model directory atomically (like :func:`contextdiff_ref.model_dir.save_model_dir`)."""
+    """Write the video model directory atomically (like :func:`contextdiff_ref.models.model_dir.save_model_dir`)."""
 
     def extra(tmp: Path) -> dict[str, Any]:
         video.video_unet.temporal.save_pretrained(tmp / TEMPORAL, safe_serialization=True)
@@ -120,7 +120,7 @@ def load_video_model_dir(path: str | os.PathLike[str], *, torch_dtype: torch.dty
     image = load_model_dir(root, torch_dtype=torch_dtype)
     index = _read_json(root / MODEL_INDEX)
     for name in (TEMPORAL, VIDEO_ADAPTER):
-        _check_weights(root / name)
+        check_weights(root / name)
     weights = dict(torch_dtype=torch_dtype, use_safetensors=True)
     temporal = _load(root / TEMPORAL, lambda: TemporalLayers.from_pretrained(root / TEMPORAL, **weights))
     video_adapter = _load(root / VIDEO_ADAPTER, lambda: VideoContextAdapter.from_pretrained(root / VIDEO_ADAPTER, **weights))

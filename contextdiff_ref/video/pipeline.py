@@ -1,6 +1,6 @@
 """VideoEditPipeline: Tune-A-Video-style editing with the contextual trajectory (method doc §7), reference PyTorch.
 
-A video's F frames are folded into the batch and run through :class:`contextdiff_ref.pipeline.ContextDiffPipeline`
+A video's F frames are folded into the batch and run through :class:`contextdiff_ref.pipelines.text_to_image.ContextDiffPipeline`
 with the video model's components (the inflated UNet, the video adapter), so inversion, sampling, guidance and the
 schedule are the image pipeline's own code:
 1. encode the frames to x_0 (pixels to [-1, 1], or VAE latents);
@@ -17,7 +17,7 @@ import os
 import numpy as np
 import torch
 
-from contextdiff_ref.pipeline import ContextDiffPipeline
+from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from contextdiff_ref.video.model_dir import VideoComponents, load_video_model_dir, save_video_model_dir
 from runtime.errors import InvalidArgumentError
 from runtime.schedule import Schedule

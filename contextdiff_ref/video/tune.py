@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from contextdiff_ref.model_dir import load_model_dir
-from contextdiff_ref.train import CHECKPOINT, LOG, read_checkpoint, run_steps, truncate_log, write_checkpoint
-from contextdiff_ref.training import ContextDiffObjective, LossConfig
+from contextdiff_ref.models.model_dir import load_model_dir
+from contextdiff_ref.training.loop import CHECKPOINT, LOG, read_checkpoint, run_steps, truncate_log, write_checkpoint
+from contextdiff_ref.training.objective import ContextDiffObjective, LossConfig
 from contextdiff_ref.video.model_dir import TEMPORAL, VideoComponents, inflate, load_video_model_dir, save_video_model_dir
 from contextdiff_ref.video.pipeline import VideoEditPipeline
 from runtime.errors import ContextDiffError, InvalidArgumentError

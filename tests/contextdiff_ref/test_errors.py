@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from contextdiff_ref.pipeline import ContextDiffPipeline
+from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from runtime.errors import ConfigError, ContextDiffError, InvalidArgumentError, ModelDirectoryError
 
 BAD_CALLS = [

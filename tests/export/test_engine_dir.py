@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import export.build as build_module
-from contextdiff_ref.model_dir import load_model_dir, save_model_dir
+from contextdiff_ref.models.model_dir import load_model_dir, save_model_dir
 from export.artifacts import MANIFEST, BuildError, BuildLock, read_manifest
 from export.build import Backend, BuildOptions, build_engine_dir
 from export.onnx_export import Precision

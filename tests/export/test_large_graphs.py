@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from contextdiff_ref.tiny import write_tiny_model_dir
+from contextdiff_ref.models.tiny import write_tiny_model_dir
 from export.build import Backend, BuildOptions, build_engine_dir
 from export.onnx_export import Precision
 from runtime.generator import Generator

@@ -12,9 +12,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from contextdiff_ref.model_dir import load_model_dir
-from contextdiff_ref.text import tokenize
-from contextdiff_ref.graphs import graph_modules, model_dims
+from contextdiff_ref.models.graphs import graph_modules, model_dims
+from contextdiff_ref.models.model_dir import load_model_dir
+from contextdiff_ref.models.text import tokenize
 from export.trt_support import unsupported
 from runtime.specs import SPECS, Component, Profile
 

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.skipif(TRT_VERSION is None, reason=REASON or "TensorRT 
 def test_plans_build_cache_and_match_onnxruntime(latent_model_dir, tmp_path):
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    from contextdiff_ref.model_dir import load_model_dir
-    from contextdiff_ref.graphs import model_dims
+    from contextdiff_ref.models.graphs import model_dims
+    from contextdiff_ref.models.model_dir import load_model_dir
 
     out = tmp_path / "engines"
     options = BuildOptions(backend=Backend.TENSORRT, precision=Precision.FP16, max_images=2)

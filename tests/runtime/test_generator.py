@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contextdiff_ref.pipeline import ContextDiffPipeline
+from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError
@@ -192,7 +192,7 @@ def test_plan_built_elsewhere_is_refused():
 
 @pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
 def test_torch_backend_matches_the_reference(latent, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
-    from contextdiff_ref.torch_runner import torch_generator
+    from contextdiff_ref.pipelines.torch_runner import torch_generator
 
     model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
     gen = torch_generator(model_dir, engine_dir)

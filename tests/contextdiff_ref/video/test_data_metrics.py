@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contextdiff_ref.alignment import read_patch, read_quadrant
-from contextdiff_ref.shapes import POSITIONS, evaluation_sets, render
+from contextdiff_ref.data.alignment import read_patch, read_quadrant
+from contextdiff_ref.data.shapes import POSITIONS, evaluation_sets, render
 from contextdiff_ref.video.data import (
     PAIRED_MOVES,
     MovingObject,

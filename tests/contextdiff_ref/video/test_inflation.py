@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from contextdiff_ref.tiny import build_tiny_components
+from contextdiff_ref.models.tiny import build_tiny_components
 from contextdiff_ref.video.adapter import VideoContextAdapter
 from contextdiff_ref.video.unet import SparseCausalAttnProcessor, TemporalLayers, VideoUNet, sparse_causal_context, transformer_blocks
 from runtime.errors import ConfigError, InvalidArgumentError

@@ -10,10 +10,10 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from contextdiff_ref.model_dir import load_model_dir
-from contextdiff_ref.pipeline import ContextDiffPipeline
-from contextdiff_ref.text import tokenize
-from contextdiff_ref.train import CHECKPOINT
+from contextdiff_ref.models.model_dir import load_model_dir
+from contextdiff_ref.models.text import tokenize
+from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
+from contextdiff_ref.training.loop import CHECKPOINT
 from contextdiff_ref.video.io import read_video, write_video
 from contextdiff_ref.video.model_dir import inflate, load_video_model_dir, save_video_model_dir
 from contextdiff_ref.video.pipeline import VideoEditPipeline

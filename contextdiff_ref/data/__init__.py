@@ -1,0 +1,1 @@
+"""Data: the procedural shapes dataset and its alignment reader, and captioned image folders (metadata.jsonl)."""

@@ -1,0 +1,83 @@
+"""torch modules whose forward takes exactly a component spec's inputs, in order (runtime/specs.py): what is exported
+to ONNX and what the Torch runner runs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from contextdiff_ref.models.coordinates import unet_forward
+from contextdiff_ref.models.model_dir import ModelComponents, model_limits
+from contextdiff_ref.models.text import max_text_length
+from runtime.specs import Component, ModelDims
+
+
+class TextEncoderGraph(nn.Module):
+    def __init__(self, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, L) int64 -> (B, L, D)
+        return self.text_encoder(input_ids, return_dict=False)[0]
+
+
+class UNetGraph(nn.Module):
+    """(B, C, H, W), (B,), (B, L, D) -> (B, C, H, W); coordinate planes, if the model has them, are added inside."""
+
+    def __init__(self, unet: nn.Module, coordinates: bool = False) -> None:
+        super().__init__()
+        self.unet, self.coordinates = unet, coordinates
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return unet_forward(self.unet, sample, timestep, encoder_hidden_states, coordinates=self.coordinates)
+
+
+class AdapterGraph(nn.Module):
+    def __init__(self, adapter: nn.Module) -> None:
+        super().__init__()
+        self.adapter = adapter
+
+    def forward(self, sample: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.adapter(sample, encoder_hidden_states, timestep)
+
+
+class VaeDecoderGraph(nn.Module):
+    """latent (B, C, h, w) as sampled -> image (B, 3, H, W) in about [-1, 1]; the latent scaling is inside."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scale = 1.0 / vae.config.scaling_factor
+        self.shift = getattr(vae.config, "shift_factor", None) or 0.0
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent * self.scale + self.shift, return_dict=False)[0]
+
+
+def graph_modules(components: ModelComponents) -> dict[Component, nn.Module]:
+    """The modules to export, in eval mode; the VAE decoder only for latent models."""
+    modules: dict[Component, nn.Module] = {
+        Component.TEXT_ENCODER: TextEncoderGraph(components.text_encoder),
+        Component.UNET: UNetGraph(components.unet, components.unet_coordinate_channels),
+        Component.ADAPTER: AdapterGraph(components.adapter),
+    }
+    if components.vae is not None:
+        modules[Component.VAE_DECODER] = VaeDecoderGraph(components.vae)
+    return {k: m.eval() for k, m in modules.items()}
+
+
+def model_dims(components: ModelComponents) -> ModelDims:
+    limits = model_limits(components)
+    return ModelDims(
+        channels=limits.sample_channels,
+        text_length=max_text_length(components),
+        text_dim=components.text_encoder.config.hidden_size,
+        vocab_size=components.text_encoder.config.vocab_size,
+        num_train_timesteps=limits.num_train_timesteps,
+        vae_scale_factor=limits.vae_scale_factor,
+        sample_factor=limits.pixel_factor // limits.vae_scale_factor,
+    )
+
+
+def weights_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(b.numel() * b.element_size() for b in module.buffers())

@@ -1,0 +1,192 @@
+"""ContextDiffPipeline: the PyTorch reference sampler — the source of truth for exported engines and the runtime.
+
+A call is five named stages: validate -> encode text -> draw noise -> contextual DDIM (runtime.sampling, on
+torch tensors) -> decode. The schedule math, the noise order, argument validation and output conversion are
+the runtime's own modules, so the reference and the runtime cannot drift apart in them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from contextdiff_ref.models.model_dir import ModelComponents, load_model_dir, model_limits, save_model_dir
+from contextdiff_ref.models.text import tokenize
+from runtime.errors import InvalidArgumentError
+from runtime.images import GenerationOutput, to_images
+from runtime.sampling import StepOutput, generate, invert
+from runtime.schedule import Schedule
+from runtime.validation import GenerationRequest, validate_request
+
+logger = logging.getLogger(__name__)
+
+
+class ContextDiffPipeline:
+    """Text-to-image ContextDiff sampling in eager PyTorch.
+
+    >>> pipe = ContextDiffPipeline.from_pretrained("path/to/model_dir")
+    >>> images = pipe("a red circle at the top left", seed=0).images  # (1, H, W, 3) float32 in [0, 1]
+    """
+
+    def __init__(self, components: ModelComponents, device: str | torch.device = "cpu") -> None:
+        self.components = components
+        self.schedule = Schedule(components.scheduler_config)
+        self.limits = model_limits(components)
+        self.device = torch.device("cpu")
+        self.to(device)
+
+    # -- loading and saving ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu", torch_dtype: torch.dtype = torch.float32) -> ContextDiffPipeline:
+        """Load a model directory (see :mod:`contextdiff_ref.models.model_dir`); raises ModelDirectoryError naming what is wrong."""
+        return cls(load_model_dir(path, torch_dtype=torch_dtype), device=device)
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Write this model as a model directory (atomically; safetensors weights)."""
+        save_model_dir(self.components, path)
+
+    def to(self, device: str | torch.device) -> ContextDiffPipeline:
+        self.device = torch.device(device)
+        for module in self._modules():
+            module.to(self.device)
+        return self
+
+    def _modules(self) -> list[torch.nn.Module]:
+        c = self.components
+        return [m for m in (c.text_encoder, c.unet, c.adapter, c.vae) if m is not None]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.components.unet.dtype
+
+    # -- stages ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> last hidden states (N, L, D) of the text encoder; longer prompts are truncated with a warning."""
+        return self.components.text_encoder(tokenize(self.components, prompts).to(self.device))[0]
+
+    def _denoiser(self, text: torch.Tensor, request: GenerationRequest) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        predict, w = self.components.predict, request.guidance_scale
+
+        def denoise(x: torch.Tensor, t: int) -> torch.Tensor:  # method doc §5 step 1
+            model_input = torch.cat([x, x]) if request.do_guidance else x
+            output = predict(model_input.to(self.dtype), t, text).float()
+            if not request.do_guidance:
+                return output
+            uncond, cond = output.chunk(2)
+            return uncond + w * (cond - uncond)
+
+        return denoise
+
+    def _context_shift(self, cond_text: torch.Tensor) -> Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]:
+        adapter, n = self.components.adapter, cond_text.shape[0]
+        text2 = torch.cat([cond_text, cond_text])
+        timesteps = torch.empty(2 * n, dtype=torch.long, device=self.device)  # once per call; filled in place per step
+
+        def shift(x0: torch.Tensor, t: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:  # method doc §5 step 3
+            timesteps[:n].fill_(t)
+            timesteps[n:].fill_(s)
+            r = adapter(torch.cat([x0, x0]).to(self.dtype), text2, timesteps).float()
+            return r[:n], r[n:]
+
+        return shift
+
+    @torch.no_grad()
+    def decode(self, x0: torch.Tensor, output_type: str) -> Any:
+        """Final sample (N, C, h, w) -> images ("np"/"pil") or the sample itself ("latent")."""
+        if output_type == "latent":
+            return x0.float().cpu().numpy()
+        vae = self.components.vae
+        if vae is not None:
+            latents = x0 / vae.config.scaling_factor
+            if getattr(vae.config, "shift_factor", None) is not None:
+                latents = latents + vae.config.shift_factor
+            x0 = vae.decode(latents.to(vae.dtype)).sample
+        return to_images(x0.float().cpu().numpy(), output_type)
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Images (N, H, W, 3) float32 in [0, 1] -> x_0 (N, C, h, w) float32 in the model's sample space (pixels
+        scaled to [-1, 1], or the VAE latents' mean times the scaling factor): the inverse of :meth:`decode`."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2).to(self.device) * 2.0 - 1.0
+        vae = self.components.vae
+        if vae is None:
+            return x.cpu().numpy()
+        latents = vae.encode(x.to(vae.dtype)).latent_dist.mean
+        if getattr(vae.config, "shift_factor", None) is not None:
+            latents = latents - vae.config.shift_factor
+        return (latents * vae.config.scaling_factor).float().cpu().numpy()
+
+    @torch.no_grad()
+    def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
+               progress: bool = True) -> np.ndarray:  # fmt: skip
+        """Contextual DDIM inversion (method doc §7) of ``sample`` (N, C, h, w) float32 — x_0 in the model's sample
+        space (pixels scaled to [-1, 1], or VAE latents times the scaling factor) — with ``prompt`` and no guidance,
+        through the schedule's inversion plan. Returns x_T (N, C, h, w) float32: sampling from it
+        (``latents=``) with the same prompt, steps and ``guidance_scale=1`` comes back close to ``sample``. With
+        ``strength`` < 1 the inversion stops part way (:meth:`runtime.schedule.Schedule.strength_steps`) and returns
+        x_t for sampling with the same ``strength``."""
+        shape = getattr(sample, "shape", None)
+        if shape is None or len(shape) != 4:
+            raise InvalidArgumentError("sample", type(sample).__name__ if shape is None else f"array of shape {tuple(shape)}",
+                                       f"a float32 array (N, {self.limits.sample_channels}, h, w): x_0 in the model's sample space")  # fmt: skip
+        f = self.limits.vae_scale_factor
+        try:
+            request = validate_request(self.limits, prompt=prompt, num_inference_steps=num_inference_steps, guidance_scale=1.0, latents=sample, seed=0,
+                                       height=shape[2] * f, width=shape[3] * f)  # fmt: skip
+        except InvalidArgumentError as exc:  # the one array argument is `sample` here
+            if exc.name not in ("latents", "height", "width"):
+                raise
+            raise InvalidArgumentError("sample", exc.value, exc.allowed) from None
+        text = self.encode_prompt(request.prompts)
+        x_0 = torch.from_numpy(np.array(request.latents)).to(self.device)
+        x_T = invert(self._denoiser(text, request), self._context_shift(text), x_0, self.schedule.inversion_plan(request.num_inference_steps, strength),
+                     progress=lambda steps: tqdm(steps, desc="contextual DDIM inversion", disable=not progress, leave=False))  # fmt: skip
+        return x_T.float().cpu().numpy()
+
+    # -- the call --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float | None = None,
+        eta: float = 0.0,
+        seed: int | None = None,
+        latents: np.ndarray | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "np",
+        callback: Callable[[StepOutput], Any] | None = None,
+        *,
+        strength: float = 1.0,
+        progress: bool = True,
+    ) -> GenerationOutput:
+        """Generate images for ``prompt`` (a string or a list of N strings).
+
+        ``guidance_scale=None`` uses the model directory's recommendation (7.5 if none); 1 disables guidance.
+        ``latents`` (N, C, h, w) float32 replaces the initial noise; all noise comes from ``seed`` in the order
+        documented in :mod:`runtime.noise`. ``callback`` receives a :class:`runtime.sampling.StepOutput`
+        (torch tensors) after every step. ``strength`` < 1 (with ``latents``: x at the first timestep run) samples
+        only the last steps of the schedule (:meth:`runtime.schedule.Schedule.strength_steps`), as after
+        :meth:`invert` with the same strength. Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
+        PIL images for "pil", the final sample (N, C, h, w) for "latent".
+        """
+        request = validate_request(
+            self.limits, prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
+            output_type=output_type, callback=callback,
+        )
+        if strength != 1.0 and latents is None:
+            raise InvalidArgumentError("strength", strength, "1.0 without latents (strength < 1 starts from given latents x_t, e.g. invert's)")
+        return generate(
+            request, self.limits, self.schedule, strength=strength, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
+            decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device),
+            progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
+        )  # fmt: skip

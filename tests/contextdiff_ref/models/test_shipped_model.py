@@ -1,0 +1,33 @@
+"""The shipped default model: complete, its tokenizer usable by `tokenizers` alone, and it draws what it is told."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer
+
+from contextdiff_ref.data.alignment import score_image, summarize
+from contextdiff_ref.data.shapes import caption, one_object_scenes, sample_scenes
+from contextdiff_ref.models.defaults import default_model_dir
+from contextdiff_ref.models.model_dir import load_model_dir
+from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
+
+
+def test_shipped_model_loads_with_a_recommended_guidance_and_a_standalone_tokenizer():
+    for path in (default_model_dir(),):
+        components = load_model_dir(path)
+        assert components.recommended_guidance_scale is not None and components.recommended_guidance_scale >= 1
+        assert components.unet.config.sample_size == 32 and components.vae is None
+        standalone = Tokenizer.from_file(str(path / "tokenizer" / "tokenizer.json"))
+        for scene in sample_scenes(0, 0, 20):
+            text = caption(scene)
+            assert standalone.encode(text).ids == components.tokenizer(text).input_ids
+    assert any(p.abs().sum() > 0 for p in load_model_dir(default_model_dir()).adapter.proj_out.parameters())  # a trained adapter
+
+
+def test_quick_sample_puts_the_named_colour_in_the_named_quadrant():
+    """Issue 6's quick check, with the model's own recommended guidance (the runtime's default): 15 one-object prompts
+    (every colour, shape and position), 20 steps, colour-position accuracy >= 80%."""
+    scenes = one_object_scenes()[::5]
+    pipe = ContextDiffPipeline.from_pretrained(default_model_dir())
+    images = pipe([caption(s) for s in scenes], num_inference_steps=20, seed=0, progress=False).images
+    result = summarize([score_image(image, scene) for image, scene in zip(images, scenes)])
+    assert result["colour_position_accuracy"] >= 0.8, result
