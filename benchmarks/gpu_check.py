@@ -255,6 +255,11 @@ def markdown(result: dict[str, Any]) -> str:
         for name, why in model["skipped"].items():
             lines.append(f"| {name} | not run: {why} |" + " |" * 11)
         lines.append("")
+    if "finetune" in result:
+        f = result["finetune"]
+        lines += ["## Fine-tuning (SD-1.5 class)", "", f"failed: {f['error']}" if "error" in f else
+                  f"{f['settings']}: {f['images_per_second']:.2f} images/s, {f['seconds_per_step']:.3f} s/step, peak memory "
+                  f"{fmt(f['max_memory_gib'], '.1f')} GiB, {f['trained_parameters'] / 1e6:.0f} M parameters trained", ""]  # fmt: skip
     if result.get("goal"):
         lines += [f"Goal (SD-1.5 class, 512 x 512, 50 steps): {json.dumps(result['goal'])}", ""]
     return "\n".join(lines)
@@ -297,6 +302,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gc.collect()
             result["goal"] = goal(result, args)
             _write(result, args.out)
+        if args.finetune_steps:  # fine-tuning the SD-1.5-class model: images/s and memory (benchmarks/finetune_speed.py)
+            from benchmarks.finetune_speed import measure
+
+            try:
+                sd15 = work / "sd15-contextdiff"
+                result["finetune"] = measure(sd15 if sd15.is_dir() else _model_dir("sd15", work), work, steps=args.finetune_steps)
+            except Exception as exc:
+                result["finetune"] = _error(exc)
+                logger.error("finetune: %s", result["finetune"]["error"])
+            _write(result, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -311,6 +326,8 @@ def _write(result: dict[str, Any], out: Path) -> None:
 
 def failures(result: dict[str, Any]) -> list[str]:
     found = [f"{label}: {m['error']}" for label, m in result["models"].items() if "error" in m]
+    if "error" in result.get("finetune", {}):
+        found.append(f"finetune: {result['finetune']['error']}")
     for label, model in result["models"].items():
         found += [f"{label} / {name}: {s['error']}" for name, s in model.get("systems", {}).items() if "error" in s]
     return found
@@ -328,11 +345,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=5, help="timed end-to-end runs per system (default: %(default)s)")
     p.add_argument("--stage-runs", type=int, default=2, help="synchronised runs per system for per-stage times (default: %(default)s)")
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help="timed fine-tuning steps of the SD-1.5-class model (bf16, gradient checkpointing, batch 4; 0: skip; default: 20 on cuda, 0 on cpu)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder for model and engine directories (default: the system's temp)")
     args = p.parse_args(argv)
     for name in ("steps", "parity_steps", "runs", "stage_runs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.finetune_steps is None:
+        args.finetune_steps = 20 if args.device == "cuda" else 0
+    if args.finetune_steps < 0:
+        p.error(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
     if args.warmup < 0:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
     for label in args.models:

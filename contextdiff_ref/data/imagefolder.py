@@ -1,0 +1,169 @@
+"""Captioned image folders in the layout the ``datasets`` "imagefolder" loader and diffusers' text-to-image example
+read: images plus ``metadata.jsonl``, one JSON object per line with ``file_name`` (relative to the folder) and
+``text`` (the caption).
+
+Checked when opened: a folder without ``metadata.jsonl``, a line that is not a JSON object, a missing or non-string
+``file_name`` or ``text``, or a ``file_name`` outside the folder is an error naming the file and line. Images that
+cannot be read (missing, truncated, not an image) or whose mode is not RGB (L, RGBA, P, CMYK, ...: converting them
+would invent or drop content) are **skipped with one warning** listing them; with ``strict=True`` the first one is
+an error instead. A folder left with no usable image is an error.
+
+Images are resized so the shorter side is ``size`` (bicubic) and centre-cropped to ``size`` × ``size``, as diffusers'
+example does, and returned as float32 (3, size, size) in [−1, 1].
+
+    python -m contextdiff_ref.data.imagefolder --shapes 2000 --out data/shapes   # the shapes dataset in this layout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from contextdiff_ref.data.shapes import caption, render, sample_scenes
+from contextdiff_ref.models.model_dir import atomic_directory
+from runtime.errors import ContextDiffError, InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+METADATA = "metadata.jsonl"
+
+
+class DataError(ContextDiffError):
+    """A data folder that cannot be used, naming the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """The usable (file, caption) entries of a folder and the size images are brought to."""
+
+    root: Path
+    files: tuple[str, ...]
+    captions: tuple[str, ...]
+    size: int
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, index: int) -> np.ndarray:
+        """Entry ``index`` as float32 (3, size, size) in [−1, 1]."""
+        with Image.open(self.root / self.files[index]) as img:
+            fitted = ImageOps.fit(img, (self.size, self.size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+        array = np.asarray(fitted, dtype=np.float32).transpose(2, 0, 1)
+        return array / 127.5 - 1.0
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Images (B, 3, size, size) float32 in [−1, 1] and captions of the entries ``indices``."""
+        return np.stack([self.image(int(i)) for i in indices]), [self.captions[int(i)] for i in indices]
+
+    def positions(self, seed: int, start: int, count: int) -> np.ndarray:
+        """Entries at positions ``start ..< start + count`` of the endless stream: every epoch a fresh permutation
+        drawn from (seed, epoch), so position k depends only on (seed, k) and a resumed run continues exactly."""
+        n = len(self)
+        positions = np.arange(start, start + count, dtype=np.int64)
+        epochs, offsets = np.divmod(positions, n)
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            where = epochs == epoch
+            out[where] = np.random.default_rng([seed, int(epoch)]).permutation(n)[offsets[where]]
+        return out
+
+
+def _problem(path: Path) -> str | None:
+    """Why an image cannot be used, or None."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    return None if mode == "RGB" else f"mode {mode}, not RGB"
+
+
+def open_image_folder(root: str | os.PathLike[str], size: int, *, strict: bool = False) -> ImageFolder:
+    """Read and check ``root/metadata.jsonl`` and its images (see the module doc for what is skipped or refused)."""
+    root = Path(root)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InvalidArgumentError("size", size, "a positive integer (pixels)")
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    metadata = root / METADATA
+    if not metadata.is_file():
+        raise DataError(f"{root} has no {METADATA}: expected one JSON object per line, {{\"file_name\": \"0001.png\", \"text\": \"a caption\"}}")
+    files, captions, skipped = [], [], []
+    resolved_root = root.resolve()
+    with open(metadata, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{metadata}, line {number}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not JSON ({exc})") from exc
+            if not isinstance(entry, dict):
+                raise DataError(f"{where}: expected a JSON object with file_name and text, got {type(entry).__name__}")
+            for key in ("file_name", "text"):
+                if not isinstance(entry.get(key), str):
+                    missing = "missing" if key not in entry else f"{type(entry[key]).__name__}, not a string"
+                    raise DataError(f"{where}: {key} is {missing}" + (" (every image needs a caption)" if key == "text" else ""))
+            path = (root / entry["file_name"]).resolve()
+            if not path.is_relative_to(resolved_root):
+                raise DataError(f"{where}: file_name {entry['file_name']!r} is outside {root}")
+            problem = _problem(path)
+            if problem is not None:
+                if strict:
+                    raise DataError(f"{where}: {entry['file_name']} is {problem}")
+                skipped.append(f"{entry['file_name']} ({problem})")
+                continue
+            files.append(entry["file_name"])
+            captions.append(entry["text"])
+    if skipped:
+        logger.warning("%s: skipping %d unusable image(s): %s%s", root, len(skipped), "; ".join(skipped[:5]), " ..." if len(skipped) > 5 else "")
+    if not files:
+        raise DataError(f"{root}: no usable image in {METADATA}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    return ImageFolder(root, tuple(files), tuple(captions), size)
+
+
+def write_shapes_folder(out: str | os.PathLike[str], count: int, seed: int = 0) -> Path:
+    """The first ``count`` scenes of the shapes dataset's stream (seed ``seed``) as 32 × 32 PNGs with
+    ``metadata.jsonl``, written atomically."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InvalidArgumentError("count", count, "a positive integer")
+    with atomic_directory(out) as tmp:
+        records = []
+        for i, scene in enumerate(sample_scenes(seed, 0, count)):
+            name = f"{i:06d}.png"
+            Image.fromarray(np.round(render(scene) * 255).astype(np.uint8), "RGB").save(tmp / name)
+            records.append(json.dumps({"file_name": name, "text": caption(scene)}))
+        (tmp / METADATA).write_text("\n".join(records) + "\n", encoding="utf-8")
+    return Path(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m contextdiff_ref.data.imagefolder", description="Write the shapes dataset as an image folder with metadata.jsonl.")
+    parser.add_argument("--shapes", type=int, required=True, metavar="N", help="number of images")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced atomically if it exists)")
+    parser.add_argument("--seed", type=int, default=0, help="scene stream seed (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        write_shapes_folder(args.out, args.shapes, args.seed)
+    except (ContextDiffError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logger.info("wrote %d images and %s to %s", args.shapes, METADATA, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
