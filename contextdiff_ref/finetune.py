@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="(default: %(default)s)")
     p.add_argument("--text-dropout", type=float, default=d.text_dropout, help="fraction trained with the empty prompt (default: %(default)s)")
     p.add_argument("--snr-gamma", type=float, default=0.0, help="Min-SNR-γ weighting; 0: the plain loss (default: %(default)s)")
+    p.add_argument("--high-noise-fraction", type=float, default=d.high_noise_fraction,
+                   help="fraction of each batch trained at the last 5%% of timesteps, where only the text tells the layout (default: %(default)s)")
     p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0: train the whole UNet; r > 0: LoRA of rank r (default: %(default)s)")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
     p.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too (frozen by default)")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         config = FinetuneConfig(
             model=str(args.model.resolve()), data=str(args.data.resolve()), baseline=args.baseline, steps=args.steps,
             batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
-            text_dropout=args.text_dropout, snr_gamma=args.snr_gamma or None, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+            text_dropout=args.text_dropout, snr_gamma=args.snr_gamma or None, high_noise_fraction=args.high_noise_fraction, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
             train_text_encoder=args.train_text_encoder, resolution=args.resolution, seed=args.seed,
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing, cache_latents=args.cache_latents,
         )  # fmt: skip

@@ -61,6 +61,7 @@ class FinetuneConfig:
     ema_decay: float = 0.999
     text_dropout: float = 0.1
     snr_gamma: float | None = None
+    high_noise_fraction: float = 0.0  # of each batch, t from the last 5% of timesteps (objective.HIGH_NOISE_PORTION)
     lora_rank: int = 0  # 0: the whole UNet is trained; r > 0: LoRA of rank r on its attention projections
     lora_alpha: float | None = None  # LoRA scale numerator (default: the rank, i.e. scale 1)
     train_text_encoder: bool = False
@@ -85,7 +86,8 @@ class FinetuneConfig:
         self.loss_config()
 
     def loss_config(self) -> LossConfig:
-        return LossConfig(use_adapter=not self.baseline, text_dropout=self.text_dropout, snr_gamma=self.snr_gamma)
+        return LossConfig(use_adapter=not self.baseline, text_dropout=self.text_dropout, snr_gamma=self.snr_gamma,
+                          high_noise_fraction=self.high_noise_fraction)  # fmt: skip
 
     def identity(self) -> dict[str, Any]:
         return config_identity(self, exclude=self.RESUMABLE)

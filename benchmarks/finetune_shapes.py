@@ -1,0 +1,200 @@
+"""Proof that fine-tuning learns: the whole "train your own" path on data this project owns, on a CPU budget.
+
+    python -m benchmarks.finetune_shapes --out runs/finetune-shapes --json benchmarks/results/finetune-shapes.json
+
+1. A tiny VAE (diffusers AutoencoderKL, 32 × 32 images -> 4 × 16 × 16 latents) trained on the shapes stream, its
+   scaling factor set to 1 / std of its latents as Stable Diffusion's was.
+2. A Stable-Diffusion-shaped base written by diffusers' own ``StableDiffusionPipeline.save_pretrained``: that VAE, a
+   fresh UNet (latent, cross-attention) and CLIP text encoder, SD's PNDM scheduler config (ε prediction).
+3. ``contextdiff_ref.models.attach`` adds the zero-output adapter; ``contextdiff_ref.data.imagefolder`` writes the
+   shapes dataset as an image folder.
+4. ``contextdiff_ref.finetune`` trains it twice alike — ContextDiff and the r ≡ 0 baseline — UNet, adapter and text
+   encoder (the base's are untrained), and exports both.
+5. ``benchmarks.alignment.evaluate`` scores both with the dataset's reader on its two prompt sets (paired 95%
+   intervals); the VAE's own reconstructions of the same scenes are scored too (the ceiling a latent model can reach).
+
+Every stage is resumable (rerun the command): the VAE and the fine-tuning runs checkpoint, finished stages are
+kept. Writes the report as JSON (atomically) and logs a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.alignment import evaluate, markdown_table, reference_generate_fn, write_json
+from contextdiff_ref.data.alignment import summarize
+from contextdiff_ref.data.imagefolder import write_shapes_folder
+from contextdiff_ref.data.shapes import SIZE, evaluation_sets, render, training_batch, vocabulary
+from contextdiff_ref.models.attach import attach_adapter
+from contextdiff_ref.models.model_dir import quiet_loading
+from contextdiff_ref.training.finetune import FinetuneConfig, Finetuner, export_finetuned
+from contextdiff_ref.training.loop import CHECKPOINT, read_checkpoint, write_checkpoint
+from runtime.errors import ContextDiffError
+
+logger = logging.getLogger("benchmarks.finetune_shapes")
+
+TEXT_LENGTH, TEXT_DIM = 20, 64
+SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)  # fmt: skip
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         norm_num_groups=16, sample_size=SIZE)  # fmt: skip
+
+
+def train_vae(out: Path, steps: int, batch: int = 32, kl_weight: float = 1e-6, seed: int = 0):
+    """Reconstruction (MSE) + a small KL term on the shapes stream; resumable from ``out/checkpoint.pt``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = build_vae()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    step = 0
+    if (out / CHECKPOINT).is_file():
+        state = read_checkpoint(out / CHECKPOINT)
+        vae.load_state_dict(state["vae"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    vae.train()
+    start = time.perf_counter()
+    while step < steps:
+        images, _ = training_batch(seed + 1000, step, batch)
+        x = torch.from_numpy(images)
+        dist = vae.encode(x).latent_dist
+        recon = vae.decode(dist.sample(torch.Generator().manual_seed(step))).sample
+        loss = torch.nn.functional.mse_loss(recon, x) + kl_weight * dist.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % 100 == 0 or step == steps:
+            logger.info("vae step %d loss %.5f (%.2f s/step)", step, float(loss.detach()), (time.perf_counter() - start) / 100)
+            start = time.perf_counter()
+            out.mkdir(parents=True, exist_ok=True)
+            write_checkpoint({"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, out / CHECKPOINT)
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():  # Stable Diffusion's recipe: scale latents to unit variance
+        images, _ = training_batch(seed + 2000, 0, 256)
+        std = float(vae.encode(torch.from_numpy(images)).latent_dist.mean.std())
+    vae.register_to_config(scaling_factor=1.0 / std)
+    return vae
+
+
+def reconstruction_scores(vae) -> dict:
+    """The reader on the VAE's reconstructions of the evaluation scenes (the ceiling of a latent model) and PSNR."""
+    from contextdiff_ref.data.alignment import score_image
+
+    report = {}
+    for name, scenes in evaluation_sets().items():
+        x = np.stack([render(s) for s in scenes]).transpose(0, 3, 1, 2) * 2 - 1
+        with torch.no_grad():
+            recon = vae.decode(vae.encode(torch.from_numpy(x.astype(np.float32))).latent_dist.mean).sample.numpy()
+        images = np.clip((recon + 1) / 2, 0, 1).transpose(0, 2, 3, 1)
+        mse = float(np.mean((images - ((x + 1) / 2).transpose(0, 2, 3, 1)) ** 2))
+        report[name] = {**summarize([score_image(i, s) for i, s in zip(images, scenes)]), "psnr_db": 10 * np.log10(1 / mse)}
+    return report
+
+
+def write_base(path: Path, vae, prediction_type: str, seed: int = 0) -> None:
+    """A Stable-Diffusion-shaped directory, written by diffusers' StableDiffusionPipeline itself."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from contextdiff_ref.models.tiny import make_clip_tokenizer
+
+    tokenizer = make_clip_tokenizer(vocabulary(), max_length=TEXT_LENGTH)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=3, num_attention_heads=4,
+            max_position_embeddings=TEXT_LENGTH, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ))  # fmt: skip
+        unet = UNet2DConditionModel(
+            sample_size=SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
+            attention_head_dim=8, norm_num_groups=16,
+        )  # fmt: skip
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=PNDMScheduler(**SD_SCHEDULER, prediction_type=prediction_type),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    pipe.save_pretrained(path, safe_serialization=True)
+    # Stable Diffusion's own scheduler_config.json carries "clip_sample": false for DDIM (PNDM has no such argument)
+    config_path = path / "scheduler" / "scheduler_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "clip_sample": False}, indent=2) + "\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.finetune_shapes", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="work directory (resumable)")
+    p.add_argument("--json", type=Path, default=None, help="report file")
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--images", type=int, default=4000, help="images in the shapes folder (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=2500, help="fine-tuning steps per model (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--prediction-type", default="v_prediction", choices=["epsilon", "v_prediction"],
+                   help="the base's (SD 1.x: epsilon, SD 2.x: v_prediction; default: %(default)s)")
+    p.add_argument("--high-noise-fraction", type=float, default=0.25, help="(default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=3.0, help="guidance scale of the evaluation (default: %(default)s)")
+    p.add_argument("--sampling-steps", type=int, default=50)
+    p.add_argument("--images-per-prompt", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_loading()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out
+    try:
+        vae = train_vae(out / "vae", args.vae_steps)
+        report: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "vae": reconstruction_scores(vae)}
+        logger.info("VAE reconstructions: %s", report["vae"])
+        if not (out / "model").is_dir():
+            write_base(out / "sd", vae, args.prediction_type)
+            attach_adapter(out / "sd", out / "model")
+        if not (out / "data").is_dir():
+            write_shapes_folder(out / "data", args.images)
+        report["training"] = {}
+        for name, baseline in (("contextdiff", False), ("baseline", True)):
+            run = out / f"run-{name}"
+            config = FinetuneConfig(model=str((out / "model").resolve()), data=str((out / "data").resolve()), baseline=baseline, steps=args.steps,
+                                    batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=200, train_text_encoder=True,
+                                    high_noise_fraction=args.high_noise_fraction)  # fmt: skip
+            trainer = Finetuner(config, run)
+            if trainer.step < config.steps:
+                trainer.run(checkpoint_every=250, log_every=50)
+            records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+            report["training"][name] = {"steps": trainer.step, "final_loss": records[-1]["loss"],
+                                        "seconds_per_step": float(np.median([r["seconds_per_step"] for r in records]))}  # fmt: skip
+            if not (out / f"model-{name}").is_dir():
+                export_finetuned(run, out / f"model-{name}")
+        models = {name: reference_generate_fn(out / f"model-{name}", args.sampling_steps, args.guidance) for name in ("contextdiff", "baseline")}
+        alignment, _ = evaluate(models, images_per_prompt=args.images_per_prompt)
+        report.update(alignment)
+        print(markdown_table(alignment))
+        if args.json is not None:
+            write_json(args.json, report)
+    except ContextDiffError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
