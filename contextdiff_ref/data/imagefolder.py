@@ -17,6 +17,7 @@ example does, and returned as float32 (3, size, size) in [−1, 1].
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -72,8 +73,16 @@ class ImageFolder:
         out = np.empty(count, dtype=np.int64)
         for epoch in np.unique(epochs):
             where = epochs == epoch
-            out[where] = np.random.default_rng([seed, int(epoch)]).permutation(n)[offsets[where]]
+            out[where] = _permutation(seed, int(epoch), n)[offsets[where]]
         return out
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of epoch ``epoch`` (drawn once, not per step: a run asks for the same epoch every step)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order.setflags(write=False)  # shared by every caller of the cache
+    return order
 
 
 def _problem(path: Path) -> str | None:

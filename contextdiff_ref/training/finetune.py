@@ -122,6 +122,8 @@ class Finetuner(TrainerCore):
         if self.size % limits.pixel_factor:
             raise InvalidArgumentError("resolution", self.size, f"a multiple of {limits.pixel_factor} for this model")
         self.data: ImageFolder | None = open_image_folder(config.data, self.size) if load_data else None
+        factor = limits.vae_scale_factor
+        self.sample_shape = (c.unet.config.out_channels, self.size // factor, self.size // factor)  # (C, h, w) of x_0
         self._prepare_modules(config)
         device = acc.device
         for module in (c.text_encoder, c.unet, c.adapter, c.vae):
@@ -168,15 +170,17 @@ class Finetuner(TrainerCore):
             module.load_state_dict(state, strict=False)
 
     # -- data ------------------------------------------------------------------------------------------------
-    def _latent_statistics(self, indices: np.ndarray, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation (B, C, h, w) of the VAE's latent distribution of the images."""
+    def _latent_statistics(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation (B, C, h, w) of the VAE's latent distribution of the entries ``indices``: from
+        the cache (no image is read) or by encoding the images."""
         if self.config.cache_latents:
             if self.latent_cache is None:
                 self.latent_cache = self._build_latent_cache()
             rows = torch.as_tensor(indices, dtype=torch.long)
             return self.latent_cache[0][rows].to(self.device), self.latent_cache[1][rows].to(self.device)
+        images, _ = self.data.batch(indices)
         with torch.no_grad():
-            dist = self.components.vae.encode(images.to(self.components.vae.dtype)).latent_dist
+            dist = self.components.vae.encode(torch.from_numpy(images).to(self.device, self.components.vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
 
     def _build_latent_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,18 +219,16 @@ class Finetuner(TrainerCore):
         global_batch = b * acc.num_processes
         mine = slice(rank * b, (rank + 1) * b)
         indices = self.data.positions(cfg.seed, self.step * global_batch, global_batch)[mine]
-        images, prompts = self.data.batch(indices)
-        pixels = torch.from_numpy(images).to(self.device)
+        prompts = [self.data.captions[int(i)] for i in indices]
         generator = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
-        channels, factor = c.unet.config.out_channels, (2 ** (len(c.vae.config.block_out_channels) - 1) if c.vae is not None else 1)
-        shape = (global_batch, channels, self.size // factor, self.size // factor)
+        shape = (global_batch, *self.sample_shape)
         draws = self.objective.draw(shape, generator).select(mine)
         if c.vae is not None:  # z = (μ + σ·ε' − shift) · scale, with ε' drawn for the global batch like the rest
             latent_noise = torch.randn(shape, generator=generator, device=self.device)[mine]
-            mean, std = self._latent_statistics(indices, pixels)
+            mean, std = self._latent_statistics(indices)
             x0 = (mean + std * latent_noise - (getattr(c.vae.config, "shift_factor", None) or 0.0)) * c.vae.config.scaling_factor
         else:
-            x0 = pixels
+            x0 = torch.from_numpy(self.data.batch(indices)[0]).to(self.device)
         loss = self.model(x0, prompts, draws)
         self.optimise(loss)
         return float(acc.reduce(loss.detach(), "mean"))
