@@ -1,4 +1,4 @@
-"""``python -m contextdiff_ref.edit_video SRC.mp4 --model DIR --source-prompt "..." --prompt "..." -o out.mp4``:
+"""``python -m contextdiff_ref.edit_video SRC.mp4 [--model DIR] --source-prompt "..." --prompt "..." -o out.mp4``:
 edit a video with a tuned video model (method doc §7: contextual DDIM inversion with the source prompt, then
 contextual DDIM with the edited prompt and classifier-free guidance). mp4 and GIF in and out."""
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from contextdiff_ref.models.defaults import default_video_model_dir
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.video.io import read_video, write_video
 from contextdiff_ref.video.pipeline import VideoEditPipeline
@@ -20,7 +21,9 @@ from runtime.errors import ContextDiffError
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m contextdiff_ref.edit_video", description="Edit a video with a tuned ContextDiff video model.")
     parser.add_argument("video", type=Path, help="source video (mp4 or GIF)")
-    parser.add_argument("--model", type=Path, required=True, help="video model directory (contextdiff_ref.tune_video's RUN/model)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="video model directory (contextdiff_ref.tune_video's RUN/model; default: the embedded default video model, "
+                             "tuned on contextdiff_ref/models/shapes-video/source.gif)")
     parser.add_argument("--source-prompt", required=True, help="the source video's caption (used for the inversion)")
     parser.add_argument("--prompt", required=True, help="the edited caption")
     parser.add_argument("-o", "--output", type=Path, required=True, help="edited video (.mp4 or .gif)")
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_loading()
     try:
         clip_sample = {"model": None, "on": True, "off": False}[args.clip_sample]
-        pipe = VideoEditPipeline.from_pretrained(args.model, device=args.device, clip_sample=clip_sample)
+        model = args.model if args.model is not None else default_video_model_dir()
+        pipe = VideoEditPipeline.from_pretrained(model, device=args.device, clip_sample=clip_sample)
         frames = pipe.edit(read_video(args.video), args.source_prompt, args.prompt, args.steps, args.guidance, strength=args.strength,
                            negative_prompt=args.negative_prompt)  # fmt: skip
         write_video(args.output, frames, fps=args.fps)

@@ -47,10 +47,10 @@ class EditSettings:
 
     clips: int = 24
     edits: int = 2
-    tune_steps: int = 60
+    tune_steps: int = 20
     learning_rate: float = 1e-3
     num_inference_steps: int = 50
-    strength: float = 0.96
+    strength: float = 0.93
     guidance_scale: float = 15.0
     negative: str = "source"  # the guidance's unconditional prompt: "source" (the source caption) or "empty"
     clip_seed: int = 0
@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = EditSettings()
     p = argparse.ArgumentParser(prog="python -m contextdiff_ref.video.evaluate", description="Video editing on moving-shapes clips: ContextDiff vs the r ≡ 0 baseline.")
     p.add_argument("--out", type=Path, required=True, help="run directory (resumable): settings.json, edits/")
-    p.add_argument("--model", type=Path, default=None, help="image model directory to inflate and tune (default: the embedded default model)")
+    p.add_argument("--model", type=Path, default=None, help="image model directory to inflate and tune (default: the embedded video base, contextdiff_ref/models/shapes-video-base)")
     p.add_argument("--clips", type=int, default=d.clips, help="source clips (default: %(default)s)")
     p.add_argument("--edits", type=int, default=d.edits, help="edits per clip (default: %(default)s)")
     p.add_argument("--tune-steps", type=int, default=d.tune_steps, help="one-shot tuning steps per clip and method (default: %(default)s)")
@@ -197,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("contextdiff_ref.video.tune", "contextdiff_ref.models.model_dir", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from contextdiff_ref.models.defaults import default_model_dir
+    from contextdiff_ref.models.defaults import default_video_base_dir
     from contextdiff_ref.models.model_dir import check_model_dir, quiet_loading
 
     quiet_loading()
     try:
         settings = EditSettings(clips=args.clips, edits=args.edits, tune_steps=args.tune_steps, learning_rate=args.lr, num_inference_steps=args.steps,
                                 strength=args.strength, guidance_scale=args.guidance, negative=args.negative)  # fmt: skip
-        model = args.model if args.model is not None else default_model_dir()
+        model = args.model if args.model is not None else default_video_base_dir()
         check_model_dir(model)
         frames = run_edits(Path(model), args.out, settings, args.device)
         report = score_edits(frames, settings) | {"model": str(model), "device": args.device}

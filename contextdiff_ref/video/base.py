@@ -1,0 +1,146 @@
+"""``python -m contextdiff_ref.video.base --out DIR``: the video base model — the shipped shapes model taught the
+moving-shapes vocabulary before it is inflated (method doc §7 starts from "a trained text-to-image UNet").
+
+Why: the shapes model was trained on objects at the four quadrants' centres (± 1 px) and captions "a red circle at
+the top left"; a moving object passes between the quadrants, and a clip's caption ("a red circle moving from the
+top left to the top right") uses words the model never read. Tune-A-Video starts from Stable Diffusion, which has
+seen objects everywhere and read such words; this gives the toy model the same footing, as an *image* model:
+1. the words of :data:`MOTION_WORDS` are added to the tokenizer (their embedding rows seeded; :func:`add_words`);
+2. an image folder (:mod:`contextdiff_ref.data.imagefolder` layout) of moving-shapes clips' frames, each frame
+   captioned with its clip's caption (one- and two-object clips), plus the shapes dataset's stills so the model
+   keeps its own captions; no clip with the caption of an evaluation clip or of one of its edits
+   (:func:`evaluation_captions`), so the evaluation edits into combinations the base never saw move;
+3. fine-tuned with :class:`contextdiff_ref.training.finetune.Finetuner` (the whole UNet, the adapter and the text
+   encoder; ContextDiff objective) and exported to ``DIR/model``, an image model directory that
+   ``tune_video`` / ``video.evaluate --model`` inflate.
+
+Resumable: the folder is written atomically once, the fine-tuning run checkpoints (``DIR/run``), the export is
+atomic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from contextdiff_ref.data.imagefolder import METADATA
+from contextdiff_ref.data.shapes import caption, render, sample_scenes
+from contextdiff_ref.models.model_dir import atomic_directory, check_model_dir, load_model_dir, quiet_loading, save_model_dir
+from contextdiff_ref.video.data import MOTION_WORDS, clip_caption, clip_edits, evaluation_clips, random_clip, render_clip
+from contextdiff_ref.video.model_dir import add_words
+from runtime.errors import ContextDiffError, InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+
+def write_motion_folder(out: str | os.PathLike[str], clips: int, two_object_clips: int, stills: int, seed: int = 0,
+                        held_out: frozenset[str] = frozenset()) -> Path:
+    """Step 2: ``clips`` one-object and ``two_object_clips`` two-object clips' frames (each captioned with its
+    clip's caption) and ``stills`` shapes scenes (their own captions) as 32 × 32 PNGs with ``metadata.jsonl``,
+    written atomically. The clips come from the NumPy stream ``[seed, 1000]``, apart from the evaluation's
+    (:func:`contextdiff_ref.video.data.evaluation_clips`: ``[seed, num_objects]``); a drawn clip whose caption is in
+    ``held_out`` is skipped (another is drawn). The stills are the shapes stream ``seed + 777``."""
+    for name, value in (("clips", clips), ("two_object_clips", two_object_clips), ("stills", stills)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgumentError(name, value, "an integer >= 0")
+    if clips + two_object_clips + stills == 0:
+        raise InvalidArgumentError("clips", clips, "at least one clip or still in all")
+    rng = np.random.default_rng([seed, 1000])
+    with atomic_directory(out) as tmp:
+        records = []
+
+        def save(image: np.ndarray, name: str, text: str) -> None:
+            Image.fromarray(np.round(image * 255).astype(np.uint8), "RGB").save(tmp / name)
+            records.append(json.dumps({"file_name": name, "text": text}))
+
+        for i in range(clips + two_object_clips):
+            clip = random_clip(rng, 1 if i < clips else 2)
+            while clip_caption(clip) in held_out:
+                clip = random_clip(rng, len(clip))
+            for f, frame in enumerate(render_clip(clip)):
+                save(frame, f"clip{i:05d}-{f}.png", clip_caption(clip))
+        for j, scene in enumerate(sample_scenes(seed + 777, 0, stills)):
+            save(render(scene), f"still{j:05d}.png", caption(scene))
+        (tmp / METADATA).write_text("\n".join(records) + "\n", encoding="utf-8")
+    return Path(out)
+
+
+def evaluation_captions(clips: int = 24, edits: int = 2, seed: int = 0) -> frozenset[str]:
+    """The captions of the editing evaluation's source clips and of their edits (its default settings): the video
+    base never trains on a clip with one of them, so every evaluated source and edit is a colour–shape–motion
+    combination the base has not seen in motion (it has seen each colour and shape, and each motion, apart)."""
+    sources = evaluation_clips(clips, seed)
+    return frozenset(clip_caption(c) for clip in sources for c in (clip, *clip_edits(clip, edits)))
+
+
+def with_motion_words(model: Path, dest: Path, seed: int = 0) -> Path:
+    """Step 1: ``model`` with :data:`MOTION_WORDS` added (seeded), written to ``dest`` (atomically)."""
+    components = load_model_dir(model)
+    with torch.random.fork_rng(devices=[]):  # transformers draws the new rows from torch's global generator
+        torch.manual_seed(seed)
+        add_words(components, MOTION_WORDS)
+    save_model_dir(components, dest)
+    return dest
+
+
+def build_video_base(out: Path, model: Path, steps: int = 3000, clips: int = 600, two_object_clips: int = 200, stills: int = 2400,
+                     batch_size: int = 32, learning_rate: float = 2e-4, seed: int = 0, held_out_clips: int = 24) -> Path:  # fmt: skip
+    """Steps 1–3 in ``out`` (resumable); returns ``out/model``. The folder holds out the captions of the first
+    ``held_out_clips`` evaluation clips and their two edits (:func:`evaluation_captions`)."""
+    from contextdiff_ref.training.finetune import FinetuneConfig, Finetuner, export_finetuned
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "words").is_dir():
+        with_motion_words(model, out / "words", seed)
+    if not (out / "data").is_dir():
+        held_out = evaluation_captions(held_out_clips) if held_out_clips else frozenset()
+        write_motion_folder(out / "data", clips, two_object_clips, stills, seed, held_out)
+    config = FinetuneConfig(model=str((out / "words").resolve()), data=str((out / "data").resolve()), steps=steps, batch_size=batch_size,
+                            learning_rate=learning_rate, warmup_steps=100, train_text_encoder=True, seed=seed)  # fmt: skip
+    trainer = Finetuner(config, out / "run")
+    if trainer.step < steps:
+        trainer.run(checkpoint_every=250, log_every=50)
+    if not (out / "model").is_dir():
+        export_finetuned(out / "run", out / "model")
+    return out / "model"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m contextdiff_ref.video.base", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="run directory (resumable); the model is written to OUT/model")
+    p.add_argument("--model", type=Path, default=None, help="image model directory (default: the embedded default model)")
+    p.add_argument("--steps", type=int, default=3000, help="fine-tuning steps (default: %(default)s)")
+    p.add_argument("--clips", type=int, default=600, help="one-object clips in the folder (default: %(default)s)")
+    p.add_argument("--two-object-clips", type=int, default=200, help="two-object clips (default: %(default)s)")
+    p.add_argument("--stills", type=int, default=2400, help="shapes-dataset stills (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-4, help="(default: %(default)s)")
+    p.add_argument("--held-out-clips", type=int, default=24, help="evaluation clips whose captions (and their edits') stay out (default: %(default)s)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_loading()
+    from contextdiff_ref.models.defaults import default_model_dir
+
+    try:
+        model = args.model if args.model is not None else default_model_dir()
+        check_model_dir(model)
+        path = build_video_base(args.out, Path(model), args.steps, args.clips, args.two_object_clips, args.stills, args.batch_size, args.lr,
+                                  held_out_clips=args.held_out_clips)
+    except (ContextDiffError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
