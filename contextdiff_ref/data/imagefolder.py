@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,12 +149,17 @@ def write_shapes_folder(out: str | os.PathLike[str], count: int, seed: int = 0) 
     ``metadata.jsonl``, written atomically."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise InvalidArgumentError("count", count, "a positive integer")
+    return write_image_folder(out, ((f"{i:06d}.png", render(scene), caption(scene)) for i, scene in enumerate(sample_scenes(seed, 0, count))))
+
+
+def write_image_folder(out: str | os.PathLike[str], entries: Iterable[tuple[str, np.ndarray, str]]) -> Path:
+    """Write ``entries`` — (file name, float (H, W, 3) image in [0, 1], caption) — as PNGs with ``metadata.jsonl``,
+    atomically (a failure leaves nothing at ``out``)."""
     with atomic_directory(out) as tmp:
         records = []
-        for i, scene in enumerate(sample_scenes(seed, 0, count)):
-            name = f"{i:06d}.png"
-            Image.fromarray(np.round(render(scene) * 255).astype(np.uint8), "RGB").save(tmp / name)
-            records.append(json.dumps({"file_name": name, "text": caption(scene)}))
+        for name, image, text in entries:
+            Image.fromarray(np.round(image * 255).astype(np.uint8), "RGB").save(tmp / name)
+            records.append(json.dumps({"file_name": name, "text": text}))
         (tmp / METADATA).write_text("\n".join(records) + "\n", encoding="utf-8")
     return Path(out)
 

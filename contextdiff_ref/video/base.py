@@ -21,19 +21,17 @@ atomic.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
-from contextdiff_ref.data.imagefolder import METADATA
+from contextdiff_ref.data.imagefolder import write_image_folder
 from contextdiff_ref.data.shapes import caption, render, sample_scenes
-from contextdiff_ref.models.model_dir import atomic_directory, check_model_dir, load_model_dir, quiet_loading, save_model_dir
+from contextdiff_ref.models.model_dir import check_model_dir, load_model_dir, quiet_loading, save_model_dir
 from contextdiff_ref.video.data import MOTION_WORDS, clip_caption, clip_edits, evaluation_clips, random_clip, render_clip
 from contextdiff_ref.video.model_dir import add_words
 from runtime.errors import ContextDiffError, InvalidArgumentError
@@ -54,23 +52,18 @@ def write_motion_folder(out: str | os.PathLike[str], clips: int, two_object_clip
     if clips + two_object_clips + stills == 0:
         raise InvalidArgumentError("clips", clips, "at least one clip or still in all")
     rng = np.random.default_rng([seed, 1000])
-    with atomic_directory(out) as tmp:
-        records = []
 
-        def save(image: np.ndarray, name: str, text: str) -> None:
-            Image.fromarray(np.round(image * 255).astype(np.uint8), "RGB").save(tmp / name)
-            records.append(json.dumps({"file_name": name, "text": text}))
-
+    def entries() -> Iterator[tuple[str, np.ndarray, str]]:
         for i in range(clips + two_object_clips):
             clip = random_clip(rng, 1 if i < clips else 2)
             while clip_caption(clip) in held_out:
                 clip = random_clip(rng, len(clip))
             for f, frame in enumerate(render_clip(clip)):
-                save(frame, f"clip{i:05d}-{f}.png", clip_caption(clip))
+                yield f"clip{i:05d}-{f}.png", frame, clip_caption(clip)
         for j, scene in enumerate(sample_scenes(seed + 777, 0, stills)):
-            save(render(scene), f"still{j:05d}.png", caption(scene))
-        (tmp / METADATA).write_text("\n".join(records) + "\n", encoding="utf-8")
-    return Path(out)
+            yield f"still{j:05d}.png", render(scene), caption(scene)
+
+    return write_image_folder(out, entries())
 
 
 def evaluation_captions(clips: int = 24, edits: int = 2, seed: int = 0) -> frozenset[str]:
@@ -84,9 +77,7 @@ def evaluation_captions(clips: int = 24, edits: int = 2, seed: int = 0) -> froze
 def with_motion_words(model: Path, dest: Path, seed: int = 0) -> Path:
     """Step 1: ``model`` with :data:`MOTION_WORDS` added (seeded), written to ``dest`` (atomically)."""
     components = load_model_dir(model)
-    with torch.random.fork_rng(devices=[]):  # transformers draws the new rows from torch's global generator
-        torch.manual_seed(seed)
-        add_words(components, MOTION_WORDS)
+    add_words(components, MOTION_WORDS, seed)
     save_model_dir(components, dest)
     return dest
 

@@ -57,9 +57,10 @@ class VideoComponents:
         return self.video_unet.tuned_parameters() + (list(self.video_adapter.parameters()) if self.contextual else [])
 
 
-def add_words(components: ModelComponents, words: Sequence[str]) -> list[str]:
+def add_words(components: ModelComponents, words: Sequence[str], seed: int = 0) -> list[str]:
     """Make each of ``words`` one whole-word token (transformers' ``add_tokens``; new embedding rows from
-    ``resize_token_embeddings``, i.e. the mean and covariance of the trained rows). Returns the words added."""
+    ``resize_token_embeddings``, i.e. the mean and covariance of the trained rows, drawn with ``seed`` from a
+    forked torch generator, so the rows do not depend on what ran before). Returns the words added."""
     tokenizer = components.tokenizer
     new = [w for w in words if len(tokenizer.tokenize(w)) != 1]
     for word in new:
@@ -67,7 +68,9 @@ def add_words(components: ModelComponents, words: Sequence[str]) -> list[str]:
             raise InvalidArgumentError("add_words", word, "whole words of letters and digits")
     if new:
         tokenizer.add_tokens([AddedToken(w, single_word=True) for w in new])
-        components.text_encoder.resize_token_embeddings(len(tokenizer))
+        with torch.random.fork_rng(devices=[]):  # transformers draws the new rows from torch's global generator
+            torch.manual_seed(seed)
+            components.text_encoder.resize_token_embeddings(len(tokenizer))
         components.text_encoder.requires_grad_(False)
         logger.info("added %s to the tokenizer (%d tokens)", new, len(tokenizer))
     return new
@@ -79,9 +82,7 @@ def inflate(image: ModelComponents, num_frames: int, *, contextual: bool = True,
     (zero output for the baseline, ``contextual=False``), ``words`` added to the tokenizer (their embeddings seeded too)."""
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
         raise InvalidArgumentError("num_frames", num_frames, "an integer >= 2")
-    with torch.random.fork_rng(devices=[]):  # the new embedding rows are drawn from torch's global generator
-        torch.manual_seed(seed)
-        add_words(image, words)
+    add_words(image, words, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         temporal = TemporalLayers.for_unet(image.unet, num_frames)
