@@ -4,6 +4,7 @@ machine has. Writes a JSON file and prints a markdown table. Benchmarks are scri
 
     python -m benchmarks.latency                       # embedded default model, CPU (ONNX Runtime, OpenVINO, torch)
     python -m benchmarks.latency --sd15 --device cuda  # the SD-1.5-class model at 512 x 512 on a GPU
+    python -m benchmarks.latency --video               # one video edit, embedded default video model (benchmarks/video_latency.py)
 """
 
 from __future__ import annotations
@@ -163,11 +164,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/latency.json"))
+    p.add_argument("--video", action="store_true",
+                   help="time one video edit (inversion + sampling) instead: the reference VideoEditPipeline against runtime.VideoEditor, on "
+                        "the embedded default video model (--model: another video model directory with source.gif/source.txt); CPU")  # fmt: skip
+    p.add_argument("--out", type=Path, default=None, help="JSON to write (default: benchmarks/results/latency.json, latency-video.json with --video)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.runs < 1 or args.batch < 1 or args.warmup < 0:
         p.error("--steps, --runs and --batch must be >= 1, --warmup >= 0")
+    if args.video and (args.sd15 or args.device != "cpu" or args.batch != 1):
+        p.error("--video times one edit on the CPU: it takes no --sd15, --device cuda or --batch")
+    args.out = args.out or Path("benchmarks/results/latency-video.json" if args.video else "benchmarks/results/latency.json")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.video:
+        from benchmarks import video_latency
+
+        with tempfile.TemporaryDirectory(prefix="contextdiff-bench-") as tmp:
+            try:
+                result = video_latency.run(args, Path(tmp), _machine("cpu"))
+            except ContextDiffError as exc:
+                p.exit(2, f"error: {exc}\n")
+        return _write(result, args.out, video_latency.markdown(result))
     with tempfile.TemporaryDirectory(prefix="contextdiff-bench-") as tmp:
         try:
             systems, pipe, skipped = _systems(args, Path(tmp))
@@ -212,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         for s in result["systems"].values():
             unet_ms = s["stages_ms"].get("unet")
             s["unet_tflops_achieved"] = flops / (unet_ms / 1e3) / 1e12 if unet_ms else None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
-    print(f"\nJSON: {args.out}")
+    return _write(result, args.out, markdown(result))
+
+
+def _write(result: dict[str, Any], out: Path, table: str) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+    print(f"\nJSON: {out}")
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-STAGE_OF_COMPONENT = {"text_encoder": "text_encoder", "unet": "unet", "adapter": "adapter", "vae_decoder": "decode"}
+STAGE_OF_COMPONENT = {"text_encoder": "text_encoder", "unet": "unet", "adapter": "adapter", "vae_decoder": "decode", "vae_encoder": "encode"}
 
 
 class Timer:

@@ -13,9 +13,9 @@ import torch
 
 from contextdiff_ref.models.defaults import default_video_model_dir
 from contextdiff_ref.models.model_dir import quiet_loading
-from contextdiff_ref.video.io import read_video, write_video
 from contextdiff_ref.video.pipeline import VideoEditPipeline
 from runtime.errors import ContextDiffError
+from runtime.video_io import read_video, write_video
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

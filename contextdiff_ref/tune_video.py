@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from contextdiff_ref.models.model_dir import quiet_loading
-from contextdiff_ref.video.io import read_video
 from contextdiff_ref.video.tune import TuneConfig, VideoTuner
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.video_io import read_video
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 import runtime
 from contextdiff_ref.models.graphs import graph_modules, model_dims
 from contextdiff_ref.models.model_dir import ModelComponents, check_model_dir, load_model_dir, model_limits
+from contextdiff_ref.video.model_dir import is_video_model_dir, load_video_model_dir
 from export.artifacts import (
     FORMAT_VERSION,
     MANIFEST,
@@ -51,7 +52,9 @@ logger = logging.getLogger(__name__)
 EXPORT_VERSION = "2"  # bump when graph wrappers or conversion rules change, to invalidate cached ONNX
 FP16_TOLERANCE = 1e-2  # relative L2 error of an fp16 graph against its fp32 graph, on random inputs
 CHECK_SIZE = 32  # the fp16 check runs at most 32 x 32 samples: precision is per op, and 64 x 64 would cost minutes
-_SOURCE_FOLDER = {Component.TEXT_ENCODER: "text_encoder", Component.UNET: "unet", Component.ADAPTER: "adapter", Component.VAE_DECODER: "vae"}
+_SOURCE_FOLDERS = {Component.TEXT_ENCODER: ("text_encoder",), Component.UNET: ("unet",), Component.ADAPTER: ("adapter",), Component.VAE_DECODER: ("vae",),
+                   Component.VAE_ENCODER: ("vae",)}  # fmt: skip
+_VIDEO_SOURCE_FOLDERS = {**_SOURCE_FOLDERS, Component.UNET: ("unet", "temporal"), Component.ADAPTER: ("video_adapter",)}
 
 
 class Backend(str, enum.Enum):
@@ -217,12 +220,13 @@ def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDim
             "builder_version": trt_version, "compute_capability": cc, "runtime": runtime_kind.value, "key": key}, False  # fmt: skip
 
 
-def _source_key(model_dir: Path, component: Component, precision: Precision, flavour: Flavour) -> str:
+def _source_key(model_dir: Path, component: Component, precision: Precision, flavour: Flavour, video: bool = False) -> str:
     """Hash of what an artifact is made from: the component's files (JSON configs without their "_" metadata keys,
-    which record where a model was loaded from, not what it is), the spec and the export settings."""
-    folder = model_dir / _SOURCE_FOLDER[component]
+    which record where a model was loaded from, not what it is), the spec and the export settings. A video model's
+    UNet is made from ``unet/`` and ``temporal/`` (which holds num_frames), its adapter from ``video_adapter/``."""
+    folders = (_VIDEO_SOURCE_FOLDERS if video else _SOURCE_FOLDERS)[component]
     parts: list[str] = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for folder in folders for p in (model_dir / folder).rglob("*") if p.is_file()):
         if path.suffix == ".json":
             config = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if not k.startswith("_")}
             parts += [path.name, json.dumps(config, sort_keys=True)]
@@ -275,6 +279,7 @@ class _ModelFacts:
     limits: ModelLimits
     tokenizer_json: str
     scheduler_config: dict[str, Any]
+    video: dict[str, Any] | None = None  # {"num_frames": F, "contextual": bool} for a video model
 
 
 def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], options: BuildOptions = BuildOptions()) -> list[ComponentResult]:
@@ -292,22 +297,31 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
                                    "'full' when no TensorRT plans are built (lean plans need TensorRT's builder and a GPU: --backend tensorrt)")  # fmt: skip
     precision = options.precision or (Precision.FP16 if backend is Backend.TENSORRT else Precision.FP32)
     flavour = _resolve_flavour(options.flavour, backend)
-    components = load_model_dir(model_dir)
+    video = is_video_model_dir(model_dir)
+    if video:  # frames folded into the batch: the inflated UNet and the video adapter, F fixed (runtime/specs.py)
+        loaded = load_video_model_dir(model_dir)
+        components, video_facts = loaded.components, {"num_frames": loaded.num_frames, "contextual": loaded.contextual}
+        del loaded
+    else:
+        components, video_facts = load_model_dir(model_dir), None
     dims = model_dims(components)
-    facts = _ModelFacts(dims, model_limits(components), _tokenizer_json(components, dims.text_length), components.scheduler_config.to_dict())
+    facts = _ModelFacts(dims, model_limits(components), _tokenizer_json(components, dims.text_length), components.scheduler_config.to_dict(),
+                        video_facts)  # fmt: skip
     height, width = _check_options(options, facts.limits)
-    modules = graph_modules(components)
+    modules = graph_modules(components, vae_encoder=video)
     del components  # from here on, the modules below hold the only references to the weights
+    frames = video_facts["num_frames"] if video_facts else 1
     _prepare_out_dir(out_dir)
     with BuildLock(out_dir):
         previous = {} if options.force else (read_manifest(out_dir) or {}).get("components", {})
         entries, results = {}, []
         for component in list(modules):
             start = time.perf_counter()
-            profile = make_profile(component, dims, max_images=options.max_images, height=height, width=width, dynamic_size=options.dynamic_size)
+            profile = make_profile(component, dims, max_images=options.max_images, height=height, width=width, dynamic_size=options.dynamic_size,
+                                   num_frames=frames)  # fmt: skip
             old = previous.get(component.value, {})
             try:
-                source_key = _source_key(model_dir, component, precision, flavour)
+                source_key = _source_key(model_dir, component, precision, flavour, video)
                 take = lambda c=component: modules.pop(c)  # noqa: E731
                 onnx_entry, used, cached, note = _build_onnx(component, take, dims, profile, precision, flavour, source_key, out_dir, old)
                 modules.pop(component, None)  # cached: never taken
@@ -343,7 +357,7 @@ def _write_manifest(out_dir: Path, model_dir: Path, facts: _ModelFacts, options:
         "package_version": runtime.__version__,
         "model": {"name": model_dir.name, "hash": model_hash, "dims": asdict(facts.dims), "default_height": limits.default_height,
                   "default_width": limits.default_width, "pixel_factor": limits.pixel_factor,
-                  "recommended_guidance_scale": limits.recommended_guidance_scale},
+                  "recommended_guidance_scale": limits.recommended_guidance_scale, **({"video": facts.video} if facts.video else {})},
         "build": {"backend": backend.value, "max_images": options.max_images, "height": height, "width": width,
                   "dynamic_size": options.dynamic_size, "onnxruntime_version": ort.__version__,
                   "openvino_precision": OpenVINOPrecision(options.openvino_precision).value},

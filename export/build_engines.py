@@ -24,14 +24,17 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(prog="python export/build_engines.py", description=__doc__.split("\n\n")[0].strip("`"))
-    p.add_argument("--model", type=Path, default=None, help="model directory (default: the embedded default model)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="model directory, of an image model or a video model (default: the embedded default model; its video model: "
+                        "contextdiff_ref/models/shapes-video)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="engine directory (default: ./engines/<model name>)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default=None, help="default: fp16 with TensorRT, fp32 with ONNX Runtime")
     p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto", help="default: %(default)s")
     p.add_argument("--onnx-flavour", choices=["standard", "onnxruntime"], default=None,
                    help="ONNX graphs: 'standard' (ai.onnx ops only; TensorRT, any runtime) or 'onnxruntime' (attention fused into "
                         "ONNX Runtime's MultiHeadAttention); default: standard with TensorRT, onnxruntime otherwise")  # fmt: skip
-    p.add_argument("--batch", type=int, default=1, help="max images per call; guidance doubling is accounted for (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="max images (videos, for a video model) per call; guidance doubling is accounted for (default: %(default)s)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     p.add_argument("--dynamic-size", action="store_true", help="accept half to twice the size instead of exactly it")

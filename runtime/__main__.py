@@ -1,4 +1,6 @@
-"""``python -m runtime "a red circle at the top left" -o out.png``: generate from an engine directory."""
+"""``python -m runtime "a red circle at the top left" -o out.png``: generate from an engine directory.
+``python -m runtime edit SRC.mp4 --source-prompt "..." --prompt "..." -o out.mp4``: edit a video with a video model's
+engine directory (method doc §7)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ import logging
 import sys
 from pathlib import Path
 
-from runtime import DEFAULT_MODEL_NAME
+from runtime import DEFAULT_MODEL_NAME, DEFAULT_VIDEO_MODEL_NAME
 from runtime.errors import ContextDiffError
 
 DEFAULT_ENGINES = Path("engines") / DEFAULT_MODEL_NAME  # where `python export/build_engines.py` writes the default model
+DEFAULT_VIDEO_ENGINES = Path("engines") / DEFAULT_VIDEO_MODEL_NAME  # `... --model contextdiff_ref/models/shapes-video`
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,7 +22,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m runtime", description="Generate images from a ContextDiff engine directory (no torch needed).")
+    p = _Parser(prog="python -m runtime", description="Generate images from a ContextDiff engine directory (no torch needed). "
+                                                     "To edit a video: python -m runtime edit --help")  # fmt: skip
     p.add_argument("prompt")
     p.add_argument("-o", "--output", type=Path, default=Path("contextdiff.png"), help="PNG to write (default: %(default)s)")
     p.add_argument("--engines", type=Path, default=DEFAULT_ENGINES, help="engine directory (default: %(default)s)")
@@ -36,7 +40,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def parse_edit_args(argv: list[str]) -> argparse.Namespace:
+    p = _Parser(prog="python -m runtime edit", description="Edit a video with a ContextDiff video model's engine directory (no torch needed).")
+    p.add_argument("video", type=Path, help="source video (mp4 or GIF), as many frames as the model's num_frames")
+    p.add_argument("--source-prompt", required=True, help="the source video's caption (used for the inversion)")
+    p.add_argument("--prompt", required=True, help="the edited caption")
+    p.add_argument("-o", "--output", type=Path, required=True, help="edited video (.mp4, .mkv, .mov or .gif)")
+    p.add_argument("--engines", type=Path, default=DEFAULT_VIDEO_ENGINES,
+                   help="a video model's engine directory (default: %(default)s, built by `python export/build_engines.py "
+                        "--model contextdiff_ref/models/shapes-video`)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the inversion and of the edit (default: %(default)s)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="invert only this fraction of the steps and sample back from there (default: %(default)s, all the way to x_T)")
+    p.add_argument("--negative-prompt", default=None, help="the guidance's unconditional prompt (e.g. the source prompt; default: empty)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's recommendation)")
+    p.add_argument("--clip-sample", choices=["model", "on", "off"], default="off",
+                   help="x̂_0 clipping: the model's setting, or forced (default: %(default)s; clipping makes inversion lossy)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the edit in [0, 1] (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed when eta > 0 (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=8.0, help="frames per second of the output (default: %(default)s)")
+    p.add_argument("--backend", default="auto", help="as for image generation (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def edit_main(argv: list[str]) -> int:
+    args = parse_edit_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from runtime.video_editor import VideoEditor
+    from runtime.video_io import VIDEO_SUFFIXES, read_video, write_video
+
+    try:
+        if args.output.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ContextDiffError(f"--output={args.output}: the file name must end in one of {', '.join(VIDEO_SUFFIXES)}")
+        frames = read_video(args.video)
+        editor = VideoEditor.from_dir(args.engines, backend=args.backend, clip_sample={"model": None, "on": True, "off": False}[args.clip_sample])
+        edited = editor.edit(frames, args.source_prompt, args.prompt, args.steps, args.guidance, args.seed, strength=args.strength,
+                             negative_prompt=args.negative_prompt, eta=args.eta)  # fmt: skip
+        write_video(args.output, edited, fps=args.fps)
+    except (ContextDiffError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {args.video} edited to {args.prompt!r} from {args.engines} ({editor.backend})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["edit"]:
+        return edit_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from PIL import Image

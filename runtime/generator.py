@@ -26,11 +26,11 @@ from runtime.images import GenerationOutput, to_images
 from runtime.manifest import EngineManifest, load_manifest
 from runtime.openvino_runner import OpenVINOPrecision, OpenVINORunner, openvino_unavailable_reason
 from runtime.runners import OnnxRuntimeRunner, Runner
-from runtime.sampling import StepOutput, generate
+from runtime.sampling import StepOutput, generate, invert
 from runtime.schedule import Schedule, SchedulerConfig
 from runtime.specs import SPECS, Component, batch_range
 from runtime.tensorrt_runner import PlanRuntime, import_tensorrt, install_hint, tensorrt_module_name
-from runtime.validation import GenerationRequest, merge_requests, validate_request
+from runtime.validation import GenerationRequest, check_strength, merge_requests, validate_inversion, validate_request
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ def _parse_precision(precision: str | OpenVINOPrecision | None) -> OpenVINOPreci
         return OpenVINOPrecision(precision)
     except ValueError:
         raise InvalidArgumentError("precision", precision, f"None or one of {[p.value for p in OpenVINOPrecision]} (the openvino backend's)") from None
+
+
+def _check_device(device: int | None) -> None:
+    if device is not None and (isinstance(device, bool) or not isinstance(device, int) or device < 0):
+        raise InvalidArgumentError("device", device, "None or a CUDA device index >= 0")
 
 
 def _pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPrecision | None = None) -> tuple[str, OpenVINOPrecision | None]:
@@ -167,10 +172,21 @@ class Generator:
         inference precision, "f32" or "bf16" (None: what the engine directory records, else f32); only the openvino
         backend takes one, and bf16 on a CPU without bf16 instructions is refused, never run at f32.
         """
-        if device is not None and (isinstance(device, bool) or not isinstance(device, int) or device < 0):
-            raise InvalidArgumentError("device", device, "None or a CUDA device index >= 0")
-        wanted = _parse_precision(precision)
+        _check_device(device)
         manifest = load_manifest(engine_dir)
+        if manifest.num_frames is not None:
+            raise InvalidArgumentError("engine_dir", str(engine_dir), f"an image model's engine directory: this one is a video model's "
+                                       f"({manifest.num_frames} frames); edit videos with runtime.VideoEditor.from_dir")  # fmt: skip
+        return cls.load(manifest, backend, device, precision)
+
+    @classmethod
+    def load(cls, manifest: EngineManifest, backend: str = "auto", device: int | None = None,
+             precision: str | OpenVINOPrecision | None = None) -> Generator:  # fmt: skip
+        """:meth:`from_dir` for a loaded, validated manifest, of an image model or (frames folded into the batch, as
+        ``runtime.VideoEditor`` runs it) of a video model."""
+        _check_device(device)
+        wanted = _parse_precision(precision)
+        engine_dir = manifest.root
         chosen, ov_precision = _pick_backend(backend, manifest, wanted)
         on_cpu = chosen in CPU_BACKENDS
         if not on_cpu and (device or 0) >= cuda_driver.device_count():
@@ -193,7 +209,7 @@ class Generator:
         f = self.limits.vae_scale_factor
         h, w, n = request.height // f, request.width // f, request.batch_size
         for component, artifacts in self.manifest.components.items():
-            batch = {Component.VAE_DECODER: n, Component.ADAPTER: 2 * n}.get(component, 2 * n if request.do_guidance else n)
+            batch = {Component.VAE_DECODER: n, Component.VAE_ENCODER: n, Component.ADAPTER: 2 * n}.get(component, 2 * n if request.do_guidance else n)
             profile = artifacts.profile
             if not (profile.contains(batch, h, w) if SPECS[component].spatial else profile.min[0] <= batch <= profile.max[0]):
                 lo, hi = self.manifest.components[Component.UNET].profile.min, self.manifest.components[Component.UNET].profile.max
@@ -250,6 +266,17 @@ class Generator:
 
         return shift
 
+    def encode(self, images: np.ndarray) -> Any:
+        """Images (N, H, W, 3) float32 in [0, 1] -> x_0 (N, C, h, w) float32 on the runners' device, in the model's
+        sample space (pixels scaled to [-1, 1], or the VAE encoder's latents): ``ContextDiffPipeline.encode``."""
+        x = self.xp.asarray(np.ascontiguousarray(np.asarray(images, dtype=np.float32).transpose(0, 3, 1, 2))) * np.float32(2.0) - np.float32(1.0)
+        if self.limits.vae_scale_factor == 1:
+            return x
+        if Component.VAE_ENCODER not in self.runners:
+            raise InvalidArgumentError("images", "images to encode", f"a model whose engine directory has a VAE encoder ({self.manifest.root} has none: "
+                                       "it is exported for video models)")  # fmt: skip
+        return self.runners[Component.VAE_ENCODER].infer({"image": x})["latent"]
+
     def decode(self, x0: Any, output_type: str) -> Any:
         """Final sample -> images; the one device-to-host copy of a call happens here."""
         if output_type != "latent" and Component.VAE_DECODER in self.runners:
@@ -270,15 +297,29 @@ class Generator:
         self._check_profiles(request)
         return request
 
-    def run(self, request: GenerationRequest, *, progress: bool = True) -> GenerationOutput:
-        """Generate for a validated request (``validate`` or ``merge_requests``)."""
+    def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0) -> GenerationOutput:
+        """Generate for a validated request (``validate`` or ``merge_requests``); ``strength`` as in ``__call__``."""
         self._check_profiles(request)
+        check_strength(strength, request.latents)
         with self._lock, self._on_device():
             return generate(  # noise and latents reach the runners' device once per call (xp.array)
                 request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
-                decode=self.decode, to_device=self.xp.array,
+                decode=self.decode, to_device=self.xp.array, strength=strength,
                 progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
             )  # fmt: skip
+
+    def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
+               progress: bool = True) -> np.ndarray:  # fmt: skip
+        """``ContextDiffPipeline.invert``: contextual DDIM inversion (method doc §7) of x_0 ``sample`` (N, C, h, w)
+        float32 with ``prompt`` and no guidance; returns x_T (x_t part way for ``strength`` < 1) float32 on the host."""
+        request = validate_inversion(self.limits, sample=sample, prompt=prompt, num_inference_steps=num_inference_steps)
+        self._check_profiles(request)
+        plan = self.schedule.inversion_plan(request.num_inference_steps, strength)
+        with self._lock, self._on_device():
+            text = self.encode_prompt(request.prompts)
+            x_T = invert(self._denoiser(text, request), self._context_shift(text), self.xp.array(request.latents), plan,
+                         progress=lambda steps: tqdm(steps, desc="contextual DDIM inversion", disable=not progress, leave=False))  # fmt: skip
+            return np.asarray(x_T if self.xp is np else self.xp.asnumpy(x_T), dtype=np.float32)
 
     def run_batch(self, requests: Sequence[GenerationRequest], *, progress: bool = False) -> list[GenerationOutput]:
         """Several validated calls with one ``batch_key`` in one engine pass; each gets exactly the output (and seed)
@@ -306,6 +347,7 @@ class Generator:
         output_type: str = "np",
         callback: Callable[[StepOutput], Any] | None = None,
         *,
+        strength: float = 1.0,
         progress: bool = True,
     ) -> GenerationOutput:
         """Same arguments and results as ``ContextDiffPipeline.__call__``. The callback's arrays are the runners'
@@ -315,4 +357,4 @@ class Generator:
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback,
         )  # fmt: skip
-        return self.run(request, progress=progress)  # checks the engines' profiles
+        return self.run(request, progress=progress, strength=strength)  # checks the engines' profiles

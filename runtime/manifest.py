@@ -57,6 +57,8 @@ class EngineManifest:
     limits: ModelLimits
     components: dict[Component, ComponentArtifacts]
     openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded by `build_engines.py --openvino-precision`
+    num_frames: int | None = None  # a video model's F (frames folded into every batch); None for an image model
+    contextual: bool = True  # False: a video model's r ≡ 0 baseline (its adapter outputs 0)
 
     @property
     def tokenizer_path(self) -> Path:
@@ -122,11 +124,23 @@ def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
         shas = (entry["onnx"]["sha256"], *(extra["sha256"] for extra in entry["onnx"].get("external_data", [])))
         components[component] = ComponentArtifacts(component, entry["precision"], Profile.from_json(entry["profile"]), onnx_path, plan, entry.get("tensorrt"),
                                                    plan_runtime, shas)  # fmt: skip
-    missing = {Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER} - set(components)
-    if missing or (dims.vae_scale_factor > 1) != (Component.VAE_DECODER in components):
-        raise EngineDirectoryError(f"{root / 'manifest.json'} lacks components {sorted(c.value for c in missing) or ['vae_decoder']}; {REBUILD}")
+    video = model.get("video")  # {"num_frames": F, "contextual": bool} for a video model
+    num_frames = None if video is None else video["num_frames"]
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2):
+        raise ValueError(f"model.video.num_frames={num_frames!r} is not an integer >= 2")
+    latent = dims.vae_scale_factor > 1
+    required = {Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER} | ({Component.VAE_DECODER} if latent else set())
+    if latent and num_frames is not None:
+        required.add(Component.VAE_ENCODER)  # inversion starts from the frames' latents
+    missing = required - set(components)
+    if missing or (not latent and Component.VAE_DECODER in components):
+        lacks = f"lacks components {sorted(c.value for c in missing)}" if missing else "has a vae_decoder for a pixel-space model"
+        raise EngineDirectoryError(f"{root / 'manifest.json'} {lacks}; {REBUILD}")
     openvino_precision = OpenVINOPrecision(data["build"].get("openvino_precision", OpenVINOPrecision.F32.value))  # unknown: malformed
-    return EngineManifest(root, data, dims, limits, components, openvino_precision)
+    contextual = True if video is None else video.get("contextual", True)
+    if not isinstance(contextual, bool):
+        raise ValueError(f"model.video.contextual={contextual!r} is not true or false")
+    return EngineManifest(root, data, dims, limits, components, openvino_precision, num_frames, contextual)
 
 
 def check_tensorrt_plan(artifacts: ComponentArtifacts, trt_version: str, compute_capability: str) -> None:

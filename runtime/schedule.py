@@ -262,6 +262,15 @@ class Schedule:
         for table in (self.betas, self.alphas_cumprod, self.shifts):
             table.setflags(write=False)
 
+    def with_clip_sample(self, clip_sample: bool | None) -> Schedule:
+        """This schedule with x̂_0 clipping forced on or off (``None``: as configured). Video editing turns it off by
+        default: clipping makes DDIM inversion lossy (``VideoEditPipeline``, ``runtime.VideoEditor``)."""
+        if clip_sample is None:
+            return self
+        if not isinstance(clip_sample, bool):
+            raise InvalidArgumentError("clip_sample", clip_sample, "None, True or False")
+        return Schedule(dataclasses.replace(self.config, clip_sample=clip_sample))
+
     @property
     def num_train_timesteps(self) -> int:
         return self.config.num_train_timesteps

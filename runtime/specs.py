@@ -6,6 +6,8 @@ shapes), the manifest, and the runtime's buffers. Tensor names live here and now
 Symbolic dims: ``batch`` (the component's own batch: 2N for the text encoder and UNet with guidance, 2N for the
 adapter's stacked t and s), ``height``/``width`` (of the sampled tensor: latent or pixel), ``image_height``/
 ``image_width`` (decoded pixels), and the model constants ``channels``, ``text_length``, ``text_dim``.
+A video model's components have the same specs: its F frames are folded into the batch (N videos: batch N·F, or
+2N·F), F fixed at export and recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Component(str, enum.Enum):
     UNET = "unet"
     ADAPTER = "adapter"
     VAE_DECODER = "vae_decoder"
+    VAE_ENCODER = "vae_encoder"  # video engine directories of latent models: inversion starts from the frames' latents
 
 
 @dataclass(frozen=True)
@@ -153,26 +156,37 @@ SPECS: dict[Component, ComponentSpec] = {
         outputs=(TensorSpec("image", "float32", ("batch", 3, "image_height", "image_width")),),
         spatial=True,
     ),
+    Component.VAE_ENCODER: ComponentSpec(
+        Component.VAE_ENCODER,
+        inputs=(TensorSpec("image", "float32", ("batch", 3, "image_height", "image_width")),),  # in [-1, 1]
+        outputs=(TensorSpec("latent", "float32", _SAMPLE),),  # the latent mean, scaled as sampled
+        spatial=True,
+    ),
 }
 
 
 def batch_range(component: Component, max_images: int) -> tuple[int, int]:
     """(min, max) component batch for up to ``max_images`` images per call, guidance doubling included."""
-    if component is Component.VAE_DECODER:
+    if component in (Component.VAE_DECODER, Component.VAE_ENCODER):
         return 1, max_images
     if component is Component.ADAPTER:
         return 2, 2 * max_images  # r_t and r_s stacked
     return 1, 2 * max_images  # [uncond; cond]
 
 
-def make_profile(component: Component, model: ModelDims, *, max_images: int, height: int, width: int, dynamic_size: bool) -> Profile:
+def make_profile(component: Component, model: ModelDims, *, max_images: int, height: int, width: int, dynamic_size: bool,
+                 num_frames: int = 1) -> Profile:  # fmt: skip
     """Profile for images of ``height`` x ``width`` pixels: batch from 1 to the max; the size static by default, or
-    from half to twice the default (multiples of the model's factor) with ``dynamic_size``."""
+    from half to twice the default (multiples of the model's factor) with ``dynamic_size``. For a video model
+    (``num_frames`` F > 1: frames folded into the batch) ``max_images`` counts videos and every batch bound is F times
+    the image one (a video's frames always travel together)."""
     if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
         raise InvalidArgumentError("max_images", max_images, "a positive integer")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise InvalidArgumentError("num_frames", num_frames, "a positive integer")
     f, q = model.vae_scale_factor, model.sample_factor
     h, w = height // f, width // f
-    lo_b, hi_b = batch_range(component, max_images)
+    lo_b, hi_b = (num_frames * b for b in batch_range(component, max_images))
     if not dynamic_size or not SPECS[component].spatial:
         return Profile((lo_b, h, w), (hi_b, h, w), (hi_b, h, w))
     half = lambda v: max(q, (v // 2) // q * q)  # noqa: E731

@@ -201,3 +201,59 @@ def merge_requests(requests: Sequence[GenerationRequest]) -> GenerationRequest:
         negative_prompts=tuple(p for r in requests for p in r.negative_prompts),
         seed_parts=tuple(part for r in requests for part in r.noise_parts),
     )
+
+
+def validate_inversion(limits: ModelLimits, *, sample: Any, prompt: str | Sequence[str], num_inference_steps: int = 50) -> GenerationRequest:
+    """Check the arguments of an inversion (method doc §7): ``sample`` x_0 (N, C, h, w) float32 in the model's sample
+    space, one prompt per item; no guidance (w = 1). Errors about the array name ``sample``."""
+    shape = getattr(sample, "shape", None)
+    if shape is None or len(shape) != 4:
+        raise InvalidArgumentError("sample", type(sample).__name__ if shape is None else f"array of shape {tuple(shape)}",
+                                   f"a float32 array (N, {limits.sample_channels}, h, w): x_0 in the model's sample space")  # fmt: skip
+    f = limits.vae_scale_factor
+    try:
+        return validate_request(limits, prompt=prompt, num_inference_steps=num_inference_steps, guidance_scale=1.0, latents=sample, seed=0,
+                                height=shape[2] * f, width=shape[3] * f)  # fmt: skip
+    except InvalidArgumentError as exc:  # the one array argument is `sample` here
+        if exc.name not in ("latents", "height", "width"):
+            raise
+        raise InvalidArgumentError("sample", exc.value, exc.allowed) from None
+
+
+def check_strength(strength: Any, latents: Any) -> None:
+    """``strength`` < 1 samples only the last steps, so it needs the x_t they start from (the range itself is checked
+    by :meth:`runtime.schedule.Schedule.strength_steps`)."""
+    if strength != 1.0 and latents is None:
+        raise InvalidArgumentError("strength", strength, "1.0 without latents (strength < 1 starts from given latents x_t, e.g. invert's)")
+
+
+def validate_video(video: Any, num_frames: int, limits: ModelLimits) -> np.ndarray:
+    """A video to edit: ``num_frames`` frames (F, H, W, 3) in [0, 1], H and W multiples of the model's factor ->
+    float32, or an error saying what the model takes."""
+    takes = (f"{num_frames} frames of H x W x 3 in [0, 1], H and W multiples of {limits.pixel_factor} "
+             f"(the model's size: {limits.default_height} x {limits.default_width})")  # fmt: skip
+    shape = getattr(video, "shape", None)
+    q = limits.pixel_factor
+    if shape is None or len(shape) != 4 or shape[0] != num_frames or shape[3] != 3 or not shape[1] or not shape[2] or shape[1] % q or shape[2] % q:
+        raise InvalidArgumentError("video", type(video).__name__ if shape is None else f"frames of shape {tuple(shape)}", takes)
+    frames = np.asarray(video, dtype=np.float32)
+    if not np.isfinite(frames).all() or frames.min() < 0.0 or frames.max() > 1.0:
+        raise InvalidArgumentError("video", f"values in [{frames.min()}, {frames.max()}]", takes)
+    return frames
+
+
+def validate_caption(name: str, value: Any) -> str:
+    """A video edit's source or edited prompt: a non-empty text."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgumentError(name, value, "a non-empty text describing the video (the source, or the edit)")
+    return value
+
+
+def inverted_size(x_T: Any, num_frames: int, limits: ModelLimits) -> tuple[int, int]:
+    """(height, width) in pixels of the video an inversion's x_T (F, C, h, w) stands for (its values are checked as
+    ``latents``)."""
+    shape = getattr(x_T, "shape", None)
+    if shape is None or len(shape) != 4 or shape[0] != num_frames:
+        raise InvalidArgumentError("x_T", type(x_T).__name__ if shape is None else f"array of shape {tuple(shape)}",
+                                   f"invert's result: a float32 array ({num_frames}, {limits.sample_channels}, h, w)")  # fmt: skip
+    return limits.vae_scale_factor * int(shape[2]), limits.vae_scale_factor * int(shape[3])

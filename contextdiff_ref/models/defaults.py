@@ -16,11 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from contextdiff_ref.models.model_dir import check_model_dir, check_weights
-from runtime import DEFAULT_MODEL_NAME
+from runtime import DEFAULT_MODEL_NAME, DEFAULT_VIDEO_MODEL_NAME
 
 SHIPPED_MODELS = Path(__file__).resolve().parent
 VIDEO_BASE_NAME = "shapes-video-base"
-VIDEO_MODEL_NAME = "shapes-video"
+VIDEO_MODEL_NAME = DEFAULT_VIDEO_MODEL_NAME  # its engines: engines/<this name>, the runtime's `edit` default
 
 
 def default_model_dir() -> Path:

@@ -54,8 +54,23 @@ class VaeDecoderGraph(nn.Module):
         return self.vae.decode(latent * self.scale + self.shift, return_dict=False)[0]
 
 
-def graph_modules(components: ModelComponents) -> dict[Component, nn.Module]:
-    """The modules to export, in eval mode; the VAE decoder only for latent models."""
+class VaeEncoderGraph(nn.Module):
+    """image (B, 3, H, W) in [-1, 1] -> latent (B, C, h, w) as sampled: the posterior's mean, shifted and scaled
+    (``ContextDiffPipeline.encode`` after its [0, 1] -> [-1, 1])."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scale = vae.config.scaling_factor
+        self.shift = getattr(vae.config, "shift_factor", None) or 0.0
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (self.vae.encode(image, return_dict=False)[0].mean - self.shift) * self.scale
+
+
+def graph_modules(components: ModelComponents, *, vae_encoder: bool = False) -> dict[Component, nn.Module]:
+    """The modules to export, in eval mode; the VAE decoder only for latent models, and their encoder too with
+    ``vae_encoder`` (video models: inversion starts from the frames' latents)."""
     modules: dict[Component, nn.Module] = {
         Component.TEXT_ENCODER: TextEncoderGraph(components.text_encoder),
         Component.UNET: UNetGraph(components.unet, components.unet_coordinate_channels),
@@ -63,6 +78,8 @@ def graph_modules(components: ModelComponents) -> dict[Component, nn.Module]:
     }
     if components.vae is not None:
         modules[Component.VAE_DECODER] = VaeDecoderGraph(components.vae)
+        if vae_encoder:
+            modules[Component.VAE_ENCODER] = VaeEncoderGraph(components.vae)
     return {k: m.eval() for k, m in modules.items()}
 
 

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from contextdiff_ref.models.graphs import VaeEncoderGraph
 from contextdiff_ref.models.model_dir import ModelComponents, load_model_dir, model_limits, save_model_dir
 from contextdiff_ref.models.text import tokenize
-from runtime.errors import InvalidArgumentError
 from runtime.images import GenerationOutput, to_images
 from runtime.sampling import StepOutput, generate, invert
 from runtime.schedule import Schedule
-from runtime.validation import GenerationRequest, validate_request
+from runtime.validation import GenerationRequest, check_strength, validate_inversion, validate_request
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +117,7 @@ class ContextDiffPipeline:
         vae = self.components.vae
         if vae is None:
             return x.cpu().numpy()
-        latents = vae.encode(x.to(vae.dtype)).latent_dist.mean
-        if getattr(vae.config, "shift_factor", None) is not None:
-            latents = latents - vae.config.shift_factor
-        return (latents * vae.config.scaling_factor).float().cpu().numpy()
+        return VaeEncoderGraph(vae)(x.to(vae.dtype)).float().cpu().numpy()
 
     @torch.no_grad()
     def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
@@ -131,18 +128,7 @@ class ContextDiffPipeline:
         (``latents=``) with the same prompt, steps and ``guidance_scale=1`` comes back close to ``sample``. With
         ``strength`` < 1 the inversion stops part way (:meth:`runtime.schedule.Schedule.strength_steps`) and returns
         x_t for sampling with the same ``strength``."""
-        shape = getattr(sample, "shape", None)
-        if shape is None or len(shape) != 4:
-            raise InvalidArgumentError("sample", type(sample).__name__ if shape is None else f"array of shape {tuple(shape)}",
-                                       f"a float32 array (N, {self.limits.sample_channels}, h, w): x_0 in the model's sample space")  # fmt: skip
-        f = self.limits.vae_scale_factor
-        try:
-            request = validate_request(self.limits, prompt=prompt, num_inference_steps=num_inference_steps, guidance_scale=1.0, latents=sample, seed=0,
-                                       height=shape[2] * f, width=shape[3] * f)  # fmt: skip
-        except InvalidArgumentError as exc:  # the one array argument is `sample` here
-            if exc.name not in ("latents", "height", "width"):
-                raise
-            raise InvalidArgumentError("sample", exc.value, exc.allowed) from None
+        request = validate_inversion(self.limits, sample=sample, prompt=prompt, num_inference_steps=num_inference_steps)
         text = self.encode_prompt(request.prompts)
         x_0 = torch.from_numpy(np.array(request.latents)).to(self.device)
         x_T = invert(self._denoiser(text, request), self._context_shift(text), x_0, self.schedule.inversion_plan(request.num_inference_steps, strength),
@@ -183,8 +169,7 @@ class ContextDiffPipeline:
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback,
         )
-        if strength != 1.0 and latents is None:
-            raise InvalidArgumentError("strength", strength, "1.0 without latents (strength < 1 starts from given latents x_t, e.g. invert's)")
+        check_strength(strength, latents)
         return generate(
             request, self.limits, self.schedule, strength=strength, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
             decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device),

@@ -8,6 +8,10 @@ r ≡ 0), then make its ``--edits`` fixed edits (:func:`clip_edits`: the first o
 accuracy and structure kept over all frames, the mean temporal change, and per measure the paired ContextDiff −
 baseline difference over (clip, edit) pairs with its 95% interval.
 
+``--engine runtime`` makes the edits through exported engines instead: each tuned model is built into an engine
+directory (ONNX Runtime, fp32) and edited with ``runtime.VideoEditor`` — the edit metrics measured through the
+deployed path (a run directory holds one engine's edits).
+
 Resumable: each (clip, method) writes its edited frames to ``RUN/edits/<clip>-<method>.npz`` atomically once all its
 edits are made, and its tuning run (itself resumable) is removed then; a rerun with the same settings
 (``RUN/settings.json``; ``--clips`` may grow or shrink) skips what is there and scores everything again from the
@@ -39,6 +43,7 @@ from runtime.errors import ContextDiffError, InvalidArgumentError
 logger = logging.getLogger(__name__)
 
 METHODS = ("contextdiff", "baseline")
+ENGINES = ("reference", "runtime")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class EditSettings:
     guidance_scale: float = 15.0
     negative: str = "source"  # the guidance's unconditional prompt: "source" (the source caption) or "empty"
     clip_seed: int = 0
+    engine: str = "reference"  # who edits: "reference" (VideoEditPipeline) or "runtime" (exported engines, runtime.VideoEditor)
 
     def __post_init__(self) -> None:
         for name in ("clips", "edits", "tune_steps", "num_inference_steps"):
@@ -69,6 +75,8 @@ class EditSettings:
             raise InvalidArgumentError("strength", self.strength, f"a number in [1/num_inference_steps, 1] = [{1 / n:g}, 1]")
         if self.negative not in ("source", "empty"):
             raise InvalidArgumentError("negative", self.negative, "'source' or 'empty'")
+        if self.engine not in ENGINES:
+            raise InvalidArgumentError("engine", self.engine, f"one of {ENGINES}")
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -84,7 +92,7 @@ def _check_settings(run: Path, settings: EditSettings, model: Path) -> None:
     wanted = dataclasses.asdict(settings) | {"model": str(Path(model).resolve())}
     path = run / "settings.json"
     if path.is_file():
-        found = json.loads(path.read_text()) | {"clips": settings.clips}
+        found = {"engine": "reference"} | json.loads(path.read_text()) | {"clips": settings.clips}  # runs from before --engine: reference
         if found != wanted:
             diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
             raise ContextDiffError(f"{run} holds an evaluation with other settings {diff} (stored, requested): use another --out")
@@ -101,8 +109,16 @@ def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, sett
     source, caption = render_clip(clip), clip_caption(clip)
     config = TuneConfig(baseline=method == "baseline", steps=settings.tune_steps, learning_rate=settings.learning_rate, words=MOTION_WORDS)
     tuner = VideoTuner(config, model, source, caption, work, device=device)
-    tuner.run(checkpoint_every=settings.tune_steps)
-    pipe = VideoEditPipeline(tuner.video, device=device)
+    tuned = tuner.run(checkpoint_every=settings.tune_steps)
+    if settings.engine == "runtime":  # the tuned model directory -> engines -> runtime.VideoEditor
+        from export.build import Backend, BuildOptions, build_engine_dir
+        from export.onnx_export import Precision
+        from runtime.video_editor import VideoEditor
+
+        build_engine_dir(tuned, work / "engines", BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision.FP32))
+        pipe = VideoEditor.from_dir(work / "engines", backend="onnxruntime-cpu")
+    else:
+        pipe = VideoEditPipeline(tuner.video, device=device)
     negative = caption if settings.negative == "source" else None
     x_T = pipe.invert(source, caption, settings.num_inference_steps, strength=settings.strength, progress=False)  # once for all edits
     return np.stack([
@@ -162,7 +178,7 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 def write_strip(frames: dict[str, np.ndarray], settings: EditSettings, path: Path, clip_index: int = 0, scale: int = 4) -> None:
     """GIF (or mp4) of one clip: source | each edit by ContextDiff | the same edit by the baseline, side by side."""
-    from contextdiff_ref.video.io import write_video
+    from runtime.video_io import write_video
 
     clip = evaluation_clips(settings.clips, settings.clip_seed)[clip_index]
     panels = [render_clip(clip)]
@@ -186,6 +202,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strength", type=float, default=d.strength, help="fraction of the steps inverted and resampled (default: %(default)s)")
     p.add_argument("--guidance", type=float, default=d.guidance_scale, help="guidance scale (default: %(default)s)")
     p.add_argument("--negative", choices=["source", "empty"], default=d.negative, help="the guidance's unconditional prompt (default: %(default)s)")
+    p.add_argument("--engine", choices=ENGINES, default=d.engine,
+                   help="who edits: the reference pipeline, or engines built from each tuned model and run by runtime.VideoEditor (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--strip", type=Path, default=None, help="write clip 0 as source | ContextDiff edit | baseline edit, per edit (.gif or .mp4)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -203,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_loading()
     try:
         settings = EditSettings(clips=args.clips, edits=args.edits, tune_steps=args.tune_steps, learning_rate=args.lr, num_inference_steps=args.steps,
-                                strength=args.strength, guidance_scale=args.guidance, negative=args.negative)  # fmt: skip
+                                strength=args.strength, guidance_scale=args.guidance, negative=args.negative, engine=args.engine)  # fmt: skip
         model = args.model if args.model is not None else default_video_base_dir()
         check_model_dir(model)
         frames = run_edits(Path(model), args.out, settings, args.device)

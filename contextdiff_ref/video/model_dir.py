@@ -112,10 +112,15 @@ def save_video_model_dir(video: VideoComponents, path: str | os.PathLike[str]) -
     return save_model_dir(image, path, extra=extra)
 
 
+def is_video_model_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a video model (its ``temporal/`` layers), not only an image model."""
+    return (Path(path) / TEMPORAL).exists()
+
+
 def load_video_model_dir(path: str | os.PathLike[str], *, torch_dtype: torch.dtype = torch.float32) -> VideoComponents:
     """Load a video model directory; an image model directory (no ``temporal/``) is refused with what to do."""
     root = Path(path)
-    if root.is_dir() and not (root / TEMPORAL).exists() and (root / MODEL_INDEX).is_file():
+    if root.is_dir() and not is_video_model_dir(root) and (root / MODEL_INDEX).is_file():
         raise ModelDirectoryError(f"{root} has no temporal weights ({root / TEMPORAL}): it is an image model directory; "
                                   "tune it on a video first (python -m contextdiff_ref.tune_video --model DIR ...)")  # fmt: skip
     image = load_model_dir(root, torch_dtype=torch_dtype)

@@ -10,7 +10,6 @@ schedule are the image pipeline's own code:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
@@ -19,8 +18,7 @@ import torch
 
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from contextdiff_ref.video.model_dir import VideoComponents, load_video_model_dir, save_video_model_dir
-from runtime.errors import InvalidArgumentError
-from runtime.schedule import Schedule
+from runtime.validation import inverted_size, validate_caption, validate_video
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +38,7 @@ class VideoEditPipeline:
     def __init__(self, video: VideoComponents, device: str | torch.device = "cpu", *, clip_sample: bool | None = False) -> None:
         self.video = video
         self.pipe = ContextDiffPipeline(video.components, device=device)
-        if clip_sample is not None:
-            if not isinstance(clip_sample, bool):
-                raise InvalidArgumentError("clip_sample", clip_sample, "None, True or False")
-            self.pipe.schedule = Schedule(dataclasses.replace(video.components.scheduler_config, clip_sample=clip_sample))
+        self.pipe.schedule = self.pipe.schedule.with_clip_sample(clip_sample)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu", torch_dtype: torch.dtype = torch.float32,
@@ -61,23 +56,14 @@ class VideoEditPipeline:
 
     def check_video(self, video: np.ndarray) -> np.ndarray:
         """The frames as float32 (F, H, W, 3) in [0, 1], or an error saying what the model takes."""
-        limits, f = self.pipe.limits, self.num_frames
-        takes = (f"{f} frames of H x W x 3 in [0, 1], H and W multiples of {limits.pixel_factor} "
-                 f"(the model's size: {limits.default_height} x {limits.default_width})")  # fmt: skip
-        shape = getattr(video, "shape", None)
-        if shape is None or len(shape) != 4 or shape[0] != f or shape[3] != 3 or shape[1] % limits.pixel_factor or shape[2] % limits.pixel_factor:
-            raise InvalidArgumentError("video", type(video).__name__ if shape is None else f"frames of shape {tuple(shape)}", takes)
-        frames = np.asarray(video, dtype=np.float32)
-        if not np.isfinite(frames).all() or frames.min() < 0.0 or frames.max() > 1.0:
-            raise InvalidArgumentError("video", f"values in [{frames.min()}, {frames.max()}]", takes)
-        return frames
+        return validate_video(video, self.num_frames, self.pipe.limits)
 
     def invert(self, video: np.ndarray, source_prompt: str, num_inference_steps: int = 50, *, strength: float = 1.0,
                progress: bool = True) -> np.ndarray:  # fmt: skip
         """Steps 1–2: x_T (F, C, h, w) float32 of the frames, inverted with the source prompt (x_t part way for
         ``strength`` < 1)."""
         frames = self.check_video(video)
-        _check_prompt("source_prompt", source_prompt)
+        validate_caption("source_prompt", source_prompt)
         x_0 = self.pipe.encode(frames)
         return self.pipe.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress)
 
@@ -90,7 +76,7 @@ class VideoEditPipeline:
         from there (the last ⌊n · strength⌋ of n steps, diffusers' image-to-image rule): it keeps more of the
         source's structure; 1 is method doc §7 as written. ``negative_prompt`` is the unconditional branch of the
         guidance (e.g. the source prompt, steering away from what the edit replaces)."""
-        _check_prompt("prompt", prompt)
+        validate_caption("prompt", prompt)
         x_T = self.invert(video, source_prompt, num_inference_steps, strength=strength, progress=progress)
         return self.sample(x_T, prompt, num_inference_steps, guidance_scale, seed, strength=strength, negative_prompt=negative_prompt, eta=eta,
                            progress=progress)  # fmt: skip
@@ -99,14 +85,10 @@ class VideoEditPipeline:
                *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0, progress: bool = True) -> np.ndarray:  # fmt: skip
         """Step 3 of :meth:`edit` from :meth:`invert`'s x_T (with the same steps and ``strength``): one inversion
         serves several edits of a video."""
-        _check_prompt("prompt", prompt)
+        validate_caption("prompt", prompt)
+        height, width = inverted_size(x_T, self.num_frames, self.pipe.limits)
         negative = None if negative_prompt is None else [negative_prompt] * self.num_frames
         out = self.pipe([prompt] * self.num_frames, negative, num_inference_steps, guidance_scale, eta=eta, seed=seed, latents=x_T,
-                        height=self.pipe.limits.vae_scale_factor * x_T.shape[2], width=self.pipe.limits.vae_scale_factor * x_T.shape[3],
-                        strength=strength, progress=progress)  # fmt: skip
+                        height=height, width=width, strength=strength, progress=progress)  # fmt: skip
         return out.images
 
-
-def _check_prompt(name: str, value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgumentError(name, value, "a non-empty text describing the video (the source, or the edit)")

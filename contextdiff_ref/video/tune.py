@@ -25,7 +25,7 @@ import torch
 from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.training.loop import CHECKPOINT, LOG, read_checkpoint, run_steps, truncate_log, write_checkpoint
 from contextdiff_ref.training.objective import ContextDiffObjective, LossConfig
-from contextdiff_ref.video.model_dir import TEMPORAL, VideoComponents, inflate, load_video_model_dir, save_video_model_dir
+from contextdiff_ref.video.model_dir import VideoComponents, inflate, is_video_model_dir, load_video_model_dir, save_video_model_dir
 from contextdiff_ref.video.pipeline import VideoEditPipeline
 from runtime.errors import ContextDiffError, InvalidArgumentError
 
@@ -62,7 +62,7 @@ class TuneConfig:
 
 def load_for_tuning(model: Path, num_frames: int, config: TuneConfig) -> VideoComponents:
     """A video model directory as it is, or an image model directory inflated to ``num_frames``."""
-    if (Path(model) / TEMPORAL).exists():
+    if is_video_model_dir(model):
         video = load_video_model_dir(model)
         if video.num_frames != num_frames:
             raise InvalidArgumentError("video", f"{num_frames} frames", f"{video.num_frames} frames (the model's num_frames, {model})")

@@ -11,9 +11,9 @@ from contextdiff_ref import edit_video
 from contextdiff_ref.models.defaults import default_video_model_dir
 from contextdiff_ref.video.data import clip_caption, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.evaluate import EditSettings
-from contextdiff_ref.video.io import read_video
 from contextdiff_ref.video.metrics import score_clip
 from contextdiff_ref.video.pipeline import VideoEditPipeline
+from runtime.video_io import read_video
 
 CLIP = evaluation_clips(1, 0)[0]
 

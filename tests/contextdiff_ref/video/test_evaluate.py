@@ -11,8 +11,8 @@ import pytest
 from contextdiff_ref.video import evaluate
 from contextdiff_ref.video.data import clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.evaluate import METHODS, EditSettings, markdown_table, run_edits, score_edits
-from contextdiff_ref.video.io import read_video
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.video_io import read_video
 
 
 def test_report_on_known_frames():

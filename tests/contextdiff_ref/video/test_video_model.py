@@ -14,11 +14,11 @@ from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.models.text import tokenize
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from contextdiff_ref.training.loop import CHECKPOINT
-from contextdiff_ref.video.io import read_video, write_video
 from contextdiff_ref.video.model_dir import inflate, load_video_model_dir, save_video_model_dir
 from contextdiff_ref.video.pipeline import VideoEditPipeline
 from contextdiff_ref.video.tune import TuneConfig, VideoTuner
 from runtime.errors import ContextDiffError, InvalidArgumentError, ModelDirectoryError
+from runtime.video_io import read_video, write_video
 
 F = 4
 PROMPT = "a red circle moving from the top left to the top right"

@@ -1,4 +1,5 @@
 """Reading and writing videos through imageio: mp4 (and other ffmpeg formats) via imageio-ffmpeg, GIF via Pillow.
+Torch-free: the runtime's video editor and the reference share it.
 
 Frames are float32 (F, H, W, 3) in [0, 1], like the image API. mp4 is written with libx264 at ``-crf 0`` and full
 chroma (yuv444p), so a round trip changes a pixel by at most 1/255; GIF is exact for up to 256 colours, but Pillow
@@ -12,18 +13,27 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import InvalidArgumentError
+from runtime.errors import ContextDiffError, InvalidArgumentError
 
 GIF_SUFFIXES = (".gif",)
+FFMPEG_SUFFIXES = (".mp4", ".mkv", ".mov")
+VIDEO_SUFFIXES = FFMPEG_SUFFIXES + GIF_SUFFIXES
+
+
+def _imageio():  # the imageio.v3 module
+    try:
+        import imageio.v3 as iio
+    except ImportError:
+        raise ContextDiffError("reading and writing videos needs imageio and imageio-ffmpeg: pip install 'contextdiff-deploy[video]'") from None
+    return iio
 
 
 def read_video(path: str | os.PathLike[str]) -> np.ndarray:
     """All frames of the video at ``path`` -> (F, H, W, 3) float32 in [0, 1] (alpha dropped, grey expanded)."""
-    import imageio.v3 as iio
-
     p = Path(path)
     if not p.is_file():
         raise InvalidArgumentError("video", str(p), "an existing video file (mp4 or GIF)")
+    iio = _imageio()
     try:
         frames = np.asarray(iio.imread(p, index=None))
     except Exception as exc:  # imageio's plugins raise many types for unreadable files
@@ -40,24 +50,23 @@ def read_video(path: str | os.PathLike[str]) -> np.ndarray:
 def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8.0) -> Path:
     """Write (F, H, W, 3) frames in [0, 1] as mp4 (lossless H.264) or GIF by the suffix; written to a temporary
     sibling and renamed into place, so ``path`` never holds a half-written video."""
-    import imageio.v3 as iio
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise InvalidArgumentError("frames", f"array of shape {frames.shape}", "shape (F, H, W, 3) with values in [0, 1]")
     if not (isinstance(fps, (int, float)) and 0 < fps <= 240):
         raise InvalidArgumentError("fps", fps, "a number in (0, 240]")
     p = Path(path)
+    iio = _imageio()
     data = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     tmp = p.with_name(f".{p.stem}.tmp-{os.getpid()}{p.suffix}")
     p.parent.mkdir(parents=True, exist_ok=True)
     try:
         if p.suffix.lower() in GIF_SUFFIXES:
             iio.imwrite(tmp, data, duration=1000.0 / fps, loop=0)
-        elif p.suffix.lower() in (".mp4", ".mkv", ".mov"):
+        elif p.suffix.lower() in FFMPEG_SUFFIXES:
             iio.imwrite(tmp, data, fps=fps, codec="libx264", pixelformat="yuv444p", macro_block_size=1, output_params=["-crf", "0"])
         else:
-            raise InvalidArgumentError("output", str(p), "a path ending in .mp4, .mkv, .mov or .gif")
+            raise InvalidArgumentError("output", str(p), f"a path ending in one of {', '.join(VIDEO_SUFFIXES)}")
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,215 @@
+"""runtime.VideoEditor against the reference VideoEditPipeline: the embedded default video model's engines (fp32 and
+fp16), a tiny latent video model (its VAE encoder), bad input, engine-directory faults and the `python -m runtime edit`
+command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from benchmarks.parity import psnr
+from contextdiff_ref.models.defaults import default_video_model_dir
+from contextdiff_ref.models.model_dir import load_model_dir
+from contextdiff_ref.video.model_dir import inflate, save_video_model_dir
+from contextdiff_ref.video.pipeline import VideoEditPipeline
+from export.artifacts import read_manifest
+from export.build import Backend, BuildOptions, build_engine_dir
+from export.onnx_export import Flavour, Precision
+from export.trt_support import unsupported
+from runtime import __main__ as cli
+from runtime.errors import InvalidArgumentError
+from runtime.generator import Generator
+from runtime.manifest import EngineDirectoryError
+from runtime.specs import Component
+from runtime.video_editor import VideoEditor
+from runtime.video_io import read_video, write_video
+
+EDIT = "a magenta circle moving from the top right to the bottom right"
+STEPS = 20
+# The evaluation's settings (contextdiff_ref.video.evaluate): part-way inversion, strong guidance away from the source.
+SETTINGS = {"strength": 0.93, "guidance_scale": 15.0}
+THRESHOLD_DB = {"fp32": 60.0, "fp16": 35.0}
+FRAMES = 8  # the default video model's
+
+
+def _build(model_dir, out, precision="fp32", flavour=None):
+    options = BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision(precision), flavour=flavour and Flavour(flavour))
+    return build_engine_dir(model_dir, out, options)
+
+
+@pytest.fixture(scope="module")
+def default_video():
+    model = default_video_model_dir()
+    return model, read_video(model / "source.gif"), (model / "source.txt").read_text(encoding="utf-8").strip()
+
+
+@pytest.fixture(scope="module")
+def reference_edit(default_video):
+    """The reference's x_T and edited frames for the default video model's source clip."""
+    model, video, source = default_video
+    pipe = VideoEditPipeline.from_pretrained(model)
+    x_T = pipe.invert(video, source, STEPS, strength=SETTINGS["strength"], progress=False)
+    frames = pipe.sample(x_T, EDIT, STEPS, SETTINGS["guidance_scale"], strength=SETTINGS["strength"], negative_prompt=source, progress=False)
+    return x_T, frames
+
+
+@pytest.fixture(scope="module")
+def fp32_engines(default_video, tmp_path_factory):
+    """fp32 engines of the default video model, standard flavour (ai.onnx ops only: what TensorRT would build)."""
+    out = tmp_path_factory.mktemp("video-engines") / "shapes-video-fp32"
+    _build(default_video[0], out, "fp32", flavour="standard")
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp16_engines(default_video, tmp_path_factory):
+    """fp16 engines of the default video model, ONNX Runtime flavour (fused attention)."""
+    out = tmp_path_factory.mktemp("video-engines") / "shapes-video-fp16"
+    _build(default_video[0], out, "fp16")
+    return out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_default_video_model_parity(precision, request, default_video, reference_edit):
+    """Method doc §7 through the engines: the inverted x_T and the edited frames match the reference (fp32 ≥ 60 dB,
+    fp16 ≥ 35 dB PSNR); edit() is invert() then sample()."""
+    engines = request.getfixturevalue(f"{precision}_engines")
+    model, video, source = default_video
+    manifest = read_manifest(engines)
+    assert manifest["model"]["video"] == {"num_frames": 8, "contextual": True}
+    assert set(manifest["components"]) == {"text_encoder", "unet", "adapter"}  # pixel space: no VAE
+    assert manifest["components"]["unet"]["profile"]["min"][0] == 8 and manifest["components"]["unet"]["profile"]["max"][0] == 16
+    assert manifest["components"]["adapter"]["profile"]["max"][0] == 16  # r_t and r_s of the 8 frames stacked
+    ref_x_T, ref_frames = reference_edit
+    editor = VideoEditor.from_dir(engines)
+    x_T = editor.invert(video, source, STEPS, strength=SETTINGS["strength"], progress=False)
+    assert x_T.dtype == np.float32 and x_T.shape == ref_x_T.shape == (8, 3, 32, 32)
+    x_T_db = psnr(x_T, ref_x_T, peak=float(ref_x_T.max() - ref_x_T.min()))
+    frames = editor.edit(video, source, EDIT, STEPS, negative_prompt=source, progress=False, **SETTINGS)
+    frames_db = psnr(frames, ref_frames)
+    assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.float32
+    assert x_T_db >= THRESHOLD_DB[precision] and frames_db >= THRESHOLD_DB[precision], (precision, x_T_db, frames_db)
+    again = editor.sample(x_T, EDIT, STEPS, SETTINGS["guidance_scale"], strength=SETTINGS["strength"], negative_prompt=source, progress=False)
+    np.testing.assert_array_equal(again, frames)
+    if precision == "fp32":  # a rebuild reuses every artifact (content-hash caching)
+        assert all(r.cached for r in _build(model, engines, flavour="standard"))
+
+
+def _video(seed=0):
+    return np.random.default_rng(seed).random((FRAMES, 32, 32, 3), dtype=np.float32)
+
+
+def test_video_graphs_are_static_and_inside_tensorrt_support(fp32_engines):
+    """The inflated UNet and the video adapter (standard flavour): every op in TensorRT 10's support matrix, nothing
+    data-dependent (frames are folded into the batch with static gathers and reshapes), the batch axis symbolic."""
+    engines = fp32_engines
+    manifest = read_manifest(engines)
+    for name in ("unet", "adapter", "text_encoder"):
+        graph = onnx.load(str(engines / manifest["components"][name]["onnx"]["file"]))
+        assert unsupported(graph) == [], name
+        assert not {n.op_type for n in graph.graph.node} & {"NonZero", "Loop", "If", "Scan", "Unique", "TopK"}, name
+        assert not graph.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value"), name  # batch: symbolic
+
+
+def test_latent_video_model_exports_its_vae_encoder(latent_model_dir, tmp_path):
+    """A latent video model's engines include the VAE encoder: the runtime's x_0, x_T and edit match the reference."""
+    model = save_video_model_dir(inflate(load_model_dir(latent_model_dir), 2, seed=3), tmp_path / "latent-video")
+    _build(model, tmp_path / "engines")
+    manifest = read_manifest(tmp_path / "engines")
+    assert set(manifest["components"]) == {"text_encoder", "unet", "adapter", "vae_decoder", "vae_encoder"}
+    pipe, editor = VideoEditPipeline.from_pretrained(model), VideoEditor.from_dir(tmp_path / "engines")
+    video = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
+    x_0 = pipe.pipe.encode(video)
+    assert psnr(editor.generator.encode(video), x_0, peak=float(x_0.max() - x_0.min())) >= 60
+    ref_x_T, x_T = (p.invert(video, "a red circle", 4, progress=False) for p in (pipe, editor))
+    assert psnr(x_T, ref_x_T, peak=float(ref_x_T.max() - ref_x_T.min())) >= 60
+    ref, got = (p.edit(video, "a red circle", "a blue square", 4, 3.0, progress=False) for p in (pipe, editor))
+    assert psnr(got, ref) >= 60
+    data = json.loads((tmp_path / "engines" / "manifest.json").read_text())
+    del data["components"]["vae_encoder"]
+    (tmp_path / "engines" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineDirectoryError, match=r"lacks components \['vae_encoder'\]"):
+        VideoEditor.from_dir(tmp_path / "engines")
+
+
+def test_edit_bad_input(fp32_engines):
+    """The reference's checks, with the same messages (runtime.validation holds them both)."""
+    editor = VideoEditor.from_dir(fp32_engines)
+    frames = _video()
+    for bad, match in ((frames[:3], "8 frames of H x W x 3"), (np.zeros((8, 30, 32, 3), np.float32), "multiples of 4"),
+                       (frames * 2, "values in ["), ([1, 2], "list"), (np.zeros((8, 0, 32, 3), np.float32), "8 frames of H x W x 3")):  # fmt: skip
+        with pytest.raises(InvalidArgumentError, match="video") as info:
+            editor.edit(bad, "a", "b", 2, progress=False)
+        assert match in str(info.value) or match == "list"
+    for source, prompt, name in (("", "b", "source_prompt"), ("a", " ", "prompt"), ("a", None, "prompt")):
+        with pytest.raises(InvalidArgumentError, match=name):
+            editor.edit(frames, source, prompt, 2, progress=False)
+    for kwargs, name in (({"strength": 0.2}, "strength"), ({"eta": 2.0}, "eta"), ({"guidance_scale": -1.0}, "guidance_scale")):
+        with pytest.raises(InvalidArgumentError, match=name):
+            editor.edit(frames, "a", "b", 2, progress=False, **kwargs)
+    with pytest.raises(InvalidArgumentError, match="num_inference_steps"):
+        editor.edit(frames, "a", "b", 0, progress=False)
+    with pytest.raises(InvalidArgumentError, match="what the engines .* were built for"):  # a size the static profiles lack
+        editor.edit(np.zeros((8, 64, 32, 3), np.float32), "a", "b", 2, progress=False)
+    with pytest.raises(InvalidArgumentError, match="x_T"):
+        editor.sample(np.zeros((3, 3, 32, 32), np.float32), "b", 2, progress=False)
+    with pytest.raises(InvalidArgumentError, match="latents.*finite"):
+        editor.sample(np.full((8, 3, 32, 32), np.nan, np.float32), "b", 2, progress=False)
+    with pytest.raises(InvalidArgumentError, match="clip_sample"):
+        VideoEditor.from_dir(fp32_engines, clip_sample="no")
+
+
+def test_engine_directory_kinds_and_faults(fp32_engines, pixel_fp32_dir, tmp_path):
+    """An image engine directory is refused by the video editor and a video one by Generator, each naming what to
+    use; a corrupted artifact or a bad num_frames is caught before anything loads."""
+    engines = fp32_engines
+    with pytest.raises(InvalidArgumentError, match="engine_dir.*image model's.*--model VIDEO_MODEL_DIR"):
+        VideoEditor.from_dir(pixel_fp32_dir)
+    with pytest.raises(InvalidArgumentError, match="engine_dir.*video model's.*VideoEditor"):
+        Generator.from_dir(engines)
+    with pytest.raises(EngineDirectoryError, match="engine directory not found"):
+        VideoEditor.from_dir(tmp_path / "missing")
+    broken = shutil.copytree(engines, tmp_path / "broken")
+    unet = broken / read_manifest(broken)["components"]["unet"]["onnx"]["file"]
+    intact = unet.read_bytes()
+    unet.write_bytes(intact[:-10])
+    with pytest.raises(EngineDirectoryError, match="sha256 mismatch"):
+        VideoEditor.from_dir(broken)
+    unet.write_bytes(intact)
+    data = json.loads((broken / "manifest.json").read_text())
+    data["model"]["video"]["num_frames"] = 1
+    (broken / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineDirectoryError, match="num_frames=1"):
+        VideoEditor.from_dir(broken)
+    editor = VideoEditor.from_dir(engines)
+    assert editor.num_frames == FRAMES and editor.generator.manifest.components[Component.UNET].profile.max[0] == 2 * FRAMES
+
+
+def test_command_line(fp32_engines, tmp_path, capsys):
+    """`python -m runtime edit` writes the edited video (what VideoEditor.edit returns, through a lossless mp4); bad
+    arguments get one line and exit status 2; the image command is unchanged."""
+    engines = fp32_engines
+    video = _video(3)
+    src = write_video(tmp_path / "src.mp4", video)
+    args = ["edit", str(src), "--source-prompt", "a red circle", "--prompt", "a blue square", "--engines", str(engines), "--steps", "3",
+            "--strength", "0.67", "--guidance", "4", "--negative-prompt", "a red circle"]  # fmt: skip
+    assert cli.main([*args, "-o", str(tmp_path / "out.mp4")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    want = VideoEditor.from_dir(engines).edit(read_video(src), "a red circle", "a blue square", 3, 4.0, strength=0.67, negative_prompt="a red circle",
+                                              progress=False)  # fmt: skip
+    assert np.abs(read_video(tmp_path / "out.mp4") - want).max() <= 4 / 255  # lossless H.264 in YUV 4:4:4: RGB <-> YUV rounding
+    for extra, message in ((["-o", str(tmp_path / "out.png")], "--output"), (["-o", str(tmp_path / "x.mp4"), "--steps", "0"], "num_inference_steps"),
+                           (["-o", str(tmp_path / "y.mp4"), "--engines", str(tmp_path / "none")], "engine directory not found")):  # fmt: skip
+        assert cli.main([*args, *extra]) == 2  # argparse: the last --engines counts
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
+    write_video(tmp_path / "short.gif", video[:2])
+    assert cli.main(["edit", str(tmp_path / "short.gif"), "--source-prompt", "a", "--prompt", "b", "--engines", str(engines), "-o", str(tmp_path / "z.gif")]) == 2
+    assert "8 frames" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["edit", str(src), "--prompt", "b", "-o", str(tmp_path / "w.mp4")])
+    assert exit_info.value.code == 2 and "--source-prompt" in capsys.readouterr().err
