@@ -3,6 +3,7 @@ run on the tiny pixel model, bad settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -56,6 +57,8 @@ def test_a_run_resumes_from_its_stored_edits(pixel_model_dir, tmp_path, monkeypa
         run_edits(pixel_model_dir, run, EditSettings(clips=2, edits=1, tune_steps=1, num_inference_steps=2, strength=1.0, guidance_scale=2.0))
     with pytest.raises(ContextDiffError, match="other settings .*guidance_scale"):
         run_edits(pixel_model_dir, run, EditSettings(clips=1, edits=1, tune_steps=1, num_inference_steps=2, strength=1.0, guidance_scale=3.0))
+    with pytest.raises(ContextDiffError, match="other settings .*engine"):  # a run holds one engine's edits
+        run_edits(pixel_model_dir, run, dataclasses.replace(settings, engine="runtime"))
     evaluate.write_strip(frames, settings, tmp_path / "strip.gif", scale=1)
     assert read_video(tmp_path / "strip.gif").shape == (8, 32, 32 * 3 + 2, 3)  # source | ContextDiff | baseline
 
@@ -63,7 +66,8 @@ def test_a_run_resumes_from_its_stored_edits(pixel_model_dir, tmp_path, monkeypa
 @pytest.mark.parametrize(
     "field, value",
     [("clips", 0), ("edits", 1.5), ("tune_steps", -1), ("num_inference_steps", True), ("strength", 0.0), ("strength", 0.01),
-     ("strength", 1.5), ("guidance_scale", -1.0), ("learning_rate", 0.0), ("negative", "target")],
+     ("strength", 1.5), ("guidance_scale", -1.0), ("learning_rate", 0.0), ("negative", "target"),
+     ("engine", "tensorrt")],
 )  # fmt: skip
 def test_bad_settings(field, value):
     with pytest.raises(InvalidArgumentError, match=field):
