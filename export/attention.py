@@ -9,6 +9,10 @@ diffusers' own ``AttnProcessor2_0`` does and calls one custom torch op, ``contex
 (eager: ``scaled_dot_product_attention``, so the module computes the same thing), which the exporter translates
 into the contrib op. The standard flavour never installs it: its attention stays in ``ai.onnx`` ops (MatMul,
 Softmax), inside TensorRT's support matrix. The original processors come back after the export.
+
+The inflated video UNet's sparse-causal self-attention (``contextdiff_ref.video.unet``) gets the same op through
+:class:`FusedSparseCausalAttnProcessor`: its keys and values are frame 0's and the previous frame's tokens, 2N of them
+per query frame, which the contrib op takes as a longer key sequence.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import onnx
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
+
+from contextdiff_ref.video.unet import SparseCausalAttnProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +123,22 @@ class FusedAttnProcessor:
         return out / attn.rescale_output_factor
 
 
+class FusedSparseCausalAttnProcessor(SparseCausalAttnProcessor):
+    """The sparse-causal processor with its attention one op (the contrib op's scale is 1/√d: :func:`supports`)."""
+
+    def attend(self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return multi_head_attention(query, key, value, attn.heads)
+
+
+def _default_scale(attn: Attention) -> bool:
+    return abs(attn.scale - (attn.inner_dim // attn.heads) ** -0.5) <= 1e-12 * attn.scale
+
+
 def supports(attn: Attention) -> bool:
     """Whether :class:`FusedAttnProcessor` computes exactly what this layer's default processor does."""
     plain = attn.spatial_norm is None and attn.norm_q is None and attn.norm_k is None and attn.added_kv_proj_dim is None
+    if type(attn.processor) is SparseCausalAttnProcessor:
+        return _default_scale(attn)
     return plain and not attn.is_causal and not attn.fused_projections and type(attn.processor).__name__ in ("AttnProcessor2_0", "AttnProcessor")
 
 
@@ -133,7 +152,11 @@ def fused_attention(module: torch.nn.Module) -> Iterator[int]:
     try:
         for layer in layers:
             if supports(layer):
-                layer.set_processor(FusedAttnProcessor())
+                previous_processor = layer.processor
+                if isinstance(previous_processor, SparseCausalAttnProcessor):
+                    layer.set_processor(FusedSparseCausalAttnProcessor(previous_processor.num_frames))
+                else:
+                    layer.set_processor(FusedAttnProcessor())
                 switched += 1
         logger.debug("fused attention in %d of %d attention layers", switched, len(layers))
         yield switched

@@ -46,7 +46,11 @@ def sparse_causal_context(x: torch.Tensor, num_frames: int) -> torch.Tensor:
 
 class SparseCausalAttnProcessor:
     """Self-attention processor: queries of frame i, keys/values of frames 0 and max(i − 1, 0) (method doc §7).
-    For the plain self-attention of diffusers' transformer blocks (no norms inside, no residual, no mask)."""
+    For the plain self-attention of diffusers' transformer blocks (no norms inside, no residual, no mask).
+
+    The key and value projections are per token, so they are computed once per frame and then gathered (the same
+    result as projecting the gathered tokens, half the work). ``attend`` is the attention itself, the one step an
+    export may replace (``export.attention``)."""
 
     def __init__(self, num_frames: int) -> None:
         self.num_frames = num_frames
@@ -55,13 +59,18 @@ class SparseCausalAttnProcessor:
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:  # fmt: skip
         if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
             raise InvalidArgumentError("hidden_states", "cross-attention, a mask or 4-D input", "self-attention over (B·F, N, C) tokens")
-        b = _check_frames(hidden_states.shape[0], self.num_frames, "hidden_states") * self.num_frames
-        context = sparse_causal_context(hidden_states, self.num_frames)
-        heads = attn.heads
-        split = lambda x: x.view(b, x.shape[1], heads, -1).transpose(1, 2)  # noqa: E731  (B·F, heads, tokens, head_dim)
-        out = F.scaled_dot_product_attention(split(attn.to_q(hidden_states)), split(attn.to_k(context)), split(attn.to_v(context)), scale=attn.scale)
-        out = out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[3]).to(hidden_states.dtype)
+        _check_frames(hidden_states.shape[0], self.num_frames, "hidden_states")
+        key = sparse_causal_context(attn.to_k(hidden_states), self.num_frames)
+        value = sparse_causal_context(attn.to_v(hidden_states), self.num_frames)
+        out = self.attend(attn, attn.to_q(hidden_states), key, value).to(hidden_states.dtype)
         return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
+
+    def attend(self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """(B·F, N, H·d), (B·F, 2N, H·d) × 2 -> (B·F, N, H·d): softmax(q kᵀ · attn.scale) v per head."""
+        b, heads = query.shape[0], attn.heads
+        split = lambda x: x.view(b, x.shape[1], heads, -1).transpose(1, 2)  # noqa: E731  (B·F, heads, tokens, head_dim)
+        out = F.scaled_dot_product_attention(split(query), split(key), split(value), scale=attn.scale)
+        return out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[3])
 
 
 def _check_plain_self_attention(name: str, attn: Attention) -> None:

@@ -35,8 +35,8 @@ NO_BF16 = bf16_unsupported_reason(ov.Core())  # None on CPUs with AVX512-BF16 / 
 
 @pytest.fixture
 def engines(pixel_fp32_dir, tmp_path) -> Path:
-    """A private copy, so the cache written into it is this test's alone."""
-    return Path(shutil.copytree(pixel_fp32_dir, tmp_path / "engines"))
+    """A private copy without the cache other tests wrote into the shared directory, so the cache is this test's alone."""
+    return Path(shutil.copytree(pixel_fp32_dir, tmp_path / "engines", ignore=shutil.ignore_patterns(OPENVINO_CACHE)))
 
 
 def _generate(gen: Generator, seed: int = 3) -> np.ndarray:
@@ -98,30 +98,63 @@ def test_bf16_stays_close_to_the_reference(latent_model_dir, latent_fp32_dir):
     assert np.all(np.isfinite(images)) and image_psnr >= 35.0, image_psnr
 
 
+def _cache_entries(engines: Path) -> list[str]:
+    return sorted(p.name for p in (engines / OPENVINO_CACHE).glob("*/*"))
+
+
 def test_compiled_models_are_cached_and_reused(engines):
     first = Generator.from_dir(engines, backend="openvino")
     assert first.backend == "openvino" and first.precision == "f32"
     assert not any(r.loaded_from_cache for r in first.runners.values())
-    entries = sorted(p.name for p in (engines / OPENVINO_CACHE).glob("*/*"))
+    entries = _cache_entries(engines)
     assert [e.split("-")[0] for e in entries] == sorted(c.value for c in first.runners) and all("-f32-" in e for e in entries)
     assert not list((engines / OPENVINO_CACHE).rglob(".tmp-*"))  # no staging left behind
     expected = _generate(first)
+    # the call's shapes got static-shape models, cached beside the dynamic ones under the same key plus the shapes
+    static = sorted(set(_cache_entries(engines)) - set(entries))
+    assert [e.split("-")[0] for e in static] == sorted(c.value for c in first.runners)
+    assert all(len(e.split("-")) == 4 and e.rsplit("-", 1)[0] in entries for e in static), static
+    assert all(len(r._static) == 1 for r in first.runners.values())
     second = Generator.from_dir(engines, backend="openvino")
     assert all(r.loaded_from_cache for r in second.runners.values())
     assert np.array_equal(_generate(second), expected)
+    assert _cache_entries(engines) == sorted(entries + static)  # nothing compiled anew
+
+
+def test_static_shape_models_equal_the_dynamic_one(pixel_fp32_dir):
+    """Models compiled for the call's shapes (the first ``static_shapes`` of them) compute what the dynamic model does;
+    other shapes run the dynamic one; static_shapes=0 never compiles one; a bad count is a clear error."""
+    manifest = load_manifest(pixel_fp32_dir)
+    spec, artifacts = SPECS[Component.UNET], manifest.components[Component.UNET]
+    rng = np.random.default_rng(0)
+    _, height, width = artifacts.profile.opt
+    feeds = [spec.sample_inputs(manifest.dims, batch, height, width, rng) for batch in (1, 2, 3)]
+    with OpenVINORunner(spec, artifacts.onnx, static_shapes=0) as dynamic, OpenVINORunner(spec, artifacts.onnx) as static:
+        for feed in feeds:
+            want, got = dynamic.infer(feed)["model_output"], static.infer(feed)["model_output"]
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        assert not dynamic._static and sorted(shapes[0][0] for shapes in static._static) == [1, 2]  # batch 3: the dynamic model
+    with OpenVINORunner(spec, artifacts.onnx) as static:  # shapes the graph cannot take: a clear error, not OpenVINO's trace
+        wrong = dict(feeds[0], sample=np.zeros((1, 7, height, width), np.float32))
+        with pytest.raises(InvalidArgumentError, match=r"invalid unet input shapes=.*\(1, 7, .*shapes unet\.\S+\.onnx takes"):
+            static.infer(wrong)
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(InvalidArgumentError, match="static_shapes"):
+            OpenVINORunner(spec, artifacts.onnx, static_shapes=bad)
 
 
 def test_a_damaged_cache_entry_is_recompiled(engines, caplog):
     expected = _generate(Generator.from_dir(engines, backend="openvino"))
     blobs = list((engines / OPENVINO_CACHE).rglob("*.blob"))
-    assert len(blobs) == 3
+    assert len(blobs) == 6  # each component's dynamic model and one static-shape model
     for i, blob in enumerate(blobs):  # one truncated, the others garbage
         blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2] if i == 0 else b"not a blob" * 100)
     with caplog.at_level(logging.WARNING, logger="runtime.openvino_runner"):
         gen = Generator.from_dir(engines, backend="openvino")
-    assert not any(r.loaded_from_cache for r in gen.runners.values()) and "was not usable" in caplog.text
-    assert np.array_equal(_generate(gen), expected)
+        assert not any(r.loaded_from_cache for r in gen.runners.values()) and "was not usable" in caplog.text
+        assert np.array_equal(_generate(gen), expected)
     assert all(r.loaded_from_cache for r in Generator.from_dir(engines, backend="openvino").runners.values())  # rewritten whole
+    assert len(list((engines / OPENVINO_CACHE).rglob("*.blob"))) == 6
 
 
 def test_the_cache_key_follows_artifacts_version_and_precision():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -97,6 +98,22 @@ def test_default_video_model_parity(precision, request, default_video, reference
     np.testing.assert_array_equal(again, frames)
     if precision == "fp32":  # a rebuild reuses every artifact (content-hash caching)
         assert all(r.cached for r in _build(model, engines, flavour="standard"))
+    else:  # ONNX Runtime flavour: every attention one fused op, the sparse-causal one included (3 per transformer block)
+        unet = onnx.load(str(engines / manifest["components"]["unet"]["onnx"]["file"]))
+        ops = Counter(n.op_type for n in unet.graph.node)
+        assert ops["MultiHeadAttention"] == 3 * 7 and ops["Softmax"] == 0, ops
+
+
+def test_default_video_model_parity_openvino(default_video, reference_edit, fp32_engines):
+    """The OpenVINO backend, static-shape models included (inversion's batch and sampling's: two shapes), edits as the
+    reference does: f32 ≥ 60 dB like ONNX Runtime's fp32."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
+    _, video, source = default_video
+    ref_frames = reference_edit[1]
+    editor = VideoEditor.from_dir(fp32_engines, backend="openvino", precision="f32")
+    frames = editor.edit(video, source, EDIT, STEPS, negative_prompt=source, progress=False, **SETTINGS)
+    assert sorted(shapes[0][0] for shapes in editor.generator.runners[Component.UNET]._static) == [FRAMES, 2 * FRAMES]
+    assert psnr(frames, ref_frames) >= THRESHOLD_DB["fp32"]
 
 
 def _video(seed=0):
