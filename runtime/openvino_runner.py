@@ -15,8 +15,10 @@ Static shapes: the artifacts have dynamic batch and size, and OpenVINO's CPU plu
 shapes markedly faster (the default video model's UNet at batch 16: 43.5 instead of 53.7 ms in f32, 31.3 instead of
 41.0 ms in bf16, measured on a 2-core Xeon with AMX). So the first ``static_shapes`` distinct call shapes of a runner
 each get a model compiled for exactly those shapes (cached on disk like the dynamic one, under the key plus the
-shapes); the dynamic model, compiled at activation, runs every other shape. Each compiled model holds its own
-weights: ``static_shapes=0`` keeps only the dynamic one.
+shapes); the dynamic model runs every other shape. Each compiled model holds its own (repacked) weights, so the
+dynamic model, compiled at activation (where it checks the artifact and the precision), is let go when the first
+static one is ready and compiled again (from the cache) only if a shape beyond those comes: generating images at one
+size holds one copy, a video edit (inversion's batch, sampling's) two. ``static_shapes=0`` keeps only the dynamic one.
 Torch-free; ``openvino`` is imported only when a runner activates (the ``openvino`` extra).
 """
 
@@ -176,6 +178,7 @@ class OpenVINORunner(RunnerBase):
         self.loaded_from_cache = False
         self._static: dict[tuple[tuple[int, ...], ...], Any] = {}  # call shapes -> infer request of the static-shape model
         self._compile: Any = None  # (shapes) -> compiled model, set at activation
+        self._compile_dynamic: Any = None  # () -> the dynamic compiled model, set at activation
 
     def _activate(self) -> None:
         ov = import_openvino()
@@ -199,6 +202,7 @@ class OpenVINORunner(RunnerBase):
             return self._compiled(ov, core, model, config, static_key)[0]
 
         self._compile = compile_static
+        self._compile_dynamic = lambda: self._compiled(ov, core, self.path, config, key)[0]
         got = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         if got != self.precision.value:  # never a silent precision change
             raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} compiled for {got!r} although {self.precision.value!r} "
@@ -222,7 +226,7 @@ class OpenVINORunner(RunnerBase):
     def close(self) -> None:
         self.request = None
         self._static.clear()
-        self._compile = None
+        self._compile = self._compile_dynamic = None
         super().close()
 
     def _request_for(self, inputs: Mapping[str, np.ndarray]) -> Any:
@@ -233,8 +237,13 @@ class OpenVINORunner(RunnerBase):
         if request is None and len(self._static) < self.static_shapes:
             start = time.perf_counter()
             request = self._static[shapes] = self._compile(shapes).create_infer_request()
+            self.request = None  # the dynamic model's weights go back (compiled again if a shape beyond these comes)
             logger.debug("%s: OpenVINO model for shapes %s ready (%.2f s)", self.spec.name, shapes, time.perf_counter() - start)
-        return request or self.request
+        if request is None:
+            if self.request is None:
+                self.request = self._compile_dynamic().create_infer_request()
+            request = self.request
+        return request
 
     def _infer(self, feed: Mapping[str, Array]) -> dict[str, Array]:
         # Inputs are shared for the (synchronous) call; outputs are copied, since the request reuses its buffers.
