@@ -133,7 +133,7 @@ def test_static_shape_models_equal_the_dynamic_one(pixel_fp32_dir):
         for feed in feeds:
             want, got = dynamic.infer(feed)["model_output"], static.infer(feed)["model_output"]
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-            if len(static._static) == 1:  # the first static model is ready: the dynamic one's weights went back
+            if len(static._static) == 1:  # the first static model compiled: the dynamic one's weights went back before
                 assert static.request is None
         assert not dynamic._static and sorted(shapes[0][0] for shapes in static._static) == [1, 2]
         assert static.request is not None  # batch 3: the dynamic model, compiled again
