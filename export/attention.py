@@ -98,7 +98,7 @@ TRANSLATION_TABLE = {torch.ops.contextdiff.multi_head_attention.default: _onnx_m
 
 
 class FusedAttnProcessor:
-    """diffusers' ``AttnProcessor2_0`` for the layers :func:`supports` accepts, with the attention itself one op."""
+    """diffusers' ``AttnProcessor2_0`` for the layers :func:`fused_processor` gives it to, with the attention itself one op."""
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:  # fmt: skip
@@ -124,7 +124,7 @@ class FusedAttnProcessor:
 
 
 class FusedSparseCausalAttnProcessor(SparseCausalAttnProcessor):
-    """The sparse-causal processor with its attention one op (the contrib op's scale is 1/√d: :func:`supports`)."""
+    """The sparse-causal processor with its attention one op (the contrib op's scale is 1/√d: :func:`fused_processor` checks the layer's)."""
 
     def attend(self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         return multi_head_attention(query, key, value, attn.heads)
@@ -134,12 +134,13 @@ def _default_scale(attn: Attention) -> bool:
     return abs(attn.scale - (attn.inner_dim // attn.heads) ** -0.5) <= 1e-12 * attn.scale
 
 
-def supports(attn: Attention) -> bool:
-    """Whether :class:`FusedAttnProcessor` computes exactly what this layer's default processor does."""
-    plain = attn.spatial_norm is None and attn.norm_q is None and attn.norm_k is None and attn.added_kv_proj_dim is None
+def fused_processor(attn: Attention) -> FusedAttnProcessor | FusedSparseCausalAttnProcessor | None:
+    """The fused processor that computes exactly what this layer's processor does, or None where none does."""
     if type(attn.processor) is SparseCausalAttnProcessor:
-        return _default_scale(attn)
-    return plain and not attn.is_causal and not attn.fused_projections and type(attn.processor).__name__ in ("AttnProcessor2_0", "AttnProcessor")
+        return FusedSparseCausalAttnProcessor(attn.processor.num_frames) if _default_scale(attn) else None
+    plain = attn.spatial_norm is None and attn.norm_q is None and attn.norm_k is None and attn.added_kv_proj_dim is None
+    stock = type(attn.processor).__name__ in ("AttnProcessor2_0", "AttnProcessor")
+    return FusedAttnProcessor() if plain and stock and not attn.is_causal and not attn.fused_projections else None
 
 
 @contextlib.contextmanager
@@ -151,12 +152,8 @@ def fused_attention(module: torch.nn.Module) -> Iterator[int]:
     switched = 0
     try:
         for layer in layers:
-            if supports(layer):
-                previous_processor = layer.processor
-                if isinstance(previous_processor, SparseCausalAttnProcessor):
-                    layer.set_processor(FusedSparseCausalAttnProcessor(previous_processor.num_frames))
-                else:
-                    layer.set_processor(FusedAttnProcessor())
+            if (fused := fused_processor(layer)) is not None:
+                layer.set_processor(fused)
                 switched += 1
         logger.debug("fused attention in %d of %d attention layers", switched, len(layers))
         yield switched

@@ -89,6 +89,11 @@ def openvino_unavailable_reason(precision: OpenVINOPrecision) -> str | None:
     return bf16_unsupported_reason(ov.Core()) if precision is OpenVINOPrecision.BF16 else None
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _precision_name(value: Any) -> str:
     """OpenVINO reports precisions as element types (``<Type: 'float32'>``) or strings; normalised to f32/bf16/..."""
     text = str(getattr(value, "get_type_name", lambda: value)()).lower()
@@ -177,8 +182,7 @@ class OpenVINORunner(RunnerBase):
         self.request = None
         self.loaded_from_cache = False
         self._static: dict[tuple[tuple[int, ...], ...], Any] = {}  # call shapes -> infer request of the static-shape model
-        self._compile: Any = None  # (shapes) -> compiled model, set at activation
-        self._compile_dynamic: Any = None  # () -> the dynamic compiled model, set at activation
+        self._compile: Any = None  # (shapes, or None for the dynamic model) -> compiled model, set at activation
 
     def _activate(self) -> None:
         ov = import_openvino()
@@ -191,18 +195,18 @@ class OpenVINORunner(RunnerBase):
         key = cache_key(core, ov.__version__, self.spec.name, self.precision, self.artifact_sha256) if self.artifact_sha256 else None
         compiled, self.loaded_from_cache = self._compiled(ov, core, self.path, config, key)
 
-        def compile_static(shapes: tuple[tuple[int, ...], ...]) -> Any:
+        def compile_for(shapes: tuple[tuple[int, ...], ...] | None) -> Any:
+            """The model compiled for these input shapes (None: the dynamic one), through the cache."""
+            if shapes is None:
+                return self._compiled(ov, core, self.path, config, key)[0]
             model = core.read_model(str(self.path))
             try:
                 model.reshape({t.name: list(shape) for t, shape in zip(self.spec.inputs, shapes)})
             except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise InvalidArgumentError(f"{self.spec.name} input shapes", shapes, f"shapes {self.path.name} takes ({first})") from exc
-            static_key = key.with_name(f"{key.name}-{shapes_tag(shapes)}") if key is not None else None
-            return self._compiled(ov, core, model, config, static_key)[0]
+                raise InvalidArgumentError(f"{self.spec.name} input shapes", shapes, f"shapes {self.path.name} takes ({_first_line(exc)})") from exc
+            return self._compiled(ov, core, model, config, key and key.with_name(f"{key.name}-{shapes_tag(shapes)}"))[0]
 
-        self._compile = compile_static
-        self._compile_dynamic = lambda: self._compiled(ov, core, self.path, config, key)[0]
+        self._compile = compile_for
         got = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         if got != self.precision.value:  # never a silent precision change
             raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} compiled for {got!r} although {self.precision.value!r} "
@@ -219,14 +223,13 @@ class OpenVINORunner(RunnerBase):
         try:
             return compile_cached(core, model, config, self.cache_root, key)
         except RuntimeError as exc:  # OpenVINO's frontend or CPU plugin: one line, naming the component and the file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} could not compile {self.path}: {first}; "
+            raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} could not compile {self.path}: {_first_line(exc)}; "
                                            "use another backend or rebuild the engine directory") from exc  # fmt: skip
 
     def close(self) -> None:
         self.request = None
         self._static.clear()
-        self._compile = self._compile_dynamic = None
+        self._compile = None
         super().close()
 
     def _request_for(self, inputs: Mapping[str, np.ndarray]) -> Any:
@@ -236,12 +239,12 @@ class OpenVINORunner(RunnerBase):
         request = self._static.get(shapes)
         if request is None and len(self._static) < self.static_shapes:
             self.request = None  # the dynamic model's weights go back first (compiled again if a shape beyond these comes):
-            start = time.perf_counter()  # two copies at once would be the peak (SD-1.5 at 256 px: 12.2 instead of ~8.7 GiB)
+            start = time.perf_counter()  # holding both set the peak (SD-1.5 at 256 px: 12.2 GiB; 10.0 letting go first)
             request = self._static[shapes] = self._compile(shapes).create_infer_request()
             logger.debug("%s: OpenVINO model for shapes %s ready (%.2f s)", self.spec.name, shapes, time.perf_counter() - start)
         if request is None:
             if self.request is None:
-                self.request = self._compile_dynamic().create_infer_request()
+                self.request = self._compile(None).create_infer_request()
             request = self.request
         return request
 

@@ -22,14 +22,23 @@ import numpy as np
 
 from runtime.errors import InvalidArgumentError
 from runtime.generator import Generator
-from runtime.manifest import load_manifest
+from runtime.manifest import EngineManifest, load_manifest
 from runtime.openvino_runner import OpenVINOPrecision
-from runtime.validation import inverted_size, validate_caption, validate_video
+from runtime.validation import validate_caption
+from runtime.video_editing import FrameFoldedEditing
 
 logger = logging.getLogger(__name__)
 
 
-class VideoEditor:
+def _require_video(manifest: EngineManifest, engine_dir: str | os.PathLike[str] | None = None) -> EngineManifest:
+    if manifest.num_frames is None:
+        raise InvalidArgumentError("engine_dir", str(engine_dir if engine_dir is not None else manifest.root),
+                                   "a video model's engine directory (its manifest records num_frames): this one is an image model's; "
+                                   "build one with `python export/build_engines.py --model VIDEO_MODEL_DIR`")  # fmt: skip
+    return manifest
+
+
+class VideoEditor(FrameFoldedEditing):
     """Edit videos with the engines of a (one-shot tuned) video model.
 
     ``clip_sample``: x̂_0 clipping for inversion and sampling alike; off by default, as in the reference (clipping
@@ -37,9 +46,7 @@ class VideoEditor:
     """
 
     def __init__(self, generator: Generator, *, clip_sample: bool | None = False) -> None:
-        if generator.manifest.num_frames is None:
-            raise InvalidArgumentError("engine_dir", str(generator.manifest.root), "a video model's engine directory (its manifest records num_frames): "
-                                       "this one is an image model's; build one with `python export/build_engines.py --model VIDEO_MODEL_DIR`")  # fmt: skip
+        _require_video(generator.manifest)
         self.generator = generator
         generator.schedule = generator.schedule.with_clip_sample(clip_sample)
 
@@ -49,10 +56,7 @@ class VideoEditor:
         """Validate ``engine_dir`` (as ``Generator.from_dir`` does: format, sha256 of every artifact, plans) and load
         its engines; ``backend``, ``device`` and ``precision`` as for ``Generator.from_dir``. An image model's engine
         directory is refused with what to build instead."""
-        manifest = load_manifest(engine_dir)
-        if manifest.num_frames is None:
-            raise InvalidArgumentError("engine_dir", str(engine_dir), "a video model's engine directory (its manifest records num_frames): "
-                                       "this one is an image model's; build one with `python export/build_engines.py --model VIDEO_MODEL_DIR`")  # fmt: skip
+        manifest = _require_video(load_manifest(engine_dir), engine_dir)
         return cls(Generator.load(manifest, backend, device, precision), clip_sample=clip_sample)
 
     def close(self) -> None:
@@ -66,9 +70,9 @@ class VideoEditor:
     def backend(self) -> str:
         return self.generator.backend
 
-    def check_video(self, video: np.ndarray) -> np.ndarray:
-        """The frames as float32 (F, H, W, 3) in [0, 1], or an error saying what the engines take."""
-        return validate_video(video, self.num_frames, self.generator.limits)
+    @property
+    def image_pipeline(self) -> Generator:
+        return self.generator
 
     def invert(self, video: np.ndarray, source_prompt: str, num_inference_steps: int = 50, *, strength: float = 1.0,
                progress: bool = True) -> np.ndarray:  # fmt: skip
@@ -83,27 +87,3 @@ class VideoEditor:
             x_0 = gen.encode(frames)  # 1.
             x_0 = np.asarray(x_0 if gen.xp is np else gen.xp.asnumpy(x_0), dtype=np.float32)
         return gen.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress)  # 2.
-
-    def edit(self, video: np.ndarray, source_prompt: str, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None,
-             seed: int | None = None, *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0,
-             progress: bool = True) -> np.ndarray:  # fmt: skip
-        """Frames (F, H, W, 3) float32 in [0, 1] of ``video`` edited from ``source_prompt`` to ``prompt``: :meth:`invert`,
-        then 3. contextual DDIM (§5) with the edited prompt and classifier-free guidance. The arguments are
-        ``VideoEditPipeline.edit``'s (``guidance_scale=None``: the model's recommendation; ``seed``: the step noise
-        when ``eta`` > 0; ``strength`` < 1: invert part way and sample back from there; ``negative_prompt``: the
-        guidance's unconditional prompt)."""
-        validate_caption("prompt", prompt)
-        x_T = self.invert(video, source_prompt, num_inference_steps, strength=strength, progress=progress)
-        return self.sample(x_T, prompt, num_inference_steps, guidance_scale, seed, strength=strength, negative_prompt=negative_prompt, eta=eta,
-                           progress=progress)  # fmt: skip
-
-    def sample(self, x_T: np.ndarray, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None, seed: int | None = None,
-               *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0, progress: bool = True) -> np.ndarray:  # fmt: skip
-        """Step 3 of :meth:`edit` from :meth:`invert`'s x_T (with the same steps and ``strength``): one inversion
-        serves several edits of a video."""
-        validate_caption("prompt", prompt)
-        height, width = inverted_size(x_T, self.num_frames, self.generator.limits)
-        negative = None if negative_prompt is None else [negative_prompt] * self.num_frames
-        out = self.generator([prompt] * self.num_frames, negative, num_inference_steps, guidance_scale, eta=eta, seed=seed, latents=x_T,
-                             height=height, width=width, strength=strength, progress=progress)  # fmt: skip
-        return out.images

@@ -18,12 +18,13 @@ import torch
 
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from contextdiff_ref.video.model_dir import VideoComponents, load_video_model_dir, save_video_model_dir
-from runtime.validation import inverted_size, validate_caption, validate_video
+from runtime.validation import validate_caption
+from runtime.video_editing import FrameFoldedEditing
 
 logger = logging.getLogger(__name__)
 
 
-class VideoEditPipeline:
+class VideoEditPipeline(FrameFoldedEditing):
     """Edit a video with a (one-shot tuned) video model.
 
     >>> pipe = VideoEditPipeline.from_pretrained("path/to/video_model")
@@ -54,9 +55,9 @@ class VideoEditPipeline:
     def num_frames(self) -> int:
         return self.video.num_frames
 
-    def check_video(self, video: np.ndarray) -> np.ndarray:
-        """The frames as float32 (F, H, W, 3) in [0, 1], or an error saying what the model takes."""
-        return validate_video(video, self.num_frames, self.pipe.limits)
+    @property
+    def image_pipeline(self) -> ContextDiffPipeline:
+        return self.pipe
 
     def invert(self, video: np.ndarray, source_prompt: str, num_inference_steps: int = 50, *, strength: float = 1.0,
                progress: bool = True) -> np.ndarray:  # fmt: skip
@@ -66,29 +67,3 @@ class VideoEditPipeline:
         validate_caption("source_prompt", source_prompt)
         x_0 = self.pipe.encode(frames)
         return self.pipe.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress)
-
-    def edit(self, video: np.ndarray, source_prompt: str, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None,
-             seed: int | None = None, *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0,
-             progress: bool = True) -> np.ndarray:  # fmt: skip
-        """Frames (F, H, W, 3) float32 in [0, 1] of ``video`` edited from ``source_prompt`` to ``prompt``.
-        ``guidance_scale=None`` uses the model's recommendation (7.5 if none); ``seed`` draws the step noise when
-        ``eta`` > 0 (with eta = 0 the edit is deterministic). ``strength`` < 1 inverts only part way and samples back
-        from there (the last ⌊n · strength⌋ of n steps, diffusers' image-to-image rule): it keeps more of the
-        source's structure; 1 is method doc §7 as written. ``negative_prompt`` is the unconditional branch of the
-        guidance (e.g. the source prompt, steering away from what the edit replaces)."""
-        validate_caption("prompt", prompt)
-        x_T = self.invert(video, source_prompt, num_inference_steps, strength=strength, progress=progress)
-        return self.sample(x_T, prompt, num_inference_steps, guidance_scale, seed, strength=strength, negative_prompt=negative_prompt, eta=eta,
-                           progress=progress)  # fmt: skip
-
-    def sample(self, x_T: np.ndarray, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None, seed: int | None = None,
-               *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0, progress: bool = True) -> np.ndarray:  # fmt: skip
-        """Step 3 of :meth:`edit` from :meth:`invert`'s x_T (with the same steps and ``strength``): one inversion
-        serves several edits of a video."""
-        validate_caption("prompt", prompt)
-        height, width = inverted_size(x_T, self.num_frames, self.pipe.limits)
-        negative = None if negative_prompt is None else [negative_prompt] * self.num_frames
-        out = self.pipe([prompt] * self.num_frames, negative, num_inference_steps, guidance_scale, eta=eta, seed=seed, latents=x_T,
-                        height=height, width=width, strength=strength, progress=progress)  # fmt: skip
-        return out.images
-
