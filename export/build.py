@@ -49,7 +49,7 @@ from runtime.validation import ModelLimits
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = "2"  # bump when graph wrappers or conversion rules change, to invalidate cached ONNX
+EXPORT_VERSION = "3"  # bump when graph wrappers or conversion rules change, to invalidate cached ONNX
 FP16_TOLERANCE = 1e-2  # relative L2 error of an fp16 graph against its fp32 graph, on random inputs
 CHECK_SIZE = 32  # the fp16 check runs at most 32 x 32 samples: precision is per op, and 64 x 64 would cost minutes
 _SOURCE_FOLDERS = {Component.TEXT_ENCODER: ("text_encoder",), Component.UNET: ("unet",), Component.ADAPTER: ("adapter",), Component.VAE_DECODER: ("vae",),

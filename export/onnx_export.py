@@ -4,7 +4,8 @@ to ``<file>.data`` (ONNX external data), and nothing here ever serialises a whol
 
 Two flavours of the same spec (:class:`Flavour`): ``standard`` graphs use ``ai.onnx`` ops only — inside TensorRT's
 support matrix, runnable anywhere — and ``onnxruntime`` graphs have diffusers' attention layers fused into ONNX
-Runtime's ``MultiHeadAttention`` contrib op (``export/attention.py``).
+Runtime's ``MultiHeadAttention`` contrib op (``export/attention.py``). Both get the same-value rewrites of
+``export/rewrites.py`` (GEGLU's value and gate as two projections).
 
 fp16 keeps fp32 where fp16 is known to break: normalisations and softmax (their reductions), the whole
 backward cone of every Sin/Cos — the sinusoidal timestep and position embeddings, whose arguments (t · freq up
@@ -32,6 +33,7 @@ import torch
 from onnx import TensorProto, helper
 
 from export.attention import TRANSLATION_TABLE, contrib_schemas, fused_attention
+from export.rewrites import split_geglu
 from runtime.specs import ComponentSpec
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def export_onnx(module: torch.nn.Module, spec: ComponentSpec, sample: dict[str, 
     axes = spec.dynamic_axes()
     dynamic_shapes = tuple({axis: torch.export.Dim.AUTO for axis in axes[t.name]} for t in spec.inputs)
     fused = flavour is Flavour.ONNXRUNTIME
-    with fused_attention(module) if fused else contextlib.nullcontext(), torch.no_grad(), _quiet_libraries(), contrib_schemas():
+    with fused_attention(module) if fused else contextlib.nullcontext(), split_geglu(module), torch.no_grad(), _quiet_libraries(), contrib_schemas():
         program = torch.onnx.export(
             module, tuple(sample[t.name] for t in spec.inputs), f=None, dynamo=True, opset_version=OPSET,
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs], dynamic_shapes=dynamic_shapes,

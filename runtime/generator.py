@@ -112,10 +112,19 @@ def _pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPre
     return backend, None
 
 
+def _openvino_streams(manifest: EngineManifest) -> int:
+    """OpenVINO streams a call's batch is split over (runtime.openvino_runner): for a video model two where the CPU has
+    two or more, each part whole videos (the default video edit on a 2-core Xeon: 3.32 → 3.04 s, the same frames); an
+    image model's calls run whole (one image's guided batch of 2 split in two ran 2% slower there)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(2, cpus) if manifest.num_frames else 1
+
+
 def _runners(manifest: EngineManifest, backend: str, device_id: int, precision: OpenVINOPrecision | None = None) -> dict[Component, Runner]:
     if backend == "openvino":
-        cache = manifest.root / OPENVINO_CACHE
-        return {c: OpenVINORunner(SPECS[c], a.onnx, precision=precision, cache_root=cache, artifact_sha256=a.onnx_sha256) for c, a in manifest.components.items()}
+        cache, streams, unit = manifest.root / OPENVINO_CACHE, _openvino_streams(manifest), manifest.num_frames or 1
+        return {c: OpenVINORunner(SPECS[c], a.onnx, precision=precision, cache_root=cache, artifact_sha256=a.onnx_sha256, streams=streams, batch_unit=unit)
+                for c, a in manifest.components.items()}  # fmt: skip
     if backend == "tensorrt":
         from runtime.manifest import check_tensorrt_plan
         from runtime.tensorrt_runner import TensorRTRunner

@@ -146,6 +146,28 @@ def test_static_shape_models_equal_the_dynamic_one(pixel_fp32_dir):
             OpenVINORunner(spec, artifacts.onnx, static_shapes=bad)
 
 
+def test_batches_split_over_streams_equal_whole_calls(pixel_fp32_dir):
+    """streams=2: a batch that splits into two parts of whole units runs as two parts at once on one static model
+    compiled for a part, with the whole call's results; a batch that does not runs whole; bad values are clear errors."""
+    manifest = load_manifest(pixel_fp32_dir)
+    spec, artifacts = SPECS[Component.UNET], manifest.components[Component.UNET]
+    rng = np.random.default_rng(1)
+    _, height, width = artifacts.profile.opt
+    feeds = {batch: spec.sample_inputs(manifest.dims, batch, height, width, rng) for batch in (2, 3)}
+    with OpenVINORunner(spec, artifacts.onnx, static_shapes=3) as whole, OpenVINORunner(spec, artifacts.onnx, static_shapes=3, streams=2) as split:
+        for feed in feeds.values():
+            np.testing.assert_allclose(split.infer(feed)["model_output"], whole.infer(feed)["model_output"], rtol=1e-4, atol=1e-5)
+        assert {shapes[0][0]: len(requests) for shapes, requests in split._static.items()} == {2: 2, 3: 1}
+        assert all(len(requests) == 1 for requests in whole._static.values())
+    with OpenVINORunner(spec, artifacts.onnx, streams=2, batch_unit=2) as units:  # batch 2 is one unit: it runs whole
+        units.infer(feeds[2])
+        assert [len(requests) for requests in units._static.values()] == [1]
+    for name in ("streams", "batch_unit"):
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(InvalidArgumentError, match=name):
+                OpenVINORunner(spec, artifacts.onnx, **{name: bad})
+
+
 def test_a_damaged_cache_entry_is_recompiled(engines, caplog):
     expected = _generate(Generator.from_dir(engines, backend="openvino"))
     blobs = list((engines / OPENVINO_CACHE).rglob("*.blob"))

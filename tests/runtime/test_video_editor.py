@@ -5,6 +5,7 @@ command line."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 
@@ -112,7 +113,9 @@ def test_default_video_model_parity_openvino(default_video, reference_edit, fp32
     ref_frames = reference_edit[1]
     editor = VideoEditor.from_dir(fp32_engines, backend="openvino", precision="f32")
     frames = editor.edit(video, source, EDIT, STEPS, negative_prompt=source, progress=False, **SETTINGS)
-    assert sorted(shapes[0][0] for shapes in editor.generator.runners[Component.UNET]._static) == [FRAMES, 2 * FRAMES]
+    static = {shapes[0][0]: len(requests) for shapes, requests in editor.generator.runners[Component.UNET]._static.items()}
+    # sampling's two videos (guidance) split over two streams where this machine has two cores; inversion's one runs whole
+    assert static == {FRAMES: 1, 2 * FRAMES: min(2, len(os.sched_getaffinity(0)))}
     assert psnr(frames, ref_frames) >= THRESHOLD_DB["fp32"]
 
 

@@ -89,7 +89,10 @@ def test_past_the_queue_limit_requests_get_503_with_retry_after(local_serve, pix
     with cf.ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda _: post(url, slow), range(8)))
     statuses = sorted(status for status, _, _ in replies)
-    assert set(statuses) == {200, 503} and statuses.count(200) >= 2, statuses  # one running + one queued at least
+    # At most one running + one queued are accepted; the rest get 503. Exactly two when the first request reaches the
+    # replica before the second arrives; under load (the full suite) the first can still hold the queue slot then, and
+    # only it is served: [200, 503 × 7] was seen once. Either way the limit holds.
+    assert set(statuses) == {200, 503} and 1 <= statuses.count(200) <= 2, statuses
     assert all(headers.get("Retry-After") == "3" for status, headers, _ in replies if status == 503)
 
     # Graceful shutdown: deleting the application lets the request in flight finish.
