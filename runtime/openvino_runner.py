@@ -195,7 +195,7 @@ class OpenVINORunner(RunnerBase):
         self.request = None
         self.loaded_from_cache = False
         self._static: dict[tuple[tuple[int, ...], ...], list[Any]] = {}  # call shapes -> infer requests (one per part) of a static-shape model
-        self._compile: Any = None  # (shapes, or None for the dynamic model) -> compiled model, set at activation
+        self._compile: Any = None  # (shapes or None for the dynamic model, streams) -> compiled model, set at activation
 
     def _activate(self) -> None:
         ov = import_openvino()
@@ -217,7 +217,7 @@ class OpenVINORunner(RunnerBase):
                 model.reshape({t.name: list(shape) for t, shape in zip(self.spec.inputs, shapes)})
             except RuntimeError as exc:
                 raise InvalidArgumentError(f"{self.spec.name} input shapes", shapes, f"shapes {self.path.name} takes ({_first_line(exc)})") from exc
-            name, options = f"{shapes_tag(shapes)}", config
+            name, options = shapes_tag(shapes), config
             if streams > 1:  # the threads shared out among the streams (OpenVINO's throughput mode)
                 name, options = f"{name}-s{streams}", {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
             return self._compiled(ov, core, model, options, key and key.with_name(f"{key.name}-{name}"))[0]
