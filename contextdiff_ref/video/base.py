@@ -9,7 +9,8 @@ seen objects everywhere and read such words; this gives the toy model the same f
 2. an image folder (:mod:`contextdiff_ref.data.imagefolder` layout) of moving-shapes clips' frames, each frame
    captioned with its clip's caption (one- and two-object clips), plus the shapes dataset's stills so the model
    keeps its own captions; no clip with the caption of an evaluation clip or of one of its edits
-   (:func:`evaluation_captions`), so the evaluation edits into combinations the base never saw move;
+   (:func:`evaluation_captions`), so the evaluation edits into combinations the base never saw as a one-object
+   clip (a two-object clip, whose objects move along an axis, may still hold one of them as one of its objects);
 3. fine-tuned with :class:`contextdiff_ref.training.finetune.Finetuner` (the whole UNet, the adapter and the text
    encoder; ContextDiff objective) and exported to ``DIR/model``, an image model directory that
    ``tune_video`` / ``video.evaluate --model`` inflate.
@@ -68,8 +69,9 @@ def write_motion_folder(out: str | os.PathLike[str], clips: int, two_object_clip
 
 def evaluation_captions(clips: int = 24, edits: int = 2, seed: int = 0) -> frozenset[str]:
     """The captions of the editing evaluation's source clips and of their edits (its default settings): the video
-    base never trains on a clip with one of them, so every evaluated source and edit is a colour–shape–motion
-    combination the base has not seen in motion (it has seen each colour and shape, and each motion, apart)."""
+    base never trains on a clip with one of them, so no evaluated source or edit is a colour–shape–motion
+    combination the base has seen as a one-object clip (it has seen each colour and shape, and each motion, apart;
+    a two-object clip's caption is never one of these, though one of its objects may move that way)."""
     sources = evaluation_clips(clips, seed)
     return frozenset(clip_caption(c) for clip in sources for c in (clip, *clip_edits(clip, edits)))
 
