@@ -1,6 +1,8 @@
 """``python -m contextdiff_ref.edit_video SRC.mp4 [--model DIR] --source-prompt "..." --prompt "..." -o out.mp4``:
 edit a video with a tuned video model (method doc §7: contextual DDIM inversion with the source prompt, then
-contextual DDIM with the edited prompt and classifier-free guidance). mp4 and GIF in and out."""
+contextual DDIM with the edited prompt and classifier-free guidance). mp4 and GIF in and out. ``--mask`` confines
+the edit to a region (local blending): a video whose bright pixels (largest channel > 0.5) mark where the edit may
+change the frames, grown by ``--mask-dilation`` pixels — e.g. the source itself, for objects on a dark background."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from contextdiff_ref.models.defaults import default_video_model_dir
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.video.pipeline import VideoEditPipeline
 from runtime.errors import ContextDiffError
-from runtime.video_io import read_video, write_video
+from runtime.video_io import add_mask_arguments, read_mask, read_video, write_video
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's recommendation)")
     parser.add_argument("--clip-sample", choices=["model", "on", "off"], default="off",
                         help="x̂_0 clipping: the model's setting, or forced (default: %(default)s; clipping makes inversion lossy)")
+    add_mask_arguments(parser)
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
@@ -46,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         clip_sample = {"model": None, "on": True, "off": False}[args.clip_sample]
         model = args.model if args.model is not None else default_video_model_dir()
+        video = read_video(args.video)
+        mask = None if args.mask is None else read_mask(args.mask, len(video), args.mask_dilation)
         pipe = VideoEditPipeline.from_pretrained(model, device=args.device, clip_sample=clip_sample)
-        frames = pipe.edit(read_video(args.video), args.source_prompt, args.prompt, args.steps, args.guidance, strength=args.strength,
-                           negative_prompt=args.negative_prompt)  # fmt: skip
+        frames = pipe.edit(video, args.source_prompt, args.prompt, args.steps, args.guidance, strength=args.strength,
+                           negative_prompt=args.negative_prompt, mask=mask)  # fmt: skip
         write_video(args.output, frames, fps=args.fps)
     except (ContextDiffError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def parse_edit_args(argv: list[str]) -> argparse.Namespace:
+    from runtime.video_io import add_mask_arguments
+
     p = _Parser(prog="python -m runtime edit", description="Edit a video with a ContextDiff video model's engine directory (no torch needed).")
     p.add_argument("video", type=Path, help="source video (mp4 or GIF), as many frames as the model's num_frames")
     p.add_argument("--source-prompt", required=True, help="the source video's caption (used for the inversion)")
@@ -58,6 +60,7 @@ def parse_edit_args(argv: list[str]) -> argparse.Namespace:
                    help="x̂_0 clipping: the model's setting, or forced (default: %(default)s; clipping makes inversion lossy)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the edit in [0, 1] (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="noise seed when eta > 0 (default: %(default)s)")
+    add_mask_arguments(p)
     p.add_argument("--fps", type=float, default=8.0, help="frames per second of the output (default: %(default)s)")
     p.add_argument("--backend", default="auto", help="as for image generation (default: %(default)s)")
     return p.parse_args(argv)
@@ -67,15 +70,16 @@ def edit_main(argv: list[str]) -> int:
     args = parse_edit_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from runtime.video_editor import VideoEditor
-    from runtime.video_io import VIDEO_SUFFIXES, read_video, write_video
+    from runtime.video_io import VIDEO_SUFFIXES, read_mask, read_video, write_video
 
     try:
         if args.output.suffix.lower() not in VIDEO_SUFFIXES:
             raise ContextDiffError(f"--output={args.output}: the file name must end in one of {', '.join(VIDEO_SUFFIXES)}")
         frames = read_video(args.video)
+        mask = None if args.mask is None else read_mask(args.mask, len(frames), args.mask_dilation)
         editor = VideoEditor.from_dir(args.engines, backend=args.backend, clip_sample={"model": None, "on": True, "off": False}[args.clip_sample])
         edited = editor.edit(frames, args.source_prompt, args.prompt, args.steps, args.guidance, args.seed, strength=args.strength,
-                             negative_prompt=args.negative_prompt, eta=args.eta)  # fmt: skip
+                             negative_prompt=args.negative_prompt, eta=args.eta, mask=mask)  # fmt: skip
         write_video(args.output, edited, fps=args.fps)
     except (ContextDiffError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

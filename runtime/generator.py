@@ -26,7 +26,7 @@ from runtime.images import GenerationOutput, to_images
 from runtime.manifest import EngineManifest, load_manifest
 from runtime.openvino_runner import OpenVINOPrecision, OpenVINORunner, openvino_unavailable_reason
 from runtime.runners import OnnxRuntimeRunner, Runner
-from runtime.sampling import StepOutput, generate, invert
+from runtime.sampling import LocalBlend, StepOutput, generate, invert
 from runtime.schedule import Schedule, SchedulerConfig
 from runtime.specs import SPECS, Component, batch_range
 from runtime.tensorrt_runner import PlanRuntime, import_tensorrt, install_hint, tensorrt_module_name
@@ -306,27 +306,28 @@ class Generator:
         self._check_profiles(request)
         return request
 
-    def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0) -> GenerationOutput:
-        """Generate for a validated request (``validate`` or ``merge_requests``); ``strength`` as in ``__call__``."""
+    def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None) -> GenerationOutput:
+        """Generate for a validated request (``validate`` or ``merge_requests``); ``strength`` and ``blend`` as in ``__call__``."""
         self._check_profiles(request)
         check_strength(strength, request.latents)
         with self._lock, self._on_device():
             return generate(  # noise and latents reach the runners' device once per call (xp.array)
                 request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
-                decode=self.decode, to_device=self.xp.array, strength=strength,
+                decode=self.decode, to_device=self.xp.array, strength=strength, blend=blend,
                 progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
             )  # fmt: skip
 
     def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
-               progress: bool = True) -> np.ndarray:  # fmt: skip
+               progress: bool = True, callback: Callable[[StepOutput], Any] | None = None) -> np.ndarray:  # fmt: skip
         """``ContextDiffPipeline.invert``: contextual DDIM inversion (method doc §7) of x_0 ``sample`` (N, C, h, w)
-        float32 with ``prompt`` and no guidance; returns x_T (x_t part way for ``strength`` < 1) float32 on the host."""
+        float32 with ``prompt`` and no guidance; returns x_T (x_t part way for ``strength`` < 1) float32 on the host.
+        ``callback`` sees each step's x_t (the runners' arrays, the loop's own: copy what you keep)."""
         request = validate_inversion(self.limits, sample=sample, prompt=prompt, num_inference_steps=num_inference_steps)
         self._check_profiles(request)
         plan = self.schedule.inversion_plan(request.num_inference_steps, strength)
         with self._lock, self._on_device():
             text = self.encode_prompt(request.prompts)
-            x_T = invert(self._denoiser(text, request), self._context_shift(text), self.xp.array(request.latents), plan,
+            x_T = invert(self._denoiser(text, request), self._context_shift(text), self.xp.array(request.latents), plan, callback=callback,
                          progress=lambda steps: tqdm(steps, desc="contextual DDIM inversion", disable=not progress, leave=False))  # fmt: skip
             return np.asarray(x_T if self.xp is np else self.xp.asnumpy(x_T), dtype=np.float32)
 
@@ -358,6 +359,7 @@ class Generator:
         *,
         strength: float = 1.0,
         progress: bool = True,
+        blend: LocalBlend | None = None,
     ) -> GenerationOutput:
         """Same arguments and results as ``ContextDiffPipeline.__call__``. The callback's arrays are the runners'
         (NumPy on the CPU, CuPy on a GPU) and belong to the loop: copy what you keep."""
@@ -366,4 +368,4 @@ class Generator:
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback,
         )  # fmt: skip
-        return self.run(request, progress=progress, strength=strength)  # checks the engines' profiles
+        return self.run(request, progress=progress, strength=strength, blend=blend)  # checks the engines' profiles

@@ -7,7 +7,7 @@ runs it on torch tensors, the runtime on NumPy/CuPy arrays. It never branches on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from runtime.images import GenerationOutput
 from runtime.noise import draw_noise_parts
@@ -36,6 +36,27 @@ class StepOutput:
     pred_original_sample: Array  # x̂_0 (N, C, h, w), after clipping
 
 
+@dataclass(frozen=True)
+class LocalBlend:
+    """Local blending for edits (Prompt-to-Prompt's local blend, Blended Latent Diffusion): after every sampling step
+    the sample keeps the edit where ``mask`` is 1 and takes the source's inversion trajectory where it is 0, so
+    nothing outside the edit region changes (at the last step it is the source's x_0 there).
+
+    Sampling step i (of k) mirrors inversion step k − 1 − i, so its result is blended with that step's *input*:
+    ``source`` holds the inversion's samples x_0, x_1, …, x_{k−1} (x_T, where sampling starts, not needed). By step,
+    not timestep: with ``leading``/``trailing`` spacing a step's landing timestep need not be the next one's start."""
+
+    mask: Array  # (N, 1, h, w) in [0, 1], in the sample space
+    source: Sequence[Array]  # k arrays (N, C, h, w): the source's inversion samples, x_0 first
+
+    def __call__(self, x: Array, step: int) -> Array:
+        return self.mask * x + (1 - self.mask) * self.source[len(self.source) - 1 - step]
+
+    def to(self, to_device: Callable[[Any], Array]) -> LocalBlend:
+        """The same blend with its arrays moved by ``to_device`` (once per call, not per step)."""
+        return LocalBlend(to_device(self.mask), [to_device(a) for a in self.source])
+
+
 def sample(
     denoise: Denoiser,
     context_shift: ContextShift | None,
@@ -45,15 +66,19 @@ def sample(
     step_noise: Array | None = None,
     callback: Callable[[StepOutput], Any] | None = None,
     progress: Callable[[Iterable[int]], Iterable[int]] = iter,
+    blend: LocalBlend | None = None,
 ) -> Array:
     """Run contextual DDIM from x_T (N, C, h, w); returns x_0 of the same shape and dtype.
 
     ``context_shift=None`` means r ≡ 0 (plain DDIM). ``step_noise`` (num_steps, N, C, h, w) is required when
     any step has σ > 0 (η > 0); see :mod:`runtime.noise` for the order it is drawn in.
-    ``progress`` wraps the step range (e.g. ``tqdm``).
+    ``progress`` wraps the step range (e.g. ``tqdm``). ``blend`` is applied to each step's result (one source
+    sample per step).
     """
     if step_noise is None and any(c.sigma > 0 for c in plan.steps):
         raise ValueError("step_noise is required when eta > 0")
+    if blend is not None and len(blend.source) != len(plan.steps):
+        raise ValueError(f"blend.source holds {len(blend.source)} samples for a plan of {len(plan.steps)} steps")
     x = x_T
     for i in progress(range(len(plan.steps))):
         c = plan.steps[i]
@@ -61,6 +86,8 @@ def sample(
         x0, eps_total = predict_x0(output, x, c, plan)  # step 2
         r_t, r_s = context_shift(x0, c.timestep, c.adapter_prev_timestep) if context_shift else (None, None)  # step 3
         x = contextual_ddim_step(x, x0, eps_total, r_t, r_s, c, None if step_noise is None else step_noise[i])  # 4-6
+        if blend is not None:
+            x = blend(x, i)
         if callback is not None:
             callback(StepOutput(i, c.timestep, c.prev_timestep, x, x0))
     return x
@@ -106,6 +133,7 @@ def generate(
     to_device: Callable[[Any], Array],
     progress: Callable[[Iterable[int]], Iterable[int]] = iter,
     strength: float = 1.0,
+    blend: LocalBlend | None = None,
 ) -> GenerationOutput:
     """The stages of one validated call, shared by the reference pipeline and runtime.Generator: encode the text
     ([uncond; cond] when guiding), draw the noise (runtime.noise), move it to the device once (``to_device``),
@@ -119,6 +147,6 @@ def generate(
     x0 = sample(
         denoiser(text, request), context_shift(cond_text), to_device(initial if request.latents is None else request.latents),
         schedule.plan(request.num_inference_steps, request.eta, strength), step_noise=None if step_noise is None else to_device(step_noise),
-        callback=request.callback, progress=progress,
+        callback=request.callback, progress=progress, blend=None if blend is None else blend.to(to_device),
     )  # fmt: skip
     return GenerationOutput(images=decode(x0, request.output_type), seed=request.seed)

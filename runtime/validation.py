@@ -242,6 +242,19 @@ def validate_video(video: Any, num_frames: int, limits: ModelLimits) -> np.ndarr
     return frames
 
 
+def validate_mask(mask: Any, frames: np.ndarray) -> np.ndarray:
+    """An edit region for ``frames`` (F, H, W, 3): (F, H, W) with values in [0, 1] (1: edit here, 0: keep the source),
+    bool or numbers -> float32."""
+    takes = f"an (F, H, W) = {frames.shape[:3]} array with values in [0, 1] (1 where the edit may change the video)"
+    shape = getattr(mask, "shape", None)
+    if shape is None or tuple(shape) != frames.shape[:3]:
+        raise InvalidArgumentError("mask", type(mask).__name__ if shape is None else f"array of shape {tuple(shape)}", takes)
+    values = np.asarray(mask, dtype=np.float32)
+    if not np.isfinite(values).all() or values.min() < 0.0 or values.max() > 1.0:
+        raise InvalidArgumentError("mask", f"values in [{values.min()}, {values.max()}]", takes)
+    return values
+
+
 def validate_caption(name: str, value: Any) -> str:
     """A video edit's source or edited prompt: a non-empty text."""
     if not isinstance(value, str) or not value.strip():

@@ -8,11 +8,45 @@ subclasses' own. Torch-free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from runtime.validation import inverted_size, validate_caption, validate_video
+from runtime.errors import InvalidArgumentError
+from runtime.sampling import LocalBlend, StepOutput
+from runtime.validation import inverted_size, validate_caption, validate_mask, validate_video
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` (..., H, W) bool grown by ``pixels`` steps to the 4 neighbours (a diamond of that radius)."""
+    out = np.asarray(mask, dtype=bool).copy()
+    for _ in range(pixels):
+        grown = out.copy()
+        grown[..., 1:, :] |= out[..., :-1, :]
+        grown[..., :-1, :] |= out[..., 1:, :]
+        grown[..., :, 1:] |= out[..., :, :-1]
+        grown[..., :, :-1] |= out[..., :, 1:]
+        out = grown
+    return out
+
+
+def to_host(array: Any) -> np.ndarray:
+    """A float32 NumPy copy of a loop array (torch, CuPy or NumPy)."""
+    if hasattr(array, "detach"):  # torch
+        array = array.detach().float().cpu().numpy()
+    elif hasattr(array, "get") and not isinstance(array, np.ndarray):  # CuPy
+        array = array.get()
+    return np.array(array, dtype=np.float32)
+
+
+def recorder(trajectory: list[np.ndarray]) -> Callable[[StepOutput], None]:
+    """An inversion callback appending each step's result to ``trajectory`` on the host."""
+
+    def record(out: StepOutput) -> None:
+        trajectory.append(to_host(out.sample))
+
+    return record
 
 
 class FrameFoldedEditing:
@@ -28,9 +62,10 @@ class FrameFoldedEditing:
         raise NotImplementedError
 
     def invert(self, video: np.ndarray, source_prompt: str, num_inference_steps: int = 50, *, strength: float = 1.0,
-               progress: bool = True) -> np.ndarray:  # fmt: skip
+               progress: bool = True, trajectory: list[np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
         """Steps 1–2: x_T (F, C, h, w) float32 of the frames, inverted with the source prompt (x_t part way for
-        ``strength`` < 1)."""
+        ``strength`` < 1). ``trajectory``, when given (an empty list), receives the inversion's samples on the host,
+        x_0 first and x_T last — what :meth:`sample` blends with under a ``mask``."""
         raise NotImplementedError
 
     def check_video(self, video: np.ndarray) -> np.ndarray:
@@ -39,26 +74,45 @@ class FrameFoldedEditing:
 
     def edit(self, video: np.ndarray, source_prompt: str, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None,
              seed: int | None = None, *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0,
-             progress: bool = True) -> np.ndarray:  # fmt: skip
+             mask: np.ndarray | None = None, progress: bool = True) -> np.ndarray:  # fmt: skip
         """Frames (F, H, W, 3) float32 in [0, 1] of ``video`` edited from ``source_prompt`` to ``prompt``: :meth:`invert`,
         then 3. contextual DDIM (§5) with the edited prompt and classifier-free guidance.
         ``guidance_scale=None`` uses the model's recommendation (7.5 if none); ``seed`` draws the step noise when
         ``eta`` > 0 (with eta = 0 the edit is deterministic). ``strength`` < 1 inverts only part way and samples back
         from there (the last ⌊n · strength⌋ of n steps, diffusers' image-to-image rule): it keeps more of the
         source's structure; 1 is method doc §7 as written. ``negative_prompt`` is the unconditional branch of the
-        guidance (e.g. the source prompt, steering away from what the edit replaces)."""
+        guidance (e.g. the source prompt, steering away from what the edit replaces). ``mask`` (F, H, W) in [0, 1]
+        confines the edit (local blending, :class:`runtime.sampling.LocalBlend`): where it is 0 every step keeps the
+        source's inversion trajectory, so the frames come back as the source there."""
         validate_caption("prompt", prompt)
-        x_T = self.invert(video, source_prompt, num_inference_steps, strength=strength, progress=progress)
+        if mask is not None:
+            validate_mask(mask, self.check_video(video))
+        trajectory: list[np.ndarray] | None = None if mask is None else []
+        x_T = self.invert(video, source_prompt, num_inference_steps, strength=strength, progress=progress, trajectory=trajectory)
         return self.sample(x_T, prompt, num_inference_steps, guidance_scale, seed, strength=strength, negative_prompt=negative_prompt, eta=eta,
-                           progress=progress)  # fmt: skip
+                           mask=mask, trajectory=trajectory, progress=progress)  # fmt: skip
 
     def sample(self, x_T: np.ndarray, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None, seed: int | None = None,
-               *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0, progress: bool = True) -> np.ndarray:  # fmt: skip
+               *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0, mask: np.ndarray | None = None,
+               trajectory: list[np.ndarray] | None = None, progress: bool = True) -> np.ndarray:  # fmt: skip
         """Step 3 of :meth:`edit` from :meth:`invert`'s x_T (with the same steps and ``strength``): one inversion
-        serves several edits of a video."""
+        serves several edits of a video. A ``mask`` needs the ``trajectory`` that :meth:`invert` filled."""
         validate_caption("prompt", prompt)
         height, width = inverted_size(x_T, self.num_frames, self.image_pipeline.limits)
+        blend = None
+        if mask is not None:
+            mask = validate_mask(mask, np.empty((self.num_frames, height, width, 3), np.float32))
+            wanted = "the list invert(..., trajectory=) filled for this x_T, with the same num_inference_steps and strength (a mask needs it)"
+            if not isinstance(trajectory, list) or not trajectory:
+                raise InvalidArgumentError("trajectory", trajectory if not isinstance(trajectory, list) else "an empty list", wanted)
+            steps = len(self.image_pipeline.schedule.plan(num_inference_steps, strength=strength).steps)
+            if len(trajectory) != steps + 1 or not np.array_equal(trajectory[-1], x_T):
+                raise InvalidArgumentError("trajectory", f"{len(trajectory)} samples ending {'at' if np.array_equal(trajectory[-1], x_T) else 'elsewhere than'} this x_T",
+                                           f"{wanted}: {steps + 1} samples ending at x_T")  # fmt: skip
+            f = height // x_T.shape[2]  # the VAE's factor: the region in the sample space is the pixels' max over each cell
+            cells = mask.reshape(self.num_frames, x_T.shape[2], f, x_T.shape[3], f).max(axis=(2, 4))
+            blend = LocalBlend(cells[:, None].astype(np.float32), trajectory[:-1])
         negative = None if negative_prompt is None else [negative_prompt] * self.num_frames
         out = self.image_pipeline([prompt] * self.num_frames, negative, num_inference_steps, guidance_scale, eta=eta, seed=seed, latents=x_T,
-                                  height=height, width=width, strength=strength, progress=progress)  # fmt: skip
+                                  height=height, width=width, strength=strength, progress=progress, blend=blend)  # fmt: skip
         return out.images

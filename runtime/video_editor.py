@@ -25,7 +25,7 @@ from runtime.generator import Generator
 from runtime.manifest import EngineManifest, load_manifest
 from runtime.openvino_runner import OpenVINOPrecision
 from runtime.validation import validate_caption
-from runtime.video_editing import FrameFoldedEditing
+from runtime.video_editing import FrameFoldedEditing, recorder
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,10 @@ class VideoEditor(FrameFoldedEditing):
         return self.generator
 
     def invert(self, video: np.ndarray, source_prompt: str, num_inference_steps: int = 50, *, strength: float = 1.0,
-               progress: bool = True) -> np.ndarray:  # fmt: skip
+               progress: bool = True, trajectory: list[np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
         """x_T (F, C, h, w) float32 of the frames, inverted with the source prompt (x_t part way for ``strength`` < 1):
-        1. encode the frames to x_0; 2. contextual DDIM inversion, no guidance (method doc §7)."""
+        1. encode the frames to x_0; 2. contextual DDIM inversion, no guidance (method doc §7). ``trajectory`` as in
+        :meth:`runtime.video_editing.FrameFoldedEditing.invert`."""
         frames = self.check_video(video)
         validate_caption("source_prompt", source_prompt)
         gen = self.generator
@@ -86,4 +87,7 @@ class VideoEditor(FrameFoldedEditing):
         with gen._lock, gen._on_device():
             x_0 = gen.encode(frames)  # 1.
             x_0 = np.asarray(x_0 if gen.xp is np else gen.xp.asnumpy(x_0), dtype=np.float32)
-        return gen.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress)  # 2.
+        if trajectory is not None:
+            trajectory.append(x_0)
+        return gen.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress,
+                          callback=None if trajectory is None else recorder(trajectory))  # 2.  # fmt: skip

@@ -8,6 +8,7 @@ merges identical consecutive frames into one (a still video written as GIF reads
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -71,3 +72,26 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8
     finally:
         tmp.unlink(missing_ok=True)
     return p
+
+
+def read_mask(path: str | os.PathLike[str], num_frames: int, dilation: int = 0) -> np.ndarray:
+    """An edit region from a video file: (num_frames, H, W) bool, True where a frame's largest channel is > 0.5,
+    grown by ``dilation`` pixels (:func:`runtime.video_editing.dilate`). One frame (a still GIF: its writers merge
+    identical frames) applies to every frame."""
+    from runtime.video_editing import dilate
+
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
+        raise InvalidArgumentError("mask_dilation", dilation, "an integer >= 0 (pixels)")
+    region = read_video(path).max(axis=-1) > 0.5
+    if region.shape[0] == 1:
+        region = np.repeat(region, num_frames, axis=0)
+    return dilate(region, dilation)
+
+
+def add_mask_arguments(p: argparse.ArgumentParser) -> None:
+    """--mask and --mask-dilation (local blending, :func:`read_mask`) for the edit commands (runtime's and the reference's)."""
+    p.add_argument("--mask", type=Path, default=None,
+                   help="confine the edit to a region (local blending): a video of the source's size and length, or one frame for all "
+                        "(mp4 or GIF), whose bright pixels (largest channel > 0.5) mark where the edit may change it; e.g. the source itself "
+                        "for objects on a dark background")  # fmt: skip
+    p.add_argument("--mask-dilation", type=int, default=0, help="grow the --mask region by this many pixels (default: %(default)s)")

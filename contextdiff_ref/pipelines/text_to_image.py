@@ -19,7 +19,7 @@ from contextdiff_ref.models.graphs import VaeEncoderGraph
 from contextdiff_ref.models.model_dir import ModelComponents, load_model_dir, model_limits, save_model_dir
 from contextdiff_ref.models.text import tokenize
 from runtime.images import GenerationOutput, to_images
-from runtime.sampling import StepOutput, generate, invert
+from runtime.sampling import LocalBlend, StepOutput, generate, invert
 from runtime.schedule import Schedule
 from runtime.validation import GenerationRequest, check_strength, validate_inversion, validate_request
 
@@ -121,18 +121,18 @@ class ContextDiffPipeline:
 
     @torch.no_grad()
     def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
-               progress: bool = True) -> np.ndarray:  # fmt: skip
+               progress: bool = True, callback: Callable[[StepOutput], Any] | None = None) -> np.ndarray:  # fmt: skip
         """Contextual DDIM inversion (method doc §7) of ``sample`` (N, C, h, w) float32 — x_0 in the model's sample
         space (pixels scaled to [-1, 1], or VAE latents times the scaling factor) — with ``prompt`` and no guidance,
         through the schedule's inversion plan. Returns x_T (N, C, h, w) float32: sampling from it
         (``latents=``) with the same prompt, steps and ``guidance_scale=1`` comes back close to ``sample``. With
         ``strength`` < 1 the inversion stops part way (:meth:`runtime.schedule.Schedule.strength_steps`) and returns
-        x_t for sampling with the same ``strength``."""
+        x_t for sampling with the same ``strength``. ``callback`` sees each step's x_t (torch, the loop's own)."""
         request = validate_inversion(self.limits, sample=sample, prompt=prompt, num_inference_steps=num_inference_steps)
         text = self.encode_prompt(request.prompts)
         x_0 = torch.from_numpy(np.array(request.latents)).to(self.device)
         x_T = invert(self._denoiser(text, request), self._context_shift(text), x_0, self.schedule.inversion_plan(request.num_inference_steps, strength),
-                     progress=lambda steps: tqdm(steps, desc="contextual DDIM inversion", disable=not progress, leave=False))  # fmt: skip
+                     callback=callback, progress=lambda steps: tqdm(steps, desc="contextual DDIM inversion", disable=not progress, leave=False))  # fmt: skip
         return x_T.float().cpu().numpy()
 
     # -- the call --------------------------------------------------------------------------------------
@@ -153,6 +153,7 @@ class ContextDiffPipeline:
         *,
         strength: float = 1.0,
         progress: bool = True,
+        blend: LocalBlend | None = None,
     ) -> GenerationOutput:
         """Generate images for ``prompt`` (a string or a list of N strings).
 
@@ -161,7 +162,8 @@ class ContextDiffPipeline:
         documented in :mod:`runtime.noise`. ``callback`` receives a :class:`runtime.sampling.StepOutput`
         (torch tensors) after every step. ``strength`` < 1 (with ``latents``: x at the first timestep run) samples
         only the last steps of the schedule (:meth:`runtime.schedule.Schedule.strength_steps`), as after
-        :meth:`invert` with the same strength. Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
+        :meth:`invert` with the same strength. ``blend`` (:class:`runtime.sampling.LocalBlend`, host arrays) keeps
+        the sample on a source's inversion trajectory outside its mask after every step. Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
         PIL images for "pil", the final sample (N, C, h, w) for "latent".
         """
         request = validate_request(
@@ -172,6 +174,6 @@ class ContextDiffPipeline:
         check_strength(strength, latents)
         return generate(
             request, self.limits, self.schedule, strength=strength, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
-            decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device),
+            decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device), blend=blend,
             progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
         )  # fmt: skip

@@ -8,6 +8,9 @@ r ≡ 0), then make its ``--edits`` fixed edits (:func:`clip_edits`: the first o
 accuracy and structure kept over all frames, the mean temporal change, and per measure the paired ContextDiff −
 baseline difference over (clip, edit) pairs with its 95% interval.
 
+``--blend-dilation D`` confines each edit to the source clip's foreground grown by D pixels (local blending,
+:class:`runtime.sampling.LocalBlend`; the region comes from the source frames, never from the edit's target).
+
 ``--engine runtime`` makes the edits through exported engines instead: each tuned model is built into an engine
 directory (ONNX Runtime, fp32) and edited with ``runtime.VideoEditor`` — the edit metrics measured through the
 deployed path (a run directory holds one engine's edits).
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 from benchmarks.alignment import write_json
+from contextdiff_ref.data.alignment import THRESHOLD
 from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.metrics import ClipScore, paired_clip_difference, score_clip, summarize_clips
 from runtime.errors import ContextDiffError, InvalidArgumentError
@@ -60,6 +64,7 @@ class EditSettings:
     negative: str = "source"  # the guidance's unconditional prompt: "source" (the source caption) or "empty"
     clip_seed: int = 0
     engine: str = "reference"  # who edits: "reference" (VideoEditPipeline) or "runtime" (exported engines, runtime.VideoEditor)
+    blend_dilation: int | None = None  # local blending: None off; d >= 0 confines each edit to the source's foreground grown by d px
 
     def __post_init__(self) -> None:
         for name in ("clips", "edits", "tune_steps", "num_inference_steps"):
@@ -77,6 +82,9 @@ class EditSettings:
             raise InvalidArgumentError("negative", self.negative, "'source' or 'empty'")
         if self.engine not in ENGINES:
             raise InvalidArgumentError("engine", self.engine, f"one of {ENGINES}")
+        d = self.blend_dilation
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 0):
+            raise InvalidArgumentError("blend_dilation", d, "None (no local blending) or an integer >= 0 (pixels)")
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -92,7 +100,7 @@ def _check_settings(run: Path, settings: EditSettings, model: Path) -> None:
     wanted = dataclasses.asdict(settings) | {"model": str(Path(model).resolve())}
     path = run / "settings.json"
     if path.is_file():
-        found = {"engine": "reference"} | json.loads(path.read_text()) | {"clips": settings.clips}  # runs from before --engine: reference
+        found = {"engine": "reference", "blend_dilation": None} | json.loads(path.read_text()) | {"clips": settings.clips}  # older runs: their defaults
         if found != wanted:
             diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
             raise ContextDiffError(f"{run} holds an evaluation with other settings {diff} (stored, requested): use another --out")
@@ -120,12 +128,22 @@ def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, sett
     else:
         pipe = VideoEditPipeline(tuner.video, device=device)
     negative = caption if settings.negative == "source" else None
-    x_T = pipe.invert(source, caption, settings.num_inference_steps, strength=settings.strength, progress=False)  # once for all edits
+    mask = None if settings.blend_dilation is None else source_region(source, settings.blend_dilation)
+    trajectory: list[np.ndarray] | None = None if mask is None else []
+    x_T = pipe.invert(source, caption, settings.num_inference_steps, strength=settings.strength, progress=False, trajectory=trajectory)  # once for all edits
     return np.stack([
         pipe.sample(x_T, clip_caption(e), settings.num_inference_steps, settings.guidance_scale, seed=0, strength=settings.strength,
-                    negative_prompt=negative, progress=False)
+                    negative_prompt=negative, mask=mask, trajectory=trajectory, progress=False)
         for e in edits
     ])  # fmt: skip
+
+
+def source_region(frames: np.ndarray, dilation: int) -> np.ndarray:
+    """The local-blend region of a moving-shapes clip (F, H, W, 3): its foreground (largest channel > 0.5, the
+    dataset reader's threshold) grown by ``dilation`` pixels — the source's objects, not the edit's target."""
+    from runtime.video_editing import dilate
+
+    return dilate(frames.max(axis=-1) > THRESHOLD, dilation)
 
 
 def run_edits(model: Path, run: Path, settings: EditSettings, device: str = "cpu") -> dict[str, np.ndarray]:
@@ -204,6 +222,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--negative", choices=["source", "empty"], default=d.negative, help="the guidance's unconditional prompt (default: %(default)s)")
     p.add_argument("--engine", choices=ENGINES, default=d.engine,
                    help="who edits: the reference pipeline, or engines built from each tuned model and run by runtime.VideoEditor (default: %(default)s)")
+    p.add_argument("--blend-dilation", type=int, default=None,
+                   help="local blending: confine each edit to the source clip's foreground grown by this many pixels (default: off)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--strip", type=Path, default=None, help="write clip 0 as source | ContextDiff edit | baseline edit, per edit (.gif or .mp4)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -221,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_loading()
     try:
         settings = EditSettings(clips=args.clips, edits=args.edits, tune_steps=args.tune_steps, learning_rate=args.lr, num_inference_steps=args.steps,
-                                strength=args.strength, guidance_scale=args.guidance, negative=args.negative, engine=args.engine)  # fmt: skip
+                                strength=args.strength, guidance_scale=args.guidance, negative=args.negative, engine=args.engine,
+                                blend_dilation=args.blend_dilation)  # fmt: skip
         model = args.model if args.model is not None else default_video_base_dir()
         check_model_dir(model)
         frames = run_edits(Path(model), args.out, settings, args.device)

@@ -19,7 +19,7 @@ import torch
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from contextdiff_ref.video.model_dir import VideoComponents, load_video_model_dir, save_video_model_dir
 from runtime.validation import validate_caption
-from runtime.video_editing import FrameFoldedEditing
+from runtime.video_editing import FrameFoldedEditing, recorder
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,13 @@ class VideoEditPipeline(FrameFoldedEditing):
         return self.pipe
 
     def invert(self, video: np.ndarray, source_prompt: str, num_inference_steps: int = 50, *, strength: float = 1.0,
-               progress: bool = True) -> np.ndarray:  # fmt: skip
+               progress: bool = True, trajectory: list[np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
         """Steps 1–2: x_T (F, C, h, w) float32 of the frames, inverted with the source prompt (x_t part way for
-        ``strength`` < 1)."""
+        ``strength`` < 1); ``trajectory`` as in :meth:`runtime.video_editing.FrameFoldedEditing.invert`."""
         frames = self.check_video(video)
         validate_caption("source_prompt", source_prompt)
         x_0 = self.pipe.encode(frames)
-        return self.pipe.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress)
+        if trajectory is not None:
+            trajectory.append(x_0)
+        return self.pipe.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress,
+                                callback=None if trajectory is None else recorder(trajectory))  # fmt: skip

@@ -28,7 +28,7 @@ from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError
 from runtime.specs import Component
 from runtime.video_editor import VideoEditor
-from runtime.video_io import read_video, write_video
+from runtime.video_io import read_mask, read_video, write_video
 
 EDIT = "a magenta circle moving from the top right to the bottom right"
 STEPS = 20
@@ -119,6 +119,40 @@ def test_default_video_model_parity_openvino(default_video, reference_edit, fp32
     assert psnr(frames, ref_frames) >= THRESHOLD_DB["fp32"]
 
 
+def test_local_blend_confines_the_edit_to_the_mask(default_video, fp32_engines):
+    """A ``mask`` (local blending): the runtime's masked edit matches the reference's (fp32 ≥ 60 dB); outside the mask
+    the frames come back as the source, a full mask is the unmasked edit exactly, an empty one the source."""
+    from runtime.video_editing import dilate
+
+    _, video, source = default_video
+    mask = dilate(video.max(axis=-1) > 0.5, 2)  # the source's object grown by 2 px: what the evaluation blends with
+    pipe, editor = VideoEditPipeline.from_pretrained(default_video[0]), VideoEditor.from_dir(fp32_engines)
+    edit = lambda p, m: p.edit(video, source, EDIT, STEPS, negative_prompt=source, mask=m, progress=False, **SETTINGS)
+    ref, got = edit(pipe, mask), edit(editor, mask)
+    assert psnr(got, ref) >= THRESHOLD_DB["fp32"]
+    for frames in (ref, got):
+        np.testing.assert_allclose(frames[~mask], video[~mask], rtol=0, atol=1e-6)
+        assert np.abs(frames - video)[mask].max() > 0.5  # and inside it the edit did change the frames
+    np.testing.assert_array_equal(edit(editor, np.ones(mask.shape, np.float32)), editor.edit(video, source, EDIT, STEPS, negative_prompt=source,
+                                                                                            progress=False, **SETTINGS))  # fmt: skip
+    np.testing.assert_allclose(edit(editor, np.zeros(mask.shape, bool)), video, rtol=0, atol=1e-6)
+    for bad, shown in ((mask[:3], "shape (3, 32, 32)"), (mask * 2.0, "values in [0.0, 2.0]"), (np.full(mask.shape, np.nan), "values in [nan"),
+                       ([1, 2], "list")):  # fmt: skip
+        with pytest.raises(InvalidArgumentError, match=r"mask") as info:
+            editor.edit(video, source, EDIT, 2, mask=bad, progress=False)
+        assert shown in str(info.value) and "(8, 32, 32) array with values in [0, 1]" in str(info.value)
+    trajectory = []
+    x_T = editor.invert(video, source, 2, progress=False, trajectory=trajectory)
+    assert len(trajectory) == 3 and np.array_equal(trajectory[-1], x_T)  # x_0, x_1, x_T
+    np.testing.assert_array_equal(trajectory[0], editor.generator.encode(video))
+    with pytest.raises(InvalidArgumentError, match="trajectory"):  # a mask without the inversion it blends with
+        editor.sample(x_T, EDIT, 2, mask=mask, progress=False)
+    with pytest.raises(InvalidArgumentError, match=r"trajectory='3 samples ending at this x_T'.*4 samples"):  # another step count's
+        editor.sample(x_T, EDIT, 3, mask=mask, trajectory=trajectory, progress=False)
+    with pytest.raises(InvalidArgumentError, match=r"ending elsewhere than this x_T"):  # another inversion's
+        editor.sample(x_T + 1, EDIT, 2, mask=mask, trajectory=trajectory, progress=False)
+
+
 def _video(seed=0):
     return np.random.default_rng(seed).random((FRAMES, 32, 32, 3), dtype=np.float32)
 
@@ -149,6 +183,12 @@ def test_latent_video_model_exports_its_vae_encoder(latent_model_dir, tmp_path):
     assert psnr(x_T, ref_x_T, peak=float(ref_x_T.max() - ref_x_T.min())) >= 60
     ref, got = (p.edit(video, "a red circle", "a blue square", 4, 3.0, progress=False) for p in (pipe, editor))
     assert psnr(got, ref) >= 60
+    mask = np.zeros(video.shape[:3], bool)
+    mask[:, 5:20, 3:17] = True  # not on the 8-px latent grid: max-pooled to the cells it touches
+    ref, got = (p.edit(video, "a red circle", "a blue square", 4, 3.0, mask=mask, progress=False) for p in (pipe, editor))
+    assert psnr(got, ref) >= 60
+    unmasked = pipe.edit(video, "a red circle", "a blue square", 4, 3.0, progress=False)
+    assert np.abs(ref - unmasked)[:, 24:, 24:].max() > 1e-3  # the latent cells outside it were held to the source
     data = json.loads((tmp_path / "engines" / "manifest.json").read_text())
     del data["components"]["vae_encoder"]
     (tmp_path / "engines" / "manifest.json").write_text(json.dumps(data))
@@ -222,8 +262,18 @@ def test_command_line(fp32_engines, tmp_path, capsys):
     want = VideoEditor.from_dir(engines).edit(read_video(src), "a red circle", "a blue square", 3, 4.0, strength=0.67, negative_prompt="a red circle",
                                               progress=False)  # fmt: skip
     assert np.abs(read_video(tmp_path / "out.mp4") - want).max() <= 4 / 255  # lossless H.264 in YUV 4:4:4: RGB <-> YUV rounding
+    region = np.zeros((1, 32, 32, 3), np.float32)
+    region[:, 4:12, 20:28] = 1.0  # --mask: one frame for all eight, grown by 1 px
+    mask = read_mask(write_video(tmp_path / "region.gif", region), FRAMES, 1)
+    assert mask.shape == (FRAMES, 32, 32) and mask.sum() == FRAMES * (8 * 8 + 4 * 8)  # the square and its four 1-px borders
+    assert cli.main([*args, "-o", str(tmp_path / "masked.mp4"), "--mask", str(tmp_path / "region.gif"), "--mask-dilation", "1"]) == 0
+    want = VideoEditor.from_dir(engines).edit(read_video(src), "a red circle", "a blue square", 3, 4.0, strength=0.67, negative_prompt="a red circle",
+                                              mask=mask, progress=False)  # fmt: skip
+    assert np.abs(read_video(tmp_path / "masked.mp4") - want).max() <= 4 / 255
+    np.testing.assert_allclose(want[~mask], read_video(src)[~mask], rtol=0, atol=1e-6)
     for extra, message in ((["-o", str(tmp_path / "out.png")], "--output"), (["-o", str(tmp_path / "x.mp4"), "--steps", "0"], "num_inference_steps"),
-                           (["-o", str(tmp_path / "y.mp4"), "--engines", str(tmp_path / "none")], "engine directory not found")):  # fmt: skip
+                           (["-o", str(tmp_path / "y.mp4"), "--engines", str(tmp_path / "none")], "engine directory not found"),
+                           (["-o", str(tmp_path / "x.mp4"), "--mask", str(src), "--mask-dilation", "-2"], "mask_dilation=-2")):  # fmt: skip
         assert cli.main([*args, *extra]) == 2  # argparse: the last --engines counts
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()

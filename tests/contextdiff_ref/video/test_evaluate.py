@@ -59,15 +59,30 @@ def test_a_run_resumes_from_its_stored_edits(pixel_model_dir, tmp_path, monkeypa
         run_edits(pixel_model_dir, run, EditSettings(clips=1, edits=1, tune_steps=1, num_inference_steps=2, strength=1.0, guidance_scale=3.0))
     with pytest.raises(ContextDiffError, match="other settings .*engine"):  # a run holds one engine's edits
         run_edits(pixel_model_dir, run, dataclasses.replace(settings, engine="runtime"))
+    with pytest.raises(ContextDiffError, match="other settings .*blend_dilation"):  # runs before local blending read as without it
+        run_edits(pixel_model_dir, run, dataclasses.replace(settings, blend_dilation=2))
     evaluate.write_strip(frames, settings, tmp_path / "strip.gif", scale=1)
     assert read_video(tmp_path / "strip.gif").shape == (8, 32, 32 * 3 + 2, 3)  # source | ContextDiff | baseline
+
+
+def test_local_blending_keeps_the_source_outside_its_region(pixel_model_dir, tmp_path):
+    """--blend-dilation d: each edit changes only the source clip's foreground grown by d pixels."""
+    settings = EditSettings(clips=1, edits=1, tune_steps=1, num_inference_steps=3, strength=1.0, guidance_scale=2.0, blend_dilation=1)
+    frames = run_edits(pixel_model_dir, tmp_path / "run", settings)
+    source = render_clip(evaluation_clips(1)[0])
+    region = evaluate.source_region(source, 1)
+    assert region.sum() > (source.max(axis=-1) > 0.5).sum() > 0  # grown, not empty
+    for method in METHODS:
+        edited = frames[method][0, 0]
+        np.testing.assert_allclose(edited[~region], source[~region], rtol=0, atol=1e-6)
+        assert not np.allclose(edited[region], source[region], atol=1e-3)
 
 
 @pytest.mark.parametrize(
     "field, value",
     [("clips", 0), ("edits", 1.5), ("tune_steps", -1), ("num_inference_steps", True), ("strength", 0.0), ("strength", 0.01),
      ("strength", 1.5), ("guidance_scale", -1.0), ("learning_rate", 0.0), ("negative", "target"),
-     ("engine", "tensorrt")],
+     ("engine", "tensorrt"), ("blend_dilation", -1), ("blend_dilation", True), ("blend_dilation", 1.5)],
 )  # fmt: skip
 def test_bad_settings(field, value):
     with pytest.raises(InvalidArgumentError, match=field):

@@ -175,6 +175,16 @@ def test_command_lines(pixel_model_dir, tmp_path, capsys):
     assert edit_video.main(edit + ["--strength", "0.5", "--negative-prompt", PROMPT]) == 0
     capsys.readouterr()
     assert edit_video.main(edit + ["--strength", "0.1"]) == 2 and "strength" in capsys.readouterr().err
+    region = np.zeros((F, 32, 32, 3), np.float32)
+    region[:, 8:24, 8:24] = 1.0  # a mask video: white where the edit may change the frames (as a GIF: one frame, for all)
+    masked = tmp_path / "masked.mp4"
+    edit_masked = edit[:-4] + ["-o", str(masked)] + edit[-2:] + ["--mask", str(write_video(tmp_path / "mask.gif", region)), "--mask-dilation", "1"]
+    assert edit_video.main(edit_masked) == 0
+    outside = np.ones((F, 32, 32), bool)
+    outside[:, 7:25, 7:25] = False  # the square grown by 1 px is a diamond inside this box
+    assert np.abs(read_video(masked) - read_video(source))[outside].max() <= 2 / 255 + 1e-6  # mp4 (yuv444p, crf 0): 8-bit rounding, measured 2/255
+    assert edit_video.main(edit_masked[:-1] + ["-1"]) == 2 and "mask_dilation=-1" in capsys.readouterr().err
+    assert edit_video.main(edit_masked[:-3] + [str(source.with_name("x.gif"))]) == 2 and "x.gif" in capsys.readouterr().err
     for argv, message in ((["x.mp4"] + edit[1:], "existing video file"), (edit[:2] + [str(pixel_model_dir)] + edit[3:], "no temporal weights"),
                           (edit[:6] + [""] + edit[7:], "prompt")):  # fmt: skip
         assert edit_video.main(argv) == 2
