@@ -41,7 +41,11 @@ def to_host(array: Any) -> np.ndarray:
 
 
 def recorder(trajectory: list[np.ndarray]) -> Callable[[StepOutput], None]:
-    """An inversion callback appending each step's result to ``trajectory`` on the host."""
+    """An inversion callback appending each step's result to ``trajectory`` on the host; ``trajectory`` must be the
+    empty list an ``invert(..., trajectory=)`` call was given (else an error naming it)."""
+    if not isinstance(trajectory, list) or trajectory:
+        shown = f"a list of {len(trajectory)} samples" if isinstance(trajectory, list) else type(trajectory).__name__
+        raise InvalidArgumentError("trajectory", shown, "an empty list, which invert fills with its samples (x_0 first, x_T last)")
 
     def record(out: StepOutput) -> None:
         trajectory.append(to_host(out.sample))

@@ -87,7 +87,7 @@ class VideoEditor(FrameFoldedEditing):
         with gen._lock, gen._on_device():
             x_0 = gen.encode(frames)  # 1.
             x_0 = np.asarray(x_0 if gen.xp is np else gen.xp.asnumpy(x_0), dtype=np.float32)
+        record = None if trajectory is None else recorder(trajectory)  # checks it
         if trajectory is not None:
             trajectory.append(x_0)
-        return gen.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress,
-                          callback=None if trajectory is None else recorder(trajectory))  # 2.  # fmt: skip
+        return gen.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress, callback=record)  # 2.

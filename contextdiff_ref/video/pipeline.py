@@ -65,8 +65,8 @@ class VideoEditPipeline(FrameFoldedEditing):
         ``strength`` < 1); ``trajectory`` as in :meth:`runtime.video_editing.FrameFoldedEditing.invert`."""
         frames = self.check_video(video)
         validate_caption("source_prompt", source_prompt)
+        record = None if trajectory is None else recorder(trajectory)  # checks it
         x_0 = self.pipe.encode(frames)
         if trajectory is not None:
             trajectory.append(x_0)
-        return self.pipe.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress,
-                                callback=None if trajectory is None else recorder(trajectory))  # fmt: skip
+        return self.pipe.invert(x_0, [source_prompt] * self.num_frames, num_inference_steps, strength=strength, progress=progress, callback=record)

@@ -151,6 +151,11 @@ def test_local_blend_confines_the_edit_to_the_mask(default_video, fp32_engines):
         editor.sample(x_T, EDIT, 3, mask=mask, trajectory=trajectory, progress=False)
     with pytest.raises(InvalidArgumentError, match=r"ending elsewhere than this x_T"):  # another inversion's
         editor.sample(x_T + 1, EDIT, 2, mask=mask, trajectory=trajectory, progress=False)
+    for bad, shown in (({}, "dict"), (trajectory, "a list of 3 samples")):  # invert fills an empty list
+        with pytest.raises(InvalidArgumentError, match=rf"trajectory='{shown}'.*an empty list"):
+            editor.invert(video, source, 2, progress=False, trajectory=bad)
+    with pytest.raises(InvalidArgumentError, match="trajectory='dict'"):
+        pipe.invert(video, source, 2, progress=False, trajectory={})
 
 
 def _video(seed=0):
