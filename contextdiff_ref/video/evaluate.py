@@ -9,7 +9,9 @@ accuracy and structure kept over all frames, the mean temporal change, and per m
 baseline difference over (clip, edit) pairs with its 95% interval.
 
 ``--blend-dilation D`` confines each edit to the source clip's foreground grown by D pixels (local blending,
-:class:`runtime.sampling.LocalBlend`; the region comes from the source frames, never from the edit's target).
+:class:`runtime.sampling.LocalBlend`; the region comes from the source frames, never from the edit's target);
+``--blend-region box`` grows each source object to its bounding box first (:func:`source_region`), so an edit to
+another shape of the same size has room (a triangle's foreground leaves no room for a circle's upper half).
 
 ``--engine runtime`` makes the edits through exported engines instead: each tuned model is built into an engine
 directory (ONNX Runtime, fp32) and edited with ``runtime.VideoEditor`` — the edit metrics measured through the
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("contextdiff", "baseline")
 ENGINES = ("reference", "runtime")
+REGIONS = ("foreground", "box")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class EditSettings:
     clip_seed: int = 0
     engine: str = "reference"  # who edits: "reference" (VideoEditPipeline) or "runtime" (exported engines, runtime.VideoEditor)
     blend_dilation: int | None = None  # local blending: None off; d >= 0 confines each edit to the source's foreground grown by d px
+    blend_region: str = "foreground"  # local blending's region before growing: the source's "foreground", or each object's "box"
 
     def __post_init__(self) -> None:
         for name in ("clips", "edits", "tune_steps", "num_inference_steps"):
@@ -85,6 +89,8 @@ class EditSettings:
         d = self.blend_dilation
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 0):
             raise InvalidArgumentError("blend_dilation", d, "None (no local blending) or an integer >= 0 (pixels)")
+        if self.blend_region not in REGIONS:
+            raise InvalidArgumentError("blend_region", self.blend_region, f"one of {REGIONS}")
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -100,7 +106,7 @@ def _check_settings(run: Path, settings: EditSettings, model: Path) -> None:
     wanted = dataclasses.asdict(settings) | {"model": str(Path(model).resolve())}
     path = run / "settings.json"
     if path.is_file():
-        found = {"engine": "reference", "blend_dilation": None} | json.loads(path.read_text()) | {"clips": settings.clips}  # older runs: their defaults
+        found = {"engine": "reference", "blend_dilation": None, "blend_region": "foreground"} | json.loads(path.read_text()) | {"clips": settings.clips}  # older runs: their defaults
         if found != wanted:
             diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
             raise ContextDiffError(f"{run} holds an evaluation with other settings {diff} (stored, requested): use another --out")
@@ -128,7 +134,7 @@ def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, sett
     else:
         pipe = VideoEditPipeline(tuner.video, device=device)
     negative = caption if settings.negative == "source" else None
-    mask = None if settings.blend_dilation is None else source_region(source, settings.blend_dilation)
+    mask = None if settings.blend_dilation is None else source_region(source, settings.blend_dilation, settings.blend_region)
     trajectory: list[np.ndarray] | None = None if mask is None else []
     x_T = pipe.invert(source, caption, settings.num_inference_steps, strength=settings.strength, progress=False, trajectory=trajectory)  # once for all edits
     return np.stack([
@@ -138,12 +144,30 @@ def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, sett
     ])  # fmt: skip
 
 
-def source_region(frames: np.ndarray, dilation: int) -> np.ndarray:
-    """The local-blend region of a moving-shapes clip (F, H, W, 3): its foreground (largest channel > 0.5, the
-    dataset reader's threshold) grown by ``dilation`` pixels — the source's objects, not the edit's target."""
+def source_region(frames: np.ndarray, dilation: int, region: str = "foreground") -> np.ndarray:
+    """The local-blend region (F, H, W) bool of a moving-shapes clip (F, H, W, 3): the source's objects, never the
+    edit's target.
+
+    1. foreground: the pixels whose largest channel is > 0.5 (the dataset reader's threshold);
+    2. ``region="box"``: each object on each frame (8-connected component of the foreground) replaced by its
+       bounding box — room for any shape of its size at its centre;
+    3. grown by ``dilation`` pixels (:func:`runtime.video_editing.dilate`).
+    """
     from runtime.video_editing import dilate
 
-    return dilate(frames.max(axis=-1) > THRESHOLD, dilation)
+    if region not in REGIONS:
+        raise InvalidArgumentError("region", region, f"one of {REGIONS}")
+    mask = frames.max(axis=-1) > THRESHOLD  # 1.
+    if region == "box":  # 2.
+        from scipy import ndimage
+
+        boxes = np.zeros_like(mask)
+        for frame, out in zip(mask, boxes):
+            labels, _ = ndimage.label(frame, structure=np.ones((3, 3), dtype=bool))
+            for box in ndimage.find_objects(labels):
+                out[box] = True
+        mask = boxes
+    return dilate(mask, dilation)  # 3.
 
 
 def run_edits(model: Path, run: Path, settings: EditSettings, device: str = "cpu") -> dict[str, np.ndarray]:
@@ -224,6 +248,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="who edits: the reference pipeline, or engines built from each tuned model and run by runtime.VideoEditor (default: %(default)s)")
     p.add_argument("--blend-dilation", type=int, default=None,
                    help="local blending: confine each edit to the source clip's foreground grown by this many pixels (default: off)")
+    p.add_argument("--blend-region", choices=REGIONS, default=d.blend_region,
+                   help="local blending's region before growing: the source's foreground, or each object's bounding box (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--strip", type=Path, default=None, help="write clip 0 as source | ContextDiff edit | baseline edit, per edit (.gif or .mp4)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -242,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = EditSettings(clips=args.clips, edits=args.edits, tune_steps=args.tune_steps, learning_rate=args.lr, num_inference_steps=args.steps,
                                 strength=args.strength, guidance_scale=args.guidance, negative=args.negative, engine=args.engine,
-                                blend_dilation=args.blend_dilation)  # fmt: skip
+                                blend_dilation=args.blend_dilation, blend_region=args.blend_region)  # fmt: skip
         model = args.model if args.model is not None else default_video_base_dir()
         check_model_dir(model)
         frames = run_edits(Path(model), args.out, settings, args.device)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from contextdiff_ref.video import evaluate
-from contextdiff_ref.video.data import clip_edits, evaluation_clips, render_clip
+from contextdiff_ref.video.data import MovingObject, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.evaluate import METHODS, EditSettings, markdown_table, run_edits, score_edits
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.video_editing import dilate
 from runtime.video_io import read_video
 
 
@@ -78,11 +79,51 @@ def test_local_blending_keeps_the_source_outside_its_region(pixel_model_dir, tmp
         assert not np.allclose(edited[region], source[region], atol=1e-3)
 
 
+@pytest.mark.parametrize("shape", ["triangle", "circle", "square"])
+def test_box_region_is_each_objects_bounding_box(shape):
+    """--blend-region box: each object on each frame grows to its own bounding box (drawn alone here, so no labelling
+    is shared with the code under test); two objects apart get a box each, not one around both; dilation grows it."""
+
+    def boxes(clip):  # (F, 32, 32) bool: each object's bounding box, from the object rendered alone
+        out = np.zeros((8, 32, 32), dtype=bool)
+        for obj in clip:
+            for f, fg in enumerate(render_clip((obj,)).max(axis=-1) > 0.5):
+                ys, xs = np.nonzero(fg)
+                out[f, ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+        return out
+
+    one = (MovingObject("blue", shape, "top left", "bottom left"),)
+    two = one + (MovingObject("red", "triangle", "top right", "bottom right", size=8),)
+    for clip in (one, two):
+        region = evaluate.source_region(render_clip(clip), 0, "box")
+        np.testing.assert_array_equal(region, boxes(clip))
+        if any(o.shape != "square" for o in clip):
+            assert region.sum() > (render_clip(clip).max(axis=-1) > 0.5).sum()  # wider than the foreground
+    if shape == "square":
+        np.testing.assert_array_equal(evaluate.source_region(render_clip(one), 0, "box"), render_clip(one).max(axis=-1) > 0.5)
+    np.testing.assert_array_equal(evaluate.source_region(render_clip(one), 2, "box"), dilate(boxes(one), 2))
+    with pytest.raises(InvalidArgumentError, match="region"):
+        evaluate.source_region(render_clip(one), 0, "ellipse")
+
+
+def test_local_blending_in_boxes(pixel_model_dir, tmp_path):
+    """A run with blend_region='box' edits inside the source objects' grown boxes only, and is a run of its own."""
+    settings = EditSettings(clips=1, edits=1, tune_steps=1, num_inference_steps=3, strength=1.0, guidance_scale=2.0, blend_dilation=0,
+                            blend_region="box")  # fmt: skip
+    frames = run_edits(pixel_model_dir, tmp_path / "run", settings)
+    source = render_clip(evaluation_clips(1)[0])
+    region = evaluate.source_region(source, 0, "box")
+    np.testing.assert_allclose(frames["contextdiff"][0, 0][~region], source[~region], rtol=0, atol=1e-6)
+    with pytest.raises(ContextDiffError, match="other settings .*blend_region"):
+        run_edits(pixel_model_dir, tmp_path / "run", dataclasses.replace(settings, blend_region="foreground"))
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("clips", 0), ("edits", 1.5), ("tune_steps", -1), ("num_inference_steps", True), ("strength", 0.0), ("strength", 0.01),
      ("strength", 1.5), ("guidance_scale", -1.0), ("learning_rate", 0.0), ("negative", "target"),
-     ("engine", "tensorrt"), ("blend_dilation", -1), ("blend_dilation", True), ("blend_dilation", 1.5)],
+     ("engine", "tensorrt"), ("blend_dilation", -1), ("blend_dilation", True), ("blend_dilation", 1.5),
+     ("blend_region", "mask")],
 )  # fmt: skip
 def test_bad_settings(field, value):
     with pytest.raises(InvalidArgumentError, match=field):
