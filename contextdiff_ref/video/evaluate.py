@@ -12,6 +12,7 @@ baseline difference over (clip, edit) pairs with its 95% interval.
 :class:`runtime.sampling.LocalBlend`; the region comes from the source frames, never from the edit's target);
 ``--blend-region box`` grows each source object to its bounding box first (:func:`source_region`), so an edit to
 another shape of the same size has room (a triangle's foreground leaves no room for a circle's upper half).
+``--clip-seed S`` draws another set of source clips (settings chosen on one set can be checked on another).
 
 ``--engine runtime`` makes the edits through exported engines instead: each tuned model is built into an engine
 directory (ONNX Runtime, fp32) and edited with ``runtime.VideoEditor`` — the edit metrics measured through the
@@ -75,6 +76,8 @@ class EditSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(name, value, "a positive integer")
+        if isinstance(self.clip_seed, bool) or not isinstance(self.clip_seed, int) or self.clip_seed < 0:
+            raise InvalidArgumentError("clip_seed", self.clip_seed, "an integer >= 0")
         for name in ("learning_rate", "guidance_scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf") or (name == "learning_rate" and value == 0):
@@ -237,6 +240,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="run directory (resumable): settings.json, edits/")
     p.add_argument("--model", type=Path, default=None, help="image model directory to inflate and tune (default: the embedded video base, contextdiff_ref/models/shapes-video-base)")
     p.add_argument("--clips", type=int, default=d.clips, help="source clips (default: %(default)s)")
+    p.add_argument("--clip-seed", type=int, default=d.clip_seed,
+                   help="seed of the clip draw: another seed is another set of source clips, e.g. to check settings chosen on seed 0 (default: %(default)s)")
     p.add_argument("--edits", type=int, default=d.edits, help="edits per clip (default: %(default)s)")
     p.add_argument("--tune-steps", type=int, default=d.tune_steps, help="one-shot tuning steps per clip and method (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="tuning learning rate (default: %(default)s)")
@@ -267,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_loading()
     try:
         settings = EditSettings(clips=args.clips, edits=args.edits, tune_steps=args.tune_steps, learning_rate=args.lr, num_inference_steps=args.steps,
-                                strength=args.strength, guidance_scale=args.guidance, negative=args.negative, engine=args.engine,
+                                strength=args.strength, guidance_scale=args.guidance, negative=args.negative, engine=args.engine, clip_seed=args.clip_seed,
                                 blend_dilation=args.blend_dilation, blend_region=args.blend_region)  # fmt: skip
         model = args.model if args.model is not None else default_video_base_dir()
         check_model_dir(model)

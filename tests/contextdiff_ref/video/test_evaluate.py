@@ -123,7 +123,7 @@ def test_local_blending_in_boxes(pixel_model_dir, tmp_path):
     [("clips", 0), ("edits", 1.5), ("tune_steps", -1), ("num_inference_steps", True), ("strength", 0.0), ("strength", 0.01),
      ("strength", 1.5), ("guidance_scale", -1.0), ("learning_rate", 0.0), ("negative", "target"),
      ("engine", "tensorrt"), ("blend_dilation", -1), ("blend_dilation", True), ("blend_dilation", 1.5),
-     ("blend_region", "mask")],
+     ("blend_region", "mask"), ("clip_seed", -1), ("clip_seed", 0.5)],
 )  # fmt: skip
 def test_bad_settings(field, value):
     with pytest.raises(InvalidArgumentError, match=field):
