@@ -2,7 +2,8 @@
 edit a video with a tuned video model (method doc §7: contextual DDIM inversion with the source prompt, then
 contextual DDIM with the edited prompt and classifier-free guidance). mp4 and GIF in and out. ``--mask`` confines
 the edit to a region (local blending): a video whose bright pixels (largest channel > 0.5) mark where the edit may
-change the frames, grown by ``--mask-dilation`` pixels — e.g. the source itself, for objects on a dark background."""
+change the frames, grown by ``--mask-dilation`` pixels — e.g. the source itself, for objects on a dark background; ``--region-noise``
+mixes fresh noise into the inverted frames there, so an edit to another shape is not held to the source's outline."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's recommendation)")
     parser.add_argument("--clip-sample", choices=["model", "on", "off"], default="off",
                         help="x̂_0 clipping: the model's setting, or forced (default: %(default)s; clipping makes inversion lossy)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed of --region-noise (default: %(default)s)")
     add_mask_arguments(parser)
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -52,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         video = read_video(args.video)
         mask = None if args.mask is None else read_mask(args.mask, len(video), args.mask_dilation)
         pipe = VideoEditPipeline.from_pretrained(model, device=args.device, clip_sample=clip_sample)
-        frames = pipe.edit(video, args.source_prompt, args.prompt, args.steps, args.guidance, strength=args.strength,
-                           negative_prompt=args.negative_prompt, mask=mask)  # fmt: skip
+        frames = pipe.edit(video, args.source_prompt, args.prompt, args.steps, args.guidance, args.seed, strength=args.strength,
+                           negative_prompt=args.negative_prompt, mask=mask, region_noise=args.region_noise)  # fmt: skip
         write_video(args.output, frames, fps=args.fps)
     except (ContextDiffError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

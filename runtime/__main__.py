@@ -59,7 +59,7 @@ def parse_edit_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--clip-sample", choices=["model", "on", "off"], default="off",
                    help="x̂_0 clipping: the model's setting, or forced (default: %(default)s; clipping makes inversion lossy)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the edit in [0, 1] (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed when eta > 0 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed when eta > 0 or with --region-noise (default: %(default)s)")
     add_mask_arguments(p)
     p.add_argument("--fps", type=float, default=8.0, help="frames per second of the output (default: %(default)s)")
     p.add_argument("--backend", default="auto", help="as for image generation (default: %(default)s)")
@@ -79,7 +79,7 @@ def edit_main(argv: list[str]) -> int:
         mask = None if args.mask is None else read_mask(args.mask, len(frames), args.mask_dilation)
         editor = VideoEditor.from_dir(args.engines, backend=args.backend, clip_sample={"model": None, "on": True, "off": False}[args.clip_sample])
         edited = editor.edit(frames, args.source_prompt, args.prompt, args.steps, args.guidance, args.seed, strength=args.strength,
-                             negative_prompt=args.negative_prompt, eta=args.eta, mask=mask)  # fmt: skip
+                             negative_prompt=args.negative_prompt, eta=args.eta, mask=mask, region_noise=args.region_noise)  # fmt: skip
         write_video(args.output, edited, fps=args.fps)
     except (ContextDiffError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

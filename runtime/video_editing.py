@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import InvalidArgumentError
+from runtime.noise import draw_noise, resolve_seed
 from runtime.sampling import LocalBlend, StepOutput
 from runtime.validation import inverted_size, validate_caption, validate_mask, validate_video
 
@@ -29,6 +30,15 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
         grown[..., :, :-1] |= out[..., :, 1:]
         out = grown
     return out
+
+
+def validate_region_noise(value: Any, has_region: bool, region: str = "mask=") -> float:
+    """``region_noise``: a number in [0, 1]; above 0 only with a region (``region`` names how one is given)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InvalidArgumentError("region_noise", value, "a number in [0, 1] (0: edit from the inversion alone, 1: the region from fresh noise)")
+    if value > 0 and not has_region:
+        raise InvalidArgumentError("region_noise", value, f"0 without a region to apply it to (give {region} too)")
+    return float(value)
 
 
 def to_host(array: Any) -> np.ndarray:
@@ -78,7 +88,7 @@ class FrameFoldedEditing:
 
     def edit(self, video: np.ndarray, source_prompt: str, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None,
              seed: int | None = None, *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0,
-             mask: np.ndarray | None = None, progress: bool = True) -> np.ndarray:  # fmt: skip
+             mask: np.ndarray | None = None, region_noise: float = 0.0, progress: bool = True) -> np.ndarray:  # fmt: skip
         """Frames (F, H, W, 3) float32 in [0, 1] of ``video`` edited from ``source_prompt`` to ``prompt``: :meth:`invert`,
         then 3. contextual DDIM (§5) with the edited prompt and classifier-free guidance.
         ``guidance_scale=None`` uses the model's recommendation (7.5 if none); ``seed`` draws the step noise when
@@ -87,21 +97,31 @@ class FrameFoldedEditing:
         source's structure; 1 is method doc §7 as written. ``negative_prompt`` is the unconditional branch of the
         guidance (e.g. the source prompt, steering away from what the edit replaces). ``mask`` (F, H, W) in [0, 1]
         confines the edit (local blending, :class:`runtime.sampling.LocalBlend`): where it is 0 every step keeps the
-        source's inversion trajectory, so the frames come back as the source there."""
+        source's inversion trajectory, so the frames come back as the source there. ``region_noise`` λ in [0, 1] (with
+        a ``mask``) mixes fresh noise from ``seed`` into x_T inside it (:meth:`sample`): 1 draws the region anew, so
+        the edit is not held to the source's shape there."""
         validate_caption("prompt", prompt)
+        validate_region_noise(region_noise, mask is not None)
         if mask is not None:
             validate_mask(mask, self.check_video(video))
         trajectory: list[np.ndarray] | None = None if mask is None else []
         x_T = self.invert(video, source_prompt, num_inference_steps, strength=strength, progress=progress, trajectory=trajectory)
         return self.sample(x_T, prompt, num_inference_steps, guidance_scale, seed, strength=strength, negative_prompt=negative_prompt, eta=eta,
-                           mask=mask, trajectory=trajectory, progress=progress)  # fmt: skip
+                           mask=mask, region_noise=region_noise, trajectory=trajectory, progress=progress)  # fmt: skip
 
     def sample(self, x_T: np.ndarray, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None, seed: int | None = None,
                *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0, mask: np.ndarray | None = None,
-               trajectory: list[np.ndarray] | None = None, progress: bool = True) -> np.ndarray:  # fmt: skip
+               region_noise: float = 0.0, trajectory: list[np.ndarray] | None = None, progress: bool = True) -> np.ndarray:  # fmt: skip
         """Step 3 of :meth:`edit` from :meth:`invert`'s x_T (with the same steps and ``strength``): one inversion
-        serves several edits of a video. A ``mask`` needs the ``trajectory`` that :meth:`invert` filled."""
+        serves several edits of a video. A ``mask`` needs the ``trajectory`` that :meth:`invert` filled.
+
+        ``region_noise`` λ > 0 (Blended Latent Diffusion's start, made partial): before sampling, inside the mask
+        (its values m as weights) x_T ← m · (√(1 − λ) · x_T + √λ · ε) + (1 − m) · x_T, with ε the initial-noise draw
+        of ``seed`` (:mod:`runtime.noise`, draw 1). The inverted x_T keeps the source object's outline even at
+        strength 1, and an edit to another shape inherits it; noise in the region frees it, while the blend still
+        holds everything outside to the source. ``seed=None`` draws a fresh seed (logged)."""
         validate_caption("prompt", prompt)
+        validate_region_noise(region_noise, mask is not None)
         height, width = inverted_size(x_T, self.num_frames, self.image_pipeline.limits)
         blend = None
         if mask is not None:
@@ -116,6 +136,10 @@ class FrameFoldedEditing:
             f = height // x_T.shape[2]  # the VAE's factor: the region in the sample space is the pixels' max over each cell
             cells = mask.reshape(self.num_frames, x_T.shape[2], f, x_T.shape[3], f).max(axis=(2, 4))
             blend = LocalBlend(cells[:, None].astype(np.float32), trajectory[:-1])
+            if region_noise > 0:
+                seed = resolve_seed(seed)
+                noise, _ = draw_noise(seed, tuple(x_T.shape), 0, 0.0)
+                x_T = blend.mask * (np.float32(np.sqrt(1 - region_noise)) * x_T + np.float32(np.sqrt(region_noise)) * noise) + (1 - blend.mask) * x_T
         negative = None if negative_prompt is None else [negative_prompt] * self.num_frames
         out = self.image_pipeline([prompt] * self.num_frames, negative, num_inference_steps, guidance_scale, eta=eta, seed=seed, latents=x_T,
                                   height=height, width=width, strength=strength, progress=progress, blend=blend)  # fmt: skip

@@ -158,6 +158,42 @@ def test_local_blend_confines_the_edit_to_the_mask(default_video, fp32_engines):
         pipe.invert(video, source, 2, progress=False, trajectory={})
 
 
+def test_region_noise_mixes_the_seeds_noise_into_the_region(default_video, fp32_engines):
+    """``region_noise`` λ: the edit equals one from x_T mixed by hand — m · (√(1 − λ) x_T + √λ ε) + (1 − m) · x_T, ε
+    the seed's initial-noise draw (runtime.noise) — in the reference and the runtime alike (fp32 ≥ 60 dB); outside the
+    mask the frames stay the source; another seed gives another edit, 0 the plain masked edit; bad values refused."""
+    from runtime.video_editing import dilate
+
+    _, video, source = default_video
+    mask = dilate(video.max(axis=-1) > 0.5, 1)
+    pipe, editor = VideoEditPipeline.from_pretrained(default_video[0]), VideoEditor.from_dir(fp32_engines)
+    steps, strength = 8, SETTINGS["strength"]
+    kwargs = {"strength": strength, "negative_prompt": source, "mask": mask, "progress": False}
+    got = {}
+    for name, p in (("reference", pipe), ("runtime", editor)):
+        trajectory = []
+        x_T = p.invert(video, source, steps, strength=strength, progress=False, trajectory=trajectory)
+        for lam, seed in ((1.0, 3), (0.5, 3), (0.5, 4), (0.0, 3)):
+            got[name, lam, seed] = p.sample(x_T, EDIT, steps, 15.0, seed, region_noise=lam, trajectory=trajectory, **kwargs)
+        eps = np.random.Generator(np.random.PCG64(3)).standard_normal(x_T.shape, dtype=np.float32)  # independent of runtime.noise
+        m = mask[:, None].astype(np.float32)
+        mixed = (m * (np.sqrt(0.5) * x_T + np.sqrt(0.5) * eps) + (1 - m) * x_T).astype(np.float32)
+        by_hand = p.sample(mixed, EDIT, steps, 15.0, 3, trajectory=trajectory[:-1] + [mixed], **kwargs)
+        np.testing.assert_allclose(got[name, 0.5, 3], by_hand, rtol=0, atol=1e-4)  # float32 rounding of the mix, grown by guidance 15
+        np.testing.assert_array_equal(got[name, 0.0, 3], p.sample(x_T, EDIT, steps, 15.0, trajectory=trajectory, **kwargs))
+        for key in ((name, 1.0, 3), (name, 0.5, 3), (name, 0.5, 4)):
+            np.testing.assert_allclose(got[key][~mask], video[~mask], rtol=0, atol=1e-6)
+        assert np.abs(got[name, 0.5, 3] - got[name, 0.5, 4]).max() > 0.1  # the seed matters
+        assert np.abs(got[name, 1.0, 3] - got[name, 0.0, 3]).max() > 0.1
+    for lam, seed in ((1.0, 3), (0.5, 4)):
+        assert psnr(got["runtime", lam, seed], got["reference", lam, seed]) >= THRESHOLD_DB["fp32"]
+    for bad, kw in ((-0.1, {"mask": mask}), (1.5, {"mask": mask}), (True, {"mask": mask}), ("1", {"mask": mask}), (float("nan"), {"mask": mask}),
+                    (0.5, {})):  # fmt: skip
+        with pytest.raises(InvalidArgumentError, match=r"region_noise=") as info:
+            editor.edit(video, source, EDIT, 2, region_noise=bad, progress=False, **kw)
+        assert ("give mask= too" if not kw else "a number in [0, 1]") in str(info.value)
+
+
 def _video(seed=0):
     return np.random.default_rng(seed).random((FRAMES, 32, 32, 3), dtype=np.float32)
 
@@ -276,9 +312,16 @@ def test_command_line(fp32_engines, tmp_path, capsys):
                                               mask=mask, progress=False)  # fmt: skip
     assert np.abs(read_video(tmp_path / "masked.mp4") - want).max() <= 4 / 255
     np.testing.assert_allclose(want[~mask], read_video(src)[~mask], rtol=0, atol=1e-6)
+    masked = ["--mask", str(tmp_path / "region.gif"), "--mask-dilation", "1"]
+    assert cli.main([*args, "-o", str(tmp_path / "noised.mp4"), *masked, "--region-noise", "1", "--seed", "5"]) == 0
+    want = VideoEditor.from_dir(engines).edit(read_video(src), "a red circle", "a blue square", 3, 4.0, 5, strength=0.67, negative_prompt="a red circle",
+                                              mask=mask, region_noise=1.0, progress=False)  # fmt: skip
+    assert np.abs(read_video(tmp_path / "noised.mp4") - want).max() <= 4 / 255
     for extra, message in ((["-o", str(tmp_path / "out.png")], "--output"), (["-o", str(tmp_path / "x.mp4"), "--steps", "0"], "num_inference_steps"),
                            (["-o", str(tmp_path / "y.mp4"), "--engines", str(tmp_path / "none")], "engine directory not found"),
-                           (["-o", str(tmp_path / "x.mp4"), "--mask", str(src), "--mask-dilation", "-2"], "mask_dilation=-2")):  # fmt: skip
+                           (["-o", str(tmp_path / "x.mp4"), "--mask", str(src), "--mask-dilation", "-2"], "mask_dilation=-2"),
+                           (["-o", str(tmp_path / "x.mp4"), "--region-noise", "0.5"], "region_noise=0.5: 0 without a region"),
+                           (["-o", str(tmp_path / "x.mp4"), *masked, "--region-noise", "2"], "region_noise=2.0")):  # fmt: skip
         assert cli.main([*args, *extra]) == 2  # argparse: the last --engines counts
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()

@@ -183,6 +183,11 @@ def test_command_lines(pixel_model_dir, tmp_path, capsys):
     outside = np.ones((F, 32, 32), bool)
     outside[:, 7:25, 7:25] = False  # the square grown by 1 px is a diamond inside this box
     assert np.abs(read_video(masked) - read_video(source))[outside].max() <= 2 / 255 + 1e-6  # mp4 (yuv444p, crf 0): 8-bit rounding, measured 2/255
+    noised = [str(tmp_path / "noised.mp4") if a == str(masked) else a for a in edit_masked] + ["--region-noise", "1", "--seed", "3"]
+    assert edit_video.main(noised) == 0  # fresh noise inside the region only
+    assert np.abs(read_video(tmp_path / "noised.mp4") - read_video(source))[outside].max() <= 2 / 255 + 1e-6
+    assert np.abs(read_video(tmp_path / "noised.mp4") - read_video(masked))[~outside].max() > 0.05
+    assert edit_video.main(edit + ["--region-noise", "0.5"]) == 2 and "region_noise=0.5: 0 without a region" in capsys.readouterr().err
     assert edit_video.main(edit_masked[:-1] + ["-1"]) == 2 and "mask_dilation=-1" in capsys.readouterr().err
     assert edit_video.main(edit_masked[:-3] + [str(source.with_name("x.gif"))]) == 2 and "x.gif" in capsys.readouterr().err
     for argv, message in ((["x.mp4"] + edit[1:], "existing video file"), (edit[:2] + [str(pixel_model_dir)] + edit[3:], "no temporal weights"),
