@@ -33,7 +33,7 @@ import numpy as np
 from contextdiff_ref.data.imagefolder import write_image_folder
 from contextdiff_ref.data.shapes import caption, render, sample_scenes
 from contextdiff_ref.models.model_dir import check_model_dir, load_model_dir, quiet_loading, save_model_dir
-from contextdiff_ref.video.data import MOTION_WORDS, clip_caption, clip_edits, evaluation_clips, random_clip, render_clip
+from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, random_clip, render_clip
 from contextdiff_ref.video.model_dir import add_words
 from runtime.errors import ContextDiffError, InvalidArgumentError
 
@@ -52,19 +52,33 @@ def write_motion_folder(out: str | os.PathLike[str], clips: int, two_object_clip
             raise InvalidArgumentError(name, value, "an integer >= 0")
     if clips + two_object_clips + stills == 0:
         raise InvalidArgumentError("clips", clips, "at least one clip or still in all")
-    rng = np.random.default_rng([seed, 1000])
 
     def entries() -> Iterator[tuple[str, np.ndarray, str]]:
-        for i in range(clips + two_object_clips):
-            clip = random_clip(rng, 1 if i < clips else 2)
-            while clip_caption(clip) in held_out:
-                clip = random_clip(rng, len(clip))
+        for i, clip in enumerate(motion_clips(clips, two_object_clips, seed, held_out)):
             for f, frame in enumerate(render_clip(clip)):
                 yield f"clip{i:05d}-{f}.png", frame, clip_caption(clip)
         for j, scene in enumerate(sample_scenes(seed + 777, 0, stills)):
             yield f"still{j:05d}.png", render(scene), caption(scene)
 
     return write_image_folder(out, entries())
+
+
+def motion_clips(clips: int, two_object_clips: int, seed: int = 0, held_out: frozenset[str] = frozenset()) -> Iterator[Clip]:
+    """The folder's clips (step 2), in order: ``clips`` one-object then ``two_object_clips`` two-object ones from the
+    NumPy stream ``[seed, 1000]``, a clip whose caption is in ``held_out`` drawn again."""
+    rng = np.random.default_rng([seed, 1000])
+    for i in range(clips + two_object_clips):
+        clip = random_clip(rng, 1 if i < clips else 2)
+        while clip_caption(clip) in held_out:
+            clip = random_clip(rng, len(clip))
+        yield clip
+
+
+def base_clip_captions(clips: int = 600, two_object_clips: int = 200, seed: int = 0, held_out_clips: int = 24) -> frozenset[str]:
+    """The captions of the clips a video base's folder holds (:func:`build_video_base`'s arguments; the defaults
+    are the embedded base's): what an evaluation that must be unseen by the base leaves out."""
+    held_out = evaluation_captions(held_out_clips) if held_out_clips else frozenset()
+    return frozenset(clip_caption(c) for c in motion_clips(clips, two_object_clips, seed, held_out))
 
 
 def evaluation_captions(clips: int = 24, edits: int = 2, seed: int = 0) -> frozenset[str]:

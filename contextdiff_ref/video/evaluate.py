@@ -12,7 +12,13 @@ baseline difference over (clip, edit) pairs with its 95% interval.
 :class:`runtime.sampling.LocalBlend`; the region comes from the source frames, never from the edit's target);
 ``--blend-region box`` grows each source object to its bounding box first (:func:`source_region`), so an edit to
 another shape of the same size has room (a triangle's foreground leaves no room for a circle's upper half).
-``--clip-seed S`` draws another set of source clips (settings chosen on one set can be checked on another).
+``--region-noise L`` (with blending) mixes fresh noise into the inverted x_T inside the region
+(:meth:`runtime.video_editing.FrameFoldedEditing.sample`): the inversion carries the source object's outline, and an
+edit to another shape inherits it (a triangle edited into a circle comes out a rounded square); 1 draws the region anew
+while the blend still holds the rest to the source. ``--clip-seed S`` draws another set of source clips (settings chosen on one set can be checked on another);
+``--clip-set unseen`` keeps only clips whose caption and whose edits' captions are none of the embedded video base's
+training clips' (:func:`contextdiff_ref.video.base.base_clip_captions`) — seed 0's clips are all such (the base was
+built holding them out), another seed's are not, and an edit into a clip the base trained on is easier.
 
 ``--engine runtime`` makes the edits through exported engines instead: each tuned model is built into an engine
 directory (ONNX Runtime, fp32) and edited with ``runtime.VideoEditor`` — the edit metrics measured through the
@@ -46,12 +52,14 @@ from contextdiff_ref.data.alignment import THRESHOLD
 from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.metrics import ClipScore, paired_clip_difference, score_clip, summarize_clips
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.video_editing import validate_region_noise
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("contextdiff", "baseline")
 ENGINES = ("reference", "runtime")
 REGIONS = ("foreground", "box")
+CLIP_SETS = ("all", "unseen")
 
 
 @dataclass(frozen=True)
@@ -67,9 +75,11 @@ class EditSettings:
     guidance_scale: float = 15.0
     negative: str = "source"  # the guidance's unconditional prompt: "source" (the source caption) or "empty"
     clip_seed: int = 0
+    clip_set: str = "all"  # "all" clips of the seed's draw, or only those "unseen" by the embedded base (source_clips)
     engine: str = "reference"  # who edits: "reference" (VideoEditPipeline) or "runtime" (exported engines, runtime.VideoEditor)
     blend_dilation: int | None = None  # local blending: None off; d >= 0 confines each edit to the source's foreground grown by d px
     blend_region: str = "foreground"  # local blending's region before growing: the source's "foreground", or each object's "box"
+    region_noise: float = 0.0  # with blending: fraction λ of fresh noise mixed into x_T inside the region (0: the inversion alone)
 
     def __post_init__(self) -> None:
         for name in ("clips", "edits", "tune_steps", "num_inference_steps"):
@@ -87,6 +97,8 @@ class EditSettings:
             raise InvalidArgumentError("strength", self.strength, f"a number in [1/num_inference_steps, 1] = [{1 / n:g}, 1]")
         if self.negative not in ("source", "empty"):
             raise InvalidArgumentError("negative", self.negative, "'source' or 'empty'")
+        if self.clip_set not in CLIP_SETS:
+            raise InvalidArgumentError("clip_set", self.clip_set, f"one of {CLIP_SETS}")
         if self.engine not in ENGINES:
             raise InvalidArgumentError("engine", self.engine, f"one of {ENGINES}")
         d = self.blend_dilation
@@ -94,6 +106,7 @@ class EditSettings:
             raise InvalidArgumentError("blend_dilation", d, "None (no local blending) or an integer >= 0 (pixels)")
         if self.blend_region not in REGIONS:
             raise InvalidArgumentError("blend_region", self.blend_region, f"one of {REGIONS}")
+        validate_region_noise(self.region_noise, d is not None, "blend_dilation")
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -109,7 +122,7 @@ def _check_settings(run: Path, settings: EditSettings, model: Path) -> None:
     wanted = dataclasses.asdict(settings) | {"model": str(Path(model).resolve())}
     path = run / "settings.json"
     if path.is_file():
-        found = {"engine": "reference", "blend_dilation": None, "blend_region": "foreground"} | json.loads(path.read_text()) | {"clips": settings.clips}  # older runs: their defaults
+        found = {"engine": "reference", "blend_dilation": None, "blend_region": "foreground", "region_noise": 0.0, "clip_set": "all"} | json.loads(path.read_text()) | {"clips": settings.clips}  # older runs: their defaults
         if found != wanted:
             diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
             raise ContextDiffError(f"{run} holds an evaluation with other settings {diff} (stored, requested): use another --out")
@@ -142,7 +155,7 @@ def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, sett
     x_T = pipe.invert(source, caption, settings.num_inference_steps, strength=settings.strength, progress=False, trajectory=trajectory)  # once for all edits
     return np.stack([
         pipe.sample(x_T, clip_caption(e), settings.num_inference_steps, settings.guidance_scale, seed=0, strength=settings.strength,
-                    negative_prompt=negative, mask=mask, trajectory=trajectory, progress=False)
+                    negative_prompt=negative, mask=mask, region_noise=settings.region_noise, trajectory=trajectory, progress=False)
         for e in edits
     ])  # fmt: skip
 
@@ -173,10 +186,26 @@ def source_region(frames: np.ndarray, dilation: int, region: str = "foreground")
     return dilate(mask, dilation)  # 3.
 
 
+def source_clips(settings: EditSettings) -> list[Clip]:
+    """The run's ``clips`` source clips: the first of the ``clip_seed`` draw (:func:`evaluation_clips`), with
+    ``clip_set="unseen"`` only those whose caption and whose ``edits`` edits' captions the embedded base never trained
+    on (the draw continued until there are enough; prefix-stable like the draw)."""
+    if settings.clip_set == "all":
+        return evaluation_clips(settings.clips, settings.clip_seed)
+    from contextdiff_ref.video.base import base_clip_captions
+
+    seen, limit = base_clip_captions(), 100 * settings.clips
+    drawn = evaluation_clips(limit, settings.clip_seed)
+    unseen = [c for c in drawn if not {clip_caption(x) for x in (c, *clip_edits(c, settings.edits))} & seen][: settings.clips]
+    if len(unseen) < settings.clips:
+        raise InvalidArgumentError("clips", settings.clips, f"at most {len(unseen)} with clip_set='unseen' (of {limit} drawn clips)")
+    return unseen
+
+
 def run_edits(model: Path, run: Path, settings: EditSettings, device: str = "cpu") -> dict[str, np.ndarray]:
     """Make (or load) every method's edits: method -> (clips, E, F, H, W, 3) float32."""
     _check_settings(run, settings, model)
-    clips = evaluation_clips(settings.clips, settings.clip_seed)
+    clips = source_clips(settings)
     out: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     for i, clip in enumerate(clips):
         for method in METHODS:
@@ -194,7 +223,7 @@ def run_edits(model: Path, run: Path, settings: EditSettings, device: str = "cpu
 
 def score_edits(frames: dict[str, np.ndarray], settings: EditSettings) -> dict[str, Any]:
     """The report (JSON-ready): per method the summary over all (clip, edit) pairs, and the paired differences."""
-    clips = evaluation_clips(settings.clips, settings.clip_seed)
+    clips = source_clips(settings)
     targets = [e for clip in clips for e in clip_edits(clip, settings.edits)]
     scores: dict[str, list[ClipScore]] = {
         m: [score_clip(f, t) for f, t in zip(frames[m].reshape(-1, *frames[m].shape[2:]), targets)] for m in METHODS
@@ -225,7 +254,7 @@ def write_strip(frames: dict[str, np.ndarray], settings: EditSettings, path: Pat
     """GIF (or mp4) of one clip: source | each edit by ContextDiff | the same edit by the baseline, side by side."""
     from runtime.video_io import write_video
 
-    clip = evaluation_clips(settings.clips, settings.clip_seed)[clip_index]
+    clip = source_clips(settings)[clip_index]
     panels = [render_clip(clip)]
     for e in range(frames["contextdiff"].shape[1]):
         panels += [frames["contextdiff"][clip_index, e], frames["baseline"][clip_index, e]]
@@ -242,6 +271,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=d.clips, help="source clips (default: %(default)s)")
     p.add_argument("--clip-seed", type=int, default=d.clip_seed,
                    help="seed of the clip draw: another seed is another set of source clips, e.g. to check settings chosen on seed 0 (default: %(default)s)")
+    p.add_argument("--clip-set", choices=CLIP_SETS, default=d.clip_set,
+                   help="all clips of the draw, or only those whose caption and edits' captions the embedded video base never trained on (default: %(default)s)")
     p.add_argument("--edits", type=int, default=d.edits, help="edits per clip (default: %(default)s)")
     p.add_argument("--tune-steps", type=int, default=d.tune_steps, help="one-shot tuning steps per clip and method (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="tuning learning rate (default: %(default)s)")
@@ -255,6 +286,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="local blending: confine each edit to the source clip's foreground grown by this many pixels (default: off)")
     p.add_argument("--blend-region", choices=REGIONS, default=d.blend_region,
                    help="local blending's region before growing: the source's foreground, or each object's bounding box (default: %(default)s)")
+    p.add_argument("--region-noise", type=float, default=d.region_noise,
+                   help="with --blend-dilation: fraction of fresh noise mixed into the inverted x_T inside the region, 0 to 1 (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--strip", type=Path, default=None, help="write clip 0 as source | ContextDiff edit | baseline edit, per edit (.gif or .mp4)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -272,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_loading()
     try:
         settings = EditSettings(clips=args.clips, edits=args.edits, tune_steps=args.tune_steps, learning_rate=args.lr, num_inference_steps=args.steps,
-                                strength=args.strength, guidance_scale=args.guidance, negative=args.negative, engine=args.engine, clip_seed=args.clip_seed,
-                                blend_dilation=args.blend_dilation, blend_region=args.blend_region)  # fmt: skip
+                                strength=args.strength, guidance_scale=args.guidance, negative=args.negative, engine=args.engine, clip_seed=args.clip_seed, clip_set=args.clip_set,
+                                blend_dilation=args.blend_dilation, blend_region=args.blend_region, region_noise=args.region_noise)  # fmt: skip
         model = args.model if args.model is not None else default_video_base_dir()
         check_model_dir(model)
         frames = run_edits(Path(model), args.out, settings, args.device)

@@ -40,6 +40,17 @@ def test_motion_folder_holds_out_captions(tmp_path):
     assert len(folder) == 3 * 8 and first not in folder.captions
 
 
+def test_base_clip_captions_are_the_folders_clip_captions(tmp_path):
+    """base_clip_captions replays the folder's draw: the same captions as a written folder's clips (held-out skips
+    included), and the embedded base's (defaults) leave out every caption of the evaluation's seed-0 clips and edits."""
+    args = {"clips": 5, "two_object_clips": 2, "seed": 4, "held_out_clips": 3}
+    folder = open_image_folder(base.write_motion_folder(tmp_path / "data", args["clips"], args["two_object_clips"], 0, args["seed"],
+                                                        base.evaluation_captions(3)), 32)  # fmt: skip
+    assert base.base_clip_captions(**args) == frozenset(folder.captions)
+    shipped = base.base_clip_captions()
+    assert len(shipped) > 100 and not shipped & base.evaluation_captions(24)
+
+
 def test_evaluation_captions_cover_the_evaluation_sources_and_edits():
     held = base.evaluation_captions(3, 2)
     clips = evaluation_clips(3, 0)

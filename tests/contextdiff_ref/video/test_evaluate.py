@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from contextdiff_ref.video import evaluate
-from contextdiff_ref.video.data import MovingObject, clip_edits, evaluation_clips, render_clip
+from contextdiff_ref.video.data import MovingObject, clip_caption, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.evaluate import METHODS, EditSettings, markdown_table, run_edits, score_edits
 from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.video_editing import dilate
@@ -116,6 +116,12 @@ def test_local_blending_in_boxes(pixel_model_dir, tmp_path):
     np.testing.assert_allclose(frames["contextdiff"][0, 0][~region], source[~region], rtol=0, atol=1e-6)
     with pytest.raises(ContextDiffError, match="other settings .*blend_region"):
         run_edits(pixel_model_dir, tmp_path / "run", dataclasses.replace(settings, blend_region="foreground"))
+    noised = dataclasses.replace(settings, region_noise=1.0)
+    with pytest.raises(ContextDiffError, match="other settings .*region_noise"):  # runs before it read as region_noise 0
+        run_edits(pixel_model_dir, tmp_path / "run", noised)
+    again = run_edits(pixel_model_dir, tmp_path / "noised", noised)["contextdiff"][0, 0]
+    np.testing.assert_allclose(again[~region], source[~region], rtol=0, atol=1e-6)  # the noise stays inside the region
+    assert np.abs(again - frames["contextdiff"][0, 0])[region].max() > 0.1  # and changes the edit there
 
 
 @pytest.mark.parametrize(
@@ -123,11 +129,43 @@ def test_local_blending_in_boxes(pixel_model_dir, tmp_path):
     [("clips", 0), ("edits", 1.5), ("tune_steps", -1), ("num_inference_steps", True), ("strength", 0.0), ("strength", 0.01),
      ("strength", 1.5), ("guidance_scale", -1.0), ("learning_rate", 0.0), ("negative", "target"),
      ("engine", "tensorrt"), ("blend_dilation", -1), ("blend_dilation", True), ("blend_dilation", 1.5),
-     ("blend_region", "mask"), ("clip_seed", -1), ("clip_seed", 0.5)],
+     ("blend_region", "mask"), ("clip_seed", -1), ("clip_seed", 0.5), ("region_noise", 0.5), ("region_noise", -0.1),
+     ("clip_set", "seen")],
 )  # fmt: skip
 def test_bad_settings(field, value):
     with pytest.raises(InvalidArgumentError, match=field):
         EditSettings(**{field: value})
+
+
+def test_unseen_clip_set(monkeypatch):
+    """clip_set='unseen': seed 0's clips are all unseen by the embedded base (it was built holding them out); another
+    seed's set skips the clips it trained on, keeps the draw's order, and is prefix-stable; too few is a clear error."""
+    from contextdiff_ref.video import base
+
+    assert evaluate.source_clips(EditSettings(clip_set="unseen")) == evaluation_clips(24, 0)
+    seen = base.base_clip_captions()
+    chosen = evaluate.source_clips(EditSettings(clip_set="unseen", clip_seed=1))
+    drawn = evaluation_clips(2400, 1)
+    assert len(chosen) == 24 and chosen != drawn[:24]
+    taken = iter(chosen)  # in the draw's order: every clip of the draw up to the last one taken is taken or was seen
+    want = next(taken)
+    for clip in drawn:
+        is_seen = bool({clip_caption(c) for c in (clip, *clip_edits(clip, 2))} & seen)
+        assert is_seen != (clip == want)
+        if clip == want and (want := next(taken, None)) is None:
+            break
+    assert want is None
+    assert evaluate.source_clips(EditSettings(clips=5, clip_set="unseen", clip_seed=1)) == chosen[:5]
+    monkeypatch.setattr(base, "base_clip_captions", lambda: frozenset(clip_caption(c) for c in evaluation_clips(2400, 1)))
+    with pytest.raises(InvalidArgumentError, match=r"clips=24: at most 0 with clip_set='unseen'"):
+        evaluate.source_clips(EditSettings(clip_set="unseen", clip_seed=1))
+
+
+def test_region_noise_needs_a_region():
+    with pytest.raises(InvalidArgumentError, match=r"region_noise=1.5: a number in \[0, 1\]"):
+        EditSettings(blend_dilation=1, region_noise=1.5)
+    with pytest.raises(InvalidArgumentError, match=r"region_noise=0.5: 0 without a region .*blend_dilation"):  # noise needs a region
+        EditSettings(region_noise=0.5)
 
 
 def test_command_line_errors(tmp_path, capsys):
