@@ -15,10 +15,11 @@ another shape of the same size has room (a triangle's foreground leaves no room 
 ``--region-noise L`` (with blending) mixes fresh noise into the inverted x_T inside the region
 (:meth:`runtime.video_editing.FrameFoldedEditing.sample`): the inversion carries the source object's outline, and an
 edit to another shape inherits it (a triangle edited into a circle comes out a rounded square); 1 draws the region anew
-while the blend still holds the rest to the source. ``--clip-seed S`` draws another set of source clips (settings chosen on one set can be checked on another);
-``--clip-set unseen`` keeps only clips whose caption and whose edits' captions are none of the embedded video base's
-training clips' (:func:`contextdiff_ref.video.base.base_clip_captions`) — seed 0's clips are all such (the base was
-built holding them out), another seed's are not, and an edit into a clip the base trained on is easier.
+while the blend still holds the rest to the source. ``--clip-seed S`` draws another set of source clips (settings
+chosen on one set can be checked on another); ``--clip-set unseen`` keeps only clips whose caption and whose edits'
+captions are none of the embedded video base's training clips' (:func:`contextdiff_ref.video.base.base_clip_captions`)
+— seed 0's clips are all such (the base was built holding them out), another seed's are not, and an edit into a clip
+the base trained on is easier.
 
 ``--engine runtime`` makes the edits through exported engines instead: each tuned model is built into an engine
 directory (ONNX Runtime, fp32) and edited with ``runtime.VideoEditor`` — the edit metrics measured through the
