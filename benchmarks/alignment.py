@@ -34,23 +34,25 @@ GenerateFn = Callable[[list[str], int], np.ndarray]  # (prompts, seed) -> (N, 32
 
 
 def runtime_generate_fn(model_dir: Path, engines_dir: Path, max_images: int, steps: int, guidance: float | None, backend: str = "onnxruntime-cpu",
-                        precision: str | None = None) -> GenerateFn:  # fmt: skip
+                        precision: str | None = None, contextual_guidance: str | None = None) -> GenerateFn:  # fmt: skip
     """Generation through ``runtime.Generator`` on a CPU backend (ONNX Runtime, or OpenVINO at ``precision``), building
-    the engine directory if needed."""
+    the engine directory if needed. ``contextual_guidance``: the variant of method doc §5 (None: the model's)."""
     from export.build import Backend, BuildOptions, build_engine_dir
     from runtime.generator import Generator
 
     build_engine_dir(model_dir, engines_dir, BuildOptions(backend=Backend.ONNXRUNTIME, max_images=max_images))
     generator = Generator.from_dir(engines_dir, backend=backend, precision=precision)
-    return lambda prompts, seed: generator(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed, progress=False).images
+    return lambda prompts, seed: generator(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed, progress=False,
+                                           contextual_guidance=contextual_guidance).images  # fmt: skip
 
 
-def reference_generate_fn(model_dir: Path, steps: int, guidance: float | None, device: str = "cpu") -> GenerateFn:
+def reference_generate_fn(model_dir: Path, steps: int, guidance: float | None, device: str = "cpu", contextual_guidance: str | None = None) -> GenerateFn:
     """Generation through the PyTorch reference pipeline."""
     from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 
     pipe = ContextDiffPipeline.from_pretrained(model_dir, device=device)
-    return lambda prompts, seed: pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed, progress=False).images
+    return lambda prompts, seed: pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed, progress=False,
+                                      contextual_guidance=contextual_guidance).images  # fmt: skip
 
 
 def generate_images(generate: GenerateFn, scenes: Sequence[Scene], seed: int, batch: int) -> np.ndarray:
@@ -65,9 +67,11 @@ def score_images(images: np.ndarray, scenes: Sequence[Scene]) -> list[ImageScore
     return [score_image(image, scene) for image, scene in zip(images, scenes)]
 
 
-def evaluation_scenes(images_per_prompt: int, limit: int | None) -> dict[str, list[Scene]]:
-    """Both prompt sets (optionally the first ``limit`` prompts of each), each prompt repeated per image."""
-    return {name: [s for s in scenes[:limit] for _ in range(images_per_prompt)] for name, scenes in evaluation_sets().items()}
+def evaluation_scenes(images_per_prompt: int, limit: int | None, sets: dict[str, list[Scene]] | None = None) -> dict[str, list[Scene]]:
+    """The prompt sets (default: both evaluation sets; optionally the first ``limit`` prompts of each), each prompt
+    repeated per image."""
+    sets = evaluation_sets() if sets is None else sets
+    return {name: [s for s in scenes[:limit] for _ in range(images_per_prompt)] for name, scenes in sets.items()}
 
 
 def grid_indices(count: int, per_set: int = 12) -> list[int]:
@@ -95,15 +99,21 @@ def markdown_table(report: dict) -> str:
     for model, sets in report["models"].items():
         for name, m in sets.items():
             lines.append(f"| {model} | {name} | {m['images']} | {m['colour_position_accuracy']:.1%} | {m['full_accuracy']:.1%} | {m['exact_prompt_rate']:.1%} |")
-    for name, diffs in report.get("difference", {}).items():
-        cells = [f"{d['difference']:+.1%} [{d['ci_low']:+.1%}, {d['ci_high']:+.1%}]" for d in diffs.values()]
-        lines.append(f"| ContextDiff − baseline (95% CI) | {name} | {report['models']['contextdiff'][name]['images']} | " + " | ".join(cells) + " |")
+    differences = report.get("differences", {"ContextDiff − baseline": report["difference"]} if "difference" in report else {})
+    for label, per_set in differences.items():
+        for name, diffs in per_set.items():
+            cells = [f"{d['difference']:+.1%} [{d['ci_low']:+.1%}, {d['ci_high']:+.1%}]" for d in diffs.values()]
+            images = next(iter(report["models"].values()))[name]["images"]
+            lines.append(f"| {label} (95% CI) | {name} | {images} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def evaluate(models: dict[str, GenerateFn], images_per_prompt: int = 1, seed: int = 0, batch: int = 8, limit: int | None = None) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """Report (JSON-ready) and the generated images per model and prompt set."""
-    sets = evaluation_scenes(images_per_prompt, limit)
+def evaluate(models: dict[str, GenerateFn], images_per_prompt: int = 1, seed: int = 0, batch: int = 8, limit: int | None = None,
+             sets: dict[str, list[Scene]] | None = None, pairs: Sequence[tuple[str, str]] = ()) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:  # fmt: skip
+    """Report (JSON-ready) and the generated images per model and prompt set (``sets``: default both evaluation sets).
+    "difference": contextdiff − baseline when both are among ``models``; "differences": the paired difference of each
+    of ``pairs`` (a, b), labelled "a − b"."""
+    sets = evaluation_scenes(images_per_prompt, limit, sets)
     report: dict = {"models": {}, "seconds": {}}
     images: dict[str, dict[str, np.ndarray]] = {}
     scores: dict[str, dict[str, list[ImageScore]]] = {}
@@ -116,6 +126,8 @@ def evaluate(models: dict[str, GenerateFn], images_per_prompt: int = 1, seed: in
         logger.info("%s: %s", model, report["models"][model])
     if "contextdiff" in scores and "baseline" in scores:
         report["difference"] = {name: paired_difference(scores["contextdiff"][name], scores["baseline"][name]) for name in sets}
+    if pairs:
+        report["differences"] = {f"{a} − {b}": {name: paired_difference(scores[a][name], scores[b][name]) for name in sets} for a, b in pairs}
     return report, images
 
 
@@ -138,6 +150,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engines", type=Path, default=None, help="where engine directories are built (default: a temporary directory)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each model's recommendation, else 7.5)")
+    p.add_argument("--contextual-guidance", choices=["conditional", "guided"], default=None,
+                   help="ContextDiff's variant of guidance and the shift (method doc §5; default: each model's)")
     p.add_argument("--images-per-prompt", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=8, help="prompts per generation call (default: %(default)s)")
@@ -170,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="contextdiff-eval-") as tmp:
             engines_root = args.engines if args.engines is not None else Path(tmp)
             models = {
-                name: runtime_generate_fn(Path(path), engines_root / name, args.batch, args.steps, args.guidance, args.runtime_backend, args.precision)
+                name: runtime_generate_fn(Path(path), engines_root / name, args.batch, args.steps, args.guidance, args.runtime_backend, args.precision,
+                                          args.contextual_guidance)
                 if args.backend == "runtime"
-                else reference_generate_fn(Path(path), args.steps, args.guidance)
+                else reference_generate_fn(Path(path), args.steps, args.guidance, contextual_guidance=args.contextual_guidance)
                 for name, path in dirs.items()
             }  # fmt: skip
             report, images = evaluate(models, args.images_per_prompt, args.seed, args.batch, args.limit)

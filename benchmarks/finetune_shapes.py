@@ -29,15 +29,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.alignment import evaluate, markdown_table, reference_generate_fn, write_json
+from benchmarks.alignment import GenerateFn, evaluate, markdown_table, reference_generate_fn, write_json
 from contextdiff_ref.data.alignment import summarize
-from contextdiff_ref.data.imagefolder import write_shapes_folder
-from contextdiff_ref.data.shapes import SIZE, evaluation_sets, render, training_batch, vocabulary
+from contextdiff_ref.data.imagefolder import open_image_folder, write_shapes_folder
+from contextdiff_ref.data.shapes import (
+    SIZE,
+    caption,
+    composition,
+    evaluation_sets,
+    one_object_scenes,
+    render,
+    seen_two_object_scenes,
+    training_batch,
+    two_object_scenes,
+    vocabulary,
+)
 from contextdiff_ref.models.attach import attach_adapter
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.training.finetune import FinetuneConfig, Finetuner, export_finetuned
 from contextdiff_ref.training.loop import CHECKPOINT, read_checkpoint, write_checkpoint
 from runtime.errors import ContextDiffError
+from runtime.schedule import ContextualGuidance
 
 logger = logging.getLogger("benchmarks.finetune_shapes")
 
@@ -136,22 +148,43 @@ def write_base(path: Path, vae, prediction_type: str, seed: int = 0) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    d = FinetuneConfig(model="", data="")
     p = argparse.ArgumentParser(prog="python -m benchmarks.finetune_shapes", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="work directory (resumable)")
     p.add_argument("--json", type=Path, default=None, help="report file")
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--images", type=int, default=4000, help="images in the shapes folder (default: %(default)s)")
+    p.add_argument("--hold-out", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the evaluation's two-object compositions out of the folder (default: %(default)s)")
     p.add_argument("--steps", type=int, default=2500, help="fine-tuning steps per model (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--prediction-type", default="v_prediction", choices=["epsilon", "v_prediction"],
                    help="the base's (SD 1.x: epsilon, SD 2.x: v_prediction; default: %(default)s)")
     p.add_argument("--high-noise-fraction", type=float, default=0.25, help="(default: %(default)s)")
-    p.add_argument("--guidance", type=float, default=3.0, help="guidance scale of the evaluation (default: %(default)s)")
+    p.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=d.zero_terminal_snr,
+                   help="fine-tune on the base's schedule rescaled to zero terminal SNR (contextdiff_ref.finetune's default: %(default)s)")
+    p.add_argument("--posterior-sample", action=argparse.BooleanOptionalAction, default=d.posterior_sample,
+                   help="x_0 = a sample of the VAE posterior instead of its mean (contextdiff_ref.finetune's default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=3.0, help="the models' recommended guidance scale, evaluated beside 1 (default: %(default)s)")
+    p.add_argument("--variants", nargs="+", default=["conditional", "guided"], choices=[v.value for v in ContextualGuidance],
+                   help="contextual guidance variants evaluated at --guidance (default: %(default)s)")
     p.add_argument("--sampling-steps", type=int, default=50)
-    p.add_argument("--images-per-prompt", type=int, default=2)
+    p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
+
+
+def evaluation_configs(out: Path, steps: int, guidance: float, variants: list[str]) -> tuple[dict[str, GenerateFn], list[tuple[str, str]]]:
+    """The generators compared (reference pipeline): both models at guidance 1 and at ``guidance`` (ContextDiff once per
+    variant), and the pairs whose paired differences are reported."""
+    fn = lambda name, w, variant=None: reference_generate_fn(out / f"model-{name}", steps, w, contextual_guidance=variant)  # noqa: E731
+    models = {"contextdiff w=1": fn("contextdiff", 1.0), "baseline w=1": fn("baseline", 1.0), f"baseline w={guidance:g}": fn("baseline", guidance)}
+    pairs = [("contextdiff w=1", "baseline w=1")]
+    for variant in variants:
+        models[f"contextdiff w={guidance:g} {variant}"] = fn("contextdiff", guidance, variant)
+        pairs.append((f"contextdiff w={guidance:g} {variant}", f"baseline w={guidance:g}"))
+    return models, pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,15 +200,18 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("VAE reconstructions: %s", report["vae"])
         if not (out / "model").is_dir():
             write_base(out / "sd", vae, args.prediction_type)
-            attach_adapter(out / "sd", out / "model")
+            attach_adapter(out / "sd", out / "model", recommended_guidance_scale=args.guidance)
+        held_out = [caption(s) for s in two_object_scenes()] if args.hold_out else []
         if not (out / "data").is_dir():
-            write_shapes_folder(out / "data", args.images)
+            write_shapes_folder(out / "data", args.images, exclude=held_out)
+        folder = open_image_folder(out / "data", SIZE)
         report["training"] = {}
         for name, baseline in (("contextdiff", False), ("baseline", True)):
             run = out / f"run-{name}"
             config = FinetuneConfig(model=str((out / "model").resolve()), data=str((out / "data").resolve()), baseline=baseline, steps=args.steps,
                                     batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=200, train_text_encoder=True,
-                                    high_noise_fraction=args.high_noise_fraction)  # fmt: skip
+                                    high_noise_fraction=args.high_noise_fraction, zero_terminal_snr=args.zero_terminal_snr,
+                                    posterior_sample=args.posterior_sample)  # fmt: skip
             trainer = Finetuner(config, run)
             if trainer.step < config.steps:
                 trainer.run(checkpoint_every=250, log_every=50)
@@ -184,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
                                         "seconds_per_step": float(np.median([r["seconds_per_step"] for r in records]))}  # fmt: skip
             if not (out / f"model-{name}").is_dir():
                 export_finetuned(run, out / f"model-{name}")
-        models = {name: reference_generate_fn(out / f"model-{name}", args.sampling_steps, args.guidance) for name in ("contextdiff", "baseline")}
-        alignment, _ = evaluate(models, images_per_prompt=args.images_per_prompt)
+        sets = {"one_object": one_object_scenes(), "two_object_seen": seen_two_object_scenes(folder.captions), "two_object": two_object_scenes()}
+        folder_compositions = {composition(t) for t in folder.captions}
+        report["sets"] = {name: {"prompts": len(scenes), "in_training_folder": sum(composition(caption(s)) in folder_compositions for s in scenes)}
+                          for name, scenes in sets.items()}  # fmt: skip
+        models, pairs = evaluation_configs(out, args.sampling_steps, args.guidance, args.variants)
+        alignment, _ = evaluate(models, images_per_prompt=args.images_per_prompt, sets=sets, pairs=pairs)
         report.update(alignment)
         print(markdown_table(alignment))
         if args.json is not None:

@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mixed-precision", default=d.mixed_precision, help="no, bf16 or fp16 (GPUs; default: %(default)s)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass (less memory)")
     p.add_argument("--cache-latents", action="store_true", help="encode the images with the VAE once (<out>/latents.safetensors)")
+    p.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=d.zero_terminal_snr,
+                   help="train on the model's schedule rescaled to zero terminal SNR with trailing spacing (ε-prediction becomes v); "
+                        "the exported model keeps that schedule (default: %(default)s)")
+    p.add_argument("--posterior-sample", action=argparse.BooleanOptionalAction, default=d.posterior_sample,
+                   help="train on a sample μ + σε' of the VAE's posterior instead of its mean μ (the adapter then sees noise the "
+                        "sampler's smooth x̂_0 never has; default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: %(default)s)")
     p.add_argument("--log-every", type=int, default=50, help="steps between log records (default: %(default)s)")
@@ -72,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             text_dropout=args.text_dropout, snr_gamma=args.snr_gamma or None, high_noise_fraction=args.high_noise_fraction, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
             train_text_encoder=args.train_text_encoder, resolution=args.resolution, seed=args.seed,
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing, cache_latents=args.cache_latents,
+            zero_terminal_snr=args.zero_terminal_snr, posterior_sample=args.posterior_sample,
         )  # fmt: skip
         trainer = Finetuner(config, args.out)
         if trainer.step >= config.steps:

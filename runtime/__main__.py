@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="auto, tensorrt, onnxruntime, onnxruntime-cuda, onnxruntime-cpu or openvino (default: %(default)s)")
     p.add_argument("--precision", choices=["f32", "bf16"], default=None,
                    help="the openvino backend's inference precision (default: what the engine directory records, else f32)")
+    p.add_argument("--contextual-guidance", choices=["conditional", "guided"], default=None,
+                   help="how guidance meets the adapter's shift (method doc §5; default: the model's, recorded in its scheduler config)")
     return p.parse_args(argv)
 
 
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ContextDiffError(f"--num-images={args.num_images}: must be at least 1")
         gen = Generator.from_dir(args.engines, backend=args.backend, precision=args.precision)
         result = gen([args.prompt] * args.num_images, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                     guidance_scale=args.guidance, eta=args.eta, seed=args.seed)  # fmt: skip
+                     guidance_scale=args.guidance, eta=args.eta, seed=args.seed, contextual_guidance=args.contextual_guidance)  # fmt: skip
         image = make_grid(result.images) if args.num_images > 1 else result.images[0]
         args.output.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image * 255).round().astype("uint8")).save(args.output)

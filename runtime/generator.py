@@ -258,20 +258,28 @@ class Generator:
 
         return denoise
 
-    def _context_shift(self, cond_text: np.ndarray) -> Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]:
-        adapter, n, xp = self.runners[Component.ADAPTER], cond_text.shape[0], self.xp
-        text2 = xp.concatenate([cond_text, cond_text])
-        x2 = None
-        timesteps = xp.empty((2 * n,), dtype=xp.int64)
+    def _context_shift(self, text: np.ndarray) -> Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]:
+        """Method doc §5 step 3 for text states of k·N rows: one adapter call of batch 2·k·N (r_t and r_s stacked), or
+        one per text where the engine's profile is smaller (engines built before the "guided" variant existed)."""
+        adapter, m, xp = self.runners[Component.ADAPTER], text.shape[0], self.xp
+        buffers: dict[str, Any] = {}
 
-        def shift(x0: np.ndarray, t: int, s: int) -> tuple[np.ndarray, np.ndarray]:  # method doc §5 step 3
-            nonlocal x2
-            if x2 is None:
-                x2 = xp.empty((2 * n, *x0.shape[1:]), dtype=xp.float32)
-            x2[:n], x2[n:] = x0, x0
-            timesteps[:n], timesteps[n:] = t, s
-            r = adapter.infer({"sample": x2, "encoder_hidden_states": text2, "timestep": timesteps})["shift"]
-            return r[:n], r[n:]
+        def shift(x0: np.ndarray, t: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+            n = x0.shape[0]
+            calls = 1 if 2 * m <= self.manifest.components[Component.ADAPTER].profile.max[0] else m // n
+            rows = m // calls  # text rows per call
+            if not buffers:  # allocated once per generation call
+                buffers["x"] = xp.empty((2 * rows, *x0.shape[1:]), dtype=xp.float32)
+                buffers["t"] = xp.empty((2 * rows,), dtype=xp.int64)
+                buffers["text"] = [xp.concatenate([text[k * rows : (k + 1) * rows]] * 2) for k in range(calls)]
+            x2, timesteps = buffers["x"], buffers["t"]
+            for j in range(2 * rows // n):
+                x2[j * n : (j + 1) * n] = x0
+            timesteps[:rows], timesteps[rows:] = t, s
+            outs = [adapter.infer({"sample": x2, "encoder_hidden_states": part, "timestep": timesteps})["shift"] for part in buffers["text"]]
+            if calls == 1:
+                return outs[0][:rows], outs[0][rows:]
+            return xp.concatenate([r[:rows] for r in outs]), xp.concatenate([r[rows:] for r in outs])
 
         return shift
 
@@ -297,7 +305,8 @@ class Generator:
     @property
     def max_images(self) -> int:
         """Most images one call can make: what every engine's batch profile allows (guidance doubling included)."""
-        return min(a.profile.max[0] // batch_range(c, 1)[1] for c, a in self.manifest.components.items())
+        per_image = {Component.ADAPTER: 2}  # r_t and r_s; the "guided" variant's second text may take a second call
+        return min(a.profile.max[0] // per_image.get(c, batch_range(c, 1)[1]) for c, a in self.manifest.components.items())
 
     def validate(self, prompt: str | Sequence[str], **kwargs: Any) -> GenerationRequest:
         """Check a call's arguments (those of ``__call__``) against the model and the engines' profiles; resolve the
@@ -360,12 +369,13 @@ class Generator:
         strength: float = 1.0,
         progress: bool = True,
         blend: LocalBlend | None = None,
+        contextual_guidance: str | None = None,
     ) -> GenerationOutput:
         """Same arguments and results as ``ContextDiffPipeline.__call__``. The callback's arrays are the runners'
         (NumPy on the CPU, CuPy on a GPU) and belong to the loop: copy what you keep."""
         request = validate_request(
             self.limits, prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
-            output_type=output_type, callback=callback,
+            output_type=output_type, callback=callback, contextual_guidance=contextual_guidance,
         )  # fmt: skip
         return self.run(request, progress=progress, strength=strength, blend=blend)  # checks the engines' profiles

@@ -113,6 +113,9 @@ def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
     )  # fmt: skip
     check = (lambda entry: _check_file(root, entry)) if verify else (lambda entry: root / entry["file"])
     check(data["tokenizer"]), check(data["scheduler"])
+    recorded = model.get("contextual_guidance")  # the scheduler config's variant (method doc §5), beside the limits
+    if recorded is not None and recorded not in ("conditional", "guided"):
+        raise ValueError(f"model.contextual_guidance={recorded!r} is not 'conditional' or 'guided'")
     components = {}
     for name, entry in data["components"].items():
         component = Component(name)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from runtime.images import GenerationOutput
 from runtime.noise import draw_noise_parts
-from runtime.schedule import Array, InversionPlan, SamplingPlan, Schedule, contextual_ddim_step, predict_x0
+from runtime.schedule import Array, ContextualGuidance, InversionPlan, SamplingPlan, Schedule, contextual_ddim_step, predict_x0
 from runtime.validation import GenerationRequest, ModelLimits
 
 
@@ -22,7 +22,22 @@ class Denoiser(Protocol):
 
 class ContextShift(Protocol):
     def __call__(self, x0: Array, timestep: int, prev_timestep: int) -> tuple[Array, Array]:
-        """(r_t, r_s) = r_φ(x̂_0, c, t), r_φ(x̂_0, c, s) for x̂_0 (N, C, h, w) (method doc §5 step 3)."""
+        """(r_t, r_s) = r_φ(x̂_0, c, t), r_φ(x̂_0, c, s) for x̂_0 (N, C, h, w) (method doc §5 step 3).
+
+        A backend's shift made for text states of k·N rows (k texts per image, e.g. [uncond; cond]) returns
+        (k·N, C, h, w) each: x̂_0 repeated k times, row i with text row i."""
+
+
+def guided_context_shift(shift: ContextShift, n: int, guidance_scale: float) -> ContextShift:
+    """Method doc §5, "Guidance and the shift", variant "guided": ``shift`` evaluates the adapter on the guided batch's
+    two texts ([uncond; cond], 2N rows) at t and s; r = r^u + w (r^c − r^u) at each (N rows)."""
+    w = guidance_scale
+
+    def guided(x0: Array, timestep: int, prev_timestep: int) -> tuple[Array, Array]:
+        r_t, r_s = shift(x0, timestep, prev_timestep)  # 3. r^u and r^c, (2N, C, h, w) each
+        return r_t[:n] + w * (r_t[n:] - r_t[:n]), r_s[:n] + w * (r_s[n:] - r_s[:n])
+
+    return guided
 
 
 @dataclass(frozen=True)
@@ -137,15 +152,21 @@ def generate(
 ) -> GenerationOutput:
     """The stages of one validated call, shared by the reference pipeline and runtime.Generator: encode the text
     ([uncond; cond] when guiding), draw the noise (runtime.noise), move it to the device once (``to_device``),
-    sample (the last steps only when ``strength`` < 1: the latents are then x at the first of them), decode."""
+    sample (the last steps only when ``strength`` < 1: the latents are then x at the first of them), decode.
+    ``context_shift(text)`` makes the adapter's step 3 for text states of k·N rows: the conditional text, or with
+    guidance and the "guided" variant (the request's, else the schedule config's) both texts."""
     n = request.batch_size
     text = encode(request.negative_prompts + request.prompts if request.do_guidance else request.prompts)
-    cond_text = text[n:] if request.do_guidance else text
+    variant = request.contextual_guidance or schedule.config.contextual_guidance
+    if request.do_guidance and variant is ContextualGuidance.GUIDED:
+        shift = guided_context_shift(context_shift(text), n, request.guidance_scale)
+    else:
+        shift = context_shift(text[n:] if request.do_guidance else text)
     f = limits.vae_scale_factor
     sample_shape = (limits.sample_channels, request.height // f, request.width // f)
     initial, step_noise = draw_noise_parts(request.noise_parts, sample_shape, request.num_inference_steps, request.eta)
     x0 = sample(
-        denoiser(text, request), context_shift(cond_text), to_device(initial if request.latents is None else request.latents),
+        denoiser(text, request), shift, to_device(initial if request.latents is None else request.latents),
         schedule.plan(request.num_inference_steps, request.eta, strength), step_noise=None if step_noise is None else to_device(step_noise),
         callback=request.callback, progress=progress, blend=None if blend is None else blend.to(to_device),
     )  # fmt: skip

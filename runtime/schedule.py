@@ -55,8 +55,15 @@ class ShiftSchedule(str, enum.Enum):
     NONE = "none"  # k ≡ 0: plain DDIM
 
 
+class ContextualGuidance(str, enum.Enum):
+    """How classifier-free guidance meets the adapter's shift (method doc §5, "Guidance and the shift")."""
+
+    CONDITIONAL = "conditional"  # one adapter call on the conditional text, after guidance (§5 steps 3–6 as written)
+    GUIDED = "guided"  # the adapter on both texts, r = r^u + w (r^c − r^u) at t and at s
+
+
 # Keys of diffusers' DDIMScheduler config that we accept only at their "off" value.
-_UNSUPPORTED_UNLESS = {"thresholding": False, "rescale_betas_zero_snr": False}
+_UNSUPPORTED_UNLESS = {"thresholding": False}
 # Keys that only matter for features above (or for other scheduler classes) and are ignored silently.
 _IGNORED_KEYS = {"dynamic_thresholding_ratio", "sample_max_value", "skip_prk_steps"}
 
@@ -84,7 +91,9 @@ class SchedulerConfig:
     timestep_spacing: TimestepSpacing = TimestepSpacing.LEADING
     clip_sample: bool = True
     clip_sample_range: float = 1.0
+    rescale_betas_zero_snr: bool = False  # zero terminal SNR (Lin et al. 2024; method doc §5, "Terminal signal")
     shift_schedule: ShiftSchedule = ShiftSchedule.QUADRATIC
+    contextual_guidance: ContextualGuidance = ContextualGuidance.CONDITIONAL  # the sampler's default (§5); per call overridable
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -92,6 +101,7 @@ class SchedulerConfig:
         set_("prediction_type", _enum_value(PredictionType, "prediction_type", self.prediction_type))
         set_("timestep_spacing", _enum_value(TimestepSpacing, "timestep_spacing", self.timestep_spacing))
         set_("shift_schedule", _enum_value(ShiftSchedule, "shift_schedule", self.shift_schedule))
+        set_("contextual_guidance", _enum_value(ContextualGuidance, "contextual_guidance", self.contextual_guidance))
         for name in ("num_train_timesteps", "steps_offset"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -100,9 +110,12 @@ class SchedulerConfig:
             raise ConfigError(f"scheduler config: num_train_timesteps={self.num_train_timesteps} must be >= 1")
         if self.steps_offset < 0:
             raise ConfigError(f"scheduler config: steps_offset={self.steps_offset} must be >= 0")
-        for name in ("set_alpha_to_one", "clip_sample"):
+        for name in ("set_alpha_to_one", "clip_sample", "rescale_betas_zero_snr"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"scheduler config: {name}={getattr(self, name)!r} must be true or false")
+        if self.rescale_betas_zero_snr and self.prediction_type is PredictionType.EPSILON:
+            raise ConfigError("scheduler config: rescale_betas_zero_snr=true with prediction_type='epsilon': at zero terminal SNR "
+                              "(ᾱ_T = 0) x̂_0 cannot be recovered from ε; use 'v_prediction' (as Lin et al. do) or 'sample'")  # fmt: skip
         for name in ("beta_start", "beta_end", "clip_sample_range"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -122,7 +135,7 @@ class SchedulerConfig:
         """Build from a diffusers-style ``scheduler_config.json`` dict.
 
         Keys starting with ``_`` are metadata. Keys of other scheduler classes are ignored with a log line;
-        DDIM features this package does not implement (thresholding, zero-terminal-SNR rescaling) raise.
+        DDIM features this package does not implement (thresholding) raise.
         """
         if not isinstance(config, Mapping):
             raise ConfigError(f"scheduler config must be a JSON object, got {type(config).__name__}")
@@ -143,6 +156,21 @@ class SchedulerConfig:
         if ignored:
             logger.info("scheduler config: ignoring keys DDIM does not use: %s", ", ".join(sorted(ignored)))
         return cls(**kwargs)
+
+    def with_zero_terminal_snr(self) -> SchedulerConfig:
+        """This schedule made to reach zero signal (method doc §5, "Terminal signal"; Lin et al. 2024): betas rescaled
+        (``rescale_betas_zero_snr``), "trailing" spacing so sampling starts at ᾱ_T = 0, and ε-prediction replaced by
+        v-prediction (x̂_0 cannot come from ε where ᾱ = 0). A model's weights do not match it until fine-tuned on it.
+        Raises InvalidArgumentError naming ``zero_terminal_snr`` where the betas cannot be rescaled."""
+        changed = dataclasses.replace(self, rescale_betas_zero_snr=True, timestep_spacing=TimestepSpacing.TRAILING,
+                                      prediction_type=PredictionType.V_PREDICTION if self.prediction_type is PredictionType.EPSILON else self.prediction_type)  # fmt: skip
+        try:
+            make_betas(changed)
+        except ConfigError as exc:
+            raise InvalidArgumentError("zero_terminal_snr", True, f"a scheduler config whose betas can be rescaled ({exc})") from None
+        if changed.prediction_type is not self.prediction_type:
+            logger.info("zero terminal SNR: prediction_type %s -> %s (fine-tuning adapts the model)", self.prediction_type.value, changed.prediction_type.value)
+        return changed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict that both :meth:`from_dict` and diffusers' ``DDIMScheduler`` can read."""
@@ -167,7 +195,23 @@ def make_betas(config: SchedulerConfig) -> np.ndarray:
         betas = np.array([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=np.float64)
     if not np.all(np.isfinite(betas)) or np.any(betas <= 0) or np.any(betas > 1):
         raise ConfigError("scheduler config: every beta must lie in (0, 1]; check beta_start/beta_end/trained_betas")
-    return betas
+    return rescale_zero_terminal_snr(betas) if config.rescale_betas_zero_snr else betas
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas whose √ᾱ is shifted and scaled so that √ᾱ_0 is kept and √ᾱ_{T−1} = 0 exactly (Lin et al. 2024, Algorithm
+    1; diffusers' ``rescale_betas_zero_snr``). float64.
+
+    1. √ᾱ_t from the betas; 2. √ᾱ ← (√ᾱ − √ᾱ_{T−1}) · √ᾱ_0 / (√ᾱ_0 − √ᾱ_{T−1}); 3. back to betas:
+    β_0 = 1 − ᾱ_0, β_t = 1 − ᾱ_t / ᾱ_{t−1} (so β_{T−1} = 1)."""
+    root = np.sqrt(np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)))  # 1.
+    first, last = root[0], root[-1]
+    if not first > last:
+        raise ConfigError("scheduler config: rescale_betas_zero_snr=true needs a schedule whose signal falls (√ᾱ_0 > √ᾱ_T)")
+    root = (root - last) * first / (first - last)  # 2.
+    alpha_bar = root**2
+    alphas = np.concatenate([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])  # 3.
+    return 1.0 - alphas
 
 
 def shift_coefficient(alpha_bar: np.ndarray | float, schedule: ShiftSchedule) -> np.ndarray:

@@ -170,7 +170,7 @@ def batch_range(component: Component, max_images: int) -> tuple[int, int]:
     if component in (Component.VAE_DECODER, Component.VAE_ENCODER):
         return 1, max_images
     if component is Component.ADAPTER:
-        return 2, 2 * max_images  # r_t and r_s stacked
+        return 2, 4 * max_images  # r_t and r_s stacked, for both texts under "guided" contextual guidance (method doc §5)
     return 1, 2 * max_images  # [uncond; cond]
 
 

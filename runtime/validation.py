@@ -15,6 +15,7 @@ import numpy as np
 
 from runtime.errors import InvalidArgumentError
 from runtime.noise import resolve_seed
+from runtime.schedule import ContextualGuidance
 
 OUTPUT_TYPES = ("np", "pil", "latent")
 DEFAULT_GUIDANCE_SCALE = 7.5
@@ -50,6 +51,7 @@ class GenerationRequest:
     latents: np.ndarray | None
     callback: Callable[..., Any] | None
     seed_parts: tuple[tuple[int, int], ...] = ()  # (seed, images) per joined call (merge_requests); () for one call
+    contextual_guidance: ContextualGuidance | None = None  # None: the model's (its scheduler config's) variant
 
     @property
     def batch_size(self) -> int:
@@ -61,9 +63,10 @@ class GenerationRequest:
         return self.seed_parts or ((self.seed, self.batch_size),)
 
     @property
-    def batch_key(self) -> tuple[int, float, float, int, int, str]:
+    def batch_key(self) -> tuple[int, float, float, int, int, str, str | None]:
         """Requests with equal keys can share one engine call (merge_requests)."""
-        return self.num_inference_steps, self.guidance_scale, self.eta, self.height, self.width, self.output_type
+        variant = None if self.contextual_guidance is None else self.contextual_guidance.value
+        return self.num_inference_steps, self.guidance_scale, self.eta, self.height, self.width, self.output_type, variant
 
     @property
     def do_guidance(self) -> bool:
@@ -117,6 +120,17 @@ def _size(name: str, value: Any, default: int, factor: int, ratio: int) -> int:
     return size
 
 
+def validate_contextual_guidance(value: Any) -> ContextualGuidance | None:
+    """``contextual_guidance``: None (the model's variant), or "conditional" / "guided" (method doc §5)."""
+    if value is None or isinstance(value, ContextualGuidance):
+        return value
+    try:
+        return ContextualGuidance(value)
+    except (ValueError, TypeError):
+        allowed = ", ".join(repr(v.value) for v in ContextualGuidance)
+        raise InvalidArgumentError("contextual_guidance", value, f"None (the model's choice) or one of {allowed}") from None
+
+
 def _latents(value: Any, shape: tuple[int, ...]) -> np.ndarray | None:
     if value is None:
         return None
@@ -146,8 +160,10 @@ def validate_request(
     width: int | None = None,
     output_type: str = "np",
     callback: Callable[..., Any] | None = None,
+    contextual_guidance: str | ContextualGuidance | None = None,
 ) -> GenerationRequest:
-    """Check every argument of a generation call against ``limits``; resolve defaults (and the seed)."""
+    """Check every argument of a generation call against ``limits``; resolve defaults (and the seed).
+    ``contextual_guidance`` stays None when not given: the sampler then takes the model's variant."""
     prompts = _prompts("prompt", prompt)
     negatives = _negative_prompts(negative_prompt, len(prompts))
     T = limits.num_train_timesteps
@@ -166,6 +182,7 @@ def validate_request(
         raise InvalidArgumentError("output_type", output_type, f"one of {', '.join(map(repr, OUTPUT_TYPES))}")
     if callback is not None and not callable(callback):
         raise InvalidArgumentError("callback", callback, "None or a callable taking a runtime.sampling.StepOutput")
+    variant = validate_contextual_guidance(contextual_guidance)
     return GenerationRequest(
         prompts=prompts,
         negative_prompts=negatives,
@@ -178,6 +195,7 @@ def validate_request(
         output_type=output_type,
         latents=array,
         callback=callback,
+        contextual_guidance=variant,
     )
 
 
@@ -189,7 +207,7 @@ def merge_requests(requests: Sequence[GenerationRequest]) -> GenerationRequest:
     keys = {r.batch_key for r in requests}
     if len(keys) > 1:
         raise InvalidArgumentError("requests", f"{len(requests)} requests with settings {sorted(keys)}",
-                                   "requests with equal steps, guidance, eta, size and output type (GenerationRequest.batch_key)")  # fmt: skip
+                                   "requests with equal steps, guidance, eta, size, output type and contextual guidance (GenerationRequest.batch_key)")  # fmt: skip
     for r in requests:
         if r.latents is not None or r.callback is not None:
             raise InvalidArgumentError("requests", "a request with latents or a callback", "requests without latents or callback (they cannot join a batch)")

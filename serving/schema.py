@@ -60,6 +60,7 @@ class ApiLimits:
     max_images: int
     max_steps: int
     default_guidance: float
+    contextual_guidance: str = "conditional"  # the model's variant (its scheduler config)
 
 
 def api_limits(generator: Any, max_images: int, max_steps: int) -> ApiLimits:
@@ -72,7 +73,7 @@ def api_limits(generator: Any, max_images: int, max_steps: int) -> ApiLimits:
         return SizeRange(lo, profile.max[axis] * f // q * q, q, default)
 
     return ApiLimits(size(1, limits.default_height), size(2, limits.default_width), max_images, max_steps,
-                     limits.recommended_guidance_scale or 7.5)  # fmt: skip
+                     limits.recommended_guidance_scale or 7.5, generator.schedule.config.contextual_guidance.value)  # fmt: skip
 
 
 class Strict(BaseModel):
@@ -102,6 +103,8 @@ def request_model(limits: ApiLimits) -> type[BaseModel]:
         height=size(limits.height, "height"),
         width=size(limits.width, "width"),
         num_images=(JsonInt, Field(1, ge=1, le=limits.max_images, description="images from this prompt and seed (one engine call)")),
+        contextual_guidance=(Literal["conditional", "guided"] | None, Field(None, description="how guidance meets the adapter's shift "
+                             f"(method doc §5); null: the model's, {limits.contextual_guidance!r}")),
         response_format=(Literal["png", "json"], Field("json", description="png: the PNG bytes (several images in a grid); json: base64 PNGs, seed, timings")),  # strict: a string, not an enum instance
     )  # fmt: skip
 
@@ -149,4 +152,5 @@ class ModelInfo(Strict):
     max_batch_images: int = Field(..., description="images one engine call serves (requests joined by dynamic batching)")
     max_steps: int
     recommended_guidance_scale: float
+    contextual_guidance: str = Field("conditional", description="the model's variant of guidance and the shift (method doc §5)")
     components: dict[str, ComponentInfo]

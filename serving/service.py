@@ -105,6 +105,7 @@ class ImageService:
         request = self.generator.validate(
             [body.prompt] * body.num_images, negative_prompt=body.negative_prompt, num_inference_steps=body.num_inference_steps,
             guidance_scale=body.guidance_scale, eta=body.eta, seed=seed, height=body.height, width=body.width, output_type="np",
+            contextual_guidance=body.contextual_guidance,
         )  # fmt: skip
         return Job(request, ResponseFormat(body.response_format), time.monotonic())
 
@@ -153,6 +154,6 @@ class ImageService:
             height=dict(minimum=lim.height.minimum, maximum=lim.height.maximum, multiple=lim.height.multiple),
             width=dict(minimum=lim.width.minimum, maximum=lim.width.maximum, multiple=lim.width.multiple),
             max_images_per_request=lim.max_images, max_batch_images=self.max_batch_images, max_steps=lim.max_steps,
-            recommended_guidance_scale=lim.default_guidance,
+            recommended_guidance_scale=lim.default_guidance, contextual_guidance=lim.contextual_guidance,
             components={c.value: ComponentInfo(precision=a.precision, profile=a.profile.to_json()) for c, a in manifest.components.items()},
         )  # fmt: skip

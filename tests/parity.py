@@ -13,10 +13,11 @@ PROMPTS = {1: ["a red circle at the top left"], 3: ["a red circle", "a blue squa
 
 
 def compare(model_dir: Path, engine_dir: Path, *, batch: int, guidance: float, eta: float, steps: int = 20, backend: str = "auto",
-            precision: str | None = None) -> tuple[float, float, np.ndarray]:  # fmt: skip
-    """(image PSNR, worst relative L2 error of x̂_0 over the steps, the runtime's images) for the same call and seed."""
+            precision: str | None = None, **call) -> tuple[float, float, np.ndarray]:  # fmt: skip
+    """(image PSNR, worst relative L2 error of x̂_0 over the steps, the runtime's images) for the same call and seed
+    (``call``: further keyword arguments of both pipelines, e.g. ``contextual_guidance``)."""
     report = compare_with_reference(model_dir, engine_dir, PROMPTS[batch], num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=7,
-                                    backend=backend, precision=precision)  # fmt: skip
+                                    backend=backend, precision=precision, **call)  # fmt: skip
     assert len(report.x0_rel_errors) == steps and report.images.dtype == np.float32
     return report.image_psnr, report.x0_max_rel_error, report.images
 

@@ -12,12 +12,17 @@ Images are resized so the shorter side is ``size`` (bicubic) and centre-cropped 
 example does, and returned as float32 (3, size, size) in [−1, 1].
 
     python -m contextdiff_ref.data.imagefolder --shapes 2000 --out data/shapes   # the shapes dataset in this layout
+    python -m contextdiff_ref.data.imagefolder --shapes 4000 --out data/shapes --exclude-captions heldout.txt
+
+``--exclude-captions FILE`` (one caption per line) keeps those compositions out of the folder, in either object
+order: a held-out set to evaluate compositions the model never saw (``benchmarks.finetune_shapes``).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import logging
 import os
@@ -29,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from contextdiff_ref.data.shapes import caption, render, sample_scenes
+from contextdiff_ref.data.shapes import caption, composition, parse_caption, render, scene_stream
 from contextdiff_ref.models.model_dir import atomic_directory
 from runtime.errors import ContextDiffError, InvalidArgumentError
 
@@ -144,12 +149,36 @@ def open_image_folder(root: str | os.PathLike[str], size: int, *, strict: bool =
     return ImageFolder(root, tuple(files), tuple(captions), size)
 
 
-def write_shapes_folder(out: str | os.PathLike[str], count: int, seed: int = 0) -> Path:
+def write_shapes_folder(out: str | os.PathLike[str], count: int, seed: int = 0, exclude: Iterable[str] = ()) -> Path:
     """The first ``count`` scenes of the shapes dataset's stream (seed ``seed``) as 32 × 32 PNGs with
-    ``metadata.jsonl``, written atomically."""
+    ``metadata.jsonl``, written atomically; scenes whose caption is in ``exclude`` (in either object order) are
+    skipped, so the folder still holds ``count`` images. Without ``exclude``: ``sample_scenes(seed, 0, count)``."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise InvalidArgumentError("count", count, "a positive integer")
-    return write_image_folder(out, ((f"{i:06d}.png", render(scene), caption(scene)) for i, scene in enumerate(sample_scenes(seed, 0, count))))
+    held_out = frozenset(composition(caption(parse_caption(text))) for text in exclude)
+    scenes = itertools.islice(scene_stream(seed, held_out), count)
+    return write_image_folder(out, ((f"{i:06d}.png", render(scene), caption(scene)) for i, scene in enumerate(scenes)))
+
+
+def read_caption_file(path: str | os.PathLike[str], option: str = "--exclude-captions") -> list[str]:
+    """Captions of the shapes dataset, one per line (blank lines ignored), or a DataError naming ``option``, the file
+    and what is wrong with it."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        what = "not found" if isinstance(exc, FileNotFoundError) else f"unreadable as UTF-8 text ({type(exc).__name__})"
+        raise DataError(f"{option} {path}: {what}; expected a text file of captions, one per line") from None
+    captions = [line.strip() for line in lines if line.strip()]
+    if not captions:
+        raise DataError(f"{option} {path}: no captions in it; expected a text file of captions, one per line")
+    for number, text in enumerate((line.strip() for line in lines), 1):
+        if text:
+            try:
+                parse_caption(text)
+            except InvalidArgumentError as exc:
+                raise DataError(f"{option} {path}, line {number}: {text[:80]!r} is not {exc.allowed}") from None
+    return captions
 
 
 def write_image_folder(out: str | os.PathLike[str], entries: Iterable[tuple[str, np.ndarray, str]]) -> Path:
@@ -169,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", type=int, required=True, metavar="N", help="number of images")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced atomically if it exists)")
     parser.add_argument("--seed", type=int, default=0, help="scene stream seed (default: %(default)s)")
+    parser.add_argument("--exclude-captions", type=Path, default=None, metavar="FILE",
+                        help="a text file of captions (one per line) whose compositions the folder must not hold, in either object order")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        write_shapes_folder(args.out, args.shapes, args.seed)
+        exclude = read_caption_file(args.exclude_captions) if args.exclude_captions is not None else ()
+        write_shapes_folder(args.out, args.shapes, args.seed, exclude)
     except (ContextDiffError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

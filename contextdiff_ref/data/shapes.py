@@ -13,6 +13,7 @@ half-open box with ``2·|x − cx| <= y − top``: apex at the top centre, base 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +95,30 @@ def caption(scene: Scene) -> str:
     return " and ".join(f"a {o.colour} {o.shape} at the {o.position}" for o in scene)
 
 
+def composition(text: str) -> str:
+    """The caption of the same objects in a fixed order: two captions that differ only in which object is named first
+    are one composition ("a red circle at the top left and a blue square at the bottom right" and the reverse)."""
+    return " and ".join(sorted(text.split(" and ")))
+
+
+def parse_caption(text: str) -> Scene:
+    """The scene (nominal size and centre) a caption of this dataset describes; anything else raises
+    InvalidArgumentError naming ``caption``."""
+    allowed = 'a caption of the shapes dataset: "a {colour} {shape} at the {position}", optionally " and " a second one in another quadrant'
+    objects = []
+    for phrase in text.split(" and ") if isinstance(text, str) else [None]:
+        words = phrase.split(" ", 3) if isinstance(phrase, str) else []
+        if len(words) != 4 or words[0] != "a" or not words[3].startswith("at the "):
+            raise InvalidArgumentError("caption", text, allowed)
+        colour, shape, position = words[1], words[2], words[3][len("at the ") :]
+        if colour not in COLOURS or shape not in SHAPES or position not in POSITIONS:
+            raise InvalidArgumentError("caption", text, allowed)
+        objects.append(ShapeObject(colour, shape, position))
+    if not 1 <= len(objects) <= 2 or len({o.position for o in objects}) != len(objects):
+        raise InvalidArgumentError("caption", text, allowed)
+    return tuple(objects)
+
+
 def random_scene(rng: np.random.Generator, num_objects: int) -> Scene:
     """A scene of ``num_objects`` (1 or 2) in distinct quadrants, colours/shapes/sizes/jitters uniform."""
     positions = rng.choice(len(POSITIONS), size=num_objects, replace=False)
@@ -113,6 +138,16 @@ def sample_scenes(seed: int, index: int, count: int) -> list[Scene]:
     return [random_scene(rng, 1 + int(rng.integers(2))) for _ in range(count)]
 
 
+def scene_stream(seed: int, exclude: frozenset[str] = frozenset()) -> Iterator[Scene]:
+    """Endless scenes of the stream ``seed`` (``sample_scenes(seed, 0, n)``'s first n, for any n), skipping every scene
+    whose :func:`composition` is in ``exclude`` (compositions, e.g. a held-out evaluation set)."""
+    rng = np.random.default_rng([seed, 0])
+    while True:
+        scene = random_scene(rng, 1 + int(rng.integers(2)))
+        if not exclude or composition(caption(scene)) not in exclude:
+            yield scene
+
+
 def training_batch(seed: int, index: int, count: int) -> tuple[np.ndarray, list[str]]:
     """(count, 3, 32, 32) float32 in [−1, 1] (the model's 2·v − 1) and the captions."""
     scenes = sample_scenes(seed, index, count)
@@ -129,6 +164,19 @@ def two_object_scenes(count: int = 72, seed: int = 0) -> list[Scene]:
     """The two-object evaluation set: ``count`` scenes drawn with ``seed`` (distinct quadrants)."""
     rng = np.random.default_rng(seed)
     return [random_scene(rng, 2) for _ in range(count)]
+
+
+def seen_two_object_scenes(captions: Iterable[str], count: int = 72) -> list[Scene]:
+    """The first ``count`` distinct two-object compositions among ``captions`` (e.g. a training folder's, in its order),
+    as scenes of nominal size: prompts a model was trained on, beside :func:`two_object_scenes`."""
+    scenes, seen = [], set()
+    for text in captions:
+        if " and " in text and composition(text) not in seen:
+            seen.add(composition(text))
+            scenes.append(parse_caption(text))
+            if len(scenes) == count:
+                return scenes
+    raise InvalidArgumentError("captions", f"{len(scenes)} distinct two-object compositions", f"at least {count}")
 
 
 def evaluation_sets() -> dict[str, list[Scene]]:

@@ -76,8 +76,10 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 
 def attach_adapter(base: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 0,
-                   recommended_guidance_scale: float | None = None, **adapter_overrides: int) -> Path:  # fmt: skip
-    """Write ``out`` (atomically): the base SD directory plus a zero-output adapter sized for it."""
+                   recommended_guidance_scale: float | None = None, zero_terminal_snr: bool = False, **adapter_overrides: int) -> Path:  # fmt: skip
+    """Write ``out`` (atomically): the base SD directory plus a zero-output adapter sized for it. ``zero_terminal_snr``
+    writes the base's schedule rescaled to zero terminal SNR (:meth:`runtime.schedule.SchedulerConfig.with_zero_terminal_snr`):
+    the model then needs fine-tuning before it generates well (``contextdiff_ref.finetune`` can also apply it)."""
     base, out = Path(base), Path(out)
     if not base.is_dir():
         raise ModelDirectoryError(f"base model directory not found: {base}")
@@ -99,6 +101,8 @@ def attach_adapter(base: str | os.PathLike[str], out: str | os.PathLike[str], *,
     if unet_config.get("cross_attention_dim") != hidden:
         raise ModelDirectoryError(f"{base}: unet cross_attention_dim={unet_config.get('cross_attention_dim')} != text_encoder hidden_size={hidden}")
     scheduler = SchedulerConfig.from_dict(_read_json(base / "scheduler" / SCHEDULER_CONFIG))
+    if zero_terminal_snr:
+        scheduler = scheduler.with_zero_terminal_snr()
     config = adapter_config_for(unet_config, hidden, **adapter_overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -124,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="ContextDiff model directory to write (replaced atomically if it exists)")
     parser.add_argument("--seed", type=int, default=0, help="adapter initialisation seed (default: %(default)s)")
     parser.add_argument("--recommended-guidance", type=float, default=None, help="guidance scale stored in model_index.json")
+    parser.add_argument("--zero-terminal-snr", action="store_true",
+                        help="rescale the base's schedule to zero terminal SNR (trailing spacing, v-prediction): fine-tune before use")
     for name in ("patch_size", "hidden_dim", "num_layers", "num_heads"):
         parser.add_argument(f"--adapter-{name.replace('_', '-')}", dest=name, type=int, default=None, help=f"adapter {name} (default: sized for the UNet)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {k: getattr(args, k) for k in ("patch_size", "hidden_dim", "num_layers", "num_heads") if getattr(args, k) is not None}
     try:
-        attach_adapter(args.base, args.out, seed=args.seed, recommended_guidance_scale=args.recommended_guidance, **overrides)
+        attach_adapter(args.base, args.out, seed=args.seed, recommended_guidance_scale=args.recommended_guidance,
+                       zero_terminal_snr=args.zero_terminal_snr, **overrides)
     except (ContextDiffError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -83,16 +83,17 @@ class ContextDiffPipeline:
 
         return denoise
 
-    def _context_shift(self, cond_text: torch.Tensor) -> Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]:
-        adapter, n = self.components.adapter, cond_text.shape[0]
-        text2 = torch.cat([cond_text, cond_text])
-        timesteps = torch.empty(2 * n, dtype=torch.long, device=self.device)  # once per call; filled in place per step
+    def _context_shift(self, text: torch.Tensor) -> Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]:
+        """Method doc §5 step 3 for text states of k·N rows: one adapter call of batch 2·k·N (r_t and r_s stacked)."""
+        adapter, m = self.components.adapter, text.shape[0]
+        text2 = torch.cat([text, text])
+        timesteps = torch.empty(2 * m, dtype=torch.long, device=self.device)  # once per call; filled in place per step
 
-        def shift(x0: torch.Tensor, t: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:  # method doc §5 step 3
-            timesteps[:n].fill_(t)
-            timesteps[n:].fill_(s)
-            r = adapter(torch.cat([x0, x0]).to(self.dtype), text2, timesteps).float()
-            return r[:n], r[n:]
+        def shift(x0: torch.Tensor, t: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+            timesteps[:m].fill_(t)
+            timesteps[m:].fill_(s)
+            r = adapter(x0.repeat(2 * m // x0.shape[0], 1, 1, 1).to(self.dtype), text2, timesteps).float()
+            return r[:m], r[m:]
 
         return shift
 
@@ -154,6 +155,7 @@ class ContextDiffPipeline:
         strength: float = 1.0,
         progress: bool = True,
         blend: LocalBlend | None = None,
+        contextual_guidance: str | None = None,
     ) -> GenerationOutput:
         """Generate images for ``prompt`` (a string or a list of N strings).
 
@@ -163,13 +165,14 @@ class ContextDiffPipeline:
         (torch tensors) after every step. ``strength`` < 1 (with ``latents``: x at the first timestep run) samples
         only the last steps of the schedule (:meth:`runtime.schedule.Schedule.strength_steps`), as after
         :meth:`invert` with the same strength. ``blend`` (:class:`runtime.sampling.LocalBlend`, host arrays) keeps
-        the sample on a source's inversion trajectory outside its mask after every step. Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
+        the sample on a source's inversion trajectory outside its mask after every step. ``contextual_guidance``
+        ("conditional" or "guided", method doc §5) overrides the model's variant of guidance and the shift. Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
         PIL images for "pil", the final sample (N, C, h, w) for "latent".
         """
         request = validate_request(
             self.limits, prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
-            output_type=output_type, callback=callback,
+            output_type=output_type, callback=callback, contextual_guidance=contextual_guidance,
         )
         check_strength(strength, latents)
         return generate(

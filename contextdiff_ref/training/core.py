@@ -119,9 +119,10 @@ class TrainerCore:
         if not path.is_file():
             return None
         state = read_checkpoint(path, self.device)
-        if state["config"] != self.config.identity():
-            diff = {k: (state["config"].get(k), v) for k, v in self.config.identity().items() if state["config"].get(k) != v}
-            diff.update({k: (v, None) for k, v in state["config"].items() if k not in self.config.identity()})
+        recorded = {**getattr(self.config, "LEGACY", {}), **state["config"]}  # fields added since: what such runs used
+        if recorded != self.config.identity():
+            diff = {k: (recorded.get(k), v) for k, v in self.config.identity().items() if recorded.get(k) != v}
+            diff.update({k: (v, None) for k, v in recorded.items() if k not in self.config.identity()})
             raise ContextDiffError(f"{path} was trained with other settings {diff} (checkpoint, requested): use another --out")
         self.load_module_states(state["modules"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -70,8 +70,11 @@ class FinetuneConfig:
     mixed_precision: str = "no"  # "bf16" / "fp16" on GPUs (accelerate's autocast and loss scaling)
     gradient_checkpointing: bool = False
     cache_latents: bool = False  # encode the folder with the VAE once (<out>/latents.safetensors)
+    zero_terminal_snr: bool = False  # train (and export) on the model's schedule rescaled to zero terminal SNR (method doc §5)
+    posterior_sample: bool = False  # x_0 = μ + σ ε' (a sample of the VAE posterior) instead of its mean μ
 
     RESUMABLE = ("steps", "mixed_precision", "gradient_checkpointing", "cache_latents")
+    LEGACY = {"zero_terminal_snr": False, "posterior_sample": True}  # what checkpoints written before a field existed were trained with
 
     def __post_init__(self) -> None:
         check_optimiser_fields(self)
@@ -81,6 +84,9 @@ class FinetuneConfig:
             raise InvalidArgumentError("lora_alpha", self.lora_alpha, "a positive finite number")
         if self.resolution is not None and (isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 1):
             raise InvalidArgumentError("resolution", self.resolution, "a positive integer (pixels)")
+        for name in ("zero_terminal_snr", "posterior_sample"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgumentError(name, getattr(self, name), "True or False")
         if self.mixed_precision not in MIXED_PRECISION:
             raise InvalidArgumentError("mixed_precision", self.mixed_precision, f"one of {', '.join(MIXED_PRECISION)}")
         self.loss_config()
@@ -115,8 +121,13 @@ class Finetuner(TrainerCore):
             raise InvalidArgumentError("mixed_precision", "fp16", "no or bf16 on a machine without a CUDA GPU (fp16 loss scaling needs one)")
         acc = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
         self.components = c = load_model_dir(config.model)
+        if config.zero_terminal_snr and not c.scheduler_config.rescale_betas_zero_snr:
+            c.scheduler_config = c.scheduler_config.with_zero_terminal_snr()  # trained on, and exported with, this schedule
         if c.vae is None and c.unet.config.out_channels != 3:
             raise ModelDirectoryError(f"{config.model}: the UNet works on {c.unet.config.out_channels}-channel latents but there is no vae/ to encode images")
+        for option, used in (("cache_latents", config.cache_latents), ("posterior_sample", config.posterior_sample)):
+            if used and c.vae is None:
+                logger.warning("%s has no effect: %s is a pixel-space model (no vae/), it trains on the images themselves", option, config.model)
         limits = model_limits(c)
         self.size = config.resolution or limits.default_height
         if self.size % limits.pixel_factor:
@@ -223,10 +234,11 @@ class Finetuner(TrainerCore):
         generator = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
         shape = (global_batch, *self.sample_shape)
         draws = self.objective.draw(shape, generator).select(mine)
-        if c.vae is not None:  # z = (μ + σ·ε' − shift) · scale, with ε' drawn for the global batch like the rest
-            latent_noise = torch.randn(shape, generator=generator, device=self.device)[mine]
+        if c.vae is not None:  # z = (μ − shift) · scale, or (μ + σ·ε' − shift) · scale with ε' drawn for the global batch like the rest
             mean, std = self._latent_statistics(indices)
-            x0 = (mean + std * latent_noise - (getattr(c.vae.config, "shift_factor", None) or 0.0)) * c.vae.config.scaling_factor
+            if cfg.posterior_sample:
+                mean = mean + std * torch.randn(shape, generator=generator, device=self.device)[mine]
+            x0 = (mean - (getattr(c.vae.config, "shift_factor", None) or 0.0)) * c.vae.config.scaling_factor
         else:
             x0 = torch.from_numpy(self.data.batch(indices)[0]).to(self.device)
         loss = self.model(x0, prompts, draws)
@@ -309,7 +321,8 @@ def export_finetuned(run_dir: str | Path, dest: str | Path) -> Path:
     run_dir = Path(run_dir)
     state = read_checkpoint(run_dir / CHECKPOINT)
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    config = FinetuneConfig(**{k: v for k, v in state["config"].items() if k in fields}, steps=max(1, int(state["step"])))
+    recorded = {**FinetuneConfig.LEGACY, **state["config"]}
+    config = FinetuneConfig(**{k: v for k, v in recorded.items() if k in fields and k != "steps"}, steps=max(1, int(state["step"])))
     trainer = Finetuner(config, run_dir, Accelerator(cpu=True), load_data=False)
     logger.info("exporting step %d of %s to %s", trainer.step, run_dir, dest)
     return save_model_dir(trainer.ema_components(), dest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import threading
@@ -26,6 +27,32 @@ def test_fp32_parity_with_the_reference(latent, eta, guidance, batch, pixel_mode
     model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
     image_psnr, x0_error, _ = compare(model_dir, engine_dir, batch=batch, guidance=guidance, eta=eta)
     assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
+
+
+@pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
+def test_guided_contextual_guidance_parity(latent, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
+    """The "guided" variant (method doc §5): one adapter call of batch 4N where the engine takes it, as the reference."""
+    model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
+    assert json.loads((engine_dir / "manifest.json").read_text())["components"]["adapter"]["profile"]["max"][0] == 12  # 4 × 3 images
+    image_psnr, x0_error, _ = compare(model_dir, engine_dir, batch=3, guidance=7.5, eta=1.0, contextual_guidance="guided")
+    assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
+
+
+def test_guided_variant_on_engines_built_for_two_adapter_rows_per_image(latent_fp32_dir):
+    """Engine directories built before the "guided" variant (adapter profile 2N) run it as one adapter call per text."""
+    gen = Generator.from_dir(latent_fp32_dir)
+    call = dict(prompt=PROMPTS[3], num_inference_steps=4, guidance_scale=7.5, seed=1, progress=False, output_type="latent", contextual_guidance="guided")
+    one_call = gen(**call).images
+    adapter = gen.manifest.components[Component.ADAPTER]
+    small = dataclasses.replace(adapter.profile, max=(6, *adapter.profile.max[1:]), opt=(6, *adapter.profile.opt[1:]))
+    gen.manifest.components[Component.ADAPTER] = dataclasses.replace(adapter, profile=small)
+    calls = []
+    runner = gen.runners[Component.ADAPTER]
+    infer = runner.infer
+    runner.infer = lambda feed: calls.append(feed["sample"].shape[0]) or infer(feed)
+    np.testing.assert_allclose(gen(**call).images, one_call, rtol=0, atol=1e-5)
+    assert set(calls) == {6}  # 2 × 3 rows per call, two calls per step
+    assert gen.max_images == 3
 
 
 @pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])

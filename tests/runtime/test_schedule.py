@@ -243,3 +243,55 @@ def test_noise_order_is_documented_and_chunk_independent():
         np.testing.assert_array_equal(steps[i], rng.standard_normal(shape, dtype=np.float32))
     initial0, none = draw_noise(7, shape, num_steps=5, eta=0.0)
     assert none is None and np.array_equal(initial0, initial)
+
+
+# -- zero terminal SNR (method doc §5, "Terminal signal") ------------------------------------------------------------
+SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False, steps_offset=1)
+
+
+@pytest.mark.parametrize("betas", BETA_SCHEDULES, ids=lambda d: d["beta_schedule"])
+def test_zero_terminal_snr_tables_match_diffusers(betas):
+    config = dict(betas, rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing")
+    ours, theirs = Schedule(SchedulerConfig(**config)), DDIMScheduler(**config)
+    assert ours.alphas_cumprod[-1] == 0.0 and ours.betas[-1] == 1.0  # zero signal at T − 1, exactly
+    assert ours.alphas_cumprod[0] == pytest.approx(Schedule(SchedulerConfig(**betas)).alphas_cumprod[0], rel=1e-12)  # ᾱ_0 kept
+    np.testing.assert_allclose(ours.alphas_cumprod, theirs.alphas_cumprod.numpy(), rtol=2e-4, atol=1e-7)  # diffusers: float32
+    theirs.set_timesteps(50)
+    np.testing.assert_array_equal(ours.timesteps(50), theirs.timesteps.numpy())
+    assert ours.timesteps(50)[0] == 999 and ours.shift(999) == 0.0  # sampling starts where training has no signal and no shift
+
+
+def test_zero_terminal_snr_step_equals_diffusers():
+    """The first trailing step from ᾱ = 0 (x̂_0 = −v) and the rest, r ≡ 0, against diffusers' DDIMScheduler.step."""
+    config = dict(SD_BETAS, steps_offset=0, rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
+    assert _worst_step_error(config, 0.0, float64_tables=True) <= 1e-5
+    assert _worst_step_error(config, 0.0, float64_tables=False) <= 1e-4
+
+
+def test_with_zero_terminal_snr_turns_stable_diffusion_into_a_zero_snr_v_model():
+    sd = SchedulerConfig(**SD_BETAS)  # ε-prediction, leading spacing
+    zero = sd.with_zero_terminal_snr()
+    assert (zero.rescale_betas_zero_snr, zero.timestep_spacing.value, zero.prediction_type.value) == (True, "trailing", "v_prediction")
+    assert (zero.beta_schedule, zero.beta_start, zero.beta_end, zero.set_alpha_to_one) == (sd.beta_schedule, sd.beta_start, sd.beta_end, False)
+    assert SchedulerConfig(**SD_BETAS, prediction_type="sample").with_zero_terminal_snr().prediction_type.value == "sample"
+    assert zero.with_zero_terminal_snr() == zero
+    assert SchedulerConfig.from_dict(json.loads(json.dumps(zero.to_dict()))) == zero
+    DDIMScheduler.from_config(zero.to_dict())
+
+
+def test_zero_terminal_snr_refusals_name_the_option():
+    with pytest.raises(ConfigError, match="rescale_betas_zero_snr=true with prediction_type='epsilon'"):
+        SchedulerConfig.from_dict({"rescale_betas_zero_snr": True})
+    with pytest.raises(ConfigError, match="rescale_betas_zero_snr"):
+        SchedulerConfig.from_dict({"rescale_betas_zero_snr": "yes", "prediction_type": "v_prediction"})
+    single = SchedulerConfig(num_train_timesteps=1, prediction_type="v_prediction")  # one timestep: no signal to fall from
+    with pytest.raises(InvalidArgumentError, match="zero_terminal_snr=True.*betas can be rescaled"):
+        single.with_zero_terminal_snr()
+
+
+def test_contextual_guidance_is_a_scheduler_setting():
+    assert SchedulerConfig().contextual_guidance.value == "conditional"  # configs written before the setting existed
+    guided = SchedulerConfig.from_dict({"contextual_guidance": "guided"})
+    assert guided.contextual_guidance.value == "guided" and SchedulerConfig.from_dict(guided.to_dict()) == guided
+    with pytest.raises(ConfigError, match="contextual_guidance='both'"):
+        SchedulerConfig.from_dict({"contextual_guidance": "both"})

@@ -84,3 +84,32 @@ def test_cli_writes_the_folder_and_names_bad_arguments(tmp_path, capsys):
     assert len(open_image_folder(tmp_path / "d", 32)) == 3
     assert main(["--shapes", "0", "--out", str(tmp_path / "e")]) == 2
     assert "count" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_excluded_compositions_stay_out_of_the_folder(tmp_path, capsys):
+    """A held-out caption set: none of its compositions (in either object order) is written, the folder keeps its size,
+    and what is kept is the stream's order without them."""
+    from contextdiff_ref.data.shapes import caption, composition, sample_scenes
+
+    stream = [caption(s) for s in sample_scenes(0, 0, 60)]
+    two = [c for c in stream if " and " in c]
+    first, second = two[0], " and ".join(reversed(two[1].split(" and ")))  # the second one named in the other order
+    write_shapes_folder(tmp_path / "held", 40, exclude=[first, second])
+    captions = open_image_folder(tmp_path / "held", 32).captions
+    assert len(captions) == 40 and not {composition(first), composition(second)} & {composition(c) for c in captions}
+    assert list(captions) == [c for c in stream if composition(c) not in {composition(first), composition(second)}][:40]
+    (tmp_path / "heldout.txt").write_text(f"{first}\n\n{second}\n")
+    assert main(["--shapes", "40", "--out", str(tmp_path / "cli"), "--exclude-captions", str(tmp_path / "heldout.txt")]) == 0
+    assert open_image_folder(tmp_path / "cli", 32).captions == captions
+    for name, content, why in [("missing.txt", None, "not found"), ("empty.txt", "\n\n", "no captions"),
+                               ("words.txt", f"{first}\na purple star somewhere\n", "line 2: 'a purple star somewhere' is not a caption"),
+                               ("binary.txt", b"\xff\xfe\x00", "unreadable as UTF-8")]:  # fmt: skip
+        path = tmp_path / name
+        if isinstance(content, str):
+            path.write_text(content)
+        elif content is not None:
+            path.write_bytes(content)
+        assert main(["--shapes", "4", "--out", str(tmp_path / "bad"), "--exclude-captions", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"--exclude-captions {path}" in err and why in err, err
+        assert not (tmp_path / "bad").exists()

@@ -105,3 +105,20 @@ def test_tokenizer_has_one_token_per_caption_word_and_fits_two_object_captions()
     longest = max((caption(s) for s in sample_scenes(0, 0, 500)), key=lambda c: len(c.split()))
     ids = tokenizer(longest).input_ids
     assert len(ids) == len(longest.split()) + 2 <= TEXT_LENGTH
+
+
+def test_captions_parse_back_and_compositions_ignore_order():
+    from contextdiff_ref.data.shapes import composition, parse_caption, seen_two_object_scenes
+
+    for scene in sample_scenes(4, 0, 50):
+        parsed = parse_caption(caption(scene))
+        assert [(o.colour, o.shape, o.position) for o in parsed] == [(o.colour, o.shape, o.position) for o in scene]
+    a, b = "a red circle at the top left", "a blue square at the bottom right"
+    assert composition(f"{a} and {b}") == composition(f"{b} and {a}") != composition(f"{a} and a blue square at the top right")
+    for bad in ["a red circle", "a red circle at the top left and", "a pink circle at the top left", f"{a} and {a}", f"{a} and {b} and {b}", 7]:
+        with pytest.raises(InvalidArgumentError, match="caption"):
+            parse_caption(bad)
+    texts = [a, f"{a} and {b}", f"{b} and {a}", f"{b} and a red circle at the top right"]
+    assert [caption(s) for s in seen_two_object_scenes(texts, count=2)] == [f"{a} and {b}", f"{b} and a red circle at the top right"]
+    with pytest.raises(InvalidArgumentError, match="at least 3"):
+        seen_two_object_scenes(texts, count=3)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
+from runtime.errors import InvalidArgumentError
 from runtime.noise import draw_noise
 
 PROMPTS = ["a red circle at the top left", "a blue square at the bottom right"]
@@ -177,3 +178,40 @@ def test_long_prompt_is_truncated_with_a_warning(pixel_pipe, caplog):
         images = pixel_pipe(long, num_inference_steps=2, seed=0, progress=False).images
     assert images.shape == (1, 32, 32, 3)
     assert any("truncated" in r.message for r in caplog.records)
+
+
+def test_guided_contextual_guidance_follows_the_method_doc(latent_pipe):
+    """The "guided" variant (method doc §5, "Guidance and the shift") step by step, written out from the modules and
+    diffusers' own ᾱ table: ε-prediction, x̂_0 = (x_t − √(1−ᾱ_t) o)/√ᾱ_t, r^u and r^c from two adapter calls,
+    r = r^u + w (r^c − r^u) at t and s, then steps 4–6 with η = 0. At w = 1 both variants are one and the same."""
+    pipe, w, steps = latent_pipe, 4.0, 6
+    c = pipe.components
+    seen = []
+    pipe(PROMPTS, num_inference_steps=steps, guidance_scale=w, seed=2, progress=False, callback=seen.append, contextual_guidance="guided")
+    scheduler = DDIMScheduler.from_config(c.scheduler_config.to_dict())
+    scheduler.set_timesteps(steps)
+    alpha_bar = lambda t: float(scheduler.alphas_cumprod[t]) if t >= 0 else float(scheduler.final_alpha_cumprod)  # noqa: E731
+    k = lambda ab: ab**0.5 * (1 - ab**0.5)  # noqa: E731 (quadratic shift schedule, §2)
+    uncond, cond = pipe.encode_prompt([""] * 2), pipe.encode_prompt(PROMPTS)
+    x, _ = draw_noise(2, (2, 4, 16, 16), steps, 0.0)
+    x = torch.from_numpy(x)
+    with torch.no_grad():
+        for i, t in enumerate(int(v) for v in scheduler.timesteps):
+            s = t - 1000 // steps
+            o_u, o_c = c.predict(torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
+            o = o_u + w * (o_c - o_u)
+            ab_t, ab_s = alpha_bar(t), alpha_bar(s)
+            x0 = (x - (1 - ab_t) ** 0.5 * o) / ab_t**0.5
+            shift = lambda text, step: c.adapter(x0, text, torch.full((2,), max(step, 0)))  # noqa: E731
+            r_t = shift(uncond, t) + w * (shift(cond, t) - shift(uncond, t))
+            r_s = shift(uncond, s) + w * (shift(cond, s) - shift(uncond, s))
+            eps = (x - ab_t**0.5 * x0 - k(ab_t) * r_t) / (1 - ab_t) ** 0.5
+            x = ab_s**0.5 * x0 + k(ab_s) * r_s + (1 - ab_s) ** 0.5 * eps
+            assert rel_err(seen[i].sample.numpy(), x.numpy()) <= 1e-5, i
+            x = seen[i].sample  # the next step from the pipeline's own x: a step-by-step check
+    run = lambda w, variant: pipe(PROMPTS, num_inference_steps=4, guidance_scale=w, seed=2, progress=False, contextual_guidance=variant,  # noqa: E731
+                                  output_type="latent").images
+    np.testing.assert_array_equal(run(1.0, "guided"), run(1.0, "conditional"))
+    assert rel_err(run(w, "guided"), run(w, "conditional")) > 1e-3  # 1.3e-3 measured: the tiny model's adapter is small
+    with pytest.raises(InvalidArgumentError, match="invalid contextual_guidance='both'"):
+        pipe(PROMPTS, num_inference_steps=2, contextual_guidance="both")

@@ -177,3 +177,45 @@ def test_bf16_mixed_precision_runs(sd, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(0 < r["loss"] < 10 for r in records)
+
+
+def test_zero_terminal_snr_trains_on_and_exports_the_rescaled_schedule(sd, tmp_path):
+    """Method doc §5, "Terminal signal": the SD base (ε, leading) is trained and exported at zero terminal SNR (v,
+    trailing); the base directory keeps its schedule; a resume with the other setting is refused naming it, and a
+    checkpoint written before the setting existed reads as trained without it."""
+    run = Finetuner(config(sd, steps=2, zero_terminal_snr=True), tmp_path / "zsnr")
+    assert run.objective.schedule.alphas_cumprod[-1] == 0.0 and run.components.scheduler_config.prediction_type.value == "v_prediction"
+    run.run(checkpoint_every=2)
+    written = json.loads((export_finetuned(tmp_path / "zsnr", tmp_path / "exported") / "scheduler" / "scheduler_config.json").read_text())
+    assert (written["rescale_betas_zero_snr"], written["timestep_spacing"], written["prediction_type"]) == (True, "trailing", "v_prediction")
+    assert load_model_dir(sd / "model").scheduler_config.rescale_betas_zero_snr is False
+    with pytest.raises(ContextDiffError, match="other settings.*zero_terminal_snr"):
+        Finetuner(config(sd, steps=3), tmp_path / "zsnr")
+    state = torch.load(tmp_path / "zsnr" / CHECKPOINT, weights_only=True)
+    del state["config"]["zero_terminal_snr"]
+    torch.save(state, tmp_path / "zsnr" / CHECKPOINT)
+    assert Finetuner(config(sd, steps=3), tmp_path / "zsnr").step == 2
+    with pytest.raises(ContextDiffError, match="other settings.*zero_terminal_snr"):
+        Finetuner(config(sd, steps=3, zero_terminal_snr=True), tmp_path / "zsnr")
+    with pytest.raises(InvalidArgumentError, match="zero_terminal_snr"):
+        config(sd, zero_terminal_snr="yes")
+
+
+def test_latents_are_the_posterior_mean_unless_a_sample_is_asked_for(sd, tmp_path, pixel_model_dir, caplog):
+    """x_0 = μ · scale by default (the adapter sees what the sampler's smooth x̂_0 resembles); --posterior-sample draws
+    μ + σ ε'. A pixel-space model says, in one line, that the latent options do nothing for it."""
+    seen = {}
+    for sample in (False, True):
+        trainer = Finetuner(config(sd, steps=1, posterior_sample=sample), tmp_path / f"sample-{sample}")
+        loss = trainer.objective.loss
+        trainer.objective.loss = lambda x0, prompts, draws, sample=sample, loss=loss: loss(seen.setdefault(sample, x0.detach().clone()), prompts, draws)
+        trainer.train_step()
+    indices = trainer.data.positions(0, 0, 2)
+    mean, std = trainer._latent_statistics(indices)
+    scale = trainer.components.vae.config.scaling_factor
+    torch.testing.assert_close(seen[False], mean * scale, rtol=0, atol=0)
+    noise = (seen[True] / scale - mean) / std
+    assert 0.5 < float(noise.std()) < 1.5 and abs(float(noise.mean())) < 0.2  # ε' ~ N(0, 1)
+    with caplog.at_level("WARNING"):
+        Finetuner(config(sd, model=str(pixel_model_dir), posterior_sample=True, cache_latents=True), tmp_path / "pixel")
+    assert "posterior_sample has no effect" in caplog.text and "cache_latents has no effect" in caplog.text
