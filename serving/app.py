@@ -47,8 +47,19 @@ def _json_value(value: Any) -> Any:
     return repr(value)[:200]
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+BODY_ALLOWED = "a JSON object (Content-Type: application/json) matching the schema (GET /openapi.json)"
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0]
+    if first.get("type") == "json_invalid":  # its loc is ("body", character offset): not a field
+        position = first.get("loc", ("body", "?"))[-1]
+        reason = (first.get("ctx") or {}).get("error", "not JSON")
+        return error(422, BODY_ALLOWED, f"invalid body: JSON decode error at position {position} ({reason})", "body")
+    content_type = request.headers.get("content-type", "")
+    if isinstance(first.get("input"), (bytes, bytearray)) or (content_type and "json" not in content_type):
+        shown = content_type or "none"
+        return error(422, BODY_ALLOWED, f"invalid body: expected application/json, got Content-Type {shown}", "body")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     field = ".".join(loc) or None
     value = _json_value(first.get("input"))

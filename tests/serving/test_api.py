@@ -104,6 +104,19 @@ def test_a_body_that_is_not_an_object_is_422(client, content):
     assert r.status_code in (400, 422) and r.json()["error"]["message"], r.text
 
 
+def test_unparseable_bodies_name_the_body_and_what_is_wrong(client):
+    """A truncated JSON text is a decode error at its position (not a field "27"); a form-encoded body says JSON was
+    expected (not a Python bytes literal)."""
+    r = client.post("/v1/images", content=b'{"prompt": "a red', headers={"content-type": "application/json"})
+    error = r.json()["error"]
+    assert r.status_code == 422 and error["field"] == "body" and error["value"] is None, r.text
+    assert error["message"].startswith("invalid body: JSON decode error at position 11 (Unterminated string") and "application/json" in error["allowed"]
+    r = client.post("/v1/images", data={"prompt": "x"})
+    error = r.json()["error"]
+    assert r.status_code == 422 and error["field"] == "body" and error["value"] is None, r.text
+    assert error["message"] == "invalid body: expected application/json, got Content-Type application/x-www-form-urlencoded", r.text
+
+
 def test_the_openapi_schema_is_the_engines_exact_limits(latent_fp32_dir):
     service = ImageService(ServiceConfig(engines=str(latent_fp32_dir), max_steps=40))
     schema = TestClient(create_app(service, direct_submit(service))).get("/openapi.json").json()
