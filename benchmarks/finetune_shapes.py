@@ -5,16 +5,23 @@
 1. A tiny VAE (diffusers AutoencoderKL, 32 × 32 images -> 4 × 16 × 16 latents) trained on the shapes stream, its
    scaling factor set to 1 / std of its latents as Stable Diffusion's was.
 2. A Stable-Diffusion-shaped base written by diffusers' own ``StableDiffusionPipeline.save_pretrained``: that VAE, a
-   fresh UNet (latent, cross-attention) and CLIP text encoder, SD's PNDM scheduler config (ε prediction).
-3. ``contextdiff_ref.models.attach`` adds the zero-output adapter; ``contextdiff_ref.data.imagefolder`` writes the
-   shapes dataset as an image folder.
+   fresh UNet (latent, cross-attention) and CLIP text encoder, SD's PNDM scheduler config (scaled-linear betas,
+   leading spacing; v prediction by default, as SD 2.x).
+3. ``contextdiff_ref.models.attach`` adds the zero-output adapter (recording ``--guidance`` as the recommended scale);
+   ``contextdiff_ref.data.imagefolder`` writes the shapes dataset as an image folder, by default without any
+   composition of the evaluation's two-object set (``--hold-out``: every one of them is unseen in training).
 4. ``contextdiff_ref.finetune`` trains it twice alike — ContextDiff and the r ≡ 0 baseline — UNet, adapter and text
-   encoder (the base's are untrained), and exports both.
-5. ``benchmarks.alignment.evaluate`` scores both with the dataset's reader on its two prompt sets (paired 95%
-   intervals); the VAE's own reconstructions of the same scenes are scored too (the ceiling a latent model can reach).
+   encoder (the base's are untrained), with fine-tuning's defaults unless told (``--zero-terminal-snr``,
+   ``--posterior-sample``), and exports both.
+5. ``benchmarks.alignment.evaluate`` scores both with the dataset's reader on three prompt sets — one object, two
+   objects seen in training, two objects held out — at guidance 1 and at ``--guidance`` (ContextDiff under each
+   ``--variants`` of method doc §5), ``--images-per-prompt`` images each, with paired 95% intervals against the
+   baseline at the same guidance; the VAE's own reconstructions of the evaluation scenes are scored too (the
+   ceiling a latent model can reach).
 
 Every stage is resumable (rerun the command): the VAE and the fine-tuning runs checkpoint, finished stages are
-kept. Writes the report as JSON (atomically) and logs a markdown table.
+kept. Writes the report as JSON (atomically) and logs a markdown table. ``benchmarks.finetune_probes`` examines a
+finished work directory further.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.alignment import GenerateFn, evaluate, markdown_table, reference_generate_fn, write_json
+from benchmarks.alignment import GenerateFn, evaluate, markdown_table, reference_generate_fn, runtime_generate_fn, write_json
 from contextdiff_ref.data.alignment import summarize
 from contextdiff_ref.data.imagefolder import open_image_folder, write_shapes_folder
 from contextdiff_ref.data.shapes import (
@@ -45,7 +53,8 @@ from contextdiff_ref.data.shapes import (
     vocabulary,
 )
 from contextdiff_ref.models.attach import attach_adapter
-from contextdiff_ref.models.model_dir import quiet_loading
+from contextdiff_ref.models.defaults import LATENT_MODEL_NAME
+from contextdiff_ref.models.model_dir import atomic_directory, quiet_loading
 from contextdiff_ref.training.finetune import FinetuneConfig, Finetuner, export_finetuned
 from contextdiff_ref.training.loop import CHECKPOINT, read_checkpoint, write_checkpoint
 from runtime.errors import ContextDiffError
@@ -170,15 +179,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=["conditional", "guided"], choices=[v.value for v in ContextualGuidance],
                    help="contextual guidance variants evaluated at --guidance (default: %(default)s)")
     p.add_argument("--sampling-steps", type=int, default=50)
+    p.add_argument("--evaluation-backend", choices=["runtime", "reference"], default="runtime",
+                   help="runtime.Generator on ONNX Runtime (engines built in OUT/engines) or the PyTorch reference (default: %(default)s)")
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ship", type=Path, default=None, metavar="DIR",
+                   help="also copy the fine-tuned ContextDiff model to DIR/shapes-latent-contextdiff (contextdiff_ref/models: the "
+                        "shipped latent model; its baseline stays in OUT/model-baseline)")
     return p.parse_args(argv)
 
 
-def evaluation_configs(out: Path, steps: int, guidance: float, variants: list[str]) -> tuple[dict[str, GenerateFn], list[tuple[str, str]]]:
-    """The generators compared (reference pipeline): both models at guidance 1 and at ``guidance`` (ContextDiff once per
-    variant), and the pairs whose paired differences are reported."""
-    fn = lambda name, w, variant=None: reference_generate_fn(out / f"model-{name}", steps, w, contextual_guidance=variant)  # noqa: E731
+def evaluation_configs(out: Path, steps: int, guidance: float, variants: list[str], backend: str = "runtime",
+                       batch: int = 8) -> tuple[dict[str, GenerateFn], list[tuple[str, str]]]:  # fmt: skip
+    """The generators compared — ``runtime.Generator`` on ONNX Runtime (engines built in ``out/engines``) or the
+    reference pipeline: both models at guidance 1 and at ``guidance`` (ContextDiff once per variant), and the pairs
+    whose paired differences are reported."""
+
+    def fn(name: str, w: float, variant: str | None = None) -> GenerateFn:
+        if backend == "reference":
+            return reference_generate_fn(out / f"model-{name}", steps, w, contextual_guidance=variant)
+        return runtime_generate_fn(out / f"model-{name}", out / "engines" / name, batch, steps, w, contextual_guidance=variant)
+
     models = {"contextdiff w=1": fn("contextdiff", 1.0), "baseline w=1": fn("baseline", 1.0), f"baseline w={guidance:g}": fn("baseline", guidance)}
     pairs = [("contextdiff w=1", "baseline w=1")]
     for variant in variants:
@@ -220,11 +241,14 @@ def main(argv: list[str] | None = None) -> int:
                                         "seconds_per_step": float(np.median([r["seconds_per_step"] for r in records]))}  # fmt: skip
             if not (out / f"model-{name}").is_dir():
                 export_finetuned(run, out / f"model-{name}")
+            if args.ship is not None and name == "contextdiff":
+                with atomic_directory(args.ship / LATENT_MODEL_NAME) as tmp:
+                    shutil.copytree(out / f"model-{name}", tmp, dirs_exist_ok=True)
         sets = {"one_object": one_object_scenes(), "two_object_seen": seen_two_object_scenes(folder.captions), "two_object": two_object_scenes()}
         folder_compositions = {composition(t) for t in folder.captions}
         report["sets"] = {name: {"prompts": len(scenes), "in_training_folder": sum(composition(caption(s)) in folder_compositions for s in scenes)}
                           for name, scenes in sets.items()}  # fmt: skip
-        models, pairs = evaluation_configs(out, args.sampling_steps, args.guidance, args.variants)
+        models, pairs = evaluation_configs(out, args.sampling_steps, args.guidance, args.variants, args.evaluation_backend)
         alignment, _ = evaluate(models, images_per_prompt=args.images_per_prompt, sets=sets, pairs=pairs)
         report.update(alignment)
         print(markdown_table(alignment))

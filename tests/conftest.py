@@ -76,3 +76,11 @@ def pixel_fp32_dir(pixel_model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def pixel_fp16_dir(pixel_model_dir, tmp_path_factory):
     return _engines(pixel_model_dir, tmp_path_factory, "pixel-fp16", "fp16", dynamic_size=False)
+
+
+@pytest.fixture(scope="session")
+def shipped_latent_fp32_dir(tmp_path_factory):
+    """ONNX Runtime engines of the shipped latent shapes model (a trained model: its UNet's output matters)."""
+    from contextdiff_ref.models.defaults import latent_model_dir
+
+    return _engines(latent_model_dir(), tmp_path_factory, "shipped-latent-fp32", "fp32", dynamic_size=False)

@@ -9,6 +9,10 @@ the image model video editing inflates. ``shapes-video`` is the embedded default
 inflated to 8 frames and tuned one-shot (``python -m contextdiff_ref.tune_video``) on the source clip shipped beside
 it (``source.gif``, clip 0 of the editing evaluation) captioned in ``source.txt``. How both were
 made and how they edit: README, "Editing a video".
+
+``shapes-latent-contextdiff`` is the latent, Stable-Diffusion-shaped ContextDiff model that "Train your own"
+produces (``python -m benchmarks.finetune_shapes --ship contextdiff_ref/models``): a tiny VAE and the recipe
+fine-tuning uses by default — the shipped model that exercises the VAE.
 """
 
 from __future__ import annotations
@@ -21,11 +25,19 @@ from runtime import DEFAULT_MODEL_NAME, DEFAULT_VIDEO_MODEL_NAME
 SHIPPED_MODELS = Path(__file__).resolve().parent
 VIDEO_BASE_NAME = "shapes-video-base"
 VIDEO_MODEL_NAME = DEFAULT_VIDEO_MODEL_NAME  # its engines: engines/<this name>, the runtime's `edit` default
+LATENT_MODEL_NAME = "shapes-latent-contextdiff"
 
 
 def default_model_dir() -> Path:
     """Path of the embedded default model directory (checked: a broken install names the missing file)."""
     path = SHIPPED_MODELS / DEFAULT_MODEL_NAME
+    check_model_dir(path)
+    return path
+
+
+def latent_model_dir() -> Path:
+    """Path of the shipped latent shapes model, checked."""
+    path = SHIPPED_MODELS / LATENT_MODEL_NAME
     check_model_dir(path)
     return path
 

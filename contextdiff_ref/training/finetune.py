@@ -70,7 +70,7 @@ class FinetuneConfig:
     mixed_precision: str = "no"  # "bf16" / "fp16" on GPUs (accelerate's autocast and loss scaling)
     gradient_checkpointing: bool = False
     cache_latents: bool = False  # encode the folder with the VAE once (<out>/latents.safetensors)
-    zero_terminal_snr: bool = False  # train (and export) on the model's schedule rescaled to zero terminal SNR (method doc §5)
+    zero_terminal_snr: bool = True  # train (and export) on the model's schedule rescaled to zero terminal SNR (method doc §5)
     posterior_sample: bool = False  # x_0 = μ + σ ε' (a sample of the VAE posterior) instead of its mean μ
 
     RESUMABLE = ("steps", "mixed_precision", "gradient_checkpointing", "cache_latents")

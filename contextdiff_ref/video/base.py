@@ -112,7 +112,8 @@ def build_video_base(out: Path, model: Path, steps: int = 3000, clips: int = 600
         held_out = evaluation_captions(held_out_clips) if held_out_clips else frozenset()
         write_motion_folder(out / "data", clips, two_object_clips, stills, seed, held_out)
     config = FinetuneConfig(model=str((out / "words").resolve()), data=str((out / "data").resolve()), steps=steps, batch_size=batch_size,
-                            learning_rate=learning_rate, warmup_steps=100, train_text_encoder=True, seed=seed)  # fmt: skip
+                            learning_rate=learning_rate, warmup_steps=100, train_text_encoder=True, seed=seed,
+                            zero_terminal_snr=False)  # the shipped video base's recipe: the image model's cosine schedule kept  # fmt: skip
     trainer = Finetuner(config, out / "run")
     if trainer.step < steps:
         trainer.run(checkpoint_every=250, log_every=50)

@@ -38,6 +38,15 @@ def test_guided_contextual_guidance_parity(latent, pixel_model_dir, latent_model
     assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
 
 
+@pytest.mark.parametrize("variant", ["conditional", "guided"])
+def test_parity_on_the_shipped_latent_model(variant, shipped_latent_fp32_dir):
+    """A trained latent model (VAE, zero-terminal-SNR schedule, guidance 3): the runtime draws what the reference does."""
+    from contextdiff_ref.models.defaults import latent_model_dir
+
+    image_psnr, x0_error, _ = compare(latent_model_dir(), shipped_latent_fp32_dir, batch=3, guidance=3.0, eta=0.0, contextual_guidance=variant)
+    assert image_psnr >= 115.0 and x0_error <= 2e-5, (image_psnr, x0_error)  # measured 133 / 127 dB, 1.0e-6 / 5.7e-6 (AMD EPYC)
+
+
 def test_guided_variant_on_engines_built_for_two_adapter_rows_per_image(latent_fp32_dir):
     """Engine directories built before the "guided" variant (adapter profile 2N) run it as one adapter call per text."""
     gen = Generator.from_dir(latent_fp32_dir)
@@ -217,13 +226,13 @@ def test_plan_built_elsewhere_is_refused():
             check_tensorrt_plan(artifacts, version, capability)
 
 
-@pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
-def test_torch_backend_matches_the_reference(latent, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
+@pytest.mark.parametrize("latent, variant", [(False, "conditional"), (True, "conditional"), (True, "guided")], ids=["pixel", "latent", "latent-guided"])
+def test_torch_backend_matches_the_reference(latent, variant, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
     from contextdiff_ref.pipelines.torch_runner import torch_generator
 
     model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
     gen = torch_generator(model_dir, engine_dir)
-    kwargs = dict(num_inference_steps=10, guidance_scale=7.5, eta=1.0, seed=3, progress=False)
+    kwargs = dict(num_inference_steps=10, guidance_scale=7.5, eta=1.0, seed=3, progress=False, contextual_guidance=variant)
     expected = ContextDiffPipeline.from_pretrained(model_dir)(PROMPTS[3], **kwargs).images
     got = gen(PROMPTS[3], **kwargs).images
     assert gen.backend == "torch" and psnr(got, expected) >= 60.0

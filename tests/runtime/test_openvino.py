@@ -43,10 +43,10 @@ def _generate(gen: Generator, seed: int = 3) -> np.ndarray:
     return gen(["a red circle", "a blue square at the bottom right"], num_inference_steps=4, guidance_scale=3.0, seed=seed, progress=False).images
 
 
-@pytest.mark.parametrize("latent, eta, guidance", [(False, 0.0, 7.5), (True, 1.0, 7.5), (True, 0.0, 1.0)])
-def test_f32_matches_the_reference(latent, eta, guidance, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
+@pytest.mark.parametrize("latent, eta, guidance, variant", [(False, 0.0, 7.5, None), (True, 1.0, 7.5, None), (True, 0.0, 1.0, None), (True, 0.0, 7.5, "guided")])
+def test_f32_matches_the_reference(latent, eta, guidance, variant, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
     model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
-    image_psnr, x0_error, _ = compare(model_dir, engine_dir, batch=3, guidance=guidance, eta=eta, backend="openvino")
+    image_psnr, x0_error, _ = compare(model_dir, engine_dir, batch=3, guidance=guidance, eta=eta, backend="openvino", contextual_guidance=variant)
     assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
 
 

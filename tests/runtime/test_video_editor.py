@@ -85,7 +85,7 @@ def test_default_video_model_parity(precision, request, default_video, reference
     assert manifest["model"]["video"] == {"num_frames": 8, "contextual": True}
     assert set(manifest["components"]) == {"text_encoder", "unet", "adapter"}  # pixel space: no VAE
     assert manifest["components"]["unet"]["profile"]["min"][0] == 8 and manifest["components"]["unet"]["profile"]["max"][0] == 16
-    assert manifest["components"]["adapter"]["profile"]["max"][0] == 16  # r_t and r_s of the 8 frames stacked
+    assert manifest["components"]["adapter"]["profile"]["max"][0] == 32  # r_t and r_s of the 8 frames, for both texts ("guided", §5)
     ref_x_T, ref_frames = reference_edit
     editor = VideoEditor.from_dir(engines)
     x_T = editor.invert(video, source, STEPS, strength=SETTINGS["strength"], progress=False)

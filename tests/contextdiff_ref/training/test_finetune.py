@@ -183,20 +183,21 @@ def test_zero_terminal_snr_trains_on_and_exports_the_rescaled_schedule(sd, tmp_p
     """Method doc §5, "Terminal signal": the SD base (ε, leading) is trained and exported at zero terminal SNR (v,
     trailing); the base directory keeps its schedule; a resume with the other setting is refused naming it, and a
     checkpoint written before the setting existed reads as trained without it."""
-    run = Finetuner(config(sd, steps=2, zero_terminal_snr=True), tmp_path / "zsnr")
+    assert FinetuneConfig(model="", data="").zero_terminal_snr is True  # fine-tuning's default (docs/fine-tuning.md)
+    run = Finetuner(config(sd, steps=2), tmp_path / "zsnr")
     assert run.objective.schedule.alphas_cumprod[-1] == 0.0 and run.components.scheduler_config.prediction_type.value == "v_prediction"
     run.run(checkpoint_every=2)
     written = json.loads((export_finetuned(tmp_path / "zsnr", tmp_path / "exported") / "scheduler" / "scheduler_config.json").read_text())
     assert (written["rescale_betas_zero_snr"], written["timestep_spacing"], written["prediction_type"]) == (True, "trailing", "v_prediction")
     assert load_model_dir(sd / "model").scheduler_config.rescale_betas_zero_snr is False
     with pytest.raises(ContextDiffError, match="other settings.*zero_terminal_snr"):
-        Finetuner(config(sd, steps=3), tmp_path / "zsnr")
+        Finetuner(config(sd, steps=3, zero_terminal_snr=False), tmp_path / "zsnr")
     state = torch.load(tmp_path / "zsnr" / CHECKPOINT, weights_only=True)
     del state["config"]["zero_terminal_snr"]
     torch.save(state, tmp_path / "zsnr" / CHECKPOINT)
-    assert Finetuner(config(sd, steps=3), tmp_path / "zsnr").step == 2
+    assert Finetuner(config(sd, steps=3, zero_terminal_snr=False), tmp_path / "zsnr").step == 2
     with pytest.raises(ContextDiffError, match="other settings.*zero_terminal_snr"):
-        Finetuner(config(sd, steps=3, zero_terminal_snr=True), tmp_path / "zsnr")
+        Finetuner(config(sd, steps=3), tmp_path / "zsnr")
     with pytest.raises(InvalidArgumentError, match="zero_terminal_snr"):
         config(sd, zero_terminal_snr="yes")
 
