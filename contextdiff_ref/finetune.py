@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
     p.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too (frozen by default)")
     p.add_argument("--resolution", type=int, default=None, help="image size (default: the model's)")
-    p.add_argument("--mixed-precision", default=d.mixed_precision, help="no, bf16 or fp16 (GPUs; default: %(default)s)")
+    p.add_argument("--mixed-precision", default=d.mixed_precision, help="no, bf16 (CPUs too: autocast, fast with AVX512-BF16 or AMX) or fp16 (CUDA GPUs only; refused "
+                                                                     "without one) (default: %(default)s)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass (less memory)")
     p.add_argument("--cache-latents", action="store_true", help="encode the images with the VAE once (<out>/latents.safetensors)")
     p.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=d.zero_terminal_snr,
@@ -51,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: %(default)s)")
     p.add_argument("--log-every", type=int, default=50, help="steps between log records (default: %(default)s)")
-    p.add_argument("--sample-every", type=int, default=0, help="write samples/step-N.png at checkpoints on multiples of this (0: never)")
+    p.add_argument("--sample-every", type=int, default=0, help="write samples/step-000500.png (the step in six digits) at checkpoints on multiples of this (0: never)")
     p.add_argument("--sample-prompt", action="append", default=[], help="a prompt of the sample strip (repeat for more)")
     return p.parse_args(argv)
 

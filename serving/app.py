@@ -11,11 +11,14 @@ allowed. Past the queue limits Ray Serve answers 503 with Retry-After (text); a 
 # its annotation at runtime.
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from runtime import __version__
@@ -26,6 +29,9 @@ from serving.service import ImageService, Job, JobResult
 logger = logging.getLogger(__name__)
 
 Submit = Callable[[Job], Awaitable["JobResult | BaseException | None"]]
+# /docs works offline: Swagger UI's script, stylesheet and icon come from the swagger-ui-bundle package, not a CDN.
+DOCS_ASSETS = Path(swagger_ui_bundle.swagger_ui_path)
+DOCS_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
 _HEADERS = {
     "X-Seed": {"description": "the seed the images came from", "schema": {"type": "integer", "minimum": 0}},
     "X-Batch-Images": {"description": "images in the engine call that served the request", "schema": {"type": "integer", "minimum": 1}},
@@ -80,13 +86,26 @@ def create_app(service: ImageService, submit: Submit) -> FastAPI:
     Body = service.request_model
     timeout = service.config.request_timeout_s
     app = FastAPI(
-        title="ContextDiff image service", version=__version__,
+        title="ContextDiff image service", version=__version__, docs_url=None, redoc_url=None,
         description="Text-to-image generation with ContextDiff engines (runtime.Generator) behind Ray Serve, batched across requests.",
     )  # fmt: skip
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     errors = {400: {"model": ErrorResponse, "description": "a body that cannot be parsed as JSON text"},
               422: {"model": ErrorResponse, "description": "a field the service does not accept (named in the error)"}}
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")  # the app's route prefix (Ray Serve's route_prefix)
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
+                                   swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js", swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png")  # fmt: skip
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if name not in DOCS_FILES:
+            return error(404, f"one of {', '.join(DOCS_FILES)}", f"no docs asset {name!r}", "name", _json_value(name))
+        return FileResponse(DOCS_ASSETS / name, media_type=DOCS_FILES[name])
 
     @app.get("/healthz", response_model=Status, summary="Liveness")
     async def healthz() -> Status:

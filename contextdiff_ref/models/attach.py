@@ -82,7 +82,9 @@ def attach_adapter(base: str | os.PathLike[str], out: str | os.PathLike[str], *,
     the model then needs fine-tuning before it generates well (``contextdiff_ref.finetune`` can also apply it)."""
     base, out = Path(base), Path(out)
     if not base.is_dir():
-        raise ModelDirectoryError(f"base model directory not found: {base}")
+        raise ModelDirectoryError(f"base model directory not found: {base}. The base is a Stable Diffusion 1.x/2.x folder already on "
+                                  "this disk in diffusers format (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
+                                  "scheduler/, safetensors weights); nothing is downloaded")
     if out.resolve() == base.resolve():
         raise InvalidArgumentError("out", str(out), "a directory other than the base")
     _read_json(base / MODEL_INDEX)
@@ -124,7 +126,8 @@ def attach_adapter(base: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m contextdiff_ref.models.attach", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", type=Path, required=True, help="Stable Diffusion 1.x/2.x directory in diffusers format (safetensors)")
+    parser.add_argument("--base", type=Path, required=True, help="a Stable Diffusion 1.x/2.x folder on this disk in diffusers format (model_index.json, unet/, vae/, "
+                             "text_encoder/, tokenizer/, scheduler/; safetensors); nothing is downloaded")
     parser.add_argument("--out", type=Path, required=True, help="ContextDiff model directory to write (replaced atomically if it exists)")
     parser.add_argument("--seed", type=int, default=0, help="adapter initialisation seed (default: %(default)s)")
     parser.add_argument("--recommended-guidance", type=float, default=None, help="guidance scale stored in model_index.json")

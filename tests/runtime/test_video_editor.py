@@ -5,6 +5,7 @@ command line."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections import Counter
@@ -290,16 +291,18 @@ def test_engine_directory_kinds_and_faults(fp32_engines, pixel_fp32_dir, tmp_pat
     assert editor.num_frames == FRAMES and editor.generator.manifest.components[Component.UNET].profile.max[0] == 2 * FRAMES
 
 
-def test_command_line(fp32_engines, tmp_path, capsys):
+def test_command_line(fp32_engines, tmp_path, capsys, caplog):
     """`python -m runtime edit` writes the edited video (what VideoEditor.edit returns, through a lossless mp4); bad
-    arguments get one line and exit status 2; the image command is unchanged."""
+    arguments get one line and exit status 2; the image command is unchanged. `--seed` defaults to 0, as its help says:
+    no random seed is drawn (and logged) for the inversion, which draws no noise."""
     engines = fp32_engines
     video = _video(3)
     src = write_video(tmp_path / "src.mp4", video)
     args = ["edit", str(src), "--source-prompt", "a red circle", "--prompt", "a blue square", "--engines", str(engines), "--steps", "3",
             "--strength", "0.67", "--guidance", "4", "--negative-prompt", "a red circle"]  # fmt: skip
-    assert cli.main([*args, "-o", str(tmp_path / "out.mp4")]) == 0
-    assert "wrote" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="runtime"):
+        assert cli.main([*args, "-o", str(tmp_path / "out.mp4")]) == 0
+    assert "wrote" in capsys.readouterr().out and "no seed given" not in caplog.text
     want = VideoEditor.from_dir(engines).edit(read_video(src), "a red circle", "a blue square", 3, 4.0, strength=0.67, negative_prompt="a red circle",
                                               progress=False)  # fmt: skip
     assert np.abs(read_video(tmp_path / "out.mp4") - want).max() <= 4 / 255  # lossless H.264 in YUV 4:4:4: RGB <-> YUV rounding

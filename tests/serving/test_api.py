@@ -49,6 +49,25 @@ def test_health_ready_and_model(client, pixel_fp32_dir):
     assert set(info["components"]) == {"text_encoder", "unet", "adapter"}
 
 
+def test_docs_page_needs_no_internet(client):
+    """/docs is Swagger UI whose script, stylesheet and icon the service serves itself (an offline deployment gets a
+    working page): every asset the page names is served from /docs/assets, none comes from another host."""
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text and "/openapi.json" in page.text
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    assert sorted(urls) == ["/docs/assets/favicon-32x32.png", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"], urls
+    assert "http://" not in page.text and "https://" not in page.text
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript") and "SwaggerUIBundle" in script.text
+    assert client.get("/docs/assets/swagger-ui.css").text.lstrip().startswith(".swagger-ui")
+    other = client.get("/docs/assets/index.html")  # in the bundle's folder, but not one of the page's assets
+    assert other.status_code == 404 and other.json()["error"]["field"] == "name"
+    assert client.get("/docs/assets/..%2F..%2Fapp.py").status_code == 404
+    assert client.get("/redoc").status_code == 404  # ReDoc's page would need a CDN: not offered
+
+
 def test_json_and_png_responses_are_the_generators_images(client, pixel_service):
     body = dict(prompt=PROMPT, seed=5, num_inference_steps=4, eta=1.0, guidance_scale=3.0, num_images=2)
     r = client.post("/v1/images", json=body)

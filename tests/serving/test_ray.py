@@ -9,6 +9,7 @@ import concurrent.futures as cf
 import io
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -75,6 +76,13 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_images(local_serv
         assert reply["seed"] == body["seed"] and headers.get("X-Seed") == str(body["seed"])
     status, _, bad = post(url, dict(prompt=PROMPT, eta=3))
     assert status == 422 and bad["error"]["field"] == "eta"
+    with urllib.request.urlopen(f"{local_serve}/batched/docs", timeout=30) as r:  # /docs under the route prefix, offline
+        page = r.read().decode()
+    assets = re.findall(r"""(?:src|href)=["'](/[^"']+)["']""", page)
+    assert len(assets) == 3 and all(a.startswith("/batched/docs/assets/") for a in assets) and "'/batched/openapi.json'" in page, assets
+    for asset in assets:
+        with urllib.request.urlopen(f"{local_serve}{asset}", timeout=30) as r:
+            assert r.status == 200 and len(r.read()) > 500
     serve.delete("batched")
 
 

@@ -89,4 +89,5 @@ def test_bad_input_is_named(tmp_path, capsys):
         attach_adapter(base, tmp_path / "z")
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
     assert main(["--base", str(tmp_path / "missing"), "--out", str(tmp_path / "w")]) == 2
-    assert "not found" in capsys.readouterr().err
+    err = capsys.readouterr().err  # says what the base must be: a local diffusers folder, never a hub name to download
+    assert "not found" in err and "already on this disk in diffusers format" in err and "nothing is downloaded" in err
