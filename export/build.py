@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -55,6 +55,7 @@ CHECK_SIZE = 32  # the fp16 check runs at most 32 x 32 samples: precision is per
 _SOURCE_FOLDERS = {Component.TEXT_ENCODER: ("text_encoder",), Component.UNET: ("unet",), Component.ADAPTER: ("adapter",), Component.VAE_DECODER: ("vae",),
                    Component.VAE_ENCODER: ("vae",)}  # fmt: skip
 _VIDEO_SOURCE_FOLDERS = {**_SOURCE_FOLDERS, Component.UNET: ("unet", "temporal"), Component.ADAPTER: ("video_adapter",)}
+ONNX_CACHE_ENV = "CONTEXTDIFF_ONNX_CACHE"  # the default of --onnx-cache: a folder of ONNX artifacts shared by builds
 
 
 class Backend(str, enum.Enum):
@@ -76,6 +77,9 @@ class BuildOptions:
     workspace_gib: float | None = None  # TensorRT builder memory limit
     tensorrt_runtime: PlanRuntime = PlanRuntime.FULL  # LEAN: version-compatible plans the ~50 MB tensorrt_lean runs
     openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded for the runtime's openvino backend; artifacts unchanged
+    # ONNX artifacts shared across engine directories, by the same content key (another batch profile, size or
+    # directory of the same model reuses them); None: none. Default: $CONTEXTDIFF_ONNX_CACHE.
+    onnx_cache: str | os.PathLike[str] | None = field(default_factory=lambda: os.environ.get(ONNX_CACHE_ENV) or None)
 
 
 @dataclass(frozen=True)
@@ -177,15 +181,106 @@ def _check_inputs(component: Component, dims: ModelDims, profile: Profile) -> di
     return SPECS[component].sample_inputs(dims, max(2, profile.opt[0]), min(height, cap), min(width, cap), np.random.default_rng(0))
 
 
+def _from_cache(cache: Path, name: str, out_dir: Path, flavour: Flavour) -> tuple[dict[str, Any], str, str] | None:
+    """(onnx entry, precision used, note) of the artifact ``name`` copied from the ONNX cache, or None when the cache
+    has no intact copy (a record whose files are missing or whose sha256 differs is ignored: built again)."""
+    try:
+        record = json.loads((cache / f"{name}.json").read_text(encoding="utf-8"))
+        entry = record["onnx"]
+        if not _artifact_intact(cache, entry, name):
+            return None
+        with _staging(out_dir) as stage:
+            files = [stage / f["file"] for f in [entry, *entry["external_data"]]]
+            for path in files:
+                shutil.copyfile(cache / path.name, path)
+            published = _publish(files, out_dir, flavour)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if _disk_full(exc):
+            raise
+        logger.warning("ONNX cache %s: %s unusable (%s): building it", cache, name, exc)
+        return None
+    if published["sha256"] != entry["sha256"]:
+        return None
+    return published, record["precision"], record["note"]
+
+
+def _to_cache(cache: Path, entry: dict[str, Any], out_dir: Path, used: str, note: str) -> None:
+    """Copy a built artifact into the ONNX cache: its files first, the record naming them last (each atomically, so
+    concurrent builds and killed ones leave only complete entries). A cache that cannot be written is only logged."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        for f in [*entry["external_data"], entry]:
+            atomic_write(cache / f["file"], lambda tmp, src=out_dir / f["file"]: shutil.copyfile(src, tmp))
+        atomic_write_text(cache / f"{entry['file']}.json", json.dumps({"onnx": entry, "precision": used, "note": note}, indent=2) + "\n")
+    except OSError as exc:
+        logger.warning("ONNX cache %s not written: %s", cache, exc.strerror or exc)
+
+
 def _build_onnx(component: Component, take_module: Callable[[], torch.nn.Module], dims: ModelDims, profile: Profile, precision: Precision,
-                flavour: Flavour, source_key: str, out_dir: Path, previous: dict[str, Any]) -> tuple[dict[str, Any], str, bool, str]:  # fmt: skip
+                flavour: Flavour, source_key: str, out_dir: Path, previous: dict[str, Any], cache: Path | None = None,
+                read_cache: bool = True, fp32_key: str | None = None) -> tuple[dict[str, Any], str, bool, str]:  # fmt: skip
     """(onnx entry, precision used, cached, note) for one component. Everything is written in a staging directory
     and moved into ``out_dir`` only when complete. ``take_module()`` hands over the torch module (only when the
-    artifact must be built); it is dropped as soon as it is exported."""
+    artifact must be built); it is dropped as soon as it is exported. With a ``cache`` folder an artifact built
+    before for the same key is copied from it (not with ``read_cache`` False: ``--force``), and one built here is
+    added to it; an fp16 artifact starts from the cache's fp32 graph of the same component (``fp32_key``: its source
+    key) where there is one, instead of exporting again."""
     name = f"{component.value}.{precision.value}.{source_key[:16]}.onnx"
     if _artifact_intact(out_dir, previous.get("onnx"), name):
         return previous["onnx"], previous["precision"], True, previous.get("note", "")
+    if cache is not None and read_cache and (hit := _from_cache(cache, name, out_dir, flavour)) is not None:
+        entry, used, note = hit
+        logger.info("%s: copied from the ONNX cache %s", component.value, cache)
+        return entry, used, True, note
+    fp32_cached = None
+    if cache is not None and read_cache and precision is Precision.FP16 and fp32_key:  # an fp32 build of it: convert its graph
+        fp32_cached = (cache, f"{component.value}.{Precision.FP32.value}.{fp32_key[:16]}.onnx")
+    entry, used, note = _export_component(component, take_module, dims, profile, precision, flavour, name, out_dir, fp32_cached)
+    if cache is not None:
+        _to_cache(cache, entry, out_dir, used, note)
+    return entry, used, False, note
+
+
+def _cached_fp32(cache: Path, fp32_name: str, stage: Path) -> list[Path] | None:
+    """Copies, in ``stage``, of the cache's intact fp32 artifact ``fp32_name`` (graph first), or None."""
+    try:
+        record = json.loads((cache / f"{fp32_name}.json").read_text(encoding="utf-8"))
+        entry = record["onnx"]
+        if record["precision"] != Precision.FP32.value or not _artifact_intact(cache, entry, fp32_name):
+            return None
+        (stage / "cached").mkdir()
+        files = [stage / "cached" / f["file"] for f in [entry, *entry["external_data"]]]
+        for path in files:
+            shutil.copyfile(cache / path.name, path)
+        return files
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if _disk_full(exc):
+            raise
+        return None
+
+
+def _export_component(component: Component, take_module: Callable[[], torch.nn.Module], dims: ModelDims, profile: Profile,
+                      precision: Precision, flavour: Flavour, name: str, out_dir: Path,
+                      fp32_cached: tuple[Path, str] | None = None) -> tuple[dict[str, Any], str, str]:  # fmt: skip
+    """Export (and for fp16 convert and check) one component into ``out_dir``: (onnx entry, precision used, note).
+    ``fp32_cached`` (cache, fp32 artifact name): for fp16, convert that cached fp32 graph when it is there and the
+    converted graph passes the check; otherwise (or when the check fails: the fp32 fallback keeps this artifact's own
+    name) export."""
     feed = _check_inputs(component, dims, profile)
+    if fp32_cached is not None:
+        with _staging(out_dir) as stage:
+            files = _cached_fp32(fp32_cached[0], fp32_cached[1], stage)
+            if files is not None:
+                logger.info("%s: converting the ONNX cache's fp32 graph to fp16 and comparing ...", component.value)
+                converted = to_fp16(files[0], stage / "fp16" / name)
+                gc.collect()
+                error = _fp16_error(files[0], converted[0], feed)
+                if error <= FP16_TOLERANCE:
+                    return _publish(converted, out_dir, flavour), Precision.FP16.value, f"fp16 rel. error {error:.1e}"
     with _staging(out_dir) as stage:
         logger.info("%s: exporting to ONNX (opset %d, %s graph) ...", component.value, OPSET, flavour.value)
         sample = {k: torch.from_numpy(v) for k, v in feed.items()}
@@ -202,7 +297,7 @@ def _build_onnx(component: Component, take_module: Callable[[], torch.nn.Module]
             else:
                 note = f"fp16 rel. error {error:.1e} > {FP16_TOLERANCE:g}: kept fp32"
                 logger.warning("%s: %s", component.value, note)
-        return _publish(files, out_dir, flavour), used.value, False, note
+        return _publish(files, out_dir, flavour), used.value, note
 
 
 def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDims, profile: Profile, precision: str,
@@ -311,6 +406,7 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     modules = graph_modules(components, vae_encoder=video)
     del components  # from here on, the modules below hold the only references to the weights
     frames = video_facts["num_frames"] if video_facts else 1
+    cache = None if options.onnx_cache is None else Path(options.onnx_cache).resolve()
     _prepare_out_dir(out_dir)
     with BuildLock(out_dir):
         previous = {} if options.force else (read_manifest(out_dir) or {}).get("components", {})
@@ -323,7 +419,9 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
             try:
                 source_key = _source_key(model_dir, component, precision, flavour, video)
                 take = lambda c=component: modules.pop(c)  # noqa: E731
-                onnx_entry, used, cached, note = _build_onnx(component, take, dims, profile, precision, flavour, source_key, out_dir, old)
+                fp32_key = _source_key(model_dir, component, Precision.FP32, flavour, video) if precision is Precision.FP16 and cache else None
+                onnx_entry, used, cached, note = _build_onnx(component, take, dims, profile, precision, flavour, source_key, out_dir, old, cache,
+                                                             read_cache=not options.force, fp32_key=fp32_key)  # fmt: skip
                 modules.pop(component, None)  # cached: never taken
                 entry = {"precision": used, "note": note, "source_key": source_key, "profile": profile.to_json(), "io": SPECS[component].to_json(), "onnx": onnx_entry}
                 artifact, fmt = onnx_entry, "onnx"

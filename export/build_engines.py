@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "makes the runtime's auto backend pick OpenVINO bf16 on CPUs that have bf16 (default: %(default)s)")  # fmt: skip
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder memory limit in GiB")
     p.add_argument("--force", action="store_true", help="rebuild every artifact")
+    p.add_argument("--onnx-cache", type=lambda s: Path(s) if s else None, default=os.environ.get("CONTEXTDIFF_ONNX_CACHE") or None, metavar="DIR",
+                   help="a folder of ONNX artifacts shared by builds: another engine directory of the same model (batch, size, "
+                        "backend) copies them instead of exporting again (default: $CONTEXTDIFF_ONNX_CACHE, else none; '' for none)")  # fmt: skip
     p.add_argument("--verbose", action="store_true", help="debug log, with the traceback of a failure")
     return p.parse_args(argv)
 
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                                flavour=Flavour(args.onnx_flavour) if args.onnx_flavour else None,
                                max_images=args.batch, height=args.height, width=args.width, dynamic_size=args.dynamic_size,
                                force=args.force, workspace_gib=args.workspace_gib, tensorrt_runtime=PlanRuntime(args.tensorrt_runtime),
-                               openvino_precision=OpenVINOPrecision(args.openvino_precision))  # fmt: skip
+                               openvino_precision=OpenVINOPrecision(args.openvino_precision), onnx_cache=args.onnx_cache)  # fmt: skip
         results = build_engine_dir(model, out, options)
     except ContextDiffError as exc:
         print(f"error: {exc}", file=sys.stderr)
