@@ -48,9 +48,11 @@ class ParityReport:
 
 
 def compare_with_reference(model_dir: str | Path, engine_dir: str | Path, prompts: Sequence[str], *, backend: str = "auto", precision: str | None = None,
-                           **call: Any) -> ParityReport:  # fmt: skip
+                           reference_cache: dict | None = None, **call: Any) -> ParityReport:  # fmt: skip
     """Run the reference pipeline and runtime.Generator (``backend``/``precision`` as ``Generator.from_dir`` takes them)
-    on the same call (``call``: the pipelines' keyword arguments; ``seed`` defaults to 0) and compare them step by step."""
+    on the same call (``call``: the pipelines' keyword arguments; ``seed`` defaults to 0) and compare them step by step.
+    ``reference_cache``: a dict that keeps the reference's outputs by (model directory, prompts, call), so that several
+    engine directories of one model are compared with one reference run."""
     from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
     from runtime.generator import Generator
 
@@ -58,6 +60,10 @@ def compare_with_reference(model_dir: str | Path, engine_dir: str | Path, prompt
     outputs, seconds = {}, {}
     systems = (("reference", lambda: ContextDiffPipeline.from_pretrained(model_dir)),
                ("runtime", lambda: Generator.from_dir(engine_dir, backend=backend, precision=precision)))  # fmt: skip
+    key = (str(Path(model_dir).resolve()), tuple(prompts), json.dumps(call, sort_keys=True, default=str))
+    if reference_cache is not None and key in reference_cache:
+        outputs["reference"], seconds["reference"] = reference_cache[key]
+        systems = systems[1:]
     for name, make in systems:
         system, steps = make(), []
         start = time.perf_counter()
@@ -66,6 +72,8 @@ def compare_with_reference(model_dir: str | Path, engine_dir: str | Path, prompt
         to_np = (lambda a: a.float().numpy()) if name == "reference" else np.asarray  # noqa: E731
         outputs[name] = (images, [to_np(s.pred_original_sample).copy() for s in steps], to_np(steps[-1].sample).copy())
         del system  # one model in memory at a time
+        if name == "reference" and reference_cache is not None:
+            reference_cache[key] = outputs[name], seconds[name]
     (ref_images, ref_x0, ref_latent), (images, x0, latent) = outputs["reference"], outputs["runtime"]
     assert images.shape == ref_images.shape and len(x0) == len(ref_x0)
     return ParityReport(

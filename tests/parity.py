@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,16 @@ import numpy as np
 from benchmarks.parity import compare_with_reference, psnr  # noqa: F401 — psnr re-exported for the tests
 from export.artifacts import read_manifest, sha256_file
 
+_REFERENCE_RUNS: dict = {}  # the reference's outputs per (model, prompts, call): one run serves every backend and precision
 PROMPTS = {1: ["a red circle at the top left"], 3: ["a red circle", "a blue square at the bottom right and a cyan circle at the top left", ""]}
+
+
+def record(**measured: float) -> None:
+    """With $CONTEXTDIFF_PARITY_LOG set, append what a parity test measured (one JSON line, named by the test): how
+    the thresholds beside each assertion were set."""
+    if os.environ.get("CONTEXTDIFF_PARITY_LOG"):
+        with open(os.environ["CONTEXTDIFF_PARITY_LOG"], "a", encoding="utf-8") as f:
+            f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").removesuffix(" (call)"), **measured}) + "\n")
 
 
 def compare(model_dir: Path, engine_dir: Path, *, batch: int, guidance: float, eta: float, steps: int = 20, backend: str = "auto",
@@ -17,8 +28,9 @@ def compare(model_dir: Path, engine_dir: Path, *, batch: int, guidance: float, e
     """(image PSNR, worst relative L2 error of x̂_0 over the steps, the runtime's images) for the same call and seed
     (``call``: further keyword arguments of both pipelines, e.g. ``contextual_guidance``)."""
     report = compare_with_reference(model_dir, engine_dir, PROMPTS[batch], num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=7,
-                                    backend=backend, precision=precision, **call)  # fmt: skip
+                                    backend=backend, precision=precision, reference_cache=_REFERENCE_RUNS, **call)  # fmt: skip
     assert len(report.x0_rel_errors) == steps and report.images.dtype == np.float32
+    record(psnr=report.image_psnr, x0=report.x0_max_rel_error)
     return report.image_psnr, report.x0_max_rel_error, report.images
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,6 +17,7 @@ def run(*args, env=None):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_main_command_writes_a_png(pixel_model_dir, tmp_path):
     out = tmp_path / "out.png"
     result = run("-m", "contextdiff_ref", "a red circle at the top left", "-o", str(out), "--model", str(pixel_model_dir), "--steps", "3")
@@ -23,6 +25,7 @@ def test_main_command_writes_a_png(pixel_model_dir, tmp_path):
     assert Image.open(out).size == (32, 32)
 
 
+@pytest.mark.slow
 def test_main_command_uses_the_shipped_default_model(tmp_path):
     out = tmp_path / "out.png"
     result = run("-m", "contextdiff_ref", "a red circle at the top left", "-o", str(out), "--steps", "2")
@@ -30,6 +33,7 @@ def test_main_command_uses_the_shipped_default_model(tmp_path):
     assert "shapes-contextdiff" in result.stdout and Image.open(out).size == (32, 32)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_clear_line(pixel_model_dir, tmp_path):
     bad_steps = run("-m", "contextdiff_ref", "x", "-o", str(tmp_path / "a.png"), "--model", str(pixel_model_dir), "--steps", "0")
     assert bad_steps.returncode == 2 and "invalid num_inference_steps=0" in bad_steps.stderr and "Traceback" not in bad_steps.stderr

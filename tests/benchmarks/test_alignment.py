@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from benchmarks.alignment import evaluate, main, markdown_table, write_grid
@@ -52,6 +53,7 @@ def test_images_per_prompt_and_limit():
     assert report["models"]["contextdiff"]["one_object"]["images"] == 6 and "difference" not in report
 
 
+@pytest.mark.slow
 def test_command_line_on_a_tiny_model_through_the_runtime(pixel_model_dir, tmp_path, capsys):
     out = tmp_path / "report.json"
     args = ["--model", str(pixel_model_dir), "--baseline", str(pixel_model_dir), "--limit", "2", "--steps", "2", "--batch", "2",

@@ -9,6 +9,7 @@ import pytest
 from benchmarks.latency import main
 
 
+@pytest.mark.slow
 def test_latency_script_writes_json_and_table(tmp_path, capsys):
     out = tmp_path / "latency.json"
     assert main(["--steps", "2", "--runs", "2", "--warmup", "0", "--out", str(out)]) == 0

@@ -35,6 +35,7 @@ def http_service(pixel_fp32_dir):
     thread.join(timeout=30)
 
 
+@pytest.mark.slow
 def test_run_load_counts_every_request(http_service):
     result = serve_load.run_load(http_service, concurrency=3, requests=7, steps=2, time_limit_s=120)
     assert result["sent"] == result["ok"] == 7 and result["failed"] == result["lost"] == result["rejected_503"] == 0

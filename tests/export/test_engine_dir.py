@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,7 +25,8 @@ from export.onnx_export import Precision
 from tests.parity import assert_complete
 
 ROOT = Path(__file__).resolve().parents[2]
-ORT = BuildOptions(backend=Backend.ONNXRUNTIME)
+ORT = BuildOptions(backend=Backend.ONNXRUNTIME)  # with the session's ONNX cache (tests/conftest.py)
+FRESH = BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=None)  # exports every artifact itself
 
 
 @pytest.fixture()
@@ -31,6 +34,7 @@ def model_copy(pixel_model_dir, tmp_path) -> Path:
     return Path(shutil.copytree(pixel_model_dir, tmp_path / "model"))
 
 
+@pytest.mark.slow
 def test_manifest_contents(latent_fp32_dir):
     manifest = assert_complete(latent_fp32_dir)
     assert manifest["format_version"] == 1 and manifest["package_version"]
@@ -43,13 +47,14 @@ def test_manifest_contents(latent_fp32_dir):
     assert json.loads((latent_fp32_dir / "scheduler.json").read_text())["steps_offset"] == 1
 
 
+@pytest.mark.slow
 def test_second_build_is_cached_and_changed_weights_rebuild_one_component(model_copy, tmp_path):
-    out = tmp_path / "engines"
-    first = build_engine_dir(model_copy, out, ORT)
+    out, own_cache = tmp_path / "engines", BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=tmp_path / "cache")  # empty at first
+    first = build_engine_dir(model_copy, out, own_cache)
     assert not any(r.cached for r in first)
     manifest = assert_complete(out)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    second = build_engine_dir(model_copy, out, ORT)
+    second = build_engine_dir(model_copy, out, FRESH)
     assert all(r.cached for r in second)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix == ".onnx"} == {k: v for k, v in mtimes.items() if k.endswith(".onnx")}
 
@@ -57,13 +62,40 @@ def test_second_build_is_cached_and_changed_weights_rebuild_one_component(model_
     with torch.no_grad():
         components.adapter.proj_out.weight.mul_(2.0)
     save_model_dir(components, model_copy)
-    third = {r.component: r.cached for r in build_engine_dir(model_copy, out, ORT)}
+    third = {r.component: r.cached for r in build_engine_dir(model_copy, out, FRESH)}
     assert third == {"text_encoder": True, "unet": True, "adapter": False}
     updated = assert_complete(out)
     assert updated["model"]["hash"] != manifest["model"]["hash"]
     assert updated["components"]["adapter"]["onnx"]["file"] != manifest["components"]["adapter"]["onnx"]["file"]
     assert not (out / manifest["components"]["adapter"]["onnx"]["file"]).exists()  # the stale artifact is gone
-    assert not any(r.cached for r in build_engine_dir(model_copy, out, BuildOptions(backend=Backend.ONNXRUNTIME, force=True)))
+    forced = BuildOptions(backend=Backend.ONNXRUNTIME, force=True, onnx_cache=tmp_path / "cache")
+    assert not any(r.cached for r in build_engine_dir(model_copy, out, forced))  # nor from the cache, which holds two of them
+
+
+@pytest.mark.slow
+def test_onnx_cache_is_shared_across_engine_directories_and_checked(model_copy, tmp_path, caplog):
+    """--onnx-cache: a second engine directory of the same model (another batch profile) copies every artifact from
+    the cache, bit for bit; a cache file that does not match its record is ignored and rebuilt (--force ignoring the
+    cache: the test above); an fp16 build converts the cache's fp32 graphs instead of exporting again."""
+    cache = tmp_path / "cache"
+    first = build_engine_dir(model_copy, tmp_path / "a", BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=cache))
+    assert not any(r.cached for r in first) and len(list(cache.glob("*.onnx.json"))) == 3
+    second = build_engine_dir(model_copy, tmp_path / "b", BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=cache, max_images=2))
+    assert all(r.cached for r in second)
+    a, b = assert_complete(tmp_path / "a"), assert_complete(tmp_path / "b")
+    assert {c: e["onnx"] for c, e in a["components"].items()} == {c: e["onnx"] for c, e in b["components"].items()}
+    assert a["components"]["unet"]["profile"] != b["components"]["unet"]["profile"]
+    unet_file = a["components"]["unet"]["onnx"]["file"]
+    with open(cache / unet_file, "r+b") as f:  # damage the cached UNet
+        f.seek(100)
+        f.write(b"\x00\x01\x02\x03")
+    third = {r.component: r.cached for r in build_engine_dir(model_copy, tmp_path / "c", BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=cache))}
+    assert third == {"text_encoder": True, "unet": False, "adapter": True}
+    assert assert_complete(tmp_path / "c")["components"]["unet"]["onnx"]["sha256"] == a["components"]["unet"]["onnx"]["sha256"]  # the same export
+    with caplog.at_level(logging.INFO, logger="export.build"):
+        half = build_engine_dir(model_copy, tmp_path / "h", BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=cache, precision=Precision.FP16))
+    assert all(r.precision == "fp16" and "fp16 rel. error" in r.note for r in half)
+    assert caplog.text.count("converting the ONNX cache's fp32 graph") == 3 and "exporting to ONNX" not in caplog.text
 
 
 def _kill_build_midway(model: Path, out: Path, env: dict) -> None:
@@ -80,9 +112,10 @@ def _kill_build_midway(model: Path, out: Path, env: dict) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_build_is_never_accepted_and_rerun_completes(model_copy, tmp_path):
     out = tmp_path / "engines"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if k != "CONTEXTDIFF_ONNX_CACHE"} | {"PYTHONPATH": str(ROOT)}  # it must export
     _kill_build_midway(model_copy, out, env)
     assert read_manifest(out) is None  # nothing a runtime or a later build would take as complete
     build_engine_dir(model_copy, out, ORT)
@@ -111,6 +144,7 @@ def test_concurrent_build_is_refused(model_copy, tmp_path):
     assert read_manifest(out) is None  # the refused build wrote nothing
 
 
+@pytest.mark.slow
 def test_fp16_that_misses_the_tolerance_falls_back_to_fp32(model_copy, tmp_path, monkeypatch):
     monkeypatch.setattr(build_module, "FP16_TOLERANCE", 0.0)
     results = build_engine_dir(model_copy, tmp_path / "engines", BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision.FP16))
@@ -129,6 +163,7 @@ def test_tensorrt_is_a_clear_error_when_absent(model_copy, tmp_path):
     assert not (tmp_path / "engines" / MANIFEST).exists()
 
 
+@pytest.mark.slow
 def test_foreign_files_in_the_output_directory_are_left_alone(model_copy, tmp_path):
     out = tmp_path / "shared-dir"
     out.mkdir()
@@ -143,41 +178,60 @@ def test_foreign_files_in_the_output_directory_are_left_alone(model_copy, tmp_pa
 
 
 @pytest.fixture()
-def small_disk(tmp_path):
-    """mount(size) -> a fresh tmpfs of ``size`` bytes (unmounted after the test); skips where mounting is not allowed."""
-    mounted = []
+def small_disk(tmp_path, monkeypatch):
+    """mount(size) -> a fresh tmpfs of ``size`` bytes (unmounted after the test). Where mounting is not allowed (not
+    root), a simulated one: every ONNX export into a folder under it that leaves more than ``size`` bytes there fails
+    with ENOSPC, as the write on a full disk would."""
+    mounted, simulated = [], {}
 
     def mount(size: int) -> Path:
-        path = tmp_path / f"disk{len(mounted)}"
+        path = tmp_path / f"disk{len(mounted) + len(simulated)}"
         path.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 1024 + 1}k", "tmpfs", str(path)], capture_output=True, text=True)
-        if done.returncode:
-            pytest.skip(f"mounting a small tmpfs to fill needs root with CAP_SYS_ADMIN: {done.stderr.strip()}")
-        mounted.append(path)
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 1024 + 1}k", "tmpfs", str(path)], capture_output=True, text=True)
+        except FileNotFoundError:  # no mount command
+            done = None
+        if done is not None and done.returncode == 0:
+            mounted.append(path)
+        else:
+            simulated[path] = size
         return path
 
+    real_export = build_module.export_onnx
+
+    def export_onnx(*args, **kwargs):
+        files = real_export(*args, **kwargs)
+        for disk, size in simulated.items():
+            if files[0].is_relative_to(disk) and sum(p.stat().st_size for p in disk.rglob("*") if p.is_file()) > size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(files[0]))
+        return files
+
+    monkeypatch.setattr(build_module, "export_onnx", export_onnx)
+    mount.simulated = simulated  # a real disk's builds may copy from the ONNX cache; a simulated one's must export
     yield mount
     for path in mounted:
         subprocess.run(["umount", str(path)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_cleanly_and_keeps_the_previous_build(model_copy, pixel_fp32_dir, small_disk):
     from runtime.generator import Generator
 
     sizes = {k: v["onnx"]["bytes"] for k, v in read_manifest(pixel_fp32_dir)["components"].items()}  # the same model's artifacts
     out = small_disk(sizes["text_encoder"] + sizes["unet"] // 2) / "engines"  # the disk fills while the UNet is written
+    options = FRESH if out.parent in small_disk.simulated else ORT
     with pytest.raises(BuildError, match=r"^unet: the disk of .* is full: nothing half-written was kept"):
-        build_engine_dir(model_copy, out, ORT)
+        build_engine_dir(model_copy, out, options)
     assert read_manifest(out) is None and not any(p.name.startswith(".tmp-") for p in out.iterdir())
 
     out = small_disk(sum(sizes.values()) + sizes["unet"] // 2) / "engines"  # one build fits, a second UNet does not
-    build_engine_dir(model_copy, out, ORT)
+    build_engine_dir(model_copy, out, options)
     before = assert_complete(out)
     components = load_model_dir(model_copy)
     with torch.no_grad():
         next(components.unet.parameters()).add_(0.01)
     save_model_dir(components, model_copy)
     with pytest.raises(BuildError, match=r"^unet: the disk of .* is full"):
-        build_engine_dir(model_copy, out, ORT)
+        build_engine_dir(model_copy, out, options)
     assert assert_complete(out) == before and not any(p.name.startswith(".tmp-") for p in out.iterdir())
     assert Generator.from_dir(out).backend == "onnxruntime-cpu"  # the previous build is still usable

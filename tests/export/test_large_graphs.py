@@ -20,13 +20,17 @@ from runtime.manifest import EngineDirectoryError
 from tests.parity import assert_complete, compare
 
 BIG_VOCAB = 17_500_000  # x 32 floats x 4 bytes = 2.24 GB > 2 GiB
+# measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05: fp32 133.8 dB and x̂_0 error 1.9e-6; fp16 72.0 dB (8 steps, guidance 7.5, the undamped UNet)
+BIG_FP32_PSNR, BIG_FP32_X0, BIG_FP16_PSNR = 110.0, 1e-5, 60.0
 
 
 @pytest.fixture(scope="module")
 def big_model_dir(tmp_path_factory):
-    return write_tiny_model_dir(tmp_path_factory.mktemp("big") / "model", latent=True, seed=2, vocab_size=BIG_VOCAB)
+    # undamped: the UNet's output, and with it the text encoder's, matters to the image (tiny.build_tiny_components)
+    return write_tiny_model_dir(tmp_path_factory.mktemp("big") / "model", latent=True, seed=2, vocab_size=BIG_VOCAB, damped=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_a_graph_over_2_gib_builds_runs_and_matches_the_reference(big_model_dir, tmp_path, precision):
     out = tmp_path / "engines"
@@ -41,11 +45,12 @@ def test_a_graph_over_2_gib_builds_runs_and_matches_the_reference(big_model_dir,
 
     image_psnr, x0_error, images = compare(big_model_dir, out, batch=1, guidance=7.5, eta=0.0, steps=8)
     if precision == "fp32":
-        assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
+        assert image_psnr >= BIG_FP32_PSNR and x0_error <= BIG_FP32_X0, (image_psnr, x0_error)
         return
-    assert np.all(np.isfinite(images)) and image_psnr >= 35.0, image_psnr
+    assert np.all(np.isfinite(images)) and image_psnr >= BIG_FP16_PSNR, image_psnr
 
 
+@pytest.mark.slow
 def test_a_truncated_data_file_is_named_and_rebuilt(big_model_dir, tmp_path):
     out = tmp_path / "engines"
     options = BuildOptions(backend=Backend.ONNXRUNTIME, max_images=1)
@@ -58,5 +63,7 @@ def test_a_truncated_data_file_is_named_and_rebuilt(big_model_dir, tmp_path):
         Generator.from_dir(out)
     assert "sha256 mismatch" in str(info.value) and "build_engines.py" in str(info.value)
     cached = {r.component: r.cached for r in build_engine_dir(big_model_dir, out, options)}
-    assert cached == {"text_encoder": False, "unet": True, "adapter": True, "vae_decoder": True}
+    # the damaged artifact is replaced: exported again, or copied whole from the session's ONNX cache (which the
+    # parity test above filled: this model is exported once per session)
+    assert cached == {"text_encoder": options.onnx_cache is not None, "unet": True, "adapter": True, "vae_decoder": True}
     assert assert_complete(out)["components"]["text_encoder"]["onnx"] == entry  # rebuilt to the same bytes

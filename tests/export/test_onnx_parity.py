@@ -17,6 +17,7 @@ from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.models.text import tokenize
 from export.trt_support import unsupported
 from runtime.specs import SPECS, Component, Profile
+from tests.parity import record
 
 COMPONENTS = [c for c in Component if c is not Component.VAE_ENCODER]  # an image model's; the VAE encoder: tests/runtime/test_video_editor.py
 
@@ -46,14 +47,19 @@ def run_parity(model_dir, engine_dir, component):
 
 
 FLAVOURS = ["onnxruntime", "standard"]
+# Each component of the shipped latent model (trained weights) against its torch module at three shapes; measured on
+# 2 threads of an AMD EPYC, worst over components and flavours: see each constant.
+# (measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05)
+FP32_MAX_REL = 5e-5  # largest |onnx - torch| / largest |torch|: measured 4.6e-7 (text encoder) to 1.1e-5 (VAE decoder)
+FP16_REL_L2 = 3e-3  # relative L2 error: measured 2.0e-4 (VAE decoder) to 7.1e-4 (UNet)
 ATTENTION = {Component.UNET, Component.ADAPTER, Component.VAE_DECODER}  # components with diffusers attention layers
 
 
 @pytest.fixture()
 def engine_dirs(request):
     """{(flavour, precision): engine dir}, built lazily (session fixtures) for what a test asks."""
-    names = {("onnxruntime", "fp32"): "latent_fp32_dir", ("onnxruntime", "fp16"): "latent_fp16_dir",
-             ("standard", "fp32"): "latent_standard_fp32_dir", ("standard", "fp16"): "latent_standard_fp16_dir"}  # fmt: skip
+    names = {("onnxruntime", "fp32"): "shipped_latent_fp32_dir", ("onnxruntime", "fp16"): "shipped_latent_fp16_dir",
+             ("standard", "fp32"): "shipped_latent_standard_fp32_dir", ("standard", "fp16"): "shipped_latent_standard_fp16_dir"}  # fmt: skip
     return lambda flavour, precision: request.getfixturevalue(names[flavour, precision])
 
 
@@ -61,32 +67,37 @@ def op_types(engine_dir, entry) -> set[tuple[str, str]]:
     return {(n.domain, n.op_type) for n in onnx.load(str(engine_dir / entry["onnx"]["file"]), load_external_data=False).graph.node}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flavour", FLAVOURS)
 @pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: c.value)
-def test_fp32_graphs_match_torch(latent_model_dir, engine_dirs, component, flavour):
+def test_fp32_graphs_match_torch(shipped_latent_dir, engine_dirs, component, flavour):
     engine_dir = engine_dirs(flavour, "fp32")
-    entry, pairs = run_parity(latent_model_dir, engine_dir, component)
+    entry, pairs = run_parity(shipped_latent_dir, engine_dir, component)
     assert entry["precision"] == "fp32" and entry["onnx"]["flavour"] == flavour
     fused = ("com.microsoft", "MultiHeadAttention") in op_types(engine_dir, entry)
     assert fused == (flavour == "onnxruntime" and component in ATTENTION)
     assert len({g.shape for g, _ in pairs}) == 3  # three distinct shapes
-    for got, expected in pairs:
-        assert np.abs(got - expected).max() <= 1e-4
+    errors = [float(np.abs(got - expected).max() / np.abs(expected).max()) for got, expected in pairs]
+    record(max_rel=max(errors))
+    assert max(errors) <= FP32_MAX_REL, errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flavour", FLAVOURS)
 @pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: c.value)
-def test_fp16_graphs_are_close_and_finite(latent_model_dir, engine_dirs, component, flavour):
+def test_fp16_graphs_are_close_and_finite(shipped_latent_dir, engine_dirs, component, flavour):
     engine_dir = engine_dirs(flavour, "fp16")
-    entry, pairs = run_parity(latent_model_dir, engine_dir, component)
+    entry, pairs = run_parity(shipped_latent_dir, engine_dir, component)
     assert entry["precision"] == "fp16", entry["note"]
     graph = onnx.load(str(engine_dir / entry["onnx"]["file"]))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
-    for got, expected in pairs:
-        assert np.all(np.isfinite(got))
-        assert np.linalg.norm(got - expected) / np.linalg.norm(expected) <= 1e-2
+    assert all(np.all(np.isfinite(got)) for got, _ in pairs)
+    errors = [float(np.linalg.norm(got - expected) / np.linalg.norm(expected)) for got, expected in pairs]
+    record(rel_l2=max(errors))
+    assert max(errors) <= FP16_REL_L2, errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_every_standard_graph_is_supported_by_tensorrt(engine_dirs, precision):
     engine_dir = engine_dirs("standard", precision)
@@ -95,6 +106,7 @@ def test_every_standard_graph_is_supported_by_tensorrt(engine_dirs, precision):
         assert unsupported(onnx.load(str(engine_dir / entry["onnx"]["file"]))) == [], name
 
 
+@pytest.mark.slow
 def test_fused_graphs_are_rejected_for_tensorrt(engine_dirs):
     """The checker must refuse what TensorRT cannot parse: here, the ONNX Runtime flavour's contrib op."""
     engine_dir = engine_dirs("onnxruntime", "fp32")

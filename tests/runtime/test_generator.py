@@ -16,37 +16,38 @@ from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError
 from runtime.specs import Component
-from tests.parity import PROMPTS, compare, psnr
+from tests.parity import PROMPTS, compare, psnr, record
+
+# Image parity on the shipped (trained) models, 20 steps; measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05, worst over each test's parametrizations
+# (CONTEXTDIFF_PARITY_LOG=file records every figure: tests/parity.py).
+FP32_PSNR = 90.0  # measured 98.5 dB (pixel model, eta 1, guidance 7.5, 3 images) to 147.8
+FP32_X0 = 3e-4  # worst relative error of x̂_0 over the steps: measured 1.0e-4 (the same case); 3e-7 to 2e-5 elsewhere
+FP16_PSNR = 55.0  # measured 62.2 (pixel), 76.4 (latent), 72.6 (latent, standard graphs)
+TORCH_PSNR = 120.0  # measured 141.6 (latent; pixel: bit for bit)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("guidance", [7.5, 1.0])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
-def test_fp32_parity_with_the_reference(latent, eta, guidance, batch, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
-    model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
-    image_psnr, x0_error, _ = compare(model_dir, engine_dir, batch=batch, guidance=guidance, eta=eta)
-    assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
+def test_fp32_parity_with_the_reference(latent, eta, guidance, batch, shipped):
+    """The shipped models (trained: the UNet's output matters) through ONNX Runtime against the reference."""
+    image_psnr, x0_error, _ = compare(*shipped("latent" if latent else "pixel"), batch=batch, guidance=guidance, eta=eta)
+    assert image_psnr >= FP32_PSNR and x0_error <= FP32_X0, (image_psnr, x0_error)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
-def test_guided_contextual_guidance_parity(latent, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
+def test_guided_contextual_guidance_parity(latent, shipped):
     """The "guided" variant (method doc §5): one adapter call of batch 4N where the engine takes it, as the reference."""
-    model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
+    model_dir, engine_dir = shipped("latent" if latent else "pixel")
     assert json.loads((engine_dir / "manifest.json").read_text())["components"]["adapter"]["profile"]["max"][0] == 12  # 4 × 3 images
-    image_psnr, x0_error, _ = compare(model_dir, engine_dir, batch=3, guidance=7.5, eta=1.0, contextual_guidance="guided")
-    assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
+    image_psnr, x0_error, _ = compare(model_dir, engine_dir, batch=3, guidance=3.0, eta=1.0, contextual_guidance="guided")
+    assert image_psnr >= FP32_PSNR and x0_error <= FP32_X0, (image_psnr, x0_error)
 
 
-@pytest.mark.parametrize("variant", ["conditional", "guided"])
-def test_parity_on_the_shipped_latent_model(variant, shipped_latent_fp32_dir):
-    """A trained latent model (VAE, zero-terminal-SNR schedule, guidance 3): the runtime draws what the reference does."""
-    from contextdiff_ref.models.defaults import latent_model_dir
-
-    image_psnr, x0_error, _ = compare(latent_model_dir(), shipped_latent_fp32_dir, batch=3, guidance=3.0, eta=0.0, contextual_guidance=variant)
-    assert image_psnr >= 115.0 and x0_error <= 2e-5, (image_psnr, x0_error)  # measured 133 / 127 dB, 1.0e-6 / 5.7e-6 (AMD EPYC)
-
-
+@pytest.mark.slow
 def test_guided_variant_on_engines_built_for_two_adapter_rows_per_image(latent_fp32_dir):
     """Engine directories built before the "guided" variant (adapter profile 2N) run it as one adapter call per text."""
     gen = Generator.from_dir(latent_fp32_dir)
@@ -64,23 +65,23 @@ def test_guided_variant_on_engines_built_for_two_adapter_rows_per_image(latent_f
     assert gen.max_images == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
-def test_fp16_engines_stay_close(latent, pixel_model_dir, latent_model_dir, pixel_fp16_dir, latent_fp16_dir):
-    model_dir, engine_dir = (latent_model_dir, latent_fp16_dir) if latent else (pixel_model_dir, pixel_fp16_dir)
-    image_psnr, _, images = compare(model_dir, engine_dir, batch=3, guidance=7.5, eta=0.0)
-    assert np.all(np.isfinite(images)) and image_psnr >= 35.0, image_psnr
+def test_fp16_engines_stay_close(latent, shipped):
+    image_psnr, _, images = compare(*shipped("latent" if latent else "pixel", "fp16"), batch=3, guidance=7.5, eta=0.0)
+    assert np.all(np.isfinite(images)) and image_psnr >= FP16_PSNR, image_psnr
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_standard_graphs_match_the_reference_too(precision, latent_model_dir, latent_standard_fp32_dir, latent_standard_fp16_dir):
+def test_standard_graphs_match_the_reference_too(precision, shipped):
     """The other artifact flavour (ai.onnx ops only, what TensorRT is built from) through the same runtime."""
-    engine_dir = latent_standard_fp32_dir if precision == "fp32" else latent_standard_fp16_dir
+    model_dir, engine_dir = shipped("latent-standard", precision)
     assert {e["onnx"]["flavour"] for e in json.loads((engine_dir / "manifest.json").read_text())["components"].values()} == {"standard"}
-    image_psnr, x0_error, images = compare(latent_model_dir, engine_dir, batch=3, guidance=7.5, eta=1.0)
+    image_psnr, x0_error, images = compare(model_dir, engine_dir, batch=3, guidance=7.5, eta=1.0)
     if precision == "fp32":
-        assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
+        assert image_psnr >= FP32_PSNR and x0_error <= FP32_X0, (image_psnr, x0_error)
     else:
-        assert np.all(np.isfinite(images)) and image_psnr >= 35.0, image_psnr
+        assert np.all(np.isfinite(images)) and image_psnr >= FP16_PSNR, image_psnr
 
 
 def test_same_results_from_four_threads(pixel_fp32_dir):
@@ -110,6 +111,7 @@ def _rss_bytes() -> int:
     raise RuntimeError("no VmRSS")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS is read from /proc (Linux only)")
 def test_memory_stays_flat_over_200_generations(pixel_fp32_dir):
     gen = Generator.from_dir(pixel_fp32_dir)
@@ -227,15 +229,16 @@ def test_plan_built_elsewhere_is_refused():
 
 
 @pytest.mark.parametrize("latent, variant", [(False, "conditional"), (True, "conditional"), (True, "guided")], ids=["pixel", "latent", "latent-guided"])
-def test_torch_backend_matches_the_reference(latent, variant, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
+def test_torch_backend_matches_the_reference(latent, variant, shipped):
     from contextdiff_ref.pipelines.torch_runner import torch_generator
 
-    model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
+    model_dir, engine_dir = shipped("latent" if latent else "pixel")
     gen = torch_generator(model_dir, engine_dir)
     kwargs = dict(num_inference_steps=10, guidance_scale=7.5, eta=1.0, seed=3, progress=False, contextual_guidance=variant)
     expected = ContextDiffPipeline.from_pretrained(model_dir)(PROMPTS[3], **kwargs).images
     got = gen(PROMPTS[3], **kwargs).images
-    assert gen.backend == "torch" and psnr(got, expected) >= 60.0
+    record(psnr=psnr(got, expected))
+    assert gen.backend == "torch" and psnr(got, expected) >= TORCH_PSNR
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])

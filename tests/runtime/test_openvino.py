@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import openvino as ov  # the test extra installs it: a broken import fails, it does not skip
 import pytest
 
 import runtime.generator as generator_module
@@ -27,9 +28,12 @@ from runtime.openvino_runner import (
 )
 from runtime.runners import OnnxRuntimeRunner
 from runtime.specs import SPECS, Component
-from tests.parity import compare, psnr
+from tests.parity import compare, psnr, record
 
-ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
+# Image parity on the shipped (trained) models, 20 steps; measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05.
+OV_F32_PSNR = 100.0  # measured 120.6 to 133.3 dB
+OV_F32_X0 = 1e-4  # measured 6e-7 to 3.6e-5 ("guided")
+OV_BF16_PSNR = 24.0  # measured 27.5 dB: bf16 rounds every weight and activation of a trained model
 NO_BF16 = bf16_unsupported_reason(ov.Core())  # None on CPUs with AVX512-BF16 / AMX
 
 
@@ -43,15 +47,18 @@ def _generate(gen: Generator, seed: int = 3) -> np.ndarray:
     return gen(["a red circle", "a blue square at the bottom right"], num_inference_steps=4, guidance_scale=3.0, seed=seed, progress=False).images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("latent, eta, guidance, variant", [(False, 0.0, 7.5, None), (True, 1.0, 7.5, None), (True, 0.0, 1.0, None), (True, 0.0, 7.5, "guided")])
-def test_f32_matches_the_reference(latent, eta, guidance, variant, pixel_model_dir, latent_model_dir, pixel_fp32_dir, latent_fp32_dir):
-    model_dir, engine_dir = (latent_model_dir, latent_fp32_dir) if latent else (pixel_model_dir, pixel_fp32_dir)
-    image_psnr, x0_error, _ = compare(model_dir, engine_dir, batch=3, guidance=guidance, eta=eta, backend="openvino", contextual_guidance=variant)
-    assert image_psnr >= 60.0 and x0_error <= 1e-4, (image_psnr, x0_error)
+def test_f32_matches_the_reference(latent, eta, guidance, variant, shipped):
+    """OpenVINO f32 on the shipped (trained) models against the reference."""
+    image_psnr, x0_error, _ = compare(*shipped("latent" if latent else "pixel"), batch=3, guidance=guidance, eta=eta, backend="openvino",
+                                      contextual_guidance=variant)  # fmt: skip
+    assert image_psnr >= OV_F32_PSNR and x0_error <= OV_F32_X0, (image_psnr, x0_error)
 
 
-def test_every_component_equals_onnxruntime_at_the_profile_corners(latent_fp32_dir):
-    manifest = load_manifest(latent_fp32_dir)
+def test_every_component_equals_onnxruntime_at_the_profile_corners(shipped_latent_fp32_dir):
+    """Each component of the shipped latent model (trained weights, dynamic batch and size) at both ends of its profile."""
+    manifest = load_manifest(shipped_latent_fp32_dir)
     rng = np.random.default_rng(0)
     for component, artifacts in manifest.components.items():
         spec = SPECS[component]
@@ -61,8 +68,9 @@ def test_every_component_equals_onnxruntime_at_the_profile_corners(latent_fp32_d
                 expected, got = ort_runner.infer(feed), ov_runner.infer(feed)
                 for name, value in expected.items():
                     assert got[name].shape == value.shape and got[name].dtype == value.dtype, (component, name)
-                    scale = max(float(np.abs(value).max()), 1.0)
-                    assert float(np.abs(got[name] - value).max()) <= 1e-4 * scale, (component, corner, name)
+                    error = float(np.abs(got[name] - value).max() / np.abs(value).max())
+                    record(**{f"{component.value} {corner}": error})
+                    assert error <= 1e-5, (component, corner, name, error)  # measured 2.3e-7 to 2.7e-6 of the largest value
 
 
 def test_outputs_are_the_callers_own(pixel_fp32_dir):
@@ -93,9 +101,9 @@ def test_bf16_is_refused_on_a_cpu_without_it(engines, monkeypatch):
 
 
 @pytest.mark.skipif(NO_BF16 is not None, reason=f"bf16 cannot run on this CPU: {NO_BF16}")
-def test_bf16_stays_close_to_the_reference(latent_model_dir, latent_fp32_dir):
-    image_psnr, _, images = compare(latent_model_dir, latent_fp32_dir, batch=3, guidance=7.5, eta=0.0, backend="openvino", precision="bf16")
-    assert np.all(np.isfinite(images)) and image_psnr >= 35.0, image_psnr
+def test_bf16_stays_close_to_the_reference(shipped):
+    image_psnr, _, images = compare(*shipped("latent"), batch=3, guidance=7.5, eta=0.0, backend="openvino", precision="bf16")
+    assert np.all(np.isfinite(images)) and image_psnr >= OV_BF16_PSNR, image_psnr
 
 
 def _cache_entries(engines: Path) -> list[str]:

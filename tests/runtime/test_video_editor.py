@@ -15,6 +15,7 @@ import onnx
 import pytest
 
 from benchmarks.parity import psnr
+from tests.parity import record
 from contextdiff_ref.models.defaults import default_video_model_dir
 from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.video.model_dir import inflate, save_video_model_dir
@@ -35,7 +36,9 @@ EDIT = "a magenta circle moving from the top right to the bottom right"
 STEPS = 20
 # The evaluation's settings (contextdiff_ref.video.evaluate): part-way inversion, strong guidance away from the source.
 SETTINGS = {"strength": 0.93, "guidance_scale": 15.0}
-THRESHOLD_DB = {"fp32": 60.0, "fp16": 35.0}
+# measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05:
+THRESHOLD_DB = {"fp32": 100.0, "fp16": 38.0}  # x_T / frames: fp32 124.1 / 119.6 dB (OpenVINO f32 frames 115.9); fp16 60.8 / 41.6
+LATENT_VIDEO_DB = 100.0  # the tiny latent video model: x_0, x_T, edit, masked edit measured 120.4 to 140.5 dB
 FRAMES = 8  # the default video model's
 
 
@@ -76,10 +79,11 @@ def fp16_engines(default_video, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_default_video_model_parity(precision, request, default_video, reference_edit):
-    """Method doc §7 through the engines: the inverted x_T and the edited frames match the reference (fp32 ≥ 60 dB,
-    fp16 ≥ 35 dB PSNR); edit() is invert() then sample()."""
+    """Method doc §7 through the engines: the inverted x_T and the edited frames match the reference (THRESHOLD_DB);
+    edit() is invert() then sample()."""
     engines = request.getfixturevalue(f"{precision}_engines")
     model, video, source = default_video
     manifest = read_manifest(engines)
@@ -95,6 +99,7 @@ def test_default_video_model_parity(precision, request, default_video, reference
     frames = editor.edit(video, source, EDIT, STEPS, negative_prompt=source, progress=False, **SETTINGS)
     frames_db = psnr(frames, ref_frames)
     assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.float32
+    record(x_T_db=x_T_db, frames_db=frames_db)
     assert x_T_db >= THRESHOLD_DB[precision] and frames_db >= THRESHOLD_DB[precision], (precision, x_T_db, frames_db)
     again = editor.sample(x_T, EDIT, STEPS, SETTINGS["guidance_scale"], strength=SETTINGS["strength"], negative_prompt=source, progress=False)
     np.testing.assert_array_equal(again, frames)
@@ -106,10 +111,10 @@ def test_default_video_model_parity(precision, request, default_video, reference
         assert ops["MultiHeadAttention"] == 3 * 7 and ops["Softmax"] == 0, ops
 
 
+@pytest.mark.slow
 def test_default_video_model_parity_openvino(default_video, reference_edit, fp32_engines):
     """The OpenVINO backend, static-shape models included (inversion's batch and sampling's: two shapes), edits as the
-    reference does: f32 ≥ 60 dB like ONNX Runtime's fp32."""
-    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
+    reference does, at ONNX Runtime fp32's threshold."""
     _, video, source = default_video
     ref_frames = reference_edit[1]
     editor = VideoEditor.from_dir(fp32_engines, backend="openvino", precision="f32")
@@ -117,9 +122,11 @@ def test_default_video_model_parity_openvino(default_video, reference_edit, fp32
     static = {shapes[0][0]: len(requests) for shapes, requests in editor.generator.runners[Component.UNET]._static.items()}
     # sampling's two videos (guidance) split over two streams where this machine has two cores; inversion's one runs whole
     assert static == {FRAMES: 1, 2 * FRAMES: min(2, len(os.sched_getaffinity(0)))}
+    record(frames_db=psnr(frames, ref_frames))
     assert psnr(frames, ref_frames) >= THRESHOLD_DB["fp32"]
 
 
+@pytest.mark.slow
 def test_local_blend_confines_the_edit_to_the_mask(default_video, fp32_engines):
     """A ``mask`` (local blending): the runtime's masked edit matches the reference's (fp32 ≥ 60 dB); outside the mask
     the frames come back as the source, a full mask is the unmasked edit exactly, an empty one the source."""
@@ -159,6 +166,7 @@ def test_local_blend_confines_the_edit_to_the_mask(default_video, fp32_engines):
         pipe.invert(video, source, 2, progress=False, trajectory={})
 
 
+@pytest.mark.slow
 def test_region_noise_mixes_the_seeds_noise_into_the_region(default_video, fp32_engines):
     """``region_noise`` λ: the edit equals one from x_T mixed by hand — m · (√(1 − λ) x_T + √λ ε) + (1 − m) · x_T, ε
     the seed's initial-noise draw (runtime.noise) — in the reference and the runtime alike (fp32 ≥ 60 dB); outside the
@@ -199,6 +207,7 @@ def _video(seed=0):
     return np.random.default_rng(seed).random((FRAMES, 32, 32, 3), dtype=np.float32)
 
 
+@pytest.mark.slow
 def test_video_graphs_are_static_and_inside_tensorrt_support(fp32_engines):
     """The inflated UNet and the video adapter (standard flavour): every op in TensorRT 10's support matrix, nothing
     data-dependent (frames are folded into the batch with static gathers and reshapes), the batch axis symbolic."""
@@ -211,6 +220,7 @@ def test_video_graphs_are_static_and_inside_tensorrt_support(fp32_engines):
         assert not graph.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value"), name  # batch: symbolic
 
 
+@pytest.mark.slow
 def test_latent_video_model_exports_its_vae_encoder(latent_model_dir, tmp_path):
     """A latent video model's engines include the VAE encoder: the runtime's x_0, x_T and edit match the reference."""
     model = save_video_model_dir(inflate(load_model_dir(latent_model_dir), 2, seed=3), tmp_path / "latent-video")
@@ -220,15 +230,17 @@ def test_latent_video_model_exports_its_vae_encoder(latent_model_dir, tmp_path):
     pipe, editor = VideoEditPipeline.from_pretrained(model), VideoEditor.from_dir(tmp_path / "engines")
     video = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
     x_0 = pipe.pipe.encode(video)
-    assert psnr(editor.generator.encode(video), x_0, peak=float(x_0.max() - x_0.min())) >= 60
+    measured = {"x_0": psnr(editor.generator.encode(video), x_0, peak=float(x_0.max() - x_0.min()))}
     ref_x_T, x_T = (p.invert(video, "a red circle", 4, progress=False) for p in (pipe, editor))
-    assert psnr(x_T, ref_x_T, peak=float(ref_x_T.max() - ref_x_T.min())) >= 60
+    measured["x_T"] = psnr(x_T, ref_x_T, peak=float(ref_x_T.max() - ref_x_T.min()))
     ref, got = (p.edit(video, "a red circle", "a blue square", 4, 3.0, progress=False) for p in (pipe, editor))
-    assert psnr(got, ref) >= 60
+    measured["edit"] = psnr(got, ref)
     mask = np.zeros(video.shape[:3], bool)
     mask[:, 5:20, 3:17] = True  # not on the 8-px latent grid: max-pooled to the cells it touches
     ref, got = (p.edit(video, "a red circle", "a blue square", 4, 3.0, mask=mask, progress=False) for p in (pipe, editor))
-    assert psnr(got, ref) >= 60
+    measured["masked edit"] = psnr(got, ref)
+    record(**measured)
+    assert all(db >= LATENT_VIDEO_DB for db in measured.values()), measured
     unmasked = pipe.edit(video, "a red circle", "a blue square", 4, 3.0, progress=False)
     assert np.abs(ref - unmasked)[:, 24:, 24:].max() > 1e-3  # the latent cells outside it were held to the source
     data = json.loads((tmp_path / "engines" / "manifest.json").read_text())
@@ -291,6 +303,7 @@ def test_engine_directory_kinds_and_faults(fp32_engines, pixel_fp32_dir, tmp_pat
     assert editor.num_frames == FRAMES and editor.generator.manifest.components[Component.UNET].profile.max[0] == 2 * FRAMES
 
 
+@pytest.mark.slow
 def test_command_line(fp32_engines, tmp_path, capsys, caplog):
     """`python -m runtime edit` writes the edited video (what VideoEditor.edit returns, through a lossless mp4); bad
     arguments get one line and exit status 2; the image command is unchanged. `--seed` defaults to 0, as its help says:

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import ray  # the test extra installs ray[serve]: a broken import fails, it does not skip
 from PIL import Image
+from ray import serve
 
 from runtime.generator import Generator
 
-ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install -e '.[serve]')")
-serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install -e '.[serve]')")
 PROMPT = "a red circle at the top left"
 
 
@@ -58,6 +58,7 @@ def local_serve():
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_batched_and_each_gets_its_own_images(local_serve, pixel_fp32_dir):
     from serving.deployment import build_app
 
@@ -86,6 +87,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_images(local_serv
     serve.delete("batched")
 
 
+@pytest.mark.slow
 def test_past_the_queue_limit_requests_get_503_with_retry_after(local_serve, pixel_fp32_dir):
     from serving.deployment import build_app
 

@@ -9,6 +9,7 @@ from contextdiff_ref.data.shapes import caption, one_object_scenes, sample_scene
 from contextdiff_ref.models.defaults import default_model_dir, latent_model_dir
 from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
+from tests.parity import record
 
 
 def test_shipped_model_loads_with_a_recommended_guidance_and_a_standalone_tokenizer():
@@ -25,12 +26,13 @@ def test_shipped_model_loads_with_a_recommended_guidance_and_a_standalone_tokeni
 
 def test_quick_sample_puts_the_named_colour_in_the_named_quadrant():
     """Issue 6's quick check, with the model's own recommended guidance (the runtime's default): 15 one-object prompts
-    (every colour, shape and position), 20 steps, colour-position accuracy >= 80%."""
+    (every colour, shape and position), 20 steps: colour-position accuracy at least 14 of 15 (measured: 15 of 15)."""
     scenes = one_object_scenes()[::5]
     pipe = ContextDiffPipeline.from_pretrained(default_model_dir())
     images = pipe([caption(s) for s in scenes], num_inference_steps=20, seed=0, progress=False).images
     result = summarize([score_image(image, scene) for image, scene in zip(images, scenes)])
-    assert result["colour_position_accuracy"] >= 0.8, result
+    record(**result)
+    assert result["colour_position_accuracy"] >= 14 / 15, result
 
 
 def test_shipped_latent_model_carries_the_fine_tuning_recipe():
@@ -45,9 +47,11 @@ def test_shipped_latent_model_carries_the_fine_tuning_recipe():
 
 def test_shipped_latent_model_draws_compositions_it_never_saw():
     """Half of the held-out two-object prompts (no composition of them is in its training folder), 10 steps, the model's
-    guidance: full accuracy >= 95% (measured: 100% on these 36 at 10 steps; 99.3% on all 72, 4 images each, 50 steps)."""
+    guidance: full accuracy at least 70 of 72 objects (measured: 72 of 72 at 10 steps; 99.3% on all 72 prompts, 4 images
+    each, 50 steps)."""
     scenes = two_object_scenes()[::2]
     pipe = ContextDiffPipeline.from_pretrained(latent_model_dir())
     images = pipe([caption(s) for s in scenes], num_inference_steps=10, seed=0, progress=False).images
     result = summarize([score_image(image, scene) for image, scene in zip(images, scenes)])
-    assert result["full_accuracy"] >= 0.95, result
+    record(**result)
+    assert result["full_accuracy"] >= 70 / 72, result

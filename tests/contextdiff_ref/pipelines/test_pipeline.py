@@ -71,6 +71,7 @@ def test_zero_adapter_run_equals_diffusers_ddim(spacing, eta, latent_model_dir):
     assert rel_err(ours, diffusers_ddim_loop(pipe, PROMPTS, 20, 5.0, eta, 3)[-1]) <= 1e-4  # diffusers' float32 tables
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_zero_adapter_run_equals_diffusers_ddim_step_by_step(spacing, eta, pixel_model_dir):

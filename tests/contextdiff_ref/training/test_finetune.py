@@ -48,6 +48,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_twice_the_batch(sd, tmp_path):
     """accelerate launch, 2 CPU processes (gloo), batch 2 each, one step vs one process with batch 4: the same loss
     and the same all-reduced gradient (AdamW's first moment), weights equal on both ranks."""
@@ -167,6 +168,7 @@ def test_gradient_checkpointing_computes_the_same_step(sd, tmp_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_runs(sd, tmp_path):
     """accelerate's bf16 autocast (the GPU setting; the CPU has an autocast for it too), in its own process: the
     accelerate state of a process takes one precision."""

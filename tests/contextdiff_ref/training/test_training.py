@@ -70,6 +70,7 @@ def test_text_dropout_rate():
         LossConfig(text_dropout=1.0)
 
 
+@pytest.mark.slow
 def test_high_noise_fraction_draws_that_share_of_the_batch_from_the_last_timesteps():
     from contextdiff_ref.training.objective import HIGH_NOISE_PORTION
 
@@ -87,6 +88,7 @@ def test_high_noise_fraction_draws_that_share_of_the_batch_from_the_last_timeste
         LossConfig(high_noise_fraction=1.5)
 
 
+@pytest.mark.slow
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     objective = ContextDiffObjective(build_tiny_components(), LossConfig(text_dropout=0.0))
     objective.train()

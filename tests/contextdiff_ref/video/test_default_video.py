@@ -14,6 +14,7 @@ from contextdiff_ref.video.evaluate import EditSettings
 from contextdiff_ref.video.metrics import score_clip
 from contextdiff_ref.video.pipeline import VideoEditPipeline
 from runtime.video_io import read_video
+from tests.parity import record
 
 CLIP = evaluation_clips(1, 0)[0]
 
@@ -34,20 +35,24 @@ def test_shipped_source_is_evaluation_clip_0(pipe):
     assert (root / "source.txt").read_text().strip() == clip_caption(CLIP)
 
 
-@pytest.mark.parametrize("strength, floor_db", [(1.0, 30.0), (0.93, 30.0)])
+@pytest.mark.slow
+@pytest.mark.parametrize("strength, floor_db", [(1.0, 40.0), (0.93, 40.0)])  # measured 43.3 / 43.1 dB (AMD EPYC, 2026-12-05)
 def test_inversion_then_sampling_with_the_source_prompt_reconstructs(pipe, strength, floor_db):
     """§7: sampling the inverted x_T with c_src and guidance 1 gives the source back (measured: README)."""
     source, caption = render_clip(CLIP), clip_caption(CLIP)
     x_T = pipe.invert(source, caption, 50, strength=strength, progress=False)
     back = pipe.sample(x_T, caption, 50, 1.0, strength=strength, progress=False)
+    record(psnr=psnr(back, source))
     assert psnr(back, source) >= floor_db
 
 
+@pytest.mark.slow
 def test_edit_cli_with_the_default_model_edits_its_source(tmp_path):
     """The evaluation's two edits of the shipped clip, through the CLI (no --model) and a GIF, with the evaluated
     settings. Measured (README): the object stays in place on 16 of 16 frames; "a magenta circle ..." reads on 6 of
     8 frames, "a red triangle ..." on 0 of 8 (the shape stays a square) — this clip's edit 1 is one of the
-    evaluation's failures, so only edit 2 is held to the issue's 80% here and both to its 90% structure target."""
+    evaluation's failures. Held at what is measured: edit 2 on 6 of 8 frames (75%, under the issue's 80% target, which
+    the evaluation meets over its clips, not on this one), and the object kept in place on all 16 frames."""
     s = EditSettings()
     source = default_video_model_dir() / "source.gif"
     scores = []
@@ -59,5 +64,6 @@ def test_edit_cli_with_the_default_model_edits_its_source(tmp_path):
         assert edit_video.main(argv) == 0
         scores.append(score_clip(read_video(out), target))
     assert clip_edits(CLIP, s.edits)[1][0].shape == "circle"
+    record(edited=[float(x.edited.mean()) for x in scores], kept=float(np.concatenate([x.kept for x in scores]).mean()))
     assert scores[1].edited.mean() >= 0.75, scores[1].edited
-    assert np.concatenate([x.kept for x in scores]).mean() >= 0.9, [x.kept for x in scores]
+    assert np.concatenate([x.kept for x in scores]).mean() == 1.0, [x.kept for x in scores]

@@ -37,6 +37,7 @@ def test_report_on_known_frames():
     json.dumps(report)
 
 
+@pytest.mark.slow
 def test_a_run_resumes_from_its_stored_edits(pixel_model_dir, tmp_path, monkeypatch):
     settings = EditSettings(clips=1, edits=1, tune_steps=1, num_inference_steps=2, strength=1.0, guidance_scale=2.0)
     run = tmp_path / "run"
@@ -66,6 +67,7 @@ def test_a_run_resumes_from_its_stored_edits(pixel_model_dir, tmp_path, monkeypa
     assert read_video(tmp_path / "strip.gif").shape == (8, 32, 32 * 3 + 2, 3)  # source | ContextDiff | baseline
 
 
+@pytest.mark.slow
 def test_local_blending_keeps_the_source_outside_its_region(pixel_model_dir, tmp_path):
     """--blend-dilation d: each edit changes only the source clip's foreground grown by d pixels."""
     settings = EditSettings(clips=1, edits=1, tune_steps=1, num_inference_steps=3, strength=1.0, guidance_scale=2.0, blend_dilation=1)
@@ -106,6 +108,7 @@ def test_box_region_is_each_objects_bounding_box(shape):
         evaluate.source_region(render_clip(one), 0, "ellipse")
 
 
+@pytest.mark.slow
 def test_local_blending_in_boxes(pixel_model_dir, tmp_path):
     """A run with blend_region='box' edits inside the source objects' grown boxes only, and is a run of its own."""
     settings = EditSettings(clips=1, edits=1, tune_steps=1, num_inference_steps=3, strength=1.0, guidance_scale=2.0, blend_dilation=0,

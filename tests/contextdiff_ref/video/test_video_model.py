@@ -82,6 +82,7 @@ def test_baseline_has_no_context_shift(pixel_model_dir):
     assert not any(p is q for p in video.tuned_parameters() for q in video.video_adapter.parameters())
 
 
+@pytest.mark.slow
 def test_still_video_edit_is_the_image_pipeline_frame_by_frame(video_dir, pixel_model_dir):
     """Freshly inflated, a still video goes through exactly what the image pipeline does to each frame
     (inversion with the source prompt, then guided contextual DDIM with the edit)."""
@@ -132,6 +133,7 @@ def test_video_files_round_trip(tmp_path, suffix):
         write_video(tmp_path / "clip.txt", frames)
 
 
+@pytest.mark.slow
 def test_tuning_trains_only_what_section_7_says_and_resumes(pixel_model_dir, tmp_path):
     frames = _video(seed=2)
     config = TuneConfig(steps=2, videos_per_step=1, seed=5)
@@ -162,6 +164,7 @@ def test_tuning_trains_only_what_section_7_says_and_resumes(pixel_model_dir, tmp
     assert not (tmp_path / "c").exists() and (tmp_path / "a" / CHECKPOINT).is_file()
 
 
+@pytest.mark.slow
 def test_command_lines(pixel_model_dir, tmp_path, capsys):
     from contextdiff_ref import edit_video, tune_video
 
