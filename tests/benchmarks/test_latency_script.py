@@ -19,13 +19,11 @@ def test_latency_script_writes_json_and_table(tmp_path, capsys):
     assert {"runtime onnxruntime-cpu fp32", "runtime onnxruntime-cpu fp16", "runtime torch fp32"} <= set(names)
     for openvino in ("runtime openvino f32", "runtime openvino bf16"):  # run, or said why not (no OpenVINO, no bf16)
         assert (openvino in names) != (openvino in result["skipped"]), openvino
-    reference_s = result["systems"][names[0]]["mean_s"]
     for name, system in result["systems"].items():
         stages = system["stages_ms"]
         assert system["runs"] == 2 and {"unet", "text", "step"} <= set(stages), name
         assert 2 * stages["step"] / 1e3 < system["mean_s"], name  # both steps happen inside the timed call, with text and decode
         assert 0 <= system["loop_overhead_fraction"] < 1, name  # the engine calls counted per step happen inside the step
-        assert system["vs_reference"] == pytest.approx(system["mean_s"] / reference_s), name
     assert result["unet_gflops_per_call"] > 0
     assert result["config"]["steps"] == 2 and result["machine"]["torch"]
     table = capsys.readouterr().out

@@ -72,6 +72,7 @@ def test_fp16_engines_stay_close(latent, shipped):
     assert np.all(np.isfinite(images)) and image_psnr >= FP16_PSNR, image_psnr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_standard_graphs_match_the_reference_too(precision, shipped):
     """The other artifact flavour (ai.onnx ops only, what TensorRT is built from) through the same runtime."""
@@ -228,6 +229,7 @@ def test_plan_built_elsewhere_is_refused():
             check_tensorrt_plan(artifacts, version, capability)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("latent, variant", [(False, "conditional"), (True, "conditional"), (True, "guided")], ids=["pixel", "latent", "latent-guided"])
 def test_torch_backend_matches_the_reference(latent, variant, shipped):
     from contextdiff_ref.pipelines.torch_runner import torch_generator

@@ -56,6 +56,7 @@ def test_f32_matches_the_reference(latent, eta, guidance, variant, shipped):
     assert image_psnr >= OV_F32_PSNR and x0_error <= OV_F32_X0, (image_psnr, x0_error)
 
 
+@pytest.mark.slow
 def test_every_component_equals_onnxruntime_at_the_profile_corners(shipped_latent_fp32_dir):
     """Each component of the shipped latent model (trained weights, dynamic batch and size) at both ends of its profile."""
     manifest = load_manifest(shipped_latent_fp32_dir)
@@ -100,6 +101,7 @@ def test_bf16_is_refused_on_a_cpu_without_it(engines, monkeypatch):
         OpenVINORunner(SPECS[Component.UNET], artifacts.onnx, precision=OpenVINOPrecision.BF16).activate()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NO_BF16 is not None, reason=f"bf16 cannot run on this CPU: {NO_BF16}")
 def test_bf16_stays_close_to_the_reference(shipped):
     image_psnr, _, images = compare(*shipped("latent"), batch=3, guidance=7.5, eta=0.0, backend="openvino", precision="bf16")

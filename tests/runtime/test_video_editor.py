@@ -250,6 +250,7 @@ def test_latent_video_model_exports_its_vae_encoder(latent_model_dir, tmp_path):
         VideoEditor.from_dir(tmp_path / "engines")
 
 
+@pytest.mark.slow
 def test_edit_bad_input(fp32_engines):
     """The reference's checks, with the same messages (runtime.validation holds them both)."""
     editor = VideoEditor.from_dir(fp32_engines)
@@ -277,6 +278,7 @@ def test_edit_bad_input(fp32_engines):
         VideoEditor.from_dir(fp32_engines, clip_sample="no")
 
 
+@pytest.mark.slow
 def test_engine_directory_kinds_and_faults(fp32_engines, pixel_fp32_dir, tmp_path):
     """An image engine directory is refused by the video editor and a video one by Generator, each naming what to
     use; a corrupted artifact or a bad num_frames is caught before anything loads."""

@@ -68,6 +68,7 @@ def test_a_missing_flag_is_caught_by_the_channel_count(coordinate_model_dir, tmp
         load_model_dir(broken)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_exported_unet_takes_the_sample_alone_and_matches_torch_at_every_size(coordinate_model_dir, tmp_path, precision):
     """Only the UNet is exported (the component this is about), in the standard flavour TensorRT would parse, and run
