@@ -181,19 +181,19 @@ def _check_inputs(component: Component, dims: ModelDims, profile: Profile) -> di
     return SPECS[component].sample_inputs(dims, max(2, profile.opt[0]), min(height, cap), min(width, cap), np.random.default_rng(0))
 
 
-def _from_cache(cache: Path, name: str, out_dir: Path, flavour: Flavour) -> tuple[dict[str, Any], str, str] | None:
-    """(onnx entry, precision used, note) of the artifact ``name`` copied from the ONNX cache, or None when the cache
-    has no intact copy (a record whose files are missing or whose sha256 differs is ignored: built again)."""
+def _copy_from_cache(cache: Path, name: str, dest: Path) -> tuple[list[Path], dict[str, Any]] | None:
+    """(copies in ``dest`` of the cache's artifact ``name``, graph first; its record), or None when the cache has no
+    intact copy (a record whose files are missing or whose sha256 differs is ignored: built again). A full disk raises."""
     try:
         record = json.loads((cache / f"{name}.json").read_text(encoding="utf-8"))
         entry = record["onnx"]
         if not _artifact_intact(cache, entry, name):
             return None
-        with _staging(out_dir) as stage:
-            files = [stage / f["file"] for f in [entry, *entry["external_data"]]]
-            for path in files:
-                shutil.copyfile(cache / path.name, path)
-            published = _publish(files, out_dir, flavour)
+        dest.mkdir(parents=True, exist_ok=True)
+        files = [dest / f["file"] for f in [entry, *entry["external_data"]]]
+        for path in files:
+            shutil.copyfile(cache / path.name, path)
+        return files, record
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -201,7 +201,16 @@ def _from_cache(cache: Path, name: str, out_dir: Path, flavour: Flavour) -> tupl
             raise
         logger.warning("ONNX cache %s: %s unusable (%s): building it", cache, name, exc)
         return None
-    if published["sha256"] != entry["sha256"]:
+
+
+def _from_cache(cache: Path, name: str, out_dir: Path, flavour: Flavour) -> tuple[dict[str, Any], str, str] | None:
+    """(onnx entry, precision used, note) of the artifact ``name`` copied from the ONNX cache into ``out_dir``, or None."""
+    with _staging(out_dir) as stage:
+        if (copied := _copy_from_cache(cache, name, stage)) is None:
+            return None
+        files, record = copied
+        published = _publish(files, out_dir, flavour)
+    if published["sha256"] != record["onnx"]["sha256"]:
         return None
     return published, record["precision"], record["note"]
 
@@ -243,24 +252,11 @@ def _build_onnx(component: Component, take_module: Callable[[], torch.nn.Module]
     return entry, used, False, note
 
 
-def _cached_fp32(cache: Path, fp32_name: str, stage: Path) -> list[Path] | None:
-    """Copies, in ``stage``, of the cache's intact fp32 artifact ``fp32_name`` (graph first), or None."""
-    try:
-        record = json.loads((cache / f"{fp32_name}.json").read_text(encoding="utf-8"))
-        entry = record["onnx"]
-        if record["precision"] != Precision.FP32.value or not _artifact_intact(cache, entry, fp32_name):
-            return None
-        (stage / "cached").mkdir()
-        files = [stage / "cached" / f["file"] for f in [entry, *entry["external_data"]]]
-        for path in files:
-            shutil.copyfile(cache / path.name, path)
-        return files
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        if _disk_full(exc):
-            raise
-        return None
+def _fp16_checked(fp32_graph: Path, stage: Path, name: str, feed: dict[str, np.ndarray]) -> tuple[list[Path], float]:
+    """(the fp16 variant of ``fp32_graph`` written in ``stage``, its relative error against the fp32 graph on ``feed``)."""
+    converted = to_fp16(fp32_graph, stage / "fp16" / name)
+    gc.collect()  # the converted graph's reference cycles, before ONNX Runtime loads both graphs
+    return converted, _fp16_error(fp32_graph, converted[0], feed)
 
 
 def _export_component(component: Component, take_module: Callable[[], torch.nn.Module], dims: ModelDims, profile: Profile,
@@ -273,12 +269,10 @@ def _export_component(component: Component, take_module: Callable[[], torch.nn.M
     feed = _check_inputs(component, dims, profile)
     if fp32_cached is not None:
         with _staging(out_dir) as stage:
-            files = _cached_fp32(fp32_cached[0], fp32_cached[1], stage)
-            if files is not None:
+            copied = _copy_from_cache(*fp32_cached, stage / "cached")
+            if copied is not None and copied[1]["precision"] == Precision.FP32.value:
                 logger.info("%s: converting the ONNX cache's fp32 graph to fp16 and comparing ...", component.value)
-                converted = to_fp16(files[0], stage / "fp16" / name)
-                gc.collect()
-                error = _fp16_error(files[0], converted[0], feed)
+                converted, error = _fp16_checked(copied[0][0], stage, name, feed)
                 if error <= FP16_TOLERANCE:
                     return _publish(converted, out_dir, flavour), Precision.FP16.value, f"fp16 rel. error {error:.1e}"
     with _staging(out_dir) as stage:
@@ -289,9 +283,7 @@ def _export_component(component: Component, take_module: Callable[[], torch.nn.M
         used, note = Precision.FP32, ""
         if precision is Precision.FP16:
             logger.info("%s: converting to fp16 and comparing with fp32 ...", component.value)
-            converted = to_fp16(files[0], stage / "fp16" / name)
-            gc.collect()  # the converted graph's reference cycles, before ONNX Runtime loads both graphs
-            error = _fp16_error(files[0], converted[0], feed)
+            converted, error = _fp16_checked(files[0], stage, name, feed)
             if error <= FP16_TOLERANCE:
                 files, used, note = converted, Precision.FP16, f"fp16 rel. error {error:.1e}"
             else:

@@ -24,14 +24,18 @@ def test_shipped_model_loads_with_a_recommended_guidance_and_a_standalone_tokeni
     assert any(p.abs().sum() > 0 for p in load_model_dir(default_model_dir()).adapter.proj_out.parameters())  # a trained adapter
 
 
+def _read_back(model_dir, scenes, steps: int) -> dict:
+    """The alignment reader's summary of what the model draws for the scenes' captions (seed 0, its own guidance)."""
+    images = ContextDiffPipeline.from_pretrained(model_dir)([caption(s) for s in scenes], num_inference_steps=steps, seed=0, progress=False).images
+    result = summarize([score_image(image, scene) for image, scene in zip(images, scenes)])
+    record(**result)
+    return result
+
+
 def test_quick_sample_puts_the_named_colour_in_the_named_quadrant():
     """Issue 6's quick check, with the model's own recommended guidance (the runtime's default): 15 one-object prompts
     (every colour, shape and position), 20 steps: colour-position accuracy at least 14 of 15 (measured: 15 of 15)."""
-    scenes = one_object_scenes()[::5]
-    pipe = ContextDiffPipeline.from_pretrained(default_model_dir())
-    images = pipe([caption(s) for s in scenes], num_inference_steps=20, seed=0, progress=False).images
-    result = summarize([score_image(image, scene) for image, scene in zip(images, scenes)])
-    record(**result)
+    result = _read_back(default_model_dir(), one_object_scenes()[::5], 20)
     assert result["colour_position_accuracy"] >= 14 / 15, result
 
 
@@ -49,9 +53,5 @@ def test_shipped_latent_model_draws_compositions_it_never_saw():
     """Half of the held-out two-object prompts (no composition of them is in its training folder), 10 steps, the model's
     guidance: full accuracy at least 70 of 72 objects (measured: 72 of 72 at 10 steps; 99.3% on all 72 prompts, 4 images
     each, 50 steps)."""
-    scenes = two_object_scenes()[::2]
-    pipe = ContextDiffPipeline.from_pretrained(latent_model_dir())
-    images = pipe([caption(s) for s in scenes], num_inference_steps=10, seed=0, progress=False).images
-    result = summarize([score_image(image, scene) for image, scene in zip(images, scenes)])
-    record(**result)
+    result = _read_back(latent_model_dir(), two_object_scenes()[::2], 10)
     assert result["full_accuracy"] >= 70 / 72, result
