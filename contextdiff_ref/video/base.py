@@ -13,7 +13,7 @@ seen objects everywhere and read such words; this gives the toy model the same f
    clip (a two-object clip, whose objects move along an axis, may still hold one of them as one of its objects);
 3. fine-tuned with :class:`contextdiff_ref.training.finetune.Finetuner` (the whole UNet, the adapter and the text
    encoder; ContextDiff objective) and exported to ``DIR/model``, an image model directory that
-   ``tune_video`` / ``video.evaluate --model`` inflate.
+   ``tune_video`` / ``benchmarks.video_evaluation --model`` inflate.
 
 Resumable: the folder is written atomically once, the fine-tuning run checkpoints (``DIR/run``), the export is
 atomic.

@@ -34,7 +34,7 @@ from runtime.video_io import read_mask, read_video, write_video
 
 EDIT = "a magenta circle moving from the top right to the bottom right"
 STEPS = 20
-# The evaluation's settings (contextdiff_ref.video.evaluate): part-way inversion, strong guidance away from the source.
+# The evaluation's settings (benchmarks.video_evaluation): part-way inversion, strong guidance away from the source.
 SETTINGS = {"strength": 0.93, "guidance_scale": 15.0}
 # measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05:
 THRESHOLD_DB = {"fp32": 100.0, "fp16": 38.0}  # x_T / frames: fp32 124.1 / 119.6 dB (OpenVINO f32 frames 115.9); fp16 60.8 / 41.6

@@ -1,4 +1,4 @@
-"""``python -m contextdiff_ref.video.evaluate --out RUN``: video editing on the moving-shapes clips, ContextDiff vs
+"""``python -m benchmarks.video_evaluation --out RUN``: video editing on the moving-shapes clips, ContextDiff vs
 the r ≡ 0 baseline (method doc §7, "Measures"), reference PyTorch.
 
 For each of ``--clips`` source clips (:func:`contextdiff_ref.video.data.evaluation_clips`) and each method, one-shot
@@ -266,7 +266,7 @@ def write_strip(frames: dict[str, np.ndarray], settings: EditSettings, path: Pat
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = EditSettings()
-    p = argparse.ArgumentParser(prog="python -m contextdiff_ref.video.evaluate", description="Video editing on moving-shapes clips: ContextDiff vs the r ≡ 0 baseline.")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.video_evaluation", description="Video editing on moving-shapes clips: ContextDiff vs the r ≡ 0 baseline.")
     p.add_argument("--out", type=Path, required=True, help="run directory (resumable): settings.json, edits/")
     p.add_argument("--model", type=Path, default=None, help="image model directory to inflate and tune (default: the embedded video base, contextdiff_ref/models/shapes-video-base)")
     p.add_argument("--clips", type=int, default=d.clips, help="source clips (default: %(default)s)")
