@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import numpy as np
 from contextdiff_ref.data.alignment import ImageScore, paired_difference, score_image, summarize
 from contextdiff_ref.data.shapes import Scene, caption, evaluation_sets
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -131,14 +131,6 @@ def evaluate(models: dict[str, GenerateFn], images_per_prompt: int = 1, seed: in
     return report, images
 
 
-def write_json(path: Path, data: dict) -> None:
-    """``data`` as indented JSON, written beside ``path`` and renamed onto it (never left half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.alignment", description="Text–image alignment of shapes models (ContextDiff vs the no-adapter baseline).")
     p.add_argument("--model", type=Path, default=None, help="ContextDiff model directory (default: the embedded default model)")
@@ -195,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             write_grid(images, args.grid)
         report["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | {"model_dirs": {k: str(v) for k, v in dirs.items()}}
         if args.json is not None:
-            write_json(args.json, report)
+            atomic_write_json(args.json, report)
     except (ContextDiffError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,7 +31,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from benchmarks.alignment import write_json
 from contextdiff_ref.data.alignment import ImageScore, paired_difference, score_image, summarize
 from contextdiff_ref.data.imagefolder import open_image_folder
 from contextdiff_ref.data.shapes import Scene, caption, composition, evaluation_sets
@@ -39,6 +38,7 @@ from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.models.text import tokenize
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from runtime.errors import ContextDiffError
+from runtime.files import atomic_write_json
 from runtime.sampling import StepOutput
 from runtime.schedule import Schedule
 
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in report["shift_in_training"]:
             logger.info("shift: %s", row)
         if args.json is not None:
-            write_json(args.json, report)
+            atomic_write_json(args.json, report)
     except ContextDiffError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from benchmarks.alignment import write_json
+    from runtime.files import atomic_write_json
     from contextdiff_ref.models.model_dir import quiet_loading
     from runtime.errors import ContextDiffError
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(result, indent=2))
     if args.json is not None:
-        write_json(args.json, result)
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -33,6 +33,7 @@ from benchmarks.environment import environment
 from benchmarks.environment import markdown as environment_markdown
 from benchmarks.parity import psnr
 from runtime import cuda_driver
+from runtime.files import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("benchmarks.gpu_check")
 GOAL = {"model": "sd15", "steps": 50, "vs_diffusers": 0.5, "seconds": 0.5}  # issue 12: SD-1.5 512 x 512, 50 steps, fp16, one H100
@@ -319,10 +320,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write(result: dict[str, Any], out: Path) -> None:
-    for name, text in (("gpu_check.json", json.dumps(result, indent=2, default=str) + "\n"), ("gpu_check.md", markdown(result) + "\n")):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+    atomic_write_json(out / "gpu_check.json", result, default=str)
+    atomic_write_text(out / "gpu_check.md", markdown(result) + "\n")
 
 
 def failures(result: dict[str, Any]) -> list[str]:

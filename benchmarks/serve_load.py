@@ -29,6 +29,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from runtime.files import atomic_write_json
+
 logger = logging.getLogger("benchmarks.serve_load")
 PROMPTS = ("a red circle at the top left", "a blue square at the bottom right", "a green triangle at the top right",
            "a yellow circle at the bottom left and a red square at the top right")  # fmt: skip
@@ -194,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"] = dict(platform=platform.platform(), processor=platform.processor(), cpus=os.cpu_count(), python=sys.version.split()[0])
     print(_table(rows))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(args.out)
+        atomic_write_json(args.out, result)
     return 0
 
 

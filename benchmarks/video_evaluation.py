@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -48,11 +47,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.alignment import write_json
 from contextdiff_ref.data.alignment import THRESHOLD
 from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.metrics import ClipScore, paired_clip_difference, score_clip, summarize_clips
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.files import atomic_write, atomic_write_json
 from runtime.video_editing import validate_region_noise
 
 logger = logging.getLogger(__name__)
@@ -111,10 +110,7 @@ class EditSettings:
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def _check_settings(run: Path, settings: EditSettings, model: Path) -> None:
@@ -128,7 +124,7 @@ def _check_settings(run: Path, settings: EditSettings, model: Path) -> None:
             diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
             raise ContextDiffError(f"{run} holds an evaluation with other settings {diff} (stored, requested): use another --out")
         return
-    write_json(path, wanted)
+    atomic_write_json(path, wanted)
 
 
 def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, settings: EditSettings, work: Path,
@@ -313,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         frames = run_edits(Path(model), args.out, settings, args.device)
         report = score_edits(frames, settings) | {"model": str(model), "device": args.device}
         if args.json is not None:
-            write_json(args.json, report)
+            atomic_write_json(args.json, report)
         if args.strip is not None:
             write_strip(frames, settings, args.strip)
     except (ContextDiffError, OSError) as exc:

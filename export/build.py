@@ -3,7 +3,6 @@ scheduler and manifest. Every artifact is keyed by a content hash, so unchanged 
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import errno
 import gc
@@ -15,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -29,11 +28,8 @@ from contextdiff_ref.video.model_dir import is_video_model_dir, load_video_model
 from export.artifacts import (
     FORMAT_VERSION,
     MANIFEST,
-    TMP_PREFIX,
     BuildError,
     BuildLock,
-    atomic_write,
-    atomic_write_text,
     hash_parts,
     read_manifest,
     remove_stale,
@@ -42,6 +38,7 @@ from export.artifacts import (
 from export.onnx_export import OPSET, Flavour, Precision, export_onnx, to_fp16
 from export.tensorrt_build import build_plan, compute_capability, tensorrt_status
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.files import TMP_PREFIX, atomic_write, atomic_write_text, staging_dir
 from runtime.openvino_runner import OpenVINOPrecision
 from runtime.specs import SPECS, Component, ModelDims, Profile, make_profile
 from runtime.tensorrt_runner import PlanRuntime
@@ -145,16 +142,6 @@ def _fp16_error(fp32: Path, fp16: Path, feed: dict[str, np.ndarray]) -> float:
     return float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-30))
 
 
-@contextlib.contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    """A temporary directory inside ``out_dir`` (same filesystem: renames out of it are atomic), removed on exit."""
-    stage = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir))
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 def _publish(files: list[Path], out_dir: Path, flavour: Flavour) -> dict[str, Any]:
     """Move a graph and its data file into ``out_dir`` (the data file first: the graph names it) and describe them."""
     for path in reversed(files):
@@ -205,7 +192,7 @@ def _copy_from_cache(cache: Path, name: str, dest: Path) -> tuple[list[Path], di
 
 def _from_cache(cache: Path, name: str, out_dir: Path, flavour: Flavour) -> tuple[dict[str, Any], str, str] | None:
     """(onnx entry, precision used, note) of the artifact ``name`` copied from the ONNX cache into ``out_dir``, or None."""
-    with _staging(out_dir) as stage:
+    with staging_dir(out_dir) as stage:
         if (copied := _copy_from_cache(cache, name, stage)) is None:
             return None
         files, record = copied
@@ -268,14 +255,14 @@ def _export_component(component: Component, take_module: Callable[[], torch.nn.M
     name) export."""
     feed = _check_inputs(component, dims, profile)
     if fp32_cached is not None:
-        with _staging(out_dir) as stage:
+        with staging_dir(out_dir) as stage:
             copied = _copy_from_cache(*fp32_cached, stage / "cached")
             if copied is not None and copied[1]["precision"] == Precision.FP32.value:
                 logger.info("%s: converting the ONNX cache's fp32 graph to fp16 and comparing ...", component.value)
                 converted, error = _fp16_checked(copied[0][0], stage, name, feed)
                 if error <= FP16_TOLERANCE:
                     return _publish(converted, out_dir, flavour), Precision.FP16.value, f"fp16 rel. error {error:.1e}"
-    with _staging(out_dir) as stage:
+    with staging_dir(out_dir) as stage:
         logger.info("%s: exporting to ONNX (opset %d, %s graph) ...", component.value, OPSET, flavour.value)
         sample = {k: torch.from_numpy(v) for k, v in feed.items()}
         files = export_onnx(take_module(), SPECS[component], sample, stage / "fp32" / name, flavour=flavour)

@@ -31,12 +31,12 @@ Torch-free; ``openvino`` is imported only when a runner activates (the ``openvin
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import importlib
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -45,6 +45,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.files import staging_dir
 from runtime.runners import Array, RunnerBase
 from runtime.specs import ComponentSpec
 
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 DEVICE = "CPU"
 INSTALL_HINT = "pip install openvino (or the package's extra: pip install -e '.[openvino]')"
-_TMP_PREFIX = ".tmp-"
 
 
 class OpenVINOPrecision(str, enum.Enum):
@@ -140,21 +140,19 @@ def compile_cached(core: Any, model: Path | Any, config: dict[str, Any], cache_r
                 if blob.stat().st_mtime < start:
                     blob.unlink(missing_ok=True)
         return compiled, hit
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=entry.parent))
-    except OSError as exc:
-        logger.warning("OpenVINO cache %s is not writable (%s): compiling %s without a cache", cache_root, exc, name)
-        return core.compile_model(model, DEVICE, config), False
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            stage = stack.enter_context(staging_dir(entry.parent))  # removed on leaving, renamed or not
+        except OSError as exc:
+            logger.warning("OpenVINO cache %s is not writable (%s): compiling %s without a cache", cache_root, exc, name)
+            return core.compile_model(model, DEVICE, config), False
         compiled = core.compile_model(model, DEVICE, {**config, "CACHE_DIR": str(stage)})
         _prune(entry)
         try:
             stage.rename(entry)  # complete entries only ever appear under a key
         except OSError:  # another process put the same entry in place first: theirs is as good
             pass
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return compiled, False
 
 

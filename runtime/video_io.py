@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.files import atomic_path
 
 GIF_SUFFIXES = (".gif",)
 FFMPEG_SUFFIXES = (".mp4", ".mkv", ".mov")
@@ -59,18 +60,13 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8
     p = Path(path)
     iio = _imageio()
     data = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    tmp = p.with_name(f".{p.stem}.tmp-{os.getpid()}{p.suffix}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    if p.suffix.lower() not in GIF_SUFFIXES + FFMPEG_SUFFIXES:
+        raise InvalidArgumentError("output", str(p), f"a path ending in one of {', '.join(VIDEO_SUFFIXES)}")
+    with atomic_path(p) as tmp:
         if p.suffix.lower() in GIF_SUFFIXES:
             iio.imwrite(tmp, data, duration=1000.0 / fps, loop=0)
-        elif p.suffix.lower() in FFMPEG_SUFFIXES:
-            iio.imwrite(tmp, data, fps=fps, codec="libx264", pixelformat="yuv444p", macro_block_size=1, output_params=["-crf", "0"])
         else:
-            raise InvalidArgumentError("output", str(p), f"a path ending in one of {', '.join(VIDEO_SUFFIXES)}")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+            iio.imwrite(tmp, data, fps=fps, codec="libx264", pixelformat="yuv444p", macro_block_size=1, output_params=["-crf", "0"])
     return p
 
 

@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from contextdiff_ref.data.shapes import caption, composition, parse_caption, render, scene_stream
-from contextdiff_ref.models.model_dir import atomic_directory
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.files import atomic_directory
 
 logger = logging.getLogger(__name__)
 

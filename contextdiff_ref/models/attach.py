@@ -32,12 +32,12 @@ from contextdiff_ref.models.model_dir import (
     MODEL_INDEX,
     SCHEDULER_CONFIG,
     _read_json,
-    atomic_directory,
     check_model_dir,
     check_weights,
     model_index,
 )
 from runtime.errors import ContextDiffError, InvalidArgumentError, ModelDirectoryError
+from runtime.files import atomic_directory
 from runtime.schedule import SchedulerConfig
 
 logger = logging.getLogger(__name__)
