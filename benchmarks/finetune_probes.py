@@ -37,7 +37,7 @@ from contextdiff_ref.data.shapes import Scene, caption, composition, evaluation_
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.models.text import tokenize
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
-from runtime.errors import ContextDiffError
+from runtime.cli import CLI_ERRORS, TIMED, error_exit, setup_logging
 from runtime.files import atomic_write_json
 from runtime.sampling import StepOutput
 from runtime.schedule import Schedule
@@ -155,7 +155,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(TIMED)
     quiet_loading()
     try:
         folder = open_image_folder(args.run / "data", 32)
@@ -205,9 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("shift: %s", row)
         if args.json is not None:
             atomic_write_json(args.json, report)
-    except ContextDiffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     return 0
 
 

@@ -57,7 +57,7 @@ from contextdiff_ref.models.defaults import LATENT_MODEL_NAME
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.training.finetune import FinetuneConfig, Finetuner, export_finetuned
 from contextdiff_ref.training.loop import CHECKPOINT, read_checkpoint, write_checkpoint
-from runtime.errors import ContextDiffError
+from runtime.cli import CLI_ERRORS, TIMED, error_exit, setup_logging
 from runtime.files import atomic_directory, atomic_write_json
 from runtime.schedule import ContextualGuidance
 
@@ -211,7 +211,7 @@ def evaluation_configs(out: Path, steps: int, guidance: float, variants: list[st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(TIMED)
     quiet_loading()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -255,9 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(alignment))
         if args.json is not None:
             atomic_write_json(args.json, report)
-    except ContextDiffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     return 0
 
 

@@ -29,10 +29,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.environment import environment
-from benchmarks.environment import markdown as environment_markdown
+from benchmarks.environment import environment, markdown as environment_markdown
 from benchmarks.parity import psnr
 from runtime import cuda_driver
+from runtime.cli import setup_logging
 from runtime.files import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("benchmarks.gpu_check")
@@ -57,13 +57,12 @@ class System:
 
 
 def _engines(model_dir: Path, work: Path, backend: str, precision: str, lean: bool = False) -> Path:
-    from export.build import Backend, BuildOptions, build_engine_dir
-    from export.onnx_export import Precision
-    from runtime.tensorrt_runner import PlanRuntime
+    from export.build import BuildOptions, build_engine_dir
+    from runtime.options import BuildBackend, PlanRuntime, Precision
 
     out = work / f"engines-{model_dir.name}-{backend}-{precision}{'-lean' if lean else ''}"
     runtime_kind = PlanRuntime.LEAN if lean else PlanRuntime.FULL
-    build_engine_dir(model_dir, out, BuildOptions(backend=Backend(backend), precision=Precision(precision), tensorrt_runtime=runtime_kind))
+    build_engine_dir(model_dir, out, BuildOptions(backend=BuildBackend(backend), precision=Precision(precision), tensorrt_runtime=runtime_kind))
     return out
 
 
@@ -361,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     for label in args.models:
         if label not in ("default", "sd15") and not Path(label).is_dir():
             p.error(f"--models: {label!r} is neither 'default', 'sd15' nor a model directory")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging("%(asctime)s %(message)s", datefmt="%H:%M:%S")
     result = run(args)
     print(markdown(result))
     problems = failures(result)

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from runtime.cli import setup_logging
 from runtime.files import atomic_write_json
 
 logger = logging.getLogger("benchmarks.serve_load")
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--time-limit={args.time_limit}: must be positive")
     if args.compare and (args.engines is None or not (args.engines / "manifest.json").is_file()):
         p.error(f"--engines={args.engines}: --compare needs an engine directory (python export/build_engines.py --batch 8 --out DIR)")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.compare:
         result = compare(args.engines, args.concurrency, args.requests, args.steps, args.time_limit, args.port, args.backend)
         rows = result["rows"] + [result["overload"]]

@@ -20,10 +20,10 @@ from typing import Any
 
 from runtime.errors import ContextDiffError
 from runtime.files import TMP_PREFIX
-from runtime.manifest import sha256_file  # noqa: F401 — the one implementation, re-exported for export/
+from runtime.manifest import FORMAT_VERSION, MANIFEST, sha256_file  # noqa: F401 — the one definition, re-exported for export/
+from runtime.options import Precision
+from runtime.specs import Component
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 LOCK = ".build.lock"
 
 
@@ -80,7 +80,9 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 
 
 # Names this package writes: <component>.<precision>.<16 hex>.onnx[.data] | .plan, and temporary files.
-_ARTIFACT_NAME = re.compile(r"^(text_encoder|unet|adapter|vae_decoder)\.(fp32|fp16)\.[0-9a-f]{16}\.(onnx|onnx\.data|plan)$")
+_ARTIFACT_NAME = re.compile(
+    rf"^({'|'.join(re.escape(c.value) for c in Component)})\.({'|'.join(p.value for p in Precision)})\.[0-9a-f]{{16}}\.(onnx|onnx\.data|plan)$"
+)
 
 
 def remove_stale(directory: Path, keep: set[str]) -> None:

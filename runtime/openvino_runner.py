@@ -32,7 +32,6 @@ Torch-free; ``openvino`` is imported only when a runner activates (the ``openvin
 from __future__ import annotations
 
 import contextlib
-import enum
 import hashlib
 import importlib
 import logging
@@ -44,8 +43,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.errors import ContextDiffError, InvalidArgumentError, first_line
 from runtime.files import staging_dir
+from runtime.options import OpenVINOPrecision
 from runtime.runners import Array, RunnerBase
 from runtime.specs import ComponentSpec
 
@@ -53,13 +53,6 @@ logger = logging.getLogger(__name__)
 
 DEVICE = "CPU"
 INSTALL_HINT = "pip install openvino (or the package's extra: pip install -e '.[openvino]')"
-
-
-class OpenVINOPrecision(str, enum.Enum):
-    """OpenVINO's inference precision on the CPU (``INFERENCE_PRECISION_HINT``); the artifacts stay as built."""
-
-    F32 = "f32"  # exact: what the ONNX graphs compute
-    BF16 = "bf16"  # bfloat16 matmuls and convolutions where the CPU has them (AVX512-BF16, AMX); f32 accumulation
 
 
 class OpenVINOUnavailableError(ContextDiffError):
@@ -94,11 +87,6 @@ def openvino_unavailable_reason(precision: OpenVINOPrecision) -> str | None:
     except OpenVINOUnavailableError as exc:
         return str(exc)
     return bf16_unsupported_reason(ov.Core()) if precision is OpenVINOPrecision.BF16 else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _precision_name(value: Any) -> str:
@@ -214,7 +202,7 @@ class OpenVINORunner(RunnerBase):
             try:
                 model.reshape({t.name: list(shape) for t, shape in zip(self.spec.inputs, shapes)})
             except RuntimeError as exc:
-                raise InvalidArgumentError(f"{self.spec.name} input shapes", shapes, f"shapes {self.path.name} takes ({_first_line(exc)})") from exc
+                raise InvalidArgumentError(f"{self.spec.name} input shapes", shapes, f"shapes {self.path.name} takes ({first_line(exc, with_type=False)})") from exc
             name, options = shapes_tag(shapes), config
             if streams > 1:  # the threads shared out among the streams (OpenVINO's throughput mode)
                 name, options = f"{name}-s{streams}", {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
@@ -237,7 +225,7 @@ class OpenVINORunner(RunnerBase):
         try:
             return compile_cached(core, model, config, self.cache_root, key)
         except RuntimeError as exc:  # OpenVINO's frontend or CPU plugin: one line, naming the component and the file
-            raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} could not compile {self.path}: {_first_line(exc)}; "
+            raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} could not compile {self.path}: {first_line(exc, with_type=False)}; "
                                            "use another backend or rebuild the engine directory") from exc  # fmt: skip
 
     def close(self) -> None:

@@ -8,7 +8,6 @@ merges identical consecutive frames into one (a still video written as GIF reads
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -82,15 +81,3 @@ def read_mask(path: str | os.PathLike[str], num_frames: int, dilation: int = 0) 
     if region.shape[0] == 1:
         region = np.repeat(region, num_frames, axis=0)
     return dilate(region, dilation)
-
-
-def add_mask_arguments(p: argparse.ArgumentParser) -> None:
-    """--mask, --mask-dilation (local blending, :func:`read_mask`) and --region-noise for the edit commands (runtime's and the reference's)."""
-    p.add_argument("--mask", type=Path, default=None,
-                   help="confine the edit to a region (local blending): a video of the source's size and length, or one frame for all "
-                        "(mp4 or GIF), whose bright pixels (largest channel > 0.5) mark where the edit may change it; e.g. the source itself "
-                        "for objects on a dark background")  # fmt: skip
-    p.add_argument("--mask-dilation", type=int, default=0, help="grow the --mask region by this many pixels (default: %(default)s)")
-    p.add_argument("--region-noise", type=float, default=0.0,
-                   help="with --mask: fraction of fresh noise (from --seed) mixed into the inverted frames inside the region, 0 to 1; "
-                        "1 frees an edit to another shape from the source's outline (default: %(default)s)")  # fmt: skip
