@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -26,7 +25,10 @@ import numpy as np
 
 from contextdiff_ref.data.alignment import ImageScore, paired_difference, score_image, summarize
 from contextdiff_ref.data.shapes import Scene, caption, evaluation_sets
-from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.cli import CLI_ERRORS, error_exit, setup_logging
+from runtime.errors import InvalidArgumentError
+from runtime.files import atomic_write_json
+from runtime.options import OpenVINOPrecision, choices
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +39,11 @@ def runtime_generate_fn(model_dir: Path, engines_dir: Path, max_images: int, ste
                         precision: str | None = None, contextual_guidance: str | None = None) -> GenerateFn:  # fmt: skip
     """Generation through ``runtime.Generator`` on a CPU backend (ONNX Runtime, or OpenVINO at ``precision``), building
     the engine directory if needed. ``contextual_guidance``: the variant of method doc §5 (None: the model's)."""
-    from export.build import Backend, BuildOptions, build_engine_dir
+    from export.build import BuildOptions, build_engine_dir
     from runtime.generator import Generator
+    from runtime.options import BuildBackend
 
-    build_engine_dir(model_dir, engines_dir, BuildOptions(backend=Backend.ONNXRUNTIME, max_images=max_images))
+    build_engine_dir(model_dir, engines_dir, BuildOptions(backend=BuildBackend.ONNXRUNTIME, max_images=max_images))
     generator = Generator.from_dir(engines_dir, backend=backend, precision=precision)
     return lambda prompts, seed: generator(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed, progress=False,
                                            contextual_guidance=contextual_guidance).images  # fmt: skip
@@ -131,14 +134,6 @@ def evaluate(models: dict[str, GenerateFn], images_per_prompt: int = 1, seed: in
     return report, images
 
 
-def write_json(path: Path, data: dict) -> None:
-    """``data`` as indented JSON, written beside ``path`` and renamed onto it (never left half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.alignment", description="Text–image alignment of shapes models (ContextDiff vs the no-adapter baseline).")
     p.add_argument("--model", type=Path, default=None, help="ContextDiff model directory (default: the embedded default model)")
@@ -146,7 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=["runtime", "reference"], default="runtime", help="runtime.Generator on ONNX Runtime, or the PyTorch reference (default: %(default)s)")
     p.add_argument("--runtime-backend", choices=["onnxruntime-cpu", "openvino"], default="onnxruntime-cpu",
                    help="the runtime's backend with --backend runtime (default: %(default)s)")
-    p.add_argument("--precision", choices=["f32", "bf16"], default=None, help="OpenVINO's inference precision (--runtime-backend openvino)")
+    p.add_argument("--precision", choices=choices(OpenVINOPrecision), default=None, help="OpenVINO's inference precision (--runtime-backend openvino)")
     p.add_argument("--engines", type=Path, default=None, help="where engine directories are built (default: a temporary directory)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each model's recommendation, else 7.5)")
@@ -163,7 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     for noisy in ("torch", "onnxscript", "onnx_ir", "diffusers", "transformers", "export", "runtime"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from contextdiff_ref.models.defaults import default_model_dir
@@ -195,10 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             write_grid(images, args.grid)
         report["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | {"model_dirs": {k: str(v) for k, v in dirs.items()}}
         if args.json is not None:
-            write_json(args.json, report)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            atomic_write_json(args.json, report)
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     print(markdown_table(report))
     return 0
 

@@ -31,14 +31,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from benchmarks.alignment import write_json
 from contextdiff_ref.data.alignment import ImageScore, paired_difference, score_image, summarize
 from contextdiff_ref.data.imagefolder import open_image_folder
 from contextdiff_ref.data.shapes import Scene, caption, composition, evaluation_sets
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.models.text import tokenize
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
-from runtime.errors import ContextDiffError
+from runtime.cli import CLI_ERRORS, TIMED, error_exit, setup_logging
+from runtime.files import atomic_write_json
 from runtime.sampling import StepOutput
 from runtime.schedule import Schedule
 
@@ -155,7 +155,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(TIMED)
     quiet_loading()
     try:
         folder = open_image_folder(args.run / "data", 32)
@@ -204,10 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         for row in report["shift_in_training"]:
             logger.info("shift: %s", row)
         if args.json is not None:
-            write_json(args.json, report)
-    except ContextDiffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            atomic_write_json(args.json, report)
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     return 0
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.alignment import GenerateFn, evaluate, markdown_table, reference_generate_fn, runtime_generate_fn, write_json
+from benchmarks.alignment import GenerateFn, evaluate, markdown_table, reference_generate_fn, runtime_generate_fn
 from contextdiff_ref.data.alignment import summarize
 from contextdiff_ref.data.imagefolder import open_image_folder, write_shapes_folder
 from contextdiff_ref.data.shapes import (
@@ -54,10 +54,11 @@ from contextdiff_ref.data.shapes import (
 )
 from contextdiff_ref.models.attach import attach_adapter
 from contextdiff_ref.models.defaults import LATENT_MODEL_NAME
-from contextdiff_ref.models.model_dir import atomic_directory, quiet_loading
+from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.training.finetune import FinetuneConfig, Finetuner, export_finetuned
 from contextdiff_ref.training.loop import CHECKPOINT, read_checkpoint, write_checkpoint
-from runtime.errors import ContextDiffError
+from runtime.cli import CLI_ERRORS, TIMED, error_exit, setup_logging
+from runtime.files import atomic_directory, atomic_write_json
 from runtime.schedule import ContextualGuidance
 
 logger = logging.getLogger("benchmarks.finetune_shapes")
@@ -210,7 +211,7 @@ def evaluation_configs(out: Path, steps: int, guidance: float, variants: list[st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(TIMED)
     quiet_loading()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -253,10 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         report.update(alignment)
         print(markdown_table(alignment))
         if args.json is not None:
-            write_json(args.json, report)
-    except ContextDiffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            atomic_write_json(args.json, report)
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     return 0
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from runtime.cli import CLI_ERRORS, error_exit, setup_logging
+
 logger = logging.getLogger("benchmarks.finetune_speed")
 
 
@@ -62,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-rank", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from benchmarks.alignment import write_json
+    setup_logging("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from runtime.files import atomic_write_json
     from contextdiff_ref.models.model_dir import quiet_loading
     from runtime.errors import ContextDiffError
 
@@ -72,12 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="finetune-speed-") as work:
             result = measure(args.model, Path(work), args.steps, args.warmup, args.batch_size, args.mixed_precision,
                              not args.no_gradient_checkpointing, args.lora_rank)  # fmt: skip
-    except ContextDiffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     print(json.dumps(result, indent=2))
     if args.json is not None:
-        write_json(args.json, result)
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -29,10 +29,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.environment import environment
-from benchmarks.environment import markdown as environment_markdown
+from benchmarks.environment import environment, markdown as environment_markdown
 from benchmarks.parity import psnr
 from runtime import cuda_driver
+from runtime.cli import setup_logging
+from runtime.files import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("benchmarks.gpu_check")
 GOAL = {"model": "sd15", "steps": 50, "vs_diffusers": 0.5, "seconds": 0.5}  # issue 12: SD-1.5 512 x 512, 50 steps, fp16, one H100
@@ -56,13 +57,12 @@ class System:
 
 
 def _engines(model_dir: Path, work: Path, backend: str, precision: str, lean: bool = False) -> Path:
-    from export.build import Backend, BuildOptions, build_engine_dir
-    from export.onnx_export import Precision
-    from runtime.tensorrt_runner import PlanRuntime
+    from export.build import BuildOptions, build_engine_dir
+    from runtime.options import BuildBackend, PlanRuntime, Precision
 
     out = work / f"engines-{model_dir.name}-{backend}-{precision}{'-lean' if lean else ''}"
     runtime_kind = PlanRuntime.LEAN if lean else PlanRuntime.FULL
-    build_engine_dir(model_dir, out, BuildOptions(backend=Backend(backend), precision=Precision(precision), tensorrt_runtime=runtime_kind))
+    build_engine_dir(model_dir, out, BuildOptions(backend=BuildBackend(backend), precision=Precision(precision), tensorrt_runtime=runtime_kind))
     return out
 
 
@@ -319,10 +319,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write(result: dict[str, Any], out: Path) -> None:
-    for name, text in (("gpu_check.json", json.dumps(result, indent=2, default=str) + "\n"), ("gpu_check.md", markdown(result) + "\n")):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+    atomic_write_json(out / "gpu_check.json", result, default=str)
+    atomic_write_text(out / "gpu_check.md", markdown(result) + "\n")
 
 
 def failures(result: dict[str, Any]) -> list[str]:
@@ -362,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     for label in args.models:
         if label not in ("default", "sd15") and not Path(label).is_dir():
             p.error(f"--models: {label!r} is neither 'default', 'sd15' nor a model directory")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging("%(asctime)s %(message)s", datefmt="%H:%M:%S")
     result = run(args)
     print(markdown(result))
     problems = failures(result)

@@ -27,6 +27,7 @@ import torch
 from benchmarks.models import unet_flops
 from benchmarks.timing import Timer, diffusers_ddim, instrument_generator, instrument_pipeline
 from runtime import cuda_driver
+from runtime.cli import PLAIN, setup_logging
 from runtime.errors import ContextDiffError
 
 logger = logging.getLogger("benchmarks.latency")
@@ -44,7 +45,8 @@ def _openvino_systems(engines: Path, prompts: list[str], call: dict[str, Any]) -
     """runtime.Generator on OpenVINO (CPU) over the same fp32 artifacts: f32, and bf16 where the CPU has it.
     Returns the systems and, for those that cannot run here, why."""
     from runtime.generator import Generator
-    from runtime.openvino_runner import OpenVINOPrecision, openvino_unavailable_reason
+    from runtime.openvino_runner import openvino_unavailable_reason
+    from runtime.options import OpenVINOPrecision
 
     systems, skipped = [], {}
     for precision in OpenVINOPrecision:
@@ -64,9 +66,9 @@ def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any
     from contextdiff_ref.models.model_dir import quiet_loading
     from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
     from contextdiff_ref.pipelines.torch_runner import torch_generator
-    from export.build import Backend, BuildOptions, build_engine_dir
-    from export.onnx_export import Precision
+    from export.build import BuildOptions, build_engine_dir
     from runtime.generator import Generator
+    from runtime.options import BuildBackend, Precision
 
     quiet_loading()
     model_dir = Path(args.model) if args.model else default_model_dir()
@@ -87,7 +89,7 @@ def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any
     skipped: dict[str, str] = {}
     for precision in precisions:
         engines = workdir / f"engines-{precision.value}"
-        build_engine_dir(model_dir, engines, BuildOptions(backend=Backend.AUTO if gpu else Backend.ONNXRUNTIME, precision=precision, max_images=args.batch))
+        build_engine_dir(model_dir, engines, BuildOptions(backend=BuildBackend.AUTO if gpu else BuildBackend.ONNXRUNTIME, precision=precision, max_images=args.batch))
         gen = Generator.from_dir(engines)
         systems.append(System(f"runtime {gen.backend} {precision.value}", None, Timer(gpu)))
         instrument_generator(gen, systems[-1].timer)
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.video and (args.sd15 or args.device != "cpu" or args.batch != 1):
         p.error("--video times one edit on the CPU: it takes no --sd15, --device cuda or --batch")
     args.out = args.out or Path("benchmarks/results/latency-video.json" if args.video else "benchmarks/results/latency.json")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(PLAIN)
     if args.video:
         from benchmarks import video_latency
 

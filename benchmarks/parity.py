@@ -17,6 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from runtime.cli import PLAIN, setup_logging
+from runtime.options import OpenVINOPrecision, choices
+
 logger = logging.getLogger("benchmarks.parity")
 
 
@@ -93,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto", help="runtime backend, as `python -m runtime` takes it (default: %(default)s)")
-    p.add_argument("--precision", choices=["f32", "bf16"], default=None, help="the openvino backend's precision")
+    p.add_argument("--precision", choices=choices(OpenVINOPrecision), default=None, help="the openvino backend's precision")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(PLAIN)
     from contextdiff_ref.models.model_dir import quiet_loading
     from runtime.errors import ContextDiffError
 

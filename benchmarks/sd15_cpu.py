@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from runtime.cli import PLAIN, setup_logging
+
 logger = logging.getLogger("benchmarks.sd15_cpu")
 
 SYSTEMS = ("diffusers StableDiffusionPipeline (DDIM, eager)", "reference (eager PyTorch)", "runtime onnxruntime-cpu fp32", "runtime openvino f32",
@@ -126,7 +128,8 @@ def _ask(conn: Any, message: Any = "noop") -> dict[str, Any]:
 
 def available_systems() -> tuple[list[str], dict[str, str]]:
     """The systems this machine runs, and why the others cannot run here (OpenVINO missing, or a CPU without bf16)."""
-    from runtime.openvino_runner import OpenVINOPrecision, openvino_unavailable_reason
+    from runtime.openvino_runner import openvino_unavailable_reason
+    from runtime.options import OpenVINOPrecision
 
     openvino = {SYSTEMS[3]: OpenVINOPrecision.F32, SYSTEMS[4]: OpenVINOPrecision.BF16}
     skipped = {name: why for name, precision in openvino.items() if (why := openvino_unavailable_reason(precision))}
@@ -218,12 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.steps < 2 or args.runs < 1 or args.warmup < 0 or any(s < 64 or s % 64 for s in args.sizes):
         p.error("--steps must be >= 2 (steps are timed end to end), --runs >= 1, --warmup >= 0, --sizes multiples of 64")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(PLAIN)
     from contextdiff_ref.models.model_dir import quiet_loading
     from contextdiff_ref.models.sd15 import write_sd15_model_dir
-    from export.build import Backend, BuildOptions, build_engine_dir
-    from export.onnx_export import Precision
+    from export.build import BuildOptions, build_engine_dir
     from runtime.errors import ContextDiffError
+    from runtime.options import BuildBackend, Precision
 
     quiet_loading()
     result: dict[str, Any] = {
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             write_sd15_model_dir(args.model)
         for size in args.sizes:
             engine_dir = args.engines_root / f"{args.model.resolve().name}-{size}"
-            build_engine_dir(args.model, engine_dir, BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision.FP32, height=size, width=size))
+            build_engine_dir(args.model, engine_dir, BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision.FP32, height=size, width=size))
             result["sizes"][str(size)] = bench_size(args.model.resolve(), engine_dir.resolve(), size, args, systems)
     except (ContextDiffError, RuntimeError, OSError) as exc:
         p.exit(2, f"error: {exc}\n")

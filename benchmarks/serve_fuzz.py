@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtime.cli import setup_logging
+
 logger = logging.getLogger("benchmarks.serve_fuzz")
 
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("schemathesis is not installed: pip install -e '.[test]'")
     if args.url is None and not (args.engines / "manifest.json").is_file():
         p.error(f"--engines={args.engines}: no engine directory (python export/build_engines.py --batch 8 --out {args.engines})")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from benchmarks.serve_load import local_serve
 
     service = contextlib.nullcontext({"url": args.url}) if args.url else local_serve({"url": dict(engines=str(args.engines), num_cpus=0.5)}, args.port)

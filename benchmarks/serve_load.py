@@ -29,6 +29,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from runtime.cli import setup_logging
+from runtime.files import atomic_write_json
+
 logger = logging.getLogger("benchmarks.serve_load")
 PROMPTS = ("a red circle at the top left", "a blue square at the bottom right", "a green triangle at the top right",
            "a yellow circle at the bottom left and a red square at the top right")  # fmt: skip
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--time-limit={args.time_limit}: must be positive")
     if args.compare and (args.engines is None or not (args.engines / "manifest.json").is_file()):
         p.error(f"--engines={args.engines}: --compare needs an engine directory (python export/build_engines.py --batch 8 --out DIR)")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.compare:
         result = compare(args.engines, args.concurrency, args.requests, args.steps, args.time_limit, args.port, args.backend)
         rows = result["rows"] + [result["overload"]]
@@ -194,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"] = dict(platform=platform.platform(), processor=platform.processor(), cpus=os.cpu_count(), python=sys.version.split()[0])
     print(_table(rows))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(args.out)
+        atomic_write_json(args.out, result)
     return 0
 
 

@@ -19,7 +19,7 @@ from benchmarks.timing import Timer, instrument_generator, instrument_pipeline
 logger = logging.getLogger("benchmarks.video_latency")
 
 # The edit the README shows: the default video model's source clip (evaluation clip 0), its circle edit, with the
-# evaluation's settings (contextdiff_ref.video.evaluate).
+# evaluation's settings (benchmarks.video_evaluation).
 EDIT = "a magenta circle moving from the top right to the bottom right"
 SETTINGS = {"strength": 0.93, "guidance_scale": 15.0}
 
@@ -43,9 +43,9 @@ def systems(model_dir: Path, workdir: Path, steps: int) -> tuple[list[VideoSyste
     """The reference, then the runtime on ONNX Runtime fp32 and fp16 and OpenVINO where it runs; the skipped systems
     and why; the frame count."""
     from contextdiff_ref.video.pipeline import VideoEditPipeline
-    from export.build import Backend, BuildOptions, build_engine_dir
-    from export.onnx_export import Precision
-    from runtime.openvino_runner import OpenVINOPrecision, openvino_unavailable_reason
+    from export.build import BuildOptions, build_engine_dir
+    from runtime.openvino_runner import openvino_unavailable_reason
+    from runtime.options import BuildBackend, OpenVINOPrecision, Precision
     from runtime.video_editor import VideoEditor
     from runtime.video_io import read_video
 
@@ -63,7 +63,7 @@ def systems(model_dir: Path, workdir: Path, steps: int) -> tuple[list[VideoSyste
     add("reference (eager PyTorch)", VideoEditPipeline.from_pretrained(model_dir), instrument_pipeline)
     for precision in (Precision.FP32, Precision.FP16):
         engines = workdir / f"engines-{precision.value}"
-        build_engine_dir(model_dir, engines, BuildOptions(backend=Backend.ONNXRUNTIME, precision=precision))
+        build_engine_dir(model_dir, engines, BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=precision))
         editor = VideoEditor.from_dir(engines, backend="onnxruntime-cpu")
         add(f"runtime {editor.backend} {precision.value}", editor, instrument_generator)
         if precision is Precision.FP32:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from runtime.cli import CLI_ERRORS, Parser, error_exit, setup_logging
 from runtime.errors import ContextDiffError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m contextdiff_ref", description="Generate images with the PyTorch reference ContextDiff pipeline.")
+    parser = Parser(prog="python -m contextdiff_ref", description="Generate images with the PyTorch reference ContextDiff pipeline.")
     parser.add_argument("prompt", help='text prompt, e.g. "a red circle at the top left"')
     parser.add_argument("-o", "--output", type=Path, default=Path("contextdiff.png"), help="PNG file to write (default: %(default)s)")
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the embedded default model)")
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from contextdiff_ref.models.defaults import default_model_dir
     from contextdiff_ref.models.model_dir import quiet_loading
     from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
@@ -43,9 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                       eta=args.eta, seed=args.seed, height=args.height, width=args.width, output_type="pil")
         args.output.parent.mkdir(parents=True, exist_ok=True)
         result.images[0].save(args.output)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     print(f"wrote {args.output} ({result.images[0].width}x{result.images[0].height}) for {args.prompt!r} from {model}, seed {result.seed}")
     return 0
 

@@ -13,14 +13,15 @@ from pathlib import Path
 
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.training.finetune import FinetuneConfig, Finetuner, export_finetuned
-from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.cli import CLI_ERRORS, TIMED, Parser, error_exit, setup_logging
+from runtime.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = FinetuneConfig(model="", data="")
-    p = argparse.ArgumentParser(prog="python -m contextdiff_ref.finetune", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p = Parser(prog="python -m contextdiff_ref.finetune", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--out", type=Path, required=True, help="run directory: checkpoint.pt, log.jsonl, samples/")
     p.add_argument("--model", type=Path, help="ContextDiff model directory to start from")
     p.add_argument("--data", type=Path, help="image folder with metadata.jsonl (file_name, text)")
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(TIMED)
     quiet_loading()
     try:
         if args.export is not None:
@@ -86,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s is already at step %d (>= --steps %d); nothing to do", args.out, trainer.step, config.steps)
             return 0
         trainer.run(args.checkpoint_every, args.log_every, args.sample_every, tuple(args.sample_prompt))
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     return 0
 
 

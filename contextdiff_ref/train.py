@@ -12,14 +12,15 @@ import torch
 
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.training.shapes import TrainConfig, Trainer, export_model
-from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.cli import CLI_ERRORS, TIMED, Parser, error_exit, setup_logging
+from runtime.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m contextdiff_ref.train", description="Train the shapes model (ContextDiff or the no-adapter baseline); rerun to resume.")
+    parser = Parser(prog="python -m contextdiff_ref.train", description="Train the shapes model (ContextDiff or the no-adapter baseline); rerun to resume.")
     parser.add_argument("--out", type=Path, required=True, help="run directory: checkpoint.pt, log.jsonl, model/ (EMA weights)")
     parser.add_argument("--baseline", action="store_true", help="train with r ≡ 0 (no adapter): the comparison model")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="train until this many steps (default: %(default)s)")
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(TIMED)
     quiet_loading()
     try:
         if args.checkpoint_every < 1:
@@ -62,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s is already at step %d (>= --steps %d); nothing to do", args.out, trainer.step, config.steps)
             return 0
         trainer.run(args.checkpoint_every)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     return 0
 
 

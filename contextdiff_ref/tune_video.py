@@ -14,13 +14,14 @@ import torch
 
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.video.tune import TuneConfig, VideoTuner
-from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.cli import CLI_ERRORS, TIMED, Parser, error_exit, setup_logging
+from runtime.errors import InvalidArgumentError
 from runtime.video_io import read_video
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = TuneConfig()
-    parser = argparse.ArgumentParser(prog="python -m contextdiff_ref.tune_video", description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
+    parser = Parser(prog="python -m contextdiff_ref.tune_video", description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
     parser.add_argument("--model", type=Path, required=True, help="image or video model directory to start from")
     parser.add_argument("--video", type=Path, required=True, help="the source video (mp4 or GIF)")
     parser.add_argument("--prompt", required=True, help="the source video's caption")
@@ -40,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(TIMED)
     quiet_loading()
     try:
         if args.checkpoint_every < 1:
@@ -49,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                             text_dropout=args.text_dropout, seed=args.seed, words=tuple(args.add_words))  # fmt: skip
         tuner = VideoTuner(config, args.model, read_video(args.video), args.prompt, args.out, device=args.device)
         model = tuner.run(args.checkpoint_every)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     logging.getLogger(__name__).info("tuned video model: %s", model)
     return 0
 

@@ -15,19 +15,16 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from runtime.errors import ContextDiffError
-from runtime.manifest import sha256_file  # noqa: F401 — the one implementation, re-exported for export/
+from runtime.files import TMP_PREFIX
+from runtime.manifest import FORMAT_VERSION, MANIFEST, sha256_file  # noqa: F401 — the one definition, re-exported for export/
+from runtime.options import Precision
+from runtime.specs import Component
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 LOCK = ".build.lock"
-TMP_PREFIX = ".tmp-"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class BuildError(ContextDiffError):
@@ -42,25 +39,6 @@ def hash_parts(*parts: str | bytes) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` for a temporary path next to ``path``, then rename it onto ``path``."""
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts are ordinary files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 class BuildLock:
@@ -102,7 +80,9 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 
 
 # Names this package writes: <component>.<precision>.<16 hex>.onnx[.data] | .plan, and temporary files.
-_ARTIFACT_NAME = re.compile(r"^(text_encoder|unet|adapter|vae_decoder)\.(fp32|fp16)\.[0-9a-f]{16}\.(onnx|onnx\.data|plan)$")
+_ARTIFACT_NAME = re.compile(
+    rf"^({'|'.join(re.escape(c.value) for c in Component)})\.({'|'.join(p.value for p in Precision)})\.[0-9a-f]{{16}}\.(onnx|onnx\.data|plan)$"
+)
 
 
 def remove_stale(directory: Path, keep: set[str]) -> None:

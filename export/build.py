@@ -3,8 +3,6 @@ scheduler and manifest. Every artifact is keyed by a content hash, so unchanged 
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import errno
 import gc
 import json
@@ -13,9 +11,9 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -26,25 +24,14 @@ import runtime
 from contextdiff_ref.models.graphs import graph_modules, model_dims
 from contextdiff_ref.models.model_dir import ModelComponents, check_model_dir, load_model_dir, model_limits
 from contextdiff_ref.video.model_dir import is_video_model_dir, load_video_model_dir
-from export.artifacts import (
-    FORMAT_VERSION,
-    MANIFEST,
-    TMP_PREFIX,
-    BuildError,
-    BuildLock,
-    atomic_write,
-    atomic_write_text,
-    hash_parts,
-    read_manifest,
-    remove_stale,
-    sha256_file,
-)  # fmt: skip
-from export.onnx_export import OPSET, Flavour, Precision, export_onnx, to_fp16
+from export.artifacts import MANIFEST, BuildError, BuildLock, hash_parts, read_manifest, remove_stale, sha256_file  # fmt: skip
+from export.onnx_export import OPSET, Flavour, export_onnx, to_fp16
 from export.tensorrt_build import build_plan, compute_capability, tensorrt_status
-from runtime.errors import ContextDiffError, InvalidArgumentError
-from runtime.openvino_runner import OpenVINOPrecision
+from runtime.errors import ContextDiffError, InvalidArgumentError, first_line
+from runtime.files import TMP_PREFIX, atomic_write, atomic_write_text, staging_dir
+from runtime.manifest import BuildRecord, ComponentRecord, FileRecord, Manifest, ModelRecord, VideoRecord
+from runtime.options import BuildBackend, OpenVINOPrecision, PlanRuntime, Precision
 from runtime.specs import SPECS, Component, ModelDims, Profile, make_profile
-from runtime.tensorrt_runner import PlanRuntime
 from runtime.validation import ModelLimits
 
 logger = logging.getLogger(__name__)
@@ -58,15 +45,9 @@ _VIDEO_SOURCE_FOLDERS = {**_SOURCE_FOLDERS, Component.UNET: ("unet", "temporal")
 ONNX_CACHE_ENV = "CONTEXTDIFF_ONNX_CACHE"  # the default of --onnx-cache: a folder of ONNX artifacts shared by builds
 
 
-class Backend(str, enum.Enum):
-    AUTO = "auto"
-    TENSORRT = "tensorrt"
-    ONNXRUNTIME = "onnxruntime"
-
-
 @dataclass(frozen=True)
 class BuildOptions:
-    backend: Backend = Backend.AUTO
+    backend: BuildBackend = BuildBackend.AUTO
     precision: Precision | None = None  # None: fp16 for TensorRT, fp32 for ONNX Runtime
     flavour: Flavour | None = None  # None: standard for TensorRT, onnxruntime (fused attention) for ONNX Runtime
     max_images: int = 1  # images per call; the guidance doubling is accounted for
@@ -93,16 +74,16 @@ class ComponentResult:
     note: str = ""
 
 
-def resolve_backend(requested: Backend) -> tuple[Backend, str | None]:
+def resolve_backend(requested: BuildBackend) -> tuple[BuildBackend, str | None]:
     version, reason = tensorrt_status()
-    if requested is Backend.TENSORRT and version is None:
+    if requested is BuildBackend.TENSORRT and version is None:
         raise BuildError(f"--backend tensorrt was asked for, but {reason}; use --backend onnxruntime (or auto)")
-    if requested is Backend.AUTO:
+    if requested is BuildBackend.AUTO:
         if version is None:
             logger.info("%s: building ONNX Runtime artifacts only", reason)
-            return Backend.ONNXRUNTIME, None
-        return Backend.TENSORRT, version
-    return requested, version if requested is Backend.TENSORRT else None
+            return BuildBackend.ONNXRUNTIME, None
+        return BuildBackend.TENSORRT, version
+    return requested, version if requested is BuildBackend.TENSORRT else None
 
 
 def _check_options(options: BuildOptions, limits: ModelLimits) -> tuple[int, int]:
@@ -143,16 +124,6 @@ def _fp16_error(fp32: Path, fp16: Path, feed: dict[str, np.ndarray]) -> float:
     if not np.all(np.isfinite(b)):
         return float("inf")
     return float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-30))
-
-
-@contextlib.contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    """A temporary directory inside ``out_dir`` (same filesystem: renames out of it are atomic), removed on exit."""
-    stage = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir))
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _publish(files: list[Path], out_dir: Path, flavour: Flavour) -> dict[str, Any]:
@@ -205,7 +176,7 @@ def _copy_from_cache(cache: Path, name: str, dest: Path) -> tuple[list[Path], di
 
 def _from_cache(cache: Path, name: str, out_dir: Path, flavour: Flavour) -> tuple[dict[str, Any], str, str] | None:
     """(onnx entry, precision used, note) of the artifact ``name`` copied from the ONNX cache into ``out_dir``, or None."""
-    with _staging(out_dir) as stage:
+    with staging_dir(out_dir) as stage:
         if (copied := _copy_from_cache(cache, name, stage)) is None:
             return None
         files, record = copied
@@ -268,14 +239,14 @@ def _export_component(component: Component, take_module: Callable[[], torch.nn.M
     name) export."""
     feed = _check_inputs(component, dims, profile)
     if fp32_cached is not None:
-        with _staging(out_dir) as stage:
+        with staging_dir(out_dir) as stage:
             copied = _copy_from_cache(*fp32_cached, stage / "cached")
             if copied is not None and copied[1]["precision"] == Precision.FP32.value:
                 logger.info("%s: converting the ONNX cache's fp32 graph to fp16 and comparing ...", component.value)
                 converted, error = _fp16_checked(copied[0][0], stage, name, feed)
                 if error <= FP16_TOLERANCE:
                     return _publish(converted, out_dir, flavour), Precision.FP16.value, f"fp16 rel. error {error:.1e}"
-    with _staging(out_dir) as stage:
+    with staging_dir(out_dir) as stage:
         logger.info("%s: exporting to ONNX (opset %d, %s graph) ...", component.value, OPSET, flavour.value)
         sample = {k: torch.from_numpy(v) for k, v in feed.items()}
         files = export_onnx(take_module(), SPECS[component], sample, stage / "fp32" / name, flavour=flavour)
@@ -331,10 +302,10 @@ def _tokenizer_json(components: ModelComponents, length: int) -> str:
     return tokenizer.to_str(pretty=True)
 
 
-def _resolve_flavour(requested: Flavour | None, backend: Backend) -> Flavour:
+def _resolve_flavour(requested: Flavour | None, backend: BuildBackend) -> Flavour:
     if requested is None:
-        return Flavour.STANDARD if backend is Backend.TENSORRT else Flavour.ONNXRUNTIME
-    if requested is Flavour.ONNXRUNTIME and backend is Backend.TENSORRT:
+        return Flavour.STANDARD if backend is BuildBackend.TENSORRT else Flavour.ONNXRUNTIME
+    if requested is Flavour.ONNXRUNTIME and backend is BuildBackend.TENSORRT:
         raise InvalidArgumentError("--onnx-flavour", requested.value, "'standard' with --backend tensorrt (TensorRT cannot parse ONNX Runtime's contrib ops)")
     return requested
 
@@ -354,8 +325,7 @@ def _failure(what: str, exc: Exception, out_dir: Path) -> BuildError:
     if _disk_full(exc):
         return BuildError(f"{what}: the disk of {out_dir} is full: nothing half-written was kept, and no manifest names an unfinished "
                           "artifact (a previous complete build stays usable); free some space and run the build again")  # fmt: skip
-    lines = str(exc).strip().splitlines()
-    return BuildError(f"{what}: {type(exc).__name__}: {lines[0] if lines else 'no message'} (run with --verbose for the traceback)")
+    return BuildError(f"{what}: {first_line(exc)} (run with --verbose for the traceback)")
 
 
 @dataclass(frozen=True)
@@ -366,7 +336,7 @@ class _ModelFacts:
     limits: ModelLimits
     tokenizer_json: str
     scheduler_config: dict[str, Any]
-    video: dict[str, Any] | None = None  # {"num_frames": F, "contextual": bool} for a video model
+    video: VideoRecord | None = None  # a video model's frames and variant
 
 
 def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], options: BuildOptions = BuildOptions()) -> list[ComponentResult]:
@@ -379,15 +349,15 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     check_model_dir(model_dir)
     backend, trt_version = resolve_backend(options.backend)
-    if options.tensorrt_runtime is not PlanRuntime.FULL and backend is not Backend.TENSORRT:
+    if options.tensorrt_runtime is not PlanRuntime.FULL and backend is not BuildBackend.TENSORRT:
         raise InvalidArgumentError("--tensorrt-runtime", options.tensorrt_runtime.value,
                                    "'full' when no TensorRT plans are built (lean plans need TensorRT's builder and a GPU: --backend tensorrt)")  # fmt: skip
-    precision = options.precision or (Precision.FP16 if backend is Backend.TENSORRT else Precision.FP32)
+    precision = options.precision or (Precision.FP16 if backend is BuildBackend.TENSORRT else Precision.FP32)
     flavour = _resolve_flavour(options.flavour, backend)
     video = is_video_model_dir(model_dir)
     if video:  # frames folded into the batch: the inflated UNet and the video adapter, F fixed (runtime/specs.py)
         loaded = load_video_model_dir(model_dir)
-        components, video_facts = loaded.components, {"num_frames": loaded.num_frames, "contextual": loaded.contextual}
+        components, video_facts = loaded.components, VideoRecord(loaded.num_frames, loaded.contextual)
         del loaded
     else:
         components, video_facts = load_model_dir(model_dir), None
@@ -397,7 +367,7 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     height, width = _check_options(options, facts.limits)
     modules = graph_modules(components, vae_encoder=video)
     del components  # from here on, the modules below hold the only references to the weights
-    frames = video_facts["num_frames"] if video_facts else 1
+    frames = video_facts.num_frames if video_facts else 1
     cache = None if options.onnx_cache is None else Path(options.onnx_cache).resolve()
     _prepare_out_dir(out_dir)
     with BuildLock(out_dir):
@@ -415,11 +385,12 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
                 onnx_entry, used, cached, note = _build_onnx(component, take, dims, profile, precision, flavour, source_key, out_dir, old, cache,
                                                              read_cache=not options.force, fp32_key=fp32_key)  # fmt: skip
                 modules.pop(component, None)  # cached: never taken
-                entry = {"precision": used, "note": note, "source_key": source_key, "profile": profile.to_json(), "io": SPECS[component].to_json(), "onnx": onnx_entry}
-                artifact, fmt = onnx_entry, "onnx"
-                if backend is Backend.TENSORRT:
+                artifact, fmt, plan = onnx_entry, "onnx", None
+                if backend is BuildBackend.TENSORRT:
                     artifact, plan_cached = _build_plan(component, onnx_entry, dims, profile, used, trt_version, out_dir, old.get("tensorrt"), options)
-                    entry["tensorrt"], fmt, cached = artifact, "tensorrt", cached and plan_cached
+                    plan, fmt, cached = artifact, "tensorrt", cached and plan_cached
+                entry = ComponentRecord(precision=used, profile=profile, onnx=onnx_entry, tensorrt=plan, note=note, source_key=source_key,
+                                        io=SPECS[component].to_json())  # fmt: skip
             except ContextDiffError:
                 raise
             except Exception as exc:  # exporter, converter, checker, ONNX Runtime, TensorRT, the disk: one line each
@@ -434,31 +405,21 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     return results
 
 
-def _write_manifest(out_dir: Path, model_dir: Path, facts: _ModelFacts, options: BuildOptions, height: int, width: int, backend: Backend,
-                    entries: dict[str, Any]) -> None:  # fmt: skip
+def _write_manifest(out_dir: Path, model_dir: Path, facts: _ModelFacts, options: BuildOptions, height: int, width: int, backend: BuildBackend,
+                    entries: dict[str, ComponentRecord]) -> None:  # fmt: skip
     atomic_write_text(out_dir / "tokenizer.json", facts.tokenizer_json)
     atomic_write_text(out_dir / "scheduler.json", json.dumps(facts.scheduler_config, indent=2) + "\n")
     limits = facts.limits
-    files = {"tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(out_dir / "tokenizer.json")},
-             "scheduler": {"file": "scheduler.json", "sha256": sha256_file(out_dir / "scheduler.json")}}  # fmt: skip
-    model_hash = hash_parts(*(e["source_key"] for e in entries.values()), files["tokenizer"]["sha256"], files["scheduler"]["sha256"])
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "package_version": runtime.__version__,
-        "model": {"name": model_dir.name, "hash": model_hash, "dims": asdict(facts.dims), "default_height": limits.default_height,
-                  "default_width": limits.default_width, "pixel_factor": limits.pixel_factor,
-                  "recommended_guidance_scale": limits.recommended_guidance_scale,
-                  "contextual_guidance": facts.scheduler_config["contextual_guidance"], **({"video": facts.video} if facts.video else {})},
-        "build": {"backend": backend.value, "max_images": options.max_images, "height": height, "width": width,
-                  "dynamic_size": options.dynamic_size, "onnxruntime_version": ort.__version__,
-                  "openvino_precision": OpenVINOPrecision(options.openvino_precision).value},
-        **files,
-        "components": entries,
-    }  # fmt: skip
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # last: the directory is now complete
-    keep = {f["file"] for f in files.values()}
-    for entry in entries.values():
-        for artifact in (entry["onnx"], entry.get("tensorrt")):
-            if artifact:
-                keep |= {artifact["file"], *(d["file"] for d in artifact.get("external_data", []))}
-    remove_stale(out_dir, keep)
+    tokenizer, scheduler = (FileRecord(name, sha256_file(out_dir / name)) for name in ("tokenizer.json", "scheduler.json"))
+    model_hash = hash_parts(*(e.source_key for e in entries.values()), tokenizer.sha256, scheduler.sha256)
+    manifest = Manifest(
+        package_version=runtime.__version__,
+        model=ModelRecord(name=model_dir.name, hash=model_hash, dims=facts.dims, default_height=limits.default_height, default_width=limits.default_width,
+                          pixel_factor=limits.pixel_factor, recommended_guidance_scale=limits.recommended_guidance_scale,
+                          contextual_guidance=facts.scheduler_config["contextual_guidance"], video=facts.video),
+        build=BuildRecord(backend=backend.value, max_images=options.max_images, height=height, width=width, dynamic_size=options.dynamic_size,
+                          onnxruntime_version=ort.__version__, openvino_precision=OpenVINOPrecision(options.openvino_precision)),
+        tokenizer=tokenizer, scheduler=scheduler, components=entries,
+    )  # fmt: skip
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest.to_json(), indent=2) + "\n")  # last: the directory is now complete
+    remove_stale(out_dir, {f.file for f in manifest.files()})

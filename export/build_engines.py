@@ -15,22 +15,19 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from runtime.cli import CLI_ERRORS, PLAIN, Parser, error_exit, setup_logging
 from runtime.errors import ContextDiffError  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one clear line, exit status 2
-        self.exit(2, f"error: {message} (see --help)\n")
+from runtime.options import BuildBackend, OpenVINOPrecision, PlanRuntime, Precision, choices  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python export/build_engines.py", description=__doc__.split("\n\n")[0].strip("`"))
+    p = Parser(prog="python export/build_engines.py", description=__doc__.split("\n\n")[0].strip("`"))
     p.add_argument("--model", type=Path, default=None,
                    help="model directory, of an image model or a video model (default: the embedded default model; its video model: "
                         "contextdiff_ref/models/shapes-video)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="engine directory (default: ./engines/<model name>)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default=None, help="default: fp16 with TensorRT, fp32 with ONNX Runtime")
-    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto", help="default: %(default)s")
+    p.add_argument("--precision", choices=choices(Precision), default=None, help="default: fp16 with TensorRT, fp32 with ONNX Runtime")
+    p.add_argument("--backend", choices=choices(BuildBackend), default="auto", help="default: %(default)s")
     p.add_argument("--onnx-flavour", choices=["standard", "onnxruntime"], default=None,
                    help="ONNX graphs: 'standard' (ai.onnx ops only; TensorRT, any runtime) or 'onnxruntime' (attention fused into "
                         "ONNX Runtime's MultiHeadAttention); default: standard with TensorRT, onnxruntime otherwise")  # fmt: skip
@@ -39,10 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     p.add_argument("--dynamic-size", action="store_true", help="accept half to twice the size instead of exactly it")
-    p.add_argument("--tensorrt-runtime", choices=["full", "lean"], default="full",
+    p.add_argument("--tensorrt-runtime", choices=choices(PlanRuntime), default="full",
                    help="TensorRT that runs the plans: 'full' (fastest, the full TensorRT on the deployment machine) or 'lean' "
                         "(version-compatible plans, run by the ~50 MB tensorrt_lean package of this TensorRT version); default: %(default)s")  # fmt: skip
-    p.add_argument("--openvino-precision", choices=["f32", "bf16"], default="f32",
+    p.add_argument("--openvino-precision", choices=choices(OpenVINOPrecision), default="f32",
                    help="inference precision recorded for the runtime's openvino backend (the ONNX artifacts are the same): 'bf16' "
                         "makes the runtime's auto backend pick OpenVINO bf16 on CPUs that have bf16 (default: %(default)s)")  # fmt: skip
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder memory limit in GiB")
@@ -66,30 +63,27 @@ def format_table(results) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    setup_logging(PLAIN, level=logging.DEBUG if args.verbose else logging.INFO)
     for noisy in ("torch", "onnxscript", "onnx_ir", "httpx", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from contextdiff_ref.models.defaults import default_model_dir
     from contextdiff_ref.models.model_dir import quiet_loading
-    from export.build import Backend, BuildOptions, build_engine_dir
-    from export.onnx_export import Flavour, Precision
-    from runtime.openvino_runner import OpenVINOPrecision
-    from runtime.tensorrt_runner import PlanRuntime
+    from export.build import BuildOptions, build_engine_dir
+    from export.onnx_export import Flavour
 
     quiet_loading()
 
     try:
         model = args.model if args.model is not None else default_model_dir()
         out = args.out if args.out is not None else Path("engines") / Path(model).resolve().name
-        options = BuildOptions(backend=Backend(args.backend), precision=Precision(args.precision) if args.precision else None,
+        options = BuildOptions(backend=BuildBackend(args.backend), precision=Precision(args.precision) if args.precision else None,
                                flavour=Flavour(args.onnx_flavour) if args.onnx_flavour else None,
                                max_images=args.batch, height=args.height, width=args.width, dynamic_size=args.dynamic_size,
                                force=args.force, workspace_gib=args.workspace_gib, tensorrt_runtime=PlanRuntime(args.tensorrt_runtime),
                                openvino_precision=OpenVINOPrecision(args.openvino_precision), onnx_cache=args.onnx_cache)  # fmt: skip
         results = build_engine_dir(model, out, options)
-    except ContextDiffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     print(format_table(results))
     print(f"engine directory: {out}")
     return 0

@@ -46,11 +46,6 @@ EXTERNAL_DATA_ABOVE = 256 * 2**20
 FP32_OPS = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt")
 
 
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-
-
 class Flavour(str, enum.Enum):
     STANDARD = "standard"  # ai.onnx ops only: TensorRT's support matrix, any ONNX runtime
     ONNXRUNTIME = "onnxruntime"  # attention fused into com.microsoft.MultiHeadAttention: ONNX Runtime only

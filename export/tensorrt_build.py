@@ -8,10 +8,10 @@ its tests skip with that reason and ``build_engines.py`` builds ONNX Runtime art
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from runtime import cuda_driver
+from runtime.files import atomic_path
 from runtime.specs import ComponentSpec, ModelDims, Profile
 
 logger = logging.getLogger(__name__)
@@ -77,10 +77,6 @@ def build_plan(
     )  # fmt: skip
     network = network_from_onnx_path(str(onnx_path), strongly_typed=fp16)
     logger.info("TensorRT: building %s (%s%s) ...", spec.name, "fp16, strongly typed" if fp16 else "tf32", ", lean runtime" if lean else "")
-    fresh_cache = timing_cache.with_name(f".{timing_cache.name}.{os.getpid()}.tmp")  # renamed into place: never half written
-    try:
+    with atomic_path(timing_cache, fsync=False) as fresh_cache:  # renamed into place once the plan is saved: never half written
         engine = engine_from_network(network, config=config, save_timing_cache=str(fresh_cache))
         save_engine(engine, path=str(plan_path))
-        os.replace(fresh_cache, timing_cache)
-    finally:
-        fresh_cache.unlink(missing_ok=True)

@@ -5,25 +5,21 @@ engine directory (method doc §7)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from runtime import DEFAULT_MODEL_NAME, DEFAULT_VIDEO_MODEL_NAME
+from runtime.cli import CLI_ERRORS, CLIP_SAMPLE, Parser, add_edit_arguments, error_exit, setup_logging
 from runtime.errors import ContextDiffError
+from runtime.options import OpenVINOPrecision, choices
 
 DEFAULT_ENGINES = Path("engines") / DEFAULT_MODEL_NAME  # where `python export/build_engines.py` writes the default model
 DEFAULT_VIDEO_ENGINES = Path("engines") / DEFAULT_VIDEO_MODEL_NAME  # `... --model contextdiff_ref/models/shapes-video`
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m runtime", description="Generate images from a ContextDiff engine directory (no torch needed). "
-                                                     "To edit a video: python -m runtime edit --help")  # fmt: skip
+    p = Parser(prog="python -m runtime", description="Generate images from a ContextDiff engine directory (no torch needed). "
+                                                    "To edit a video: python -m runtime edit --help")  # fmt: skip
     p.add_argument("prompt")
     p.add_argument("-o", "--output", type=Path, default=Path("contextdiff.png"), help="PNG to write (default: %(default)s)")
     p.add_argument("--engines", type=Path, default=DEFAULT_ENGINES, help="engine directory (default: %(default)s)")
@@ -35,42 +31,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-images", type=int, default=1, help="images for the prompt; more than one are written as a grid")
     p.add_argument("--backend", default="auto",
                    help="auto, tensorrt, onnxruntime, onnxruntime-cuda, onnxruntime-cpu or openvino (default: %(default)s)")
-    p.add_argument("--precision", choices=["f32", "bf16"], default=None,
+    p.add_argument("--precision", choices=choices(OpenVINOPrecision), default=None,
                    help="the openvino backend's inference precision (default: what the engine directory records, else f32)")
     p.add_argument("--contextual-guidance", choices=["conditional", "guided"], default=None,
                    help="how guidance meets the adapter's shift (method doc §5; default: the model's, recorded in its scheduler config)")
     return p.parse_args(argv)
 
 
-def parse_edit_args(argv: list[str]) -> argparse.Namespace:
-    from runtime.video_io import add_mask_arguments
-
-    p = _Parser(prog="python -m runtime edit", description="Edit a video with a ContextDiff video model's engine directory (no torch needed).")
-    p.add_argument("video", type=Path, help="source video (mp4 or GIF), as many frames as the model's num_frames")
-    p.add_argument("--source-prompt", required=True, help="the source video's caption (used for the inversion)")
-    p.add_argument("--prompt", required=True, help="the edited caption")
-    p.add_argument("-o", "--output", type=Path, required=True, help="edited video (.mp4, .mkv, .mov or .gif)")
+def parse_edit_args(argv: list[str] | None) -> argparse.Namespace:
+    p = Parser(prog="python -m runtime edit", description="Edit a video with a ContextDiff video model's engine directory (no torch needed).")
+    add_edit_arguments(p, eta=True)
     p.add_argument("--engines", type=Path, default=DEFAULT_VIDEO_ENGINES,
                    help="a video model's engine directory (default: %(default)s, built by `python export/build_engines.py "
                         "--model contextdiff_ref/models/shapes-video`)")  # fmt: skip
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the inversion and of the edit (default: %(default)s)")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="invert only this fraction of the steps and sample back from there (default: %(default)s, all the way to x_T)")
-    p.add_argument("--negative-prompt", default=None, help="the guidance's unconditional prompt (e.g. the source prompt; default: empty)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's recommendation)")
-    p.add_argument("--clip-sample", choices=["model", "on", "off"], default="off",
-                   help="x̂_0 clipping: the model's setting, or forced (default: %(default)s; clipping makes inversion lossy)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the edit in [0, 1] (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed when eta > 0 or with --region-noise (default: %(default)s)")
-    add_mask_arguments(p)
-    p.add_argument("--fps", type=float, default=8.0, help="frames per second of the output (default: %(default)s)")
     p.add_argument("--backend", default="auto", help="as for image generation (default: %(default)s)")
     return p.parse_args(argv)
 
 
-def edit_main(argv: list[str]) -> int:
+def edit_main(argv: list[str] | None = None) -> int:
     args = parse_edit_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from runtime.video_editor import VideoEditor
     from runtime.video_io import VIDEO_SUFFIXES, read_mask, read_video, write_video
 
@@ -79,13 +59,12 @@ def edit_main(argv: list[str]) -> int:
             raise ContextDiffError(f"--output={args.output}: the file name must end in one of {', '.join(VIDEO_SUFFIXES)}")
         frames = read_video(args.video)
         mask = None if args.mask is None else read_mask(args.mask, len(frames), args.mask_dilation)
-        editor = VideoEditor.from_dir(args.engines, backend=args.backend, clip_sample={"model": None, "on": True, "off": False}[args.clip_sample])
+        editor = VideoEditor.from_dir(args.engines, backend=args.backend, clip_sample=CLIP_SAMPLE[args.clip_sample])
         edited = editor.edit(frames, args.source_prompt, args.prompt, args.steps, args.guidance, args.seed, strength=args.strength,
                              negative_prompt=args.negative_prompt, eta=args.eta, mask=mask, region_noise=args.region_noise)  # fmt: skip
         write_video(args.output, edited, fps=args.fps)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     print(f"wrote {args.output}: {args.video} edited to {args.prompt!r} from {args.engines} ({editor.backend})")
     return 0
 
@@ -95,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["edit"]:
         return edit_main(argv[1:])
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from PIL import Image
 
     from runtime.generator import Generator
@@ -112,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         image = make_grid(result.images) if args.num_images > 1 else result.images[0]
         args.output.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image * 255).round().astype("uint8")).save(args.output)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     backend = f"{gen.backend} {gen.precision}" if gen.precision else gen.backend
     print(f"wrote {args.output} for {args.prompt!r} from {args.engines} ({backend}), seed {result.seed}")
     return 0

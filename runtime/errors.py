@@ -36,3 +36,17 @@ class ConfigError(ContextDiffError, ValueError):
 
 class ModelDirectoryError(ContextDiffError):
     """A model directory is missing a file or folder, or one of its files cannot be read."""
+
+
+class RunnerError(ContextDiffError, RuntimeError):
+    """A backend runner failed to load or run a component (ONNX Runtime, OpenVINO, TensorRT, CUDA): the message names
+    the component and carries the backend's own first line. Also a RuntimeError, which the backends raised before."""
+
+
+def first_line(exc: BaseException, *, with_type: bool = True) -> str:
+    """``Type: first line of the message`` of an exception (backends' messages run to many lines); without the type,
+    the first line alone (the type's name for an empty message)."""
+    lines = str(exc).strip().splitlines()
+    if not with_type:
+        return lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"

@@ -24,18 +24,17 @@ from runtime import cuda_driver
 from runtime.errors import InvalidArgumentError
 from runtime.images import GenerationOutput, to_images
 from runtime.manifest import EngineManifest, load_manifest
-from runtime.openvino_runner import OpenVINOPrecision, OpenVINORunner, openvino_unavailable_reason
+from runtime.openvino_runner import OpenVINORunner, openvino_unavailable_reason
+from runtime.options import BACKENDS, CPU_BACKENDS, OpenVINOPrecision, PlanRuntime
 from runtime.runners import OnnxRuntimeRunner, Runner
 from runtime.sampling import LocalBlend, StepOutput, generate, invert
 from runtime.schedule import Schedule, SchedulerConfig
 from runtime.specs import SPECS, Component, batch_range
-from runtime.tensorrt_runner import PlanRuntime, import_tensorrt, install_hint, tensorrt_module_name
+from runtime.tensorrt_runner import import_tensorrt, install_hint, tensorrt_module_name
 from runtime.validation import GenerationRequest, check_strength, merge_requests, validate_inversion, validate_request
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu", "openvino")
-CPU_BACKENDS = ("onnxruntime-cpu", "openvino")
 OPENVINO_CACHE = "openvino-cache"  # inside the engine directory: OpenVINO's compiled models, keyed by artifact and version
 
 

@@ -7,6 +7,7 @@ with what is wrong and how to fix it (rebuild with ``python export/build_engines
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,17 +16,159 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ContextDiffError
-from runtime.openvino_runner import OpenVINOPrecision
+from runtime.options import OpenVINOPrecision, PlanRuntime
 from runtime.specs import Component, ModelDims, Profile
-from runtime.tensorrt_runner import PlanRuntime
 from runtime.validation import ModelLimits
 
 FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
 REBUILD = "rebuild it with `python export/build_engines.py`"
 
 
 class EngineDirectoryError(ContextDiffError):
     """An engine directory is missing, incomplete, corrupted, or built for something else."""
+
+
+# The on-disk format, one typed definition for the writer (export/build.py) and the reader (load_manifest below).
+# ``to_json`` writes exactly the keys a build has always written, in that order; ``from_json`` reads those of older
+# builds too (fields added since have defaults). Artifact records (the ONNX graph with its external data, a TensorRT
+# plan) stay plain dicts: the reader needs only their ``file``/``sha256`` (and a plan's ``runtime``, builder version
+# and compute capability), the rest describes how they were made.
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A file of the engine directory and the sha256 of its bytes."""
+
+    file: str
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileRecord:
+        return cls(str(data["file"]), str(data["sha256"]))
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    num_frames: int  # F: frames folded into every batch
+    contextual: bool = True  # False: the r ≡ 0 baseline (its adapter outputs 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"num_frames": self.num_frames, "contextual": self.contextual}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VideoRecord:
+        num_frames, contextual = data["num_frames"], data.get("contextual", True)
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
+            raise ValueError(f"model.video.num_frames={num_frames!r} is not an integer >= 2")
+        if not isinstance(contextual, bool):
+            raise ValueError(f"model.video.contextual={contextual!r} is not true or false")
+        return cls(num_frames, contextual)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    hash: str
+    dims: ModelDims
+    default_height: int
+    default_width: int
+    pixel_factor: int
+    recommended_guidance_scale: float | None = None
+    contextual_guidance: str | None = None  # the scheduler config's variant (method doc §5); older builds: absent
+    video: VideoRecord | None = None  # a video model's frames; None for an image model
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"name": self.name, "hash": self.hash, "dims": dataclasses.asdict(self.dims), "default_height": self.default_height,
+               "default_width": self.default_width, "pixel_factor": self.pixel_factor,
+               "recommended_guidance_scale": self.recommended_guidance_scale, "contextual_guidance": self.contextual_guidance}  # fmt: skip
+        return out | ({"video": self.video.to_json()} if self.video is not None else {})
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelRecord:
+        guidance = data.get("contextual_guidance")
+        if guidance is not None and guidance not in ("conditional", "guided"):
+            raise ValueError(f"model.contextual_guidance={guidance!r} is not 'conditional' or 'guided'")
+        video = data.get("video")
+        return cls(data.get("name", ""), data.get("hash", ""), ModelDims(**data["dims"]), data.get("default_height", 0), data.get("default_width", 0),
+                   int(data["pixel_factor"]), data.get("recommended_guidance_scale"), guidance, None if video is None else VideoRecord.from_json(video))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    backend: str  # BuildBackend's value the build resolved to: "tensorrt" or "onnxruntime"
+    max_images: int
+    height: int
+    width: int
+    dynamic_size: bool = False
+    onnxruntime_version: str = ""
+    openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded by `build_engines.py --openvino-precision`
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "max_images": self.max_images, "height": self.height, "width": self.width, "dynamic_size": self.dynamic_size,
+                "onnxruntime_version": self.onnxruntime_version, "openvino_precision": OpenVINOPrecision(self.openvino_precision).value}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BuildRecord:
+        return cls(data.get("backend", ""), int(data["max_images"]), int(data["height"]), int(data["width"]), data.get("dynamic_size", False),
+                   data.get("onnxruntime_version", ""), OpenVINOPrecision(data.get("openvino_precision", OpenVINOPrecision.F32.value)))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ComponentRecord:
+    precision: str  # Precision's value the artifact was built in (fp16 falls back to fp32 where it is not accurate)
+    profile: Profile
+    onnx: dict[str, Any]  # {"file", "sha256", "external_data": [{"file", "sha256"}], "bytes", "opset", "flavour", "exporter"}
+    tensorrt: dict[str, Any] | None = None  # {"file", "sha256", "bytes", "builder", "builder_version", "compute_capability", "runtime", "key"}
+    note: str = ""
+    source_key: str = ""  # hash of what the artifact is made from (the build's cache key)
+    io: dict[str, Any] = dataclasses.field(default_factory=dict)  # the component's inputs and outputs (ComponentSpec.to_json)
+
+    def files(self) -> list[FileRecord]:
+        """Every file this component's artifacts consist of: the graph, its external data, the plan."""
+        artifacts = [self.onnx, *self.onnx.get("external_data", []), *([self.tensorrt] if self.tensorrt else [])]
+        return [FileRecord.from_json(a) for a in artifacts]
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"precision": self.precision, "note": self.note, "source_key": self.source_key, "profile": self.profile.to_json(), "io": self.io,
+               "onnx": self.onnx}  # fmt: skip
+        return out | ({"tensorrt": self.tensorrt} if self.tensorrt is not None else {})
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ComponentRecord:
+        return cls(data["precision"], Profile.from_json(data["profile"]), data["onnx"], data.get("tensorrt"), data.get("note", ""),
+                   data.get("source_key", ""), data.get("io", {}))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json`` of an engine directory (format :data:`FORMAT_VERSION`)."""
+
+    package_version: str
+    model: ModelRecord
+    build: BuildRecord
+    tokenizer: FileRecord
+    scheduler: FileRecord
+    components: dict[str, ComponentRecord]  # keyed by Component value, in build order
+    format_version: int = FORMAT_VERSION
+
+    def files(self) -> list[FileRecord]:
+        return [self.tokenizer, self.scheduler, *(f for c in self.components.values() for f in c.files())]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": self.format_version, "package_version": self.package_version, "model": self.model.to_json(),
+                "build": self.build.to_json(), "tokenizer": self.tokenizer.to_json(), "scheduler": self.scheduler.to_json(),
+                "components": {name: c.to_json() for name, c in self.components.items()}}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        """Parse a manifest of this format version (KeyError/TypeError/ValueError when malformed)."""
+        components = {Component(name).value: ComponentRecord.from_json(entry) for name, entry in data["components"].items()}
+        return cls(data.get("package_version", ""), ModelRecord.from_json(data["model"]), BuildRecord.from_json(data["build"]),
+                   FileRecord.from_json(data["tokenizer"]), FileRecord.from_json(data["scheduler"]), components, data["format_version"])  # fmt: skip
 
 
 def sha256_file(path: Path) -> str:
@@ -59,6 +202,7 @@ class EngineManifest:
     openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded by `build_engines.py --openvino-precision`
     num_frames: int | None = None  # a video model's F (frames folded into every batch); None for an image model
     contextual: bool = True  # False: a video model's r ≡ 0 baseline (its adapter outputs 0)
+    record: Manifest | None = None  # the parsed manifest.json (``data`` is its JSON)
 
     @property
     def tokenizer_path(self) -> Path:
@@ -87,7 +231,7 @@ def load_manifest(engine_dir: str | os.PathLike[str], *, verify: bool = True) ->
     root = Path(engine_dir)
     if not root.is_dir():
         raise EngineDirectoryError(f"engine directory not found: {root}; build one with `python export/build_engines.py`")
-    path = root / "manifest.json"
+    path = root / MANIFEST
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -104,33 +248,26 @@ def load_manifest(engine_dir: str | os.PathLike[str], *, verify: bool = True) ->
 
 
 def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
-    model = data["model"]
-    dims = ModelDims(**model["dims"])
+    record = Manifest.from_json(data)
+    model, dims = record.model, record.model.dims
     limits = ModelLimits(
-        num_train_timesteps=dims.num_train_timesteps, sample_channels=dims.channels, default_height=int(data["build"]["height"]),
-        default_width=int(data["build"]["width"]), pixel_factor=int(model["pixel_factor"]), vae_scale_factor=dims.vae_scale_factor,
-        recommended_guidance_scale=model.get("recommended_guidance_scale"),
+        num_train_timesteps=dims.num_train_timesteps, sample_channels=dims.channels, default_height=record.build.height,
+        default_width=record.build.width, pixel_factor=model.pixel_factor, vae_scale_factor=dims.vae_scale_factor,
+        recommended_guidance_scale=model.recommended_guidance_scale,
     )  # fmt: skip
     check = (lambda entry: _check_file(root, entry)) if verify else (lambda entry: root / entry["file"])
     check(data["tokenizer"]), check(data["scheduler"])
-    recorded = model.get("contextual_guidance")  # the scheduler config's variant (method doc §5), beside the limits
-    if recorded is not None and recorded not in ("conditional", "guided"):
-        raise ValueError(f"model.contextual_guidance={recorded!r} is not 'conditional' or 'guided'")
     components = {}
-    for name, entry in data["components"].items():
+    for name, entry in record.components.items():
         component = Component(name)
-        onnx_path = check(entry["onnx"])
-        for extra in entry["onnx"].get("external_data", []):
+        onnx_path = check(entry.onnx)
+        for extra in entry.onnx.get("external_data", []):
             check(extra)
-        plan = check(entry["tensorrt"]) if "tensorrt" in entry else None
-        plan_runtime = PlanRuntime(entry.get("tensorrt", {}).get("runtime", PlanRuntime.FULL.value))  # unknown name: ValueError, malformed
-        shas = (entry["onnx"]["sha256"], *(extra["sha256"] for extra in entry["onnx"].get("external_data", [])))
-        components[component] = ComponentArtifacts(component, entry["precision"], Profile.from_json(entry["profile"]), onnx_path, plan, entry.get("tensorrt"),
-                                                   plan_runtime, shas)  # fmt: skip
-    video = model.get("video")  # {"num_frames": F, "contextual": bool} for a video model
-    num_frames = None if video is None else video["num_frames"]
-    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2):
-        raise ValueError(f"model.video.num_frames={num_frames!r} is not an integer >= 2")
+        plan = check(entry.tensorrt) if entry.tensorrt is not None else None
+        plan_runtime = PlanRuntime((entry.tensorrt or {}).get("runtime", PlanRuntime.FULL.value))  # unknown name: ValueError, malformed
+        shas = (entry.onnx["sha256"], *(extra["sha256"] for extra in entry.onnx.get("external_data", [])))
+        components[component] = ComponentArtifacts(component, entry.precision, entry.profile, onnx_path, plan, entry.tensorrt, plan_runtime, shas)
+    num_frames = None if model.video is None else model.video.num_frames
     latent = dims.vae_scale_factor > 1
     required = {Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER} | ({Component.VAE_DECODER} if latent else set())
     if latent and num_frames is not None:
@@ -138,12 +275,9 @@ def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
     missing = required - set(components)
     if missing or (not latent and Component.VAE_DECODER in components):
         lacks = f"lacks components {sorted(c.value for c in missing)}" if missing else "has a vae_decoder for a pixel-space model"
-        raise EngineDirectoryError(f"{root / 'manifest.json'} {lacks}; {REBUILD}")
-    openvino_precision = OpenVINOPrecision(data["build"].get("openvino_precision", OpenVINOPrecision.F32.value))  # unknown: malformed
-    contextual = True if video is None else video.get("contextual", True)
-    if not isinstance(contextual, bool):
-        raise ValueError(f"model.video.contextual={contextual!r} is not true or false")
-    return EngineManifest(root, data, dims, limits, components, openvino_precision, num_frames, contextual)
+        raise EngineDirectoryError(f"{root / MANIFEST} {lacks}; {REBUILD}")
+    contextual = True if model.video is None else model.video.contextual
+    return EngineManifest(root, data, dims, limits, components, record.build.openvino_precision, num_frames, contextual, record)
 
 
 def check_tensorrt_plan(artifacts: ComponentArtifacts, trt_version: str, compute_capability: str) -> None:

@@ -31,12 +31,11 @@ Torch-free; ``openvino`` is imported only when a runner activates (the ``openvin
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import hashlib
 import importlib
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -44,7 +43,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.errors import ContextDiffError, InvalidArgumentError, first_line
+from runtime.files import staging_dir
+from runtime.options import OpenVINOPrecision
 from runtime.runners import Array, RunnerBase
 from runtime.specs import ComponentSpec
 
@@ -52,14 +53,6 @@ logger = logging.getLogger(__name__)
 
 DEVICE = "CPU"
 INSTALL_HINT = "pip install openvino (or the package's extra: pip install -e '.[openvino]')"
-_TMP_PREFIX = ".tmp-"
-
-
-class OpenVINOPrecision(str, enum.Enum):
-    """OpenVINO's inference precision on the CPU (``INFERENCE_PRECISION_HINT``); the artifacts stay as built."""
-
-    F32 = "f32"  # exact: what the ONNX graphs compute
-    BF16 = "bf16"  # bfloat16 matmuls and convolutions where the CPU has them (AVX512-BF16, AMX); f32 accumulation
 
 
 class OpenVINOUnavailableError(ContextDiffError):
@@ -94,11 +87,6 @@ def openvino_unavailable_reason(precision: OpenVINOPrecision) -> str | None:
     except OpenVINOUnavailableError as exc:
         return str(exc)
     return bf16_unsupported_reason(ov.Core()) if precision is OpenVINOPrecision.BF16 else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _precision_name(value: Any) -> str:
@@ -140,21 +128,19 @@ def compile_cached(core: Any, model: Path | Any, config: dict[str, Any], cache_r
                 if blob.stat().st_mtime < start:
                     blob.unlink(missing_ok=True)
         return compiled, hit
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=entry.parent))
-    except OSError as exc:
-        logger.warning("OpenVINO cache %s is not writable (%s): compiling %s without a cache", cache_root, exc, name)
-        return core.compile_model(model, DEVICE, config), False
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            stage = stack.enter_context(staging_dir(entry.parent))  # removed on leaving, renamed or not
+        except OSError as exc:
+            logger.warning("OpenVINO cache %s is not writable (%s): compiling %s without a cache", cache_root, exc, name)
+            return core.compile_model(model, DEVICE, config), False
         compiled = core.compile_model(model, DEVICE, {**config, "CACHE_DIR": str(stage)})
         _prune(entry)
         try:
             stage.rename(entry)  # complete entries only ever appear under a key
         except OSError:  # another process put the same entry in place first: theirs is as good
             pass
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return compiled, False
 
 
@@ -216,7 +202,7 @@ class OpenVINORunner(RunnerBase):
             try:
                 model.reshape({t.name: list(shape) for t, shape in zip(self.spec.inputs, shapes)})
             except RuntimeError as exc:
-                raise InvalidArgumentError(f"{self.spec.name} input shapes", shapes, f"shapes {self.path.name} takes ({_first_line(exc)})") from exc
+                raise InvalidArgumentError(f"{self.spec.name} input shapes", shapes, f"shapes {self.path.name} takes ({first_line(exc, with_type=False)})") from exc
             name, options = shapes_tag(shapes), config
             if streams > 1:  # the threads shared out among the streams (OpenVINO's throughput mode)
                 name, options = f"{name}-s{streams}", {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
@@ -239,7 +225,7 @@ class OpenVINORunner(RunnerBase):
         try:
             return compile_cached(core, model, config, self.cache_root, key)
         except RuntimeError as exc:  # OpenVINO's frontend or CPU plugin: one line, naming the component and the file
-            raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} could not compile {self.path}: {_first_line(exc)}; "
+            raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} could not compile {self.path}: {first_line(exc, with_type=False)}; "
                                            "use another backend or rebuild the engine directory") from exc  # fmt: skip
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from runtime.errors import InvalidArgumentError
+from runtime.errors import ContextDiffError, InvalidArgumentError, RunnerError, first_line
 from runtime.specs import ComponentSpec, ModelDims
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,12 @@ class RunnerBase:
 
     def activate(self) -> None:
         if not self.active:
-            self._activate()
+            try:
+                self._activate()
+            except ContextDiffError:
+                raise
+            except Exception as exc:  # the backend's own failure: the package's error, one line naming the component
+                raise RunnerError(f"{type(self).__name__} could not load {self.spec.name}: {first_line(exc)}") from exc
             self.active = True
 
     def close(self) -> None:
@@ -55,13 +60,18 @@ class RunnerBase:
     def infer(self, feed: Mapping[str, Array]) -> dict[str, Array]:
         """Run on ``feed`` ({input name: array}); returns {output name: array}."""
         if not self.active:
-            raise RuntimeError(f"{type(self).__name__}({self.spec.name}) is not active: call activate() or use it as a context manager")
+            raise RunnerError(f"{type(self).__name__}({self.spec.name}) is not active: call activate() or use it as a context manager")
         for tensor in self.spec.inputs:
             value = feed.get(tensor.name)
             if value is None or str(value.dtype) != tensor.dtype or value.ndim != len(tensor.dims):
                 got = "missing" if value is None else f"{value.dtype} array of shape {tuple(value.shape)}"
                 raise InvalidArgumentError(f"{self.spec.name} input {tensor.name!r}", got, f"a {tensor.dtype} array with dims {tensor.dims}")
-        return self._infer(feed)
+        try:
+            return self._infer(feed)
+        except ContextDiffError:
+            raise
+        except Exception as exc:  # the backend's own failure (ONNX Runtime's Fail, CUDA, TensorRT): one line naming the component
+            raise RunnerError(f"{type(self).__name__} failed running {self.spec.name}: {first_line(exc)}") from exc
 
     def _activate(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement _activate")
@@ -104,7 +114,7 @@ class OnnxRuntimeRunner(RunnerBase):
         session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         used = session.get_providers()
         if self.cuda and used[0] != "CUDAExecutionProvider":  # ONNX Runtime falls back to the CPU with only a warning
-            raise RuntimeError(f"{self.spec.name}: ONNX Runtime could not load its CUDA execution provider (the session runs on {used}); "
+            raise RunnerError(f"{self.spec.name}: ONNX Runtime could not load its CUDA execution provider (the session runs on {used}); "
                                f"this onnxruntime {ort.__version__} offers {ort.get_available_providers()}: install onnxruntime-gpu "
                                "built for this machine's CUDA, or use the onnxruntime-cpu backend")  # fmt: skip
         self.session = session

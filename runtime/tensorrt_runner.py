@@ -11,7 +11,6 @@ Python API for deserializing and running engines is the full one's.
 
 from __future__ import annotations
 
-import enum
 import importlib
 import importlib.util
 import logging
@@ -22,17 +21,12 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 
+from runtime.errors import RunnerError
+from runtime.options import PlanRuntime
 from runtime.runners import RunnerBase
 from runtime.specs import ComponentSpec, ModelDims, Profile
 
 logger = logging.getLogger(__name__)
-
-class PlanRuntime(str, enum.Enum):
-    """Which TensorRT runs a plan, recorded per plan in the manifest (``tensorrt.runtime``)."""
-
-    FULL = "full"  # the full TensorRT (``tensorrt``, > 1 GB installed) of the builder's version
-    LEAN = "lean"  # ``tensorrt_lean`` (~50 MB) of the builder's version: plans built version-compatible, lean runtime excluded
-
 
 # Import names, in order of preference: the ``tensorrt_lean`` meta-package re-exports the bindings wheel's module.
 _MODULES = {PlanRuntime.FULL: ("tensorrt",), PlanRuntime.LEAN: ("tensorrt_lean", "tensorrt_lean_bindings")}
@@ -112,7 +106,7 @@ class TensorRTRunner(RunnerBase):
             self._runtime = trt.Runtime(self._trt_logger)
             self._engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
             if self._engine is None:
-                raise RuntimeError(f"TensorRT could not deserialize {self.plan}")
+                raise RunnerError(f"TensorRT could not deserialize {self.plan}")
             self._context = self._engine.create_execution_context()
             self._stream = cp.cuda.Stream(non_blocking=True)  # capture must not touch the legacy default stream
             largest = {**self.spec.input_shapes(self.model, *self.profile.max), **self.spec.output_shapes(self.model, *self.profile.max)}
@@ -133,18 +127,18 @@ class TensorRTRunner(RunnerBase):
             shape = shapes[tensor.name]
             views[tensor.name] = self._buffers[tensor.name].ravel()[: int(np.prod(shape))].reshape(shape)
             if not self._context.set_input_shape(tensor.name, shape):
-                raise RuntimeError(f"TensorRT {self.spec.name}: input {tensor.name!r} of shape {shape} is outside the plan's profile {self.profile}")
+                raise RunnerError(f"TensorRT {self.spec.name}: input {tensor.name!r} of shape {shape} is outside the plan's profile {self.profile}")
         for tensor in self.spec.outputs:
             shape = tuple(self._context.get_tensor_shape(tensor.name))
             views[tensor.name] = self._buffers[tensor.name].ravel()[: int(np.prod(shape))].reshape(shape)
         for name, view in views.items():
             if not self._context.set_tensor_address(name, view.data.ptr):
-                raise RuntimeError(f"TensorRT {self.spec.name}: could not bind the address of {name!r}")
+                raise RunnerError(f"TensorRT {self.spec.name}: could not bind the address of {name!r}")
         self._views = views
 
     def _enqueue(self) -> None:
         if not self._context.execute_async_v3(self._stream.ptr):
-            raise RuntimeError(f"TensorRT {self.spec.name}: execute_async_v3 failed (see TensorRT's log above)")
+            raise RunnerError(f"TensorRT {self.spec.name}: execute_async_v3 failed (see TensorRT's log above)")
 
     def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
         import cupy as cp

@@ -23,7 +23,7 @@ import numpy as np
 from runtime.errors import InvalidArgumentError
 from runtime.generator import Generator
 from runtime.manifest import EngineManifest, load_manifest
-from runtime.openvino_runner import OpenVINOPrecision
+from runtime.options import OpenVINOPrecision
 from runtime.validation import validate_caption
 from runtime.video_editing import FrameFoldedEditing, recorder
 

@@ -8,13 +8,13 @@ merges identical consecutive frames into one (a still video written as GIF reads
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.files import atomic_path
 
 GIF_SUFFIXES = (".gif",)
 FFMPEG_SUFFIXES = (".mp4", ".mkv", ".mov")
@@ -59,18 +59,13 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8
     p = Path(path)
     iio = _imageio()
     data = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    tmp = p.with_name(f".{p.stem}.tmp-{os.getpid()}{p.suffix}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    if p.suffix.lower() not in GIF_SUFFIXES + FFMPEG_SUFFIXES:
+        raise InvalidArgumentError("output", str(p), f"a path ending in one of {', '.join(VIDEO_SUFFIXES)}")
+    with atomic_path(p) as tmp:
         if p.suffix.lower() in GIF_SUFFIXES:
             iio.imwrite(tmp, data, duration=1000.0 / fps, loop=0)
-        elif p.suffix.lower() in FFMPEG_SUFFIXES:
-            iio.imwrite(tmp, data, fps=fps, codec="libx264", pixelformat="yuv444p", macro_block_size=1, output_params=["-crf", "0"])
         else:
-            raise InvalidArgumentError("output", str(p), f"a path ending in one of {', '.join(VIDEO_SUFFIXES)}")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+            iio.imwrite(tmp, data, fps=fps, codec="libx264", pixelformat="yuv444p", macro_block_size=1, output_params=["-crf", "0"])
     return p
 
 
@@ -86,15 +81,3 @@ def read_mask(path: str | os.PathLike[str], num_frames: int, dilation: int = 0) 
     if region.shape[0] == 1:
         region = np.repeat(region, num_frames, axis=0)
     return dilate(region, dilation)
-
-
-def add_mask_arguments(p: argparse.ArgumentParser) -> None:
-    """--mask, --mask-dilation (local blending, :func:`read_mask`) and --region-noise for the edit commands (runtime's and the reference's)."""
-    p.add_argument("--mask", type=Path, default=None,
-                   help="confine the edit to a region (local blending): a video of the source's size and length, or one frame for all "
-                        "(mp4 or GIF), whose bright pixels (largest channel > 0.5) mark where the edit may change it; e.g. the source itself "
-                        "for objects on a dark background")  # fmt: skip
-    p.add_argument("--mask-dilation", type=int, default=0, help="grow the --mask region by this many pixels (default: %(default)s)")
-    p.add_argument("--region-noise", type=float, default=0.0,
-                   help="with --mask: fraction of fresh noise (from --seed) mixed into the inverted frames inside the region, 0 to 1; "
-                        "1 frees an edit to another shape from the source's outline (default: %(default)s)")  # fmt: skip

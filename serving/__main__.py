@@ -4,8 +4,6 @@ instance without the dashboard (lighter than ``serve run``), until Ctrl-C or SIG
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import signal
 import sys
@@ -13,12 +11,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from runtime.cli import CLI_ERRORS, Parser, error_exit, setup_logging
+
 CONFIG = Path(__file__).with_name("config.yaml")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def load_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -34,13 +29,13 @@ def load_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m serving", description="Serve runtime.Generator over HTTP with Ray Serve (dynamic batching, backpressure).")
+    p = Parser(prog="python -m serving", description="Serve runtime.Generator over HTTP with Ray Serve (dynamic batching, backpressure).")
     p.add_argument("--config", type=Path, default=CONFIG, help="Serve config file (default: %(default)s)")
     p.add_argument("--engines", default=None, help="engine directory (default: the config's)")
     p.add_argument("--host", default=None, help="default: the config's http_options.host")
     p.add_argument("--port", type=int, default=None, help="default: the config's http_options.port")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     http, app_args = load_config(args.config)
     if args.engines:
         app_args["engines"] = args.engines
@@ -56,9 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         app = build_app(app_args)
-    except ContextDiffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

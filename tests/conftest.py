@@ -57,11 +57,12 @@ def latent_pipe(latent_model_dir):
 # Engine directories (ONNX Runtime artifacts), built once per session: up to 3 images per call. The default flavour
 # for ONNX Runtime has attention fused into its MultiHeadAttention op; the "standard" ones use ai.onnx ops only.
 def _engines(model_dir, tmp_path_factory, name, precision, dynamic_size, flavour=None):
-    from export.build import Backend, BuildOptions, build_engine_dir
-    from export.onnx_export import Flavour, Precision
+    from export.build import BuildOptions, build_engine_dir
+    from export.onnx_export import Flavour
+    from runtime.options import BuildBackend, Precision
 
     out = tmp_path_factory.mktemp("engines") / name
-    options = BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision(precision), max_images=3, dynamic_size=dynamic_size,
+    options = BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision(precision), max_images=3, dynamic_size=dynamic_size,
                            flavour=Flavour(flavour) if flavour else None)  # fmt: skip
     build_engine_dir(model_dir, out, options)
     return out

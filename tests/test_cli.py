@@ -57,3 +57,22 @@ def test_runtime_cli_generates_from_an_engine_directory(pixel_fp32_dir, tmp_path
     assert Image.open(out).size == (64, 64)  # 3 images in a 2 x 2 grid of 32 x 32
     missing = run("-m", "runtime", "x", "-o", str(tmp_path / "a.png"), "--engines", str(tmp_path / "none"))
     assert missing.returncode == 2 and "engine directory not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("failure", ["load", "run"])
+def test_a_failing_runner_is_the_clis_one_line_error(pixel_fp32_dir, tmp_path, monkeypatch, capsys, failure):
+    """A backend's own exception (here ONNX Runtime failing to load or run a session, as its Fail/RuntimeError does)
+    reaches the command line as the package's RunnerError: one line naming the component, exit status 2."""
+    import onnxruntime as ort
+
+    from runtime.__main__ import main
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : simulated backend failure\nstack frames ...")
+
+    monkeypatch.setattr(ort, "InferenceSession", fail) if failure == "load" else monkeypatch.setattr(ort.InferenceSession, "run", fail)
+    code = main(["x", "-o", str(tmp_path / "a.png"), "--engines", str(pixel_fp32_dir), "--steps", "2", "--backend", "onnxruntime-cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: OnnxRuntimeRunner "), err
+    assert "simulated backend failure" in err[0] and "stack frames" not in err[0]
+    assert not (tmp_path / "a.png").exists()

@@ -35,8 +35,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from contextdiff_ref.data.shapes import caption, composition, parse_caption, render, scene_stream
-from contextdiff_ref.models.model_dir import atomic_directory
+from runtime.cli import CLI_ERRORS, PLAIN, error_exit, setup_logging
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.files import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -201,13 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exclude-captions", type=Path, default=None, metavar="FILE",
                         help="a text file of captions (one per line) whose compositions the folder must not hold, in either object order")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(PLAIN)
     try:
         exclude = read_caption_file(args.exclude_captions) if args.exclude_captions is not None else ()
         write_shapes_folder(args.out, args.shapes, args.seed, exclude)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     logger.info("wrote %d images and %s to %s", args.shapes, METADATA, args.out)
     return 0
 

@@ -16,7 +16,6 @@ width) — 512 for SD 1.x/2.x —, width / 64 heads (at least 1), 4 blocks from 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -28,16 +27,10 @@ from typing import Any
 import torch
 
 from contextdiff_ref.models.adapter import ContextAdapter
-from contextdiff_ref.models.model_dir import (
-    MODEL_INDEX,
-    SCHEDULER_CONFIG,
-    _read_json,
-    atomic_directory,
-    check_model_dir,
-    check_weights,
-    model_index,
-)
-from runtime.errors import ContextDiffError, InvalidArgumentError, ModelDirectoryError
+from contextdiff_ref.models.model_dir import MODEL_INDEX, SCHEDULER_CONFIG, _read_json, check_model_dir, check_weights, model_index
+from runtime.cli import CLI_ERRORS, PLAIN, Parser, error_exit, setup_logging
+from runtime.errors import InvalidArgumentError, ModelDirectoryError
+from runtime.files import atomic_directory
 from runtime.schedule import SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -125,7 +118,7 @@ def attach_adapter(base: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contextdiff_ref.models.attach", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m contextdiff_ref.models.attach", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, required=True, help="a Stable Diffusion 1.x/2.x folder on this disk in diffusers format (model_index.json, unet/, vae/, "
                              "text_encoder/, tokenizer/, scheduler/; safetensors); nothing is downloaded")
     parser.add_argument("--out", type=Path, required=True, help="ContextDiff model directory to write (replaced atomically if it exists)")
@@ -136,14 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("patch_size", "hidden_dim", "num_layers", "num_heads"):
         parser.add_argument(f"--adapter-{name.replace('_', '-')}", dest=name, type=int, default=None, help=f"adapter {name} (default: sized for the UNet)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(PLAIN)
     overrides = {k: getattr(args, k) for k in ("patch_size", "hidden_dim", "num_layers", "num_heads") if getattr(args, k) is not None}
     try:
         attach_adapter(args.base, args.out, seed=args.seed, recommended_guidance_scale=args.recommended_guidance,
                        zero_terminal_snr=args.zero_terminal_snr, **overrides)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     return 0
 
 

@@ -15,16 +15,13 @@ directory; its other folders (safety_checker/, feature_extractor/) are ignored.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -33,6 +30,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from contextdiff_ref.models.adapter import ContextAdapter
 from contextdiff_ref.models.coordinates import COORDINATE_CHANNELS, unet_forward
 from runtime.errors import ContextDiffError, ModelDirectoryError
+from runtime.files import atomic_directory
 from runtime.schedule import SchedulerConfig
 from runtime.validation import ModelLimits
 
@@ -197,27 +195,6 @@ def model_index(*, vae: bool, recommended_guidance_scale: float | None = None, u
     if unet_coordinate_channels:
         index["unet_coordinate_channels"] = True
     return index
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to fill; on leaving the block it replaces ``path`` (renamed into place),
-    on an error it is removed: ``path`` is always absent, the previous complete directory or the new complete one."""
-    root = Path(path).resolve()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        yield tmp
-        old = None
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / root.name)
-        os.replace(tmp, root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_model_dir(components: ModelComponents, path: str | os.PathLike[str], extra: Callable[[Path], dict[str, Any]] | None = None) -> Path:

@@ -25,7 +25,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from contextdiff_ref.models.adapter import ContextAdapter
 from contextdiff_ref.models.model_dir import ModelComponents, save_model_dir
 from contextdiff_ref.models.tiny import make_clip_tokenizer
-from runtime.errors import ContextDiffError
+from runtime.cli import CLI_ERRORS, PLAIN, error_exit, setup_logging
 from runtime.schedule import SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -85,12 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="model directory to write (replaced atomically if it exists)")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default: %(default)s)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(PLAIN)
     try:
         path = write_sd15_model_dir(args.out, args.seed)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     print(f"wrote {path}")
     return 0
 

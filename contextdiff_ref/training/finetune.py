@@ -37,6 +37,7 @@ from contextdiff_ref.training.core import TrainerCore, check_optimiser_fields, c
 from contextdiff_ref.training.loop import CHECKPOINT, cpu_copy, read_checkpoint, run_steps
 from contextdiff_ref.training.objective import ContextDiffObjective, Draws, LossConfig
 from runtime.errors import ContextDiffError, InvalidArgumentError, ModelDirectoryError
+from runtime.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -211,10 +212,8 @@ class Finetuner(TrainerCore):
                     dist = vae.encode(torch.from_numpy(images).to(self.device, vae.dtype)).latent_dist
                 means.append(dist.mean.float().cpu())
                 stds.append(dist.std.float().cpu())
-            self.out.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            save_file({"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}, tmp, metadata={"key": key})
-            tmp.replace(path)
+            tensors = {"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}
+            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"key": key}))
             logger.info("cached the latents of %d images in %s", len(self.data), path)
         acc.wait_for_everyone()
         tensors = load_file(path)
@@ -282,10 +281,7 @@ class Finetuner(TrainerCore):
         images = ContextDiffPipeline(self.ema_components())(list(prompts), num_inference_steps=num_inference_steps, seed=0, progress=False).images
         strip = np.concatenate(list(images), axis=1)
         path = self.out / "samples" / f"step-{self.step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        Image.fromarray(np.round(strip * 255).astype(np.uint8)).save(tmp)
-        tmp.replace(path)
+        atomic_write(path, Image.fromarray(np.round(strip * 255).astype(np.uint8)).save)
         return path
 
     def run(self, checkpoint_every: int, log_every: int = 50, sample_every: int = 0, sample_prompts: tuple[str, ...] = ()) -> None:

@@ -12,7 +12,6 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from runtime.errors import ContextDiffError
+from runtime.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -86,19 +86,12 @@ def truncate_log(log: Path, step: int) -> None:
     lines = log.read_text(encoding="utf-8").splitlines()
     kept = [line for line in lines if (logged := _logged_step(line)) is not None and logged <= step]
     if len(kept) != len(lines):
-        tmp = log.with_name(f".{log.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, log)
+        atomic_write_text(log, "".join(line + "\n" for line in kept))
 
 
 def write_checkpoint(state: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary sibling, then rename: ``path`` is always a complete checkpoint or absent."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

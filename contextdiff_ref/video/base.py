@@ -13,7 +13,7 @@ seen objects everywhere and read such words; this gives the toy model the same f
    clip (a two-object clip, whose objects move along an axis, may still hold one of them as one of its objects);
 3. fine-tuned with :class:`contextdiff_ref.training.finetune.Finetuner` (the whole UNet, the adapter and the text
    encoder; ContextDiff objective) and exported to ``DIR/model``, an image model directory that
-   ``tune_video`` / ``video.evaluate --model`` inflate.
+   ``tune_video`` / ``benchmarks.video_evaluation --model`` inflate.
 
 Resumable: the folder is written atomically once, the fine-tuning run checkpoints (``DIR/run``), the export is
 atomic.
@@ -35,7 +35,8 @@ from contextdiff_ref.data.shapes import caption, render, sample_scenes
 from contextdiff_ref.models.model_dir import check_model_dir, load_model_dir, quiet_loading, save_model_dir
 from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, random_clip, render_clip
 from contextdiff_ref.video.model_dir import add_words
-from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.cli import CLI_ERRORS, TIMED, error_exit, setup_logging
+from runtime.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-4, help="(default: %(default)s)")
     p.add_argument("--held-out-clips", type=int, default=24, help="evaluation clips whose captions (and their edits') stay out (default: %(default)s)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(TIMED)
     quiet_loading()
     from contextdiff_ref.models.defaults import default_model_dir
 
@@ -143,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         check_model_dir(model)
         path = build_video_base(args.out, Path(model), args.steps, args.clips, args.two_object_clips, args.stills, args.batch_size, args.lr,
                                   held_out_clips=args.held_out_clips)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     print(path)
     return 0
 

@@ -96,13 +96,14 @@ def test_a_failure_inside_a_component_is_one_line_naming_it(pixel_model_dir, tmp
 
 
 def test_onnx_runtime_graphs_are_refused_for_tensorrt():
-    from export.build import Backend, _resolve_flavour
+    from export.build import _resolve_flavour
     from export.onnx_export import Flavour
     from runtime.errors import InvalidArgumentError
+    from runtime.options import BuildBackend
 
-    assert _resolve_flavour(None, Backend.TENSORRT) is Flavour.STANDARD and _resolve_flavour(None, Backend.ONNXRUNTIME) is Flavour.ONNXRUNTIME
+    assert _resolve_flavour(None, BuildBackend.TENSORRT) is Flavour.STANDARD and _resolve_flavour(None, BuildBackend.ONNXRUNTIME) is Flavour.ONNXRUNTIME
     with pytest.raises(InvalidArgumentError, match="--onnx-flavour.*TensorRT cannot parse"):
-        _resolve_flavour(Flavour.ONNXRUNTIME, Backend.TENSORRT)
+        _resolve_flavour(Flavour.ONNXRUNTIME, BuildBackend.TENSORRT)
 
 
 class _no_exit:

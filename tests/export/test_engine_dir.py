@@ -20,13 +20,13 @@ import torch
 import export.build as build_module
 from contextdiff_ref.models.model_dir import load_model_dir, save_model_dir
 from export.artifacts import MANIFEST, BuildError, BuildLock, read_manifest
-from export.build import Backend, BuildOptions, build_engine_dir
-from export.onnx_export import Precision
+from export.build import BuildOptions, build_engine_dir
+from runtime.options import BuildBackend, Precision
 from tests.parity import assert_complete
 
 ROOT = Path(__file__).resolve().parents[2]
-ORT = BuildOptions(backend=Backend.ONNXRUNTIME)  # with the session's ONNX cache (tests/conftest.py)
-FRESH = BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=None)  # exports every artifact itself
+ORT = BuildOptions(backend=BuildBackend.ONNXRUNTIME)  # with the session's ONNX cache (tests/conftest.py)
+FRESH = BuildOptions(backend=BuildBackend.ONNXRUNTIME, onnx_cache=None)  # exports every artifact itself
 
 
 @pytest.fixture()
@@ -49,7 +49,7 @@ def test_manifest_contents(latent_fp32_dir):
 
 @pytest.mark.slow
 def test_second_build_is_cached_and_changed_weights_rebuild_one_component(model_copy, tmp_path):
-    out, own_cache = tmp_path / "engines", BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=tmp_path / "cache")  # empty at first
+    out, own_cache = tmp_path / "engines", BuildOptions(backend=BuildBackend.ONNXRUNTIME, onnx_cache=tmp_path / "cache")  # empty at first
     first = build_engine_dir(model_copy, out, own_cache)
     assert not any(r.cached for r in first)
     manifest = assert_complete(out)
@@ -68,7 +68,7 @@ def test_second_build_is_cached_and_changed_weights_rebuild_one_component(model_
     assert updated["model"]["hash"] != manifest["model"]["hash"]
     assert updated["components"]["adapter"]["onnx"]["file"] != manifest["components"]["adapter"]["onnx"]["file"]
     assert not (out / manifest["components"]["adapter"]["onnx"]["file"]).exists()  # the stale artifact is gone
-    forced = BuildOptions(backend=Backend.ONNXRUNTIME, force=True, onnx_cache=tmp_path / "cache")
+    forced = BuildOptions(backend=BuildBackend.ONNXRUNTIME, force=True, onnx_cache=tmp_path / "cache")
     assert not any(r.cached for r in build_engine_dir(model_copy, out, forced))  # nor from the cache, which holds two of them
 
 
@@ -78,9 +78,9 @@ def test_onnx_cache_is_shared_across_engine_directories_and_checked(model_copy, 
     the cache, bit for bit; a cache file that does not match its record is ignored and rebuilt (--force ignoring the
     cache: the test above); an fp16 build converts the cache's fp32 graphs instead of exporting again."""
     cache = tmp_path / "cache"
-    first = build_engine_dir(model_copy, tmp_path / "a", BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=cache))
+    first = build_engine_dir(model_copy, tmp_path / "a", BuildOptions(backend=BuildBackend.ONNXRUNTIME, onnx_cache=cache))
     assert not any(r.cached for r in first) and len(list(cache.glob("*.onnx.json"))) == 3
-    second = build_engine_dir(model_copy, tmp_path / "b", BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=cache, max_images=2))
+    second = build_engine_dir(model_copy, tmp_path / "b", BuildOptions(backend=BuildBackend.ONNXRUNTIME, onnx_cache=cache, max_images=2))
     assert all(r.cached for r in second)
     a, b = assert_complete(tmp_path / "a"), assert_complete(tmp_path / "b")
     assert {c: e["onnx"] for c, e in a["components"].items()} == {c: e["onnx"] for c, e in b["components"].items()}
@@ -89,11 +89,11 @@ def test_onnx_cache_is_shared_across_engine_directories_and_checked(model_copy, 
     with open(cache / unet_file, "r+b") as f:  # damage the cached UNet
         f.seek(100)
         f.write(b"\x00\x01\x02\x03")
-    third = {r.component: r.cached for r in build_engine_dir(model_copy, tmp_path / "c", BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=cache))}
+    third = {r.component: r.cached for r in build_engine_dir(model_copy, tmp_path / "c", BuildOptions(backend=BuildBackend.ONNXRUNTIME, onnx_cache=cache))}
     assert third == {"text_encoder": True, "unet": False, "adapter": True}
     assert assert_complete(tmp_path / "c")["components"]["unet"]["onnx"]["sha256"] == a["components"]["unet"]["onnx"]["sha256"]  # the same export
     with caplog.at_level(logging.INFO, logger="export.build"):
-        half = build_engine_dir(model_copy, tmp_path / "h", BuildOptions(backend=Backend.ONNXRUNTIME, onnx_cache=cache, precision=Precision.FP16))
+        half = build_engine_dir(model_copy, tmp_path / "h", BuildOptions(backend=BuildBackend.ONNXRUNTIME, onnx_cache=cache, precision=Precision.FP16))
     assert all(r.precision == "fp16" and "fp16 rel. error" in r.note for r in half)
     assert caplog.text.count("converting the ONNX cache's fp32 graph") == 3 and "exporting to ONNX" not in caplog.text
 
@@ -147,7 +147,7 @@ def test_concurrent_build_is_refused(model_copy, tmp_path):
 @pytest.mark.slow
 def test_fp16_that_misses_the_tolerance_falls_back_to_fp32(model_copy, tmp_path, monkeypatch):
     monkeypatch.setattr(build_module, "FP16_TOLERANCE", 0.0)
-    results = build_engine_dir(model_copy, tmp_path / "engines", BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision.FP16))
+    results = build_engine_dir(model_copy, tmp_path / "engines", BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision.FP16))
     assert all(r.precision == "fp32" and "kept fp32" in r.note for r in results)
     manifest = assert_complete(tmp_path / "engines")
     graph = onnx.load(str(tmp_path / "engines" / manifest["components"]["unet"]["onnx"]["file"]))
@@ -159,7 +159,7 @@ def test_tensorrt_is_a_clear_error_when_absent(model_copy, tmp_path):
     if version is not None:
         pytest.skip("TensorRT is usable here; this test is about machines without it")
     with pytest.raises(BuildError, match="--backend tensorrt"):
-        build_engine_dir(model_copy, tmp_path / "engines", BuildOptions(backend=Backend.TENSORRT))
+        build_engine_dir(model_copy, tmp_path / "engines", BuildOptions(backend=BuildBackend.TENSORRT))
     assert not (tmp_path / "engines" / MANIFEST).exists()
 
 

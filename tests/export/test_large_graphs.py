@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from contextdiff_ref.models.tiny import write_tiny_model_dir
-from export.build import Backend, BuildOptions, build_engine_dir
-from export.onnx_export import Precision
+from export.build import BuildOptions, build_engine_dir
 from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError
+from runtime.options import BuildBackend, Precision
 from tests.parity import assert_complete, compare
 
 BIG_VOCAB = 17_500_000  # x 32 floats x 4 bytes = 2.24 GB > 2 GiB
@@ -34,7 +34,7 @@ def big_model_dir(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_a_graph_over_2_gib_builds_runs_and_matches_the_reference(big_model_dir, tmp_path, precision):
     out = tmp_path / "engines"
-    options = BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision(precision), max_images=1)
+    options = BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision(precision), max_images=1)
     build_engine_dir(big_model_dir, out, options)
     manifest = assert_complete(out)
     text = manifest["components"]["text_encoder"]
@@ -53,7 +53,7 @@ def test_a_graph_over_2_gib_builds_runs_and_matches_the_reference(big_model_dir,
 @pytest.mark.slow
 def test_a_truncated_data_file_is_named_and_rebuilt(big_model_dir, tmp_path):
     out = tmp_path / "engines"
-    options = BuildOptions(backend=Backend.ONNXRUNTIME, max_images=1)
+    options = BuildOptions(backend=BuildBackend.ONNXRUNTIME, max_images=1)
     build_engine_dir(big_model_dir, out, options)
     entry = assert_complete(out)["components"]["text_encoder"]["onnx"]
     data = out / entry["external_data"][0]["file"]

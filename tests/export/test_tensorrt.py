@@ -11,9 +11,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.build import Backend, BuildOptions, build_engine_dir
-from export.onnx_export import Precision
+from export.build import BuildOptions, build_engine_dir
+
 from export.tensorrt_build import tensorrt_status
+from runtime.options import BuildBackend, Precision
 from runtime.specs import SPECS, Component, Profile
 
 TRT_VERSION, REASON = tensorrt_status()
@@ -27,7 +28,7 @@ def test_plans_build_cache_and_match_onnxruntime(latent_model_dir, tmp_path):
     from contextdiff_ref.models.model_dir import load_model_dir
 
     out = tmp_path / "engines"
-    options = BuildOptions(backend=Backend.TENSORRT, precision=Precision.FP16, max_images=2)
+    options = BuildOptions(backend=BuildBackend.TENSORRT, precision=Precision.FP16, max_images=2)
     results = build_engine_dir(latent_model_dir, out, options)
     assert {r.format for r in results} == {"tensorrt"}
     assert (out / "timing.cache").is_file()

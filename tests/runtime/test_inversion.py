@@ -10,8 +10,8 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler
 
-from runtime.sampling import invert, sample
 from runtime.errors import InvalidArgumentError
+from runtime.sampling import invert, sample
 from runtime.schedule import Schedule, SchedulerConfig, shift_coefficient
 
 SHAPE = (2, 3, 4, 4)

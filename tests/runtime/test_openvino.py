@@ -13,19 +13,13 @@ import openvino as ov  # the test extra installs it: a broken import fails, it d
 import pytest
 
 import runtime.generator as generator_module
-from export.build import Backend, BuildOptions, build_engine_dir
+from export.build import BuildOptions, build_engine_dir
 from runtime import openvino_runner
 from runtime.errors import InvalidArgumentError
 from runtime.generator import OPENVINO_CACHE, Generator
 from runtime.manifest import EngineDirectoryError, load_manifest
-from runtime.openvino_runner import (
-    OpenVINOPrecision,
-    OpenVINORunner,
-    OpenVINOUnavailableError,
-    bf16_unsupported_reason,
-    cache_key,
-    compile_cached,
-)
+from runtime.openvino_runner import OpenVINORunner, OpenVINOUnavailableError, bf16_unsupported_reason, cache_key, compile_cached
+from runtime.options import BuildBackend, OpenVINOPrecision
 from runtime.runners import OnnxRuntimeRunner
 from runtime.specs import SPECS, Component
 from tests.parity import compare, psnr, record
@@ -241,7 +235,7 @@ def test_an_unwritable_cache_is_skipped_with_a_warning(pixel_fp32_dir, tmp_path,
 
 def test_precision_recorded_at_build_time(pixel_model_dir, pixel_fp32_dir, tmp_path, monkeypatch, caplog):
     out = Path(shutil.copytree(pixel_fp32_dir, tmp_path / "bf16"))
-    results = build_engine_dir(pixel_model_dir, out, BuildOptions(backend=Backend.ONNXRUNTIME, max_images=3, openvino_precision="bf16"))
+    results = build_engine_dir(pixel_model_dir, out, BuildOptions(backend=BuildBackend.ONNXRUNTIME, max_images=3, openvino_precision="bf16"))
     assert all(r.cached for r in results)  # the same ONNX artifacts: only the manifest's record changes
     assert json.loads((out / "manifest.json").read_text())["build"]["openvino_precision"] == "bf16"
     manifest = load_manifest(out)
@@ -269,7 +263,7 @@ def test_bad_precision_and_records_are_clear_errors(pixel_model_dir, engines, tm
     with pytest.raises(InvalidArgumentError, match=r"invalid precision='f32': None with backend 'onnxruntime-cpu'"):
         Generator.from_dir(engines, backend="onnxruntime-cpu", precision="f32")
     with pytest.raises(InvalidArgumentError, match=r"invalid --openvino-precision='fp8'"):
-        build_engine_dir(pixel_model_dir, tmp_path / "x", BuildOptions(backend=Backend.ONNXRUNTIME, openvino_precision="fp8"))
+        build_engine_dir(pixel_model_dir, tmp_path / "x", BuildOptions(backend=BuildBackend.ONNXRUNTIME, openvino_precision="fp8"))
     data = json.loads((engines / "manifest.json").read_text())
     data["build"]["openvino_precision"] = "fp8"
     (engines / "manifest.json").write_text(json.dumps(data))

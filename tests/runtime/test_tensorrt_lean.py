@@ -13,8 +13,9 @@ from export.tensorrt_build import config_flags
 from runtime import generator as generator_module
 from runtime.errors import InvalidArgumentError
 from runtime.manifest import EngineDirectoryError, check_tensorrt_plan, load_manifest, sha256_file
+from runtime.options import PlanRuntime
 from runtime.specs import Component
-from runtime.tensorrt_runner import PlanRuntime, install_hint, tensorrt_module_name
+from runtime.tensorrt_runner import install_hint, tensorrt_module_name
 
 
 def test_lean_plans_are_built_version_compatible_without_the_lean_runtime_inside():

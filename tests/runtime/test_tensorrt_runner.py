@@ -16,12 +16,12 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason=MISSING or "TensorRT unava
 
 
 def test_tensorrt_generator_matches_onnxruntime(latent_model_dir, tmp_path):
-    from export.build import Backend, BuildOptions, build_engine_dir
-    from export.onnx_export import Precision
+    from export.build import BuildOptions, build_engine_dir
     from runtime.generator import Generator
+    from runtime.options import BuildBackend, Precision
 
     out = tmp_path / "trt"
-    build_engine_dir(latent_model_dir, out, BuildOptions(backend=Backend.TENSORRT, precision=Precision.FP32, max_images=1))
+    build_engine_dir(latent_model_dir, out, BuildOptions(backend=BuildBackend.TENSORRT, precision=Precision.FP32, max_images=1))
     kwargs = dict(num_inference_steps=10, seed=0, progress=False)
     trt_images = Generator.from_dir(out, backend="tensorrt")("a red circle", **kwargs).images
     ort_images = Generator.from_dir(out, backend="onnxruntime-cpu")("a red circle", **kwargs).images

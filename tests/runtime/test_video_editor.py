@@ -15,26 +15,27 @@ import onnx
 import pytest
 
 from benchmarks.parity import psnr
-from tests.parity import record
 from contextdiff_ref.models.defaults import default_video_model_dir
 from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.video.model_dir import inflate, save_video_model_dir
 from contextdiff_ref.video.pipeline import VideoEditPipeline
 from export.artifacts import read_manifest
-from export.build import Backend, BuildOptions, build_engine_dir
-from export.onnx_export import Flavour, Precision
+from export.build import BuildOptions, build_engine_dir
+from export.onnx_export import Flavour
 from export.trt_support import unsupported
 from runtime import __main__ as cli
 from runtime.errors import InvalidArgumentError
 from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError
+from runtime.options import BuildBackend, Precision
 from runtime.specs import Component
 from runtime.video_editor import VideoEditor
 from runtime.video_io import read_mask, read_video, write_video
+from tests.parity import record
 
 EDIT = "a magenta circle moving from the top right to the bottom right"
 STEPS = 20
-# The evaluation's settings (contextdiff_ref.video.evaluate): part-way inversion, strong guidance away from the source.
+# The evaluation's settings (benchmarks.video_evaluation): part-way inversion, strong guidance away from the source.
 SETTINGS = {"strength": 0.93, "guidance_scale": 15.0}
 # measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05:
 THRESHOLD_DB = {"fp32": 100.0, "fp16": 38.0}  # x_T / frames: fp32 124.1 / 119.6 dB (OpenVINO f32 frames 115.9); fp16 60.8 / 41.6
@@ -43,7 +44,7 @@ FRAMES = 8  # the default video model's
 
 
 def _build(model_dir, out, precision="fp32", flavour=None):
-    options = BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision(precision), flavour=flavour and Flavour(flavour))
+    options = BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision(precision), flavour=flavour and Flavour(flavour))
     return build_engine_dir(model_dir, out, options)
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.video_evaluation import EditSettings
 from contextdiff_ref import edit_video
 from contextdiff_ref.models.defaults import default_video_model_dir
 from contextdiff_ref.video.data import clip_caption, clip_edits, evaluation_clips, render_clip
-from contextdiff_ref.video.evaluate import EditSettings
 from contextdiff_ref.video.metrics import score_clip
 from contextdiff_ref.video.pipeline import VideoEditPipeline
 from runtime.video_io import read_video

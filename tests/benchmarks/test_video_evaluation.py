@@ -1,4 +1,4 @@
-"""The video-editing evaluation (contextdiff_ref.video.evaluate): scoring and report on known frames, a resumable
+"""The video-editing evaluation (benchmarks.video_evaluation): scoring and report on known frames, a resumable
 run on the tiny pixel model, bad settings."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from contextdiff_ref.video import evaluate
+from benchmarks import video_evaluation as evaluate
+from benchmarks.video_evaluation import METHODS, EditSettings, markdown_table, run_edits, score_edits
 from contextdiff_ref.video.data import MovingObject, clip_caption, clip_edits, evaluation_clips, render_clip
-from contextdiff_ref.video.evaluate import METHODS, EditSettings, markdown_table, run_edits, score_edits
 from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.video_editing import dilate
 from runtime.video_io import read_video

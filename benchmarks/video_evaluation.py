@@ -1,4 +1,4 @@
-"""``python -m contextdiff_ref.video.evaluate --out RUN``: video editing on the moving-shapes clips, ContextDiff vs
+"""``python -m benchmarks.video_evaluation --out RUN``: video editing on the moving-shapes clips, ContextDiff vs
 the r ≡ 0 baseline (method doc §7, "Measures"), reference PyTorch.
 
 For each of ``--clips`` source clips (:func:`contextdiff_ref.video.data.evaluation_clips`) and each method, one-shot
@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -48,11 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.alignment import write_json
 from contextdiff_ref.data.alignment import THRESHOLD
 from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.metrics import ClipScore, paired_clip_difference, score_clip, summarize_clips
+from runtime.cli import CLI_ERRORS, TIMED, Parser, error_exit, setup_logging
 from runtime.errors import ContextDiffError, InvalidArgumentError
+from runtime.files import atomic_write, atomic_write_json
 from runtime.video_editing import validate_region_noise
 
 logger = logging.getLogger(__name__)
@@ -111,10 +111,7 @@ class EditSettings:
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def _check_settings(run: Path, settings: EditSettings, model: Path) -> None:
@@ -128,7 +125,7 @@ def _check_settings(run: Path, settings: EditSettings, model: Path) -> None:
             diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
             raise ContextDiffError(f"{run} holds an evaluation with other settings {diff} (stored, requested): use another --out")
         return
-    write_json(path, wanted)
+    atomic_write_json(path, wanted)
 
 
 def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, settings: EditSettings, work: Path,
@@ -142,11 +139,11 @@ def edit_clip_with(model: Path, clip: Clip, edits: list[Clip], method: str, sett
     tuner = VideoTuner(config, model, source, caption, work, device=device)
     tuned = tuner.run(checkpoint_every=settings.tune_steps)
     if settings.engine == "runtime":  # the tuned model directory -> engines -> runtime.VideoEditor
-        from export.build import Backend, BuildOptions, build_engine_dir
-        from export.onnx_export import Precision
+        from export.build import BuildOptions, build_engine_dir
+        from runtime.options import BuildBackend, Precision
         from runtime.video_editor import VideoEditor
 
-        build_engine_dir(tuned, work / "engines", BuildOptions(backend=Backend.ONNXRUNTIME, precision=Precision.FP32))
+        build_engine_dir(tuned, work / "engines", BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision.FP32))
         pipe = VideoEditor.from_dir(work / "engines", backend="onnxruntime-cpu")
     else:
         pipe = VideoEditPipeline(tuner.video, device=device)
@@ -266,7 +263,7 @@ def write_strip(frames: dict[str, np.ndarray], settings: EditSettings, path: Pat
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = EditSettings()
-    p = argparse.ArgumentParser(prog="python -m contextdiff_ref.video.evaluate", description="Video editing on moving-shapes clips: ContextDiff vs the r ≡ 0 baseline.")
+    p = Parser(prog="python -m benchmarks.video_evaluation", description="Video editing on moving-shapes clips: ContextDiff vs the r ≡ 0 baseline.")
     p.add_argument("--out", type=Path, required=True, help="run directory (resumable): settings.json, edits/")
     p.add_argument("--model", type=Path, default=None, help="image model directory to inflate and tune (default: the embedded video base, contextdiff_ref/models/shapes-video-base)")
     p.add_argument("--clips", type=int, default=d.clips, help="source clips (default: %(default)s)")
@@ -297,7 +294,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(TIMED)
     for noisy in ("contextdiff_ref.video.tune", "contextdiff_ref.models.model_dir", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from contextdiff_ref.models.defaults import default_video_base_dir
@@ -313,12 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         frames = run_edits(Path(model), args.out, settings, args.device)
         report = score_edits(frames, settings) | {"model": str(model), "device": args.device}
         if args.json is not None:
-            write_json(args.json, report)
+            atomic_write_json(args.json, report)
         if args.strip is not None:
             write_strip(frames, settings, args.strip)
-    except (ContextDiffError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as exc:
+        return error_exit(exc)
     print(markdown_table(report))
     return 0
 
