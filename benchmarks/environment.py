@@ -9,7 +9,7 @@ import platform
 import sys
 from typing import Any
 
-from runtime import cuda_driver
+from runtime.backends import cuda_driver
 
 # (import name, what it is for)
 PACKAGES = (

@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks.environment import environment, markdown as environment_markdown
 from benchmarks.parity import psnr
-from runtime import cuda_driver
+from runtime.backends import cuda_driver
 from runtime.cli import setup_logging
 from runtime.files import atomic_write_json, atomic_write_text
 

@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.models import unet_flops
 from benchmarks.timing import Timer, diffusers_ddim, instrument_generator, instrument_pipeline
-from runtime import cuda_driver
+from runtime.backends import cuda_driver
 from runtime.cli import PLAIN, setup_logging
 from runtime.errors import ContextDiffError
 
@@ -45,7 +45,7 @@ def _openvino_systems(engines: Path, prompts: list[str], call: dict[str, Any]) -
     """runtime.Generator on OpenVINO (CPU) over the same fp32 artifacts: f32, and bf16 where the CPU has it.
     Returns the systems and, for those that cannot run here, why."""
     from runtime.generator import Generator
-    from runtime.openvino_runner import openvino_unavailable_reason
+    from runtime.backends.openvino import openvino_unavailable_reason
     from runtime.options import OpenVINOPrecision
 
     systems, skipped = [], {}

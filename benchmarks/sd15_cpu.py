@@ -128,7 +128,7 @@ def _ask(conn: Any, message: Any = "noop") -> dict[str, Any]:
 
 def available_systems() -> tuple[list[str], dict[str, str]]:
     """The systems this machine runs, and why the others cannot run here (OpenVINO missing, or a CPU without bf16)."""
-    from runtime.openvino_runner import openvino_unavailable_reason
+    from runtime.backends.openvino import openvino_unavailable_reason
     from runtime.options import OpenVINOPrecision
 
     openvino = {SYSTEMS[3]: OpenVINOPrecision.F32, SYSTEMS[4]: OpenVINOPrecision.BF16}

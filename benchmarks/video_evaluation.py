@@ -13,7 +13,7 @@ baseline difference over (clip, edit) pairs with its 95% interval.
 ``--blend-region box`` grows each source object to its bounding box first (:func:`source_region`), so an edit to
 another shape of the same size has room (a triangle's foreground leaves no room for a circle's upper half).
 ``--region-noise L`` (with blending) mixes fresh noise into the inverted x_T inside the region
-(:meth:`runtime.video_editing.FrameFoldedEditing.sample`): the inversion carries the source object's outline, and an
+(:meth:`runtime.frame_folded_editing.FrameFoldedEditing.sample`): the inversion carries the source object's outline, and an
 edit to another shape inherits it (a triangle edited into a circle comes out a rounded square); 1 draws the region anew
 while the blend still holds the rest to the source. ``--clip-seed S`` draws another set of source clips (settings
 chosen on one set can be checked on another); ``--clip-set unseen`` keeps only clips whose caption and whose edits'
@@ -53,7 +53,7 @@ from contextdiff_ref.video.metrics import ClipScore, paired_clip_difference, sco
 from runtime.cli import CLI_ERRORS, TIMED, Parser, error_exit, setup_logging
 from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.files import atomic_write, atomic_write_json
-from runtime.video_editing import validate_region_noise
+from runtime.frame_folded_editing import validate_region_noise
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +165,9 @@ def source_region(frames: np.ndarray, dilation: int, region: str = "foreground")
     1. foreground: the pixels whose largest channel is > 0.5 (the dataset reader's threshold);
     2. ``region="box"``: each object on each frame (8-connected component of the foreground) replaced by its
        bounding box — room for any shape of its size at its centre;
-    3. grown by ``dilation`` pixels (:func:`runtime.video_editing.dilate`).
+    3. grown by ``dilation`` pixels (:func:`runtime.video_io.dilate`).
     """
-    from runtime.video_editing import dilate
+    from runtime.video_io import dilate
 
     if region not in REGIONS:
         raise InvalidArgumentError("region", region, f"one of {REGIONS}")

@@ -44,7 +44,7 @@ def systems(model_dir: Path, workdir: Path, steps: int) -> tuple[list[VideoSyste
     and why; the frame count."""
     from contextdiff_ref.video.pipeline import VideoEditPipeline
     from export.build import BuildOptions, build_engine_dir
-    from runtime.openvino_runner import openvino_unavailable_reason
+    from runtime.backends.openvino import openvino_unavailable_reason
     from runtime.options import BuildBackend, OpenVINOPrecision, Precision
     from runtime.video_editor import VideoEditor
     from runtime.video_io import read_video

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from runtime import cuda_driver
+from runtime.backends import cuda_driver
 from runtime.files import atomic_path
 from runtime.specs import ComponentSpec, ModelDims, Profile
 

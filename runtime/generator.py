@@ -9,7 +9,6 @@ on threading.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -20,127 +19,18 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from runtime import cuda_driver
+from runtime.backends.base import Runner
+from runtime.backends.selection import check_device, load_backend
 from runtime.errors import InvalidArgumentError
 from runtime.images import GenerationOutput, to_images
 from runtime.manifest import EngineManifest, load_manifest
-from runtime.openvino_runner import OpenVINORunner, openvino_unavailable_reason
-from runtime.options import BACKENDS, CPU_BACKENDS, OpenVINOPrecision, PlanRuntime
-from runtime.runners import OnnxRuntimeRunner, Runner
+from runtime.options import OpenVINOPrecision
 from runtime.sampling import LocalBlend, StepOutput, generate, invert
 from runtime.schedule import Schedule, SchedulerConfig
 from runtime.specs import SPECS, Component, batch_range
-from runtime.tensorrt_runner import import_tensorrt, install_hint, tensorrt_module_name
 from runtime.validation import GenerationRequest, check_strength, merge_requests, validate_inversion, validate_request
 
 logger = logging.getLogger(__name__)
-
-OPENVINO_CACHE = "openvino-cache"  # inside the engine directory: OpenVINO's compiled models, keyed by artifact and version
-
-
-def _gpu_ready() -> bool:
-    """A GPU the CUDA driver shows, and CuPy to hold the loop's arrays on it."""
-    return cuda_driver.device_count() > 0 and importlib.util.find_spec("cupy") is not None
-
-
-def _plan_runtime(manifest: EngineManifest) -> PlanRuntime | None:
-    """The TensorRT the directory's plans need (one build makes them all alike), or None without plans."""
-    kinds = {a.plan_runtime for a in manifest.components.values() if a.plan is not None}
-    if len(kinds) != 1 or any(a.plan is None for a in manifest.components.values()):
-        return None
-    return kinds.pop()
-
-
-def _parse_precision(precision: str | OpenVINOPrecision | None) -> OpenVINOPrecision | None:
-    if precision is None or isinstance(precision, OpenVINOPrecision):
-        return precision
-    try:
-        return OpenVINOPrecision(precision)
-    except ValueError:
-        raise InvalidArgumentError("precision", precision, f"None or one of {[p.value for p in OpenVINOPrecision]} (the openvino backend's)") from None
-
-
-def _check_device(device: int | None) -> None:
-    if device is not None and (isinstance(device, bool) or not isinstance(device, int) or device < 0):
-        raise InvalidArgumentError("device", device, "None or a CUDA device index >= 0")
-
-
-def _pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPrecision | None = None) -> tuple[str, OpenVINOPrecision | None]:
-    """(backend, OpenVINO precision or None). auto: TensorRT (plans present and the TensorRT they need — full or lean —
-    importable), then ONNX Runtime CUDA; on the CPU, OpenVINO where bf16 is wanted (``precision`` or the manifest) and
-    the CPU has it, else ONNX Runtime CPU (OpenVINO f32 would write a compiled copy of every component into the engine
-    directory on first load, which auto does not do unasked: README, "CPU backends")."""
-    if backend not in BACKENDS:
-        raise InvalidArgumentError("backend", backend, f"one of {', '.join(map(repr, BACKENDS))} ('torch': contextdiff_ref.pipelines.torch_runner.torch_generator)")
-    if precision is not None and backend not in ("auto", "openvino"):
-        raise InvalidArgumentError("precision", precision.value, f"None with backend {backend!r}: only the openvino backend takes a precision "
-                                   "(the other backends run the artifacts' own precision, chosen at build time)")  # fmt: skip
-    if backend == "openvino" or (backend == "auto" and precision is not None):
-        wanted = precision or manifest.openvino_precision
-        if why := openvino_unavailable_reason(wanted):
-            raise InvalidArgumentError("backend", backend, f"a backend this machine can run: OpenVINO {wanted.value} cannot run here: {why}")
-        return "openvino", wanted
-    import onnxruntime as ort
-
-    plan_runtime = _plan_runtime(manifest)
-    trt_module = tensorrt_module_name(plan_runtime) if plan_runtime else None
-    trt_ok = trt_module is not None and _gpu_ready()
-    cuda_ok = "CUDAExecutionProvider" in ort.get_available_providers() and _gpu_ready()
-    if backend == "tensorrt" and not trt_ok:
-        if plan_runtime is None:
-            why = "the engine directory has no TensorRT plans; rebuild with --backend tensorrt"
-        elif trt_module is None:
-            version = next(iter(manifest.components.values())).plan_info["builder_version"]
-            why = f"its plans need the {plan_runtime.value} TensorRT runtime {version}, which is not installed ({install_hint(plan_runtime, version)})"
-        else:
-            why = "no CUDA GPU (with CuPy) is available"
-        raise InvalidArgumentError("backend", backend, f"a backend this machine can run: {why}; or use 'auto'")
-    if backend == "onnxruntime-cuda" and not cuda_ok:
-        raise InvalidArgumentError("backend", backend, "a backend this machine can run: needs onnxruntime-gpu, CuPy and a CUDA GPU")
-    if backend == "auto":
-        if trt_ok or cuda_ok:
-            return ("tensorrt" if trt_ok else "onnxruntime-cuda"), None
-        if manifest.openvino_precision is OpenVINOPrecision.BF16:
-            if (why := openvino_unavailable_reason(OpenVINOPrecision.BF16)) is None:
-                return "openvino", OpenVINOPrecision.BF16
-            logger.warning("%s asks for OpenVINO bf16 on the CPU, but %s: running its fp32 artifacts with ONNX Runtime at full precision",
-                           manifest.root, why)  # fmt: skip
-        return "onnxruntime-cpu", None
-    if backend == "onnxruntime":
-        return ("onnxruntime-cuda" if cuda_ok else "onnxruntime-cpu"), None
-    return backend, None
-
-
-def _openvino_streams(manifest: EngineManifest) -> int:
-    """OpenVINO streams a call's batch is split over (runtime.openvino_runner): for a video model two where the CPU has
-    two or more, each part whole videos (the default video edit on a 2-core Xeon: 3.32 → 3.04 s, the same frames); an
-    image model's calls run whole (one image's guided batch of 2 split in two ran 2% slower there)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(2, cpus) if manifest.num_frames else 1
-
-
-def _runners(manifest: EngineManifest, backend: str, device_id: int, precision: OpenVINOPrecision | None = None) -> dict[Component, Runner]:
-    if backend == "openvino":
-        cache, streams, unit = manifest.root / OPENVINO_CACHE, _openvino_streams(manifest), manifest.num_frames or 1
-        return {c: OpenVINORunner(SPECS[c], a.onnx, precision=precision, cache_root=cache, artifact_sha256=a.onnx_sha256, streams=streams, batch_unit=unit)
-                for c, a in manifest.components.items()}  # fmt: skip
-    if backend == "tensorrt":
-        from runtime.manifest import check_tensorrt_plan
-        from runtime.tensorrt_runner import TensorRTRunner
-
-        plan_runtime = _plan_runtime(manifest)
-        trt = import_tensorrt(plan_runtime)
-        capability = cuda_driver.gpu_info(device_id).compute_capability  # "9.0", as the exporter records it
-        runners: dict[Component, Runner] = {}
-        for component, artifacts in manifest.components.items():
-            check_tensorrt_plan(artifacts, trt.__version__, capability)
-            runners[component] = TensorRTRunner(SPECS[component], artifacts.plan, manifest.dims, artifacts.profile, device_id=device_id,
-                                                plan_runtime=plan_runtime)  # fmt: skip
-        logger.info("TensorRT plans run by %s %s", trt.__name__, trt.__version__)
-        return runners
-    cuda = backend == "onnxruntime-cuda"
-    return {c: OnnxRuntimeRunner(SPECS[c], a.onnx, model=manifest.dims, cuda=cuda, device_id=device_id) for c, a in manifest.components.items()}
-
 
 class Generator:
     """Text-to-image generation from an engine directory.
@@ -180,7 +70,7 @@ class Generator:
         inference precision, "f32" or "bf16" (None: what the engine directory records, else f32); only the openvino
         backend takes one, and bf16 on a CPU without bf16 instructions is refused, never run at f32.
         """
-        _check_device(device)
+        check_device(device)
         manifest = load_manifest(engine_dir)
         if manifest.num_frames is not None:
             raise InvalidArgumentError("engine_dir", str(engine_dir), f"an image model's engine directory: this one is a video model's "
@@ -192,19 +82,10 @@ class Generator:
              precision: str | OpenVINOPrecision | None = None) -> Generator:  # fmt: skip
         """:meth:`from_dir` for a loaded, validated manifest, of an image model or (frames folded into the batch, as
         ``runtime.VideoEditor`` runs it) of a video model."""
-        _check_device(device)
-        wanted = _parse_precision(precision)
-        engine_dir = manifest.root
-        chosen, ov_precision = _pick_backend(backend, manifest, wanted)
-        on_cpu = chosen in CPU_BACKENDS
-        if not on_cpu and (device or 0) >= cuda_driver.device_count():
-            raise InvalidArgumentError("device", device, f"a CUDA device index below {cuda_driver.device_count()} (the devices the driver shows)")
-        runners = _runners(manifest, chosen, device or 0, ov_precision)
-        logger.info("Generator: %s backend%s for %s", chosen, f" ({ov_precision.value})" if ov_precision else "", engine_dir)
-        xp = np
-        if not on_cpu:
-            import cupy as xp  # noqa: F811
-        return cls(manifest, runners, chosen, xp=xp, device_id=device or 0, precision=ov_precision.value if ov_precision else None)
+        chosen = load_backend(manifest, backend, device, precision)
+        logger.info("Generator: %s backend%s for %s", chosen.name, f" ({chosen.precision.value})" if chosen.precision else "", manifest.root)
+        return cls(manifest, chosen.runners, chosen.name, xp=chosen.xp, device_id=chosen.device_id,
+                   precision=chosen.precision.value if chosen.precision else None)  # fmt: skip
 
     def close(self) -> None:
         for runner in self.runners.values():

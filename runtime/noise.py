@@ -4,7 +4,7 @@ Order of draws from ``numpy.random.Generator(numpy.random.PCG64(seed))``, all ``
 
 1. the initial noise x_T, shape (N, C, h, w) — drawn even when the caller passes ``latents=``, so the
    per-step noise below does not depend on whether latents were given (a video edit with ``region_noise``,
-   :mod:`runtime.video_editing`, mixes this draw into its inverted x_T inside the mask);
+   :mod:`runtime.frame_folded_editing`, mixes this draw into its inverted x_T inside the mask);
 2. only when η > 0: the per-step noise z, shape (num_steps, N, C, h, w), one draw; z[i] is used at step i
    (also at a step whose σ is 0, where it is simply not added).
 

@@ -21,11 +21,11 @@ import os
 import numpy as np
 
 from runtime.errors import InvalidArgumentError
+from runtime.frame_folded_editing import FrameFoldedEditing, recorder
 from runtime.generator import Generator
 from runtime.manifest import EngineManifest, load_manifest
 from runtime.options import OpenVINOPrecision
 from runtime.validation import validate_caption
-from runtime.video_editing import FrameFoldedEditing, recorder
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class VideoEditor(FrameFoldedEditing):
                progress: bool = True, trajectory: list[np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
         """x_T (F, C, h, w) float32 of the frames, inverted with the source prompt (x_t part way for ``strength`` < 1):
         1. encode the frames to x_0; 2. contextual DDIM inversion, no guidance (method doc §7). ``trajectory`` as in
-        :meth:`runtime.video_editing.FrameFoldedEditing.invert`."""
+        :meth:`runtime.frame_folded_editing.FrameFoldedEditing.invert`."""
         frames = self.check_video(video)
         validate_caption("source_prompt", source_prompt)
         gen = self.generator

@@ -1,5 +1,6 @@
 """Reading and writing videos through imageio: mp4 (and other ffmpeg formats) via imageio-ffmpeg, GIF via Pillow.
-Torch-free: the runtime's video editor and the reference share it.
+Torch-free: the runtime's video editor and the reference share it, with the edit-region masks read from such files
+(:func:`read_mask`, grown by :func:`dilate`).
 
 Frames are float32 (F, H, W, 3) in [0, 1], like the image API. mp4 is written with libx264 at ``-crf 0`` and full
 chroma (yuv444p), so a round trip changes a pixel by at most 1/255; GIF is exact for up to 256 colours, but Pillow
@@ -69,12 +70,23 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8
     return p
 
 
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` (..., H, W) bool grown by ``pixels`` steps to the 4 neighbours (a diamond of that radius)."""
+    out = np.asarray(mask, dtype=bool).copy()
+    for _ in range(pixels):
+        grown = out.copy()
+        grown[..., 1:, :] |= out[..., :-1, :]
+        grown[..., :-1, :] |= out[..., 1:, :]
+        grown[..., :, 1:] |= out[..., :, :-1]
+        grown[..., :, :-1] |= out[..., :, 1:]
+        out = grown
+    return out
+
+
 def read_mask(path: str | os.PathLike[str], num_frames: int, dilation: int = 0) -> np.ndarray:
     """An edit region from a video file: (num_frames, H, W) bool, True where a frame's largest channel is > 0.5,
-    grown by ``dilation`` pixels (:func:`runtime.video_editing.dilate`). One frame (a still GIF: its writers merge
-    identical frames) applies to every frame."""
-    from runtime.video_editing import dilate
-
+    grown by ``dilation`` pixels (:func:`dilate`). One frame (a still GIF: its writers merge identical frames) applies
+    to every frame."""
     if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
         raise InvalidArgumentError("mask_dilation", dilation, "an integer >= 0 (pixels)")
     region = read_video(path).max(axis=-1) > 0.5

@@ -9,7 +9,7 @@ import re
 import pytest
 
 ALLOWED_SKIPS = {
-    "no TensorRT builder": r"TensorRT|tensorrt",  # export/test_tensorrt.py, runtime/test_tensorrt_runner.py (and "usable here" on GPU machines)
+    "no TensorRT builder": r"TensorRT|tensorrt",  # export/test_tensorrt.py, runtime/backends/test_tensorrt.py (and "usable here" on GPU machines)
     "a CUDA GPU / provider present or absent": r"CUDA GPU is visible here|has the CUDA provider",
     "a CPU with or without bf16": r"this CPU has bf16|bf16 cannot run on this CPU",
     "not Linux (RSS, CPU flags from /proc)": r"Linux only",

@@ -43,7 +43,8 @@ def test_cli_errors_are_one_clear_line(pixel_model_dir, tmp_path):
 
 def test_import_runtime_stays_lean():
     code = ("import sys, runtime, runtime.schedule, runtime.sampling, runtime.validation, runtime.noise, runtime.images, "
-            "runtime.specs, runtime.manifest, runtime.runners, runtime.generator, runtime.__main__; "
+            "runtime.specs, runtime.manifest, runtime.backends.ort, runtime.backends.openvino, runtime.backends.tensorrt, "
+            "runtime.backends.selection, runtime.generator, runtime.__main__; "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy")  # fmt: skip
     result = run("-c", code)

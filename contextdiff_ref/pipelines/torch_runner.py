@@ -16,9 +16,9 @@ import torch
 
 from contextdiff_ref.models.graphs import graph_modules
 from contextdiff_ref.models.model_dir import load_model_dir
+from runtime.backends.base import RunnerBase
 from runtime.generator import Generator
 from runtime.manifest import load_manifest
-from runtime.runners import RunnerBase
 from runtime.specs import SPECS, ComponentSpec
 
 logger = logging.getLogger(__name__)

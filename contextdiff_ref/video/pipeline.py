@@ -18,8 +18,8 @@ import torch
 
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from contextdiff_ref.video.model_dir import VideoComponents, load_video_model_dir, save_video_model_dir
+from runtime.frame_folded_editing import FrameFoldedEditing, recorder
 from runtime.validation import validate_caption
-from runtime.video_editing import FrameFoldedEditing, recorder
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class VideoEditPipeline(FrameFoldedEditing):
     def invert(self, video: np.ndarray, source_prompt: str, num_inference_steps: int = 50, *, strength: float = 1.0,
                progress: bool = True, trajectory: list[np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
         """Steps 1–2: x_T (F, C, h, w) float32 of the frames, inverted with the source prompt (x_t part way for
-        ``strength`` < 1); ``trajectory`` as in :meth:`runtime.video_editing.FrameFoldedEditing.invert`."""
+        ``strength`` < 1); ``trajectory`` as in :meth:`runtime.frame_folded_editing.FrameFoldedEditing.invert`."""
         frames = self.check_video(video)
         validate_caption("source_prompt", source_prompt)
         record = None if trajectory is None else recorder(trajectory)  # checks it

@@ -13,8 +13,7 @@ from benchmarks import video_evaluation as evaluate
 from benchmarks.video_evaluation import METHODS, EditSettings, markdown_table, run_edits, score_edits
 from contextdiff_ref.video.data import MovingObject, clip_caption, clip_edits, evaluation_clips, render_clip
 from runtime.errors import ContextDiffError, InvalidArgumentError
-from runtime.video_editing import dilate
-from runtime.video_io import read_video
+from runtime.video_io import dilate, read_video
 
 
 def test_report_on_known_frames():

@@ -204,9 +204,9 @@ def test_engine_directory_faults(engine_copy, how):
 
 
 def test_gpu_backends_are_clear_errors_where_unavailable(pixel_fp32_dir):
-    from runtime.generator import _gpu_ready
+    from runtime.backends.selection import gpu_ready
 
-    if _gpu_ready():
+    if gpu_ready():
         pytest.skip("a CUDA GPU is visible here; this test is about machines without one")
     with pytest.raises(InvalidArgumentError, match="no TensorRT plans"):
         Generator.from_dir(pixel_fp32_dir, backend="tensorrt")

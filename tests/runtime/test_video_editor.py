@@ -131,7 +131,7 @@ def test_default_video_model_parity_openvino(default_video, reference_edit, fp32
 def test_local_blend_confines_the_edit_to_the_mask(default_video, fp32_engines):
     """A ``mask`` (local blending): the runtime's masked edit matches the reference's (fp32 ≥ 60 dB); outside the mask
     the frames come back as the source, a full mask is the unmasked edit exactly, an empty one the source."""
-    from runtime.video_editing import dilate
+    from runtime.video_io import dilate
 
     _, video, source = default_video
     mask = dilate(video.max(axis=-1) > 0.5, 2)  # the source's object grown by 2 px: what the evaluation blends with
@@ -172,7 +172,7 @@ def test_region_noise_mixes_the_seeds_noise_into_the_region(default_video, fp32_
     """``region_noise`` λ: the edit equals one from x_T mixed by hand — m · (√(1 − λ) x_T + √λ ε) + (1 − m) · x_T, ε
     the seed's initial-noise draw (runtime.noise) — in the reference and the runtime alike (fp32 ≥ 60 dB); outside the
     mask the frames stay the source; another seed gives another edit, 0 the plain masked edit; bad values refused."""
-    from runtime.video_editing import dilate
+    from runtime.video_io import dilate
 
     _, video, source = default_video
     mask = dilate(video.max(axis=-1) > 0.5, 1)

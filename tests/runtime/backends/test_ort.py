@@ -1,7 +1,6 @@
-"""The runners' GPU code paths that can run on the CPU: ONNX Runtime I/O binding (the CUDA runner's code, binding
-NumPy arrays instead of CuPy ones), the Generator's device handling on a CuPy-like array module, the CUDA
-provider check, and the CUDA driver query the exporter and the generator
-share. What only a GPU can run is run by ``python -m benchmarks.gpu_check``."""
+"""The ONNX Runtime runner's GPU code paths that can run on the CPU: I/O binding (the CUDA runner's code, binding
+NumPy arrays instead of CuPy ones), the Generator's device handling on a CuPy-like array module and the CUDA
+provider check. What only a GPU can run is run by ``python -m benchmarks.gpu_check``."""
 
 from __future__ import annotations
 
@@ -9,11 +8,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from runtime import cuda_driver
+from runtime.backends.ort import OnnxRuntimeRunner
 from runtime.errors import InvalidArgumentError
 from runtime.generator import Generator
 from runtime.manifest import load_manifest
-from runtime.runners import OnnxRuntimeRunner
 from runtime.specs import SPECS
 
 
@@ -115,51 +113,3 @@ def test_a_cuda_runner_refuses_onnx_runtimes_silent_cpu_fallback(latent_fp32_dir
     with pytest.raises(RuntimeError, match="could not load its CUDA execution provider.*onnxruntime-gpu"):
         runner.activate()
     assert not runner.active and runner.session is None
-
-
-def test_the_cuda_driver_answers_without_torch():
-    count = cuda_driver.device_count()
-    assert isinstance(count, int) and count >= 0
-    if count == 0:
-        for ask in (cuda_driver.gpu_info, cuda_driver.memory_in_use):
-            with pytest.raises(cuda_driver.CudaUnavailable, match="CUDA"):
-                ask(0)
-    else:
-        info = cuda_driver.gpu_info(0)
-        assert info.name and info.total_memory_bytes > 2**30
-        assert info.compute_capability.count(".") == 1 and all(part.isdigit() for part in info.compute_capability.split("."))
-        assert 0 < cuda_driver.memory_in_use(0) <= info.total_memory_bytes
-        with pytest.raises(cuda_driver.CudaUnavailable, match="does not exist"):
-            cuda_driver.gpu_info(count)
-
-
-def test_tensorrt_graph_bookkeeping():
-    """When the TensorRT runner rebinds, runs, captures or replays (runtime/tensorrt_runner.py; the TensorRT calls
-    themselves need a GPU)."""
-    from runtime.tensorrt_runner import GraphBook
-
-    book = GraphBook(max_graphs=2)
-    a, b, c = ((2, 4, 8, 8),), ((1, 4, 8, 8),), ((2, 4, 16, 16),)
-    seen = []
-    for key in [a, a, a, b, a, b, b, c, c, c]:
-        action = book.next(key)
-        seen.append((action.rebind, action.how))
-        if action.how == "capture":
-            book.captured(key, f"graph{key}")
-    assert seen == [
-        (True, "run"),  # a new shape: bind, and the one plain enqueue TensorRT wants before a capture
-        (False, "capture"),
-        (False, "replay"),
-        (True, "run"),  # b: new shape
-        (True, "replay"),  # back to a: shapes set again, its graph replayed
-        (True, "run"),  # b was never run right before itself: another plain enqueue after the shape change
-        (False, "capture"),
-        (True, "run"),  # c: new
-        (False, "run"),  # the graph limit (2) is reached: c stays uncaptured
-        (False, "run"),
-    ]
-    book.clear()  # a closed runner: nothing bound, nothing captured
-    action = book.next(a)
-    assert (action.rebind, action.how) == (True, "run") and book.graphs == {}
-    plain = GraphBook(max_graphs=0)  # cuda_graphs=False
-    assert [(x.rebind, x.how) for x in (plain.next(a), plain.next(a))] == [(True, "run"), (False, "run")]

@@ -10,12 +10,12 @@ import shutil
 import pytest
 
 from export.tensorrt_build import config_flags
-from runtime import generator as generator_module
+from runtime.backends import selection
+from runtime.backends.tensorrt import install_hint, tensorrt_module_name
 from runtime.errors import InvalidArgumentError
 from runtime.manifest import EngineDirectoryError, check_tensorrt_plan, load_manifest, sha256_file
 from runtime.options import PlanRuntime
 from runtime.specs import Component
-from runtime.tensorrt_runner import install_hint, tensorrt_module_name
 
 
 def test_lean_plans_are_built_version_compatible_without_the_lean_runtime_inside():
@@ -47,10 +47,10 @@ def _with_plans(src, dst, runtime: str | None, version: str = "10.16.1.11"):
 def test_the_manifest_records_which_tensorrt_runs_the_plans(latent_fp32_dir, tmp_path):
     lean = load_manifest(_with_plans(latent_fp32_dir, tmp_path / "lean", "lean"))
     assert {a.plan_runtime for a in lean.components.values()} == {PlanRuntime.LEAN}
-    assert generator_module._plan_runtime(lean) is PlanRuntime.LEAN
+    assert selection.plan_runtime(lean) is PlanRuntime.LEAN
     older = load_manifest(_with_plans(latent_fp32_dir, tmp_path / "older", None))  # before the field existed: full TensorRT
-    assert generator_module._plan_runtime(older) is PlanRuntime.FULL
-    assert generator_module._plan_runtime(load_manifest(latent_fp32_dir)) is None  # ONNX only
+    assert selection.plan_runtime(older) is PlanRuntime.FULL
+    assert selection.plan_runtime(load_manifest(latent_fp32_dir)) is None  # ONNX only
     with pytest.raises(EngineDirectoryError, match="malformed"):
         load_manifest(_with_plans(latent_fp32_dir, tmp_path / "bad", "fast"))
 
@@ -58,22 +58,22 @@ def test_the_manifest_records_which_tensorrt_runs_the_plans(latent_fp32_dir, tmp
 def test_the_generator_picks_the_tensorrt_the_plans_need(latent_fp32_dir, tmp_path, monkeypatch):
     lean = load_manifest(_with_plans(latent_fp32_dir, tmp_path / "lean", "lean"))
     full = load_manifest(_with_plans(latent_fp32_dir, tmp_path / "full", "full"))
-    monkeypatch.setattr(generator_module, "_gpu_ready", lambda: True)  # the choice, not the GPU, is under test
+    monkeypatch.setattr(selection, "gpu_ready", lambda: True)  # the choice, not the GPU, is under test
     found = {PlanRuntime.LEAN: "tensorrt_lean", PlanRuntime.FULL: None}
-    monkeypatch.setattr(generator_module, "tensorrt_module_name", found.get)
-    assert generator_module._pick_backend("auto", lean)[0] == "tensorrt"
-    assert generator_module._pick_backend("tensorrt", lean)[0] == "tensorrt"
-    assert generator_module._pick_backend("auto", full)[0] != "tensorrt"  # full TensorRT missing: ONNX Runtime instead
+    monkeypatch.setattr(selection, "tensorrt_module_name", found.get)
+    assert selection.pick_backend("auto", lean)[0] == "tensorrt"
+    assert selection.pick_backend("tensorrt", lean)[0] == "tensorrt"
+    assert selection.pick_backend("auto", full)[0] != "tensorrt"  # full TensorRT missing: ONNX Runtime instead
     with pytest.raises(InvalidArgumentError, match=r"full TensorRT runtime 10\.16\.1\.11, which is not installed \(pip install tensorrt-cu12==10\.16\.1\.11\)"):
-        generator_module._pick_backend("tensorrt", full)
-    monkeypatch.setattr(generator_module, "tensorrt_module_name", lambda runtime: None)
+        selection.pick_backend("tensorrt", full)
+    monkeypatch.setattr(selection, "tensorrt_module_name", lambda runtime: None)
     with pytest.raises(InvalidArgumentError, match=r"pip install tensorrt-lean-cu12-libs==10\.16\.1\.11 tensorrt-lean-cu12-bindings==10\.16\.1\.11"):
-        generator_module._pick_backend("tensorrt", lean)
-    monkeypatch.setattr(generator_module, "tensorrt_module_name", found.get)
-    monkeypatch.setattr(generator_module, "_gpu_ready", lambda: False)
+        selection.pick_backend("tensorrt", lean)
+    monkeypatch.setattr(selection, "tensorrt_module_name", found.get)
+    monkeypatch.setattr(selection, "gpu_ready", lambda: False)
     with pytest.raises(InvalidArgumentError, match="no CUDA GPU"):
-        generator_module._pick_backend("tensorrt", lean)
-    assert generator_module._pick_backend("auto", lean)[0] == "onnxruntime-cpu"
+        selection.pick_backend("tensorrt", lean)
+    assert selection.pick_backend("auto", lean)[0] == "onnxruntime-cpu"
 
 
 def test_a_lean_plan_needs_the_builders_exact_version(latent_fp32_dir, tmp_path):
@@ -89,7 +89,7 @@ def test_a_lean_plan_needs_the_builders_exact_version(latent_fp32_dir, tmp_path)
 @pytest.mark.skipif(tensorrt_module_name(PlanRuntime.LEAN) is None, reason="the tensorrt_lean wheels are not installed")
 def test_the_lean_wheel_has_every_call_the_runner_makes():
     """The runner's calls, checked against the real lean bindings (they import without a GPU)."""
-    from runtime.tensorrt_runner import import_tensorrt
+    from runtime.backends.tensorrt import import_tensorrt
 
     trt = import_tensorrt(PlanRuntime.LEAN)
     assert trt.__version__.split(".")[0] in ("10", "11")

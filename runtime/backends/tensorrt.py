@@ -21,9 +21,9 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 
+from runtime.backends.base import RunnerBase
 from runtime.errors import RunnerError
 from runtime.options import PlanRuntime
-from runtime.runners import RunnerBase
 from runtime.specs import ComponentSpec, ModelDims, Profile
 
 logger = logging.getLogger(__name__)

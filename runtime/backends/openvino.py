@@ -43,10 +43,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from runtime.backends.base import Array, RunnerBase
 from runtime.errors import ContextDiffError, InvalidArgumentError, first_line
 from runtime.files import staging_dir
 from runtime.options import OpenVINOPrecision
-from runtime.runners import Array, RunnerBase
 from runtime.specs import ComponentSpec
 
 logger = logging.getLogger(__name__)

@@ -19,19 +19,6 @@ from runtime.sampling import LocalBlend, StepOutput
 from runtime.validation import inverted_size, validate_caption, validate_mask, validate_video
 
 
-def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """``mask`` (..., H, W) bool grown by ``pixels`` steps to the 4 neighbours (a diamond of that radius)."""
-    out = np.asarray(mask, dtype=bool).copy()
-    for _ in range(pixels):
-        grown = out.copy()
-        grown[..., 1:, :] |= out[..., :-1, :]
-        grown[..., :-1, :] |= out[..., 1:, :]
-        grown[..., :, 1:] |= out[..., :, :-1]
-        grown[..., :, :-1] |= out[..., :, 1:]
-        out = grown
-    return out
-
-
 def validate_region_noise(value: Any, has_region: bool, region: str = "mask=") -> float:
     """``region_noise``: a number in [0, 1]; above 0 only with a region (``region`` names how one is given)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:

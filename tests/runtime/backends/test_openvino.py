@@ -12,15 +12,16 @@ import numpy as np
 import openvino as ov  # the test extra installs it: a broken import fails, it does not skip
 import pytest
 
-import runtime.generator as generator_module
 from export.build import BuildOptions, build_engine_dir
-from runtime import openvino_runner
+from runtime.backends import openvino as openvino_backend
+from runtime.backends import selection
+from runtime.backends.openvino import OpenVINORunner, OpenVINOUnavailableError, bf16_unsupported_reason, cache_key, compile_cached
+from runtime.backends.ort import OnnxRuntimeRunner
+from runtime.backends.selection import OPENVINO_CACHE
 from runtime.errors import InvalidArgumentError
-from runtime.generator import OPENVINO_CACHE, Generator
+from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError, load_manifest
-from runtime.openvino_runner import OpenVINORunner, OpenVINOUnavailableError, bf16_unsupported_reason, cache_key, compile_cached
 from runtime.options import BuildBackend, OpenVINOPrecision
-from runtime.runners import OnnxRuntimeRunner
 from runtime.specs import SPECS, Component
 from tests.parity import compare, psnr, record
 
@@ -90,7 +91,7 @@ def test_bf16_is_refused_on_a_cpu_without_it(engines, monkeypatch):
     with pytest.raises(OpenVINOUnavailableError, match="bf16"):
         OpenVINORunner(SPECS[Component.UNET], artifacts.onnx, precision=OpenVINOPrecision.BF16).activate()
     # Were the capability check fooled, OpenVINO would compile at f32 without a word: the read-back catches it.
-    monkeypatch.setattr(openvino_runner, "bf16_unsupported_reason", lambda core: None)
+    monkeypatch.setattr(openvino_backend, "bf16_unsupported_reason", lambda core: None)
     with pytest.raises(OpenVINOUnavailableError, match=r"compiled for 'f32' although 'bf16' was asked for"):
         OpenVINORunner(SPECS[Component.UNET], artifacts.onnx, precision=OpenVINOPrecision.BF16).activate()
 
@@ -178,7 +179,7 @@ def test_a_damaged_cache_entry_is_recompiled(engines, caplog):
     assert len(blobs) == 6  # each component's dynamic model and one static-shape model
     for i, blob in enumerate(blobs):  # one truncated, the others garbage
         blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2] if i == 0 else b"not a blob" * 100)
-    with caplog.at_level(logging.WARNING, logger="runtime.openvino_runner"):
+    with caplog.at_level(logging.WARNING, logger="runtime.backends.openvino"):
         gen = Generator.from_dir(engines, backend="openvino")
         assert not any(r.loaded_from_cache for r in gen.runners.values()) and "was not usable" in caplog.text
         assert np.array_equal(_generate(gen), expected)
@@ -228,7 +229,7 @@ def test_an_unwritable_cache_is_skipped_with_a_warning(pixel_fp32_dir, tmp_path,
     (tmp_path / "file").write_text("not a directory")
     artifacts = load_manifest(pixel_fp32_dir).components[Component.ADAPTER]
     runner = OpenVINORunner(SPECS[Component.ADAPTER], artifacts.onnx, cache_root=tmp_path / "file" / "cache", artifact_sha256=artifacts.onnx_sha256)
-    with caplog.at_level(logging.WARNING, logger="runtime.openvino_runner"):
+    with caplog.at_level(logging.WARNING, logger="runtime.backends.openvino"):
         runner.activate()
     assert runner.active and "not writable" in caplog.text
 
@@ -243,18 +244,18 @@ def test_precision_recorded_at_build_time(pixel_model_dir, pixel_fp32_dir, tmp_p
     assert load_manifest(pixel_fp32_dir).openvino_precision is OpenVINOPrecision.F32
     # auto: OpenVINO bf16 where it can run, else ONNX Runtime at full precision, saying why
     if NO_BF16 is None:
-        assert generator_module._pick_backend("auto", manifest) == ("openvino", OpenVINOPrecision.BF16)
+        assert selection.pick_backend("auto", manifest) == ("openvino", OpenVINOPrecision.BF16)
     else:
-        with caplog.at_level(logging.WARNING, logger="runtime.generator"):
-            assert generator_module._pick_backend("auto", manifest) == ("onnxruntime-cpu", None)
+        with caplog.at_level(logging.WARNING, logger="runtime.backends.selection"):
+            assert selection.pick_backend("auto", manifest) == ("onnxruntime-cpu", None)
         assert "asks for OpenVINO bf16" in caplog.text and "no bf16 instructions" in caplog.text
         with pytest.raises(InvalidArgumentError, match="OpenVINO bf16 cannot run here"):
             Generator.from_dir(out, backend="openvino")  # the record is honoured or refused, never run at f32
         assert Generator.from_dir(out, backend="openvino", precision="f32").precision == "f32"  # the caller's word wins
-    monkeypatch.setattr(generator_module, "openvino_unavailable_reason", lambda precision: None)  # a bf16 CPU, as far as the choice goes
-    assert generator_module._pick_backend("auto", manifest) == ("openvino", OpenVINOPrecision.BF16)
-    assert generator_module._pick_backend("auto", load_manifest(pixel_fp32_dir)) == ("onnxruntime-cpu", None)  # f32: ONNX Runtime
-    assert generator_module._pick_backend("auto", manifest, OpenVINOPrecision.F32) == ("openvino", OpenVINOPrecision.F32)
+    monkeypatch.setattr(selection, "openvino_unavailable_reason", lambda precision: None)  # a bf16 CPU, as far as the choice goes
+    assert selection.pick_backend("auto", manifest) == ("openvino", OpenVINOPrecision.BF16)
+    assert selection.pick_backend("auto", load_manifest(pixel_fp32_dir)) == ("onnxruntime-cpu", None)  # f32: ONNX Runtime
+    assert selection.pick_backend("auto", manifest, OpenVINOPrecision.F32) == ("openvino", OpenVINOPrecision.F32)
 
 
 def test_bad_precision_and_records_are_clear_errors(pixel_model_dir, engines, tmp_path):
@@ -280,14 +281,14 @@ def test_a_graph_openvino_cannot_compile_is_one_clear_error(tmp_path):
 
 
 def test_openvino_missing_is_a_clear_error(engines, monkeypatch):
-    real_import = openvino_runner.importlib.import_module
+    real_import = openvino_backend.importlib.import_module
 
     def no_openvino(name, *args):
         if name == "openvino":
             raise ImportError("No module named 'openvino'")
         return real_import(name, *args)
 
-    monkeypatch.setattr(openvino_runner.importlib, "import_module", no_openvino)
+    monkeypatch.setattr(openvino_backend.importlib, "import_module", no_openvino)
     with pytest.raises(InvalidArgumentError, match=r"needs OpenVINO.*pip install openvino"):
         Generator.from_dir(engines, backend="openvino")
     assert Generator.from_dir(engines).backend == "onnxruntime-cpu"  # auto never needs it
