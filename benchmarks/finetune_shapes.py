@@ -59,6 +59,7 @@ from contextdiff_ref.training.finetune import FinetuneConfig, Finetuner, export_
 from contextdiff_ref.training.loop import CHECKPOINT, read_checkpoint, write_checkpoint
 from runtime.cli import CLI_ERRORS, TIMED, error_exit, setup_logging
 from runtime.files import atomic_directory, atomic_write_json
+from runtime.metrics import psnr
 from runtime.schedule import ContextualGuidance
 
 logger = logging.getLogger("benchmarks.finetune_shapes")
@@ -123,8 +124,7 @@ def reconstruction_scores(vae) -> dict:
         with torch.no_grad():
             recon = vae.decode(vae.encode(torch.from_numpy(x.astype(np.float32))).latent_dist.mean).sample.numpy()
         images = np.clip((recon + 1) / 2, 0, 1).transpose(0, 2, 3, 1)
-        mse = float(np.mean((images - ((x + 1) / 2).transpose(0, 2, 3, 1)) ** 2))
-        report[name] = {**summarize([score_image(i, s) for i, s in zip(images, scenes)]), "psnr_db": 10 * np.log10(1 / mse)}
+        report[name] = {**summarize([score_image(i, s) for i, s in zip(images, scenes)]), "psnr_db": psnr(images, ((x + 1) / 2).transpose(0, 2, 3, 1))}
     return report
 
 

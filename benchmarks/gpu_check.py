@@ -30,10 +30,10 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks.environment import environment, markdown as environment_markdown
-from benchmarks.parity import psnr
 from runtime.backends import cuda_driver
 from runtime.cli import setup_logging
 from runtime.files import atomic_write_json, atomic_write_text
+from runtime.metrics import psnr
 
 logger = logging.getLogger("benchmarks.gpu_check")
 GOAL = {"model": "sd15", "steps": 50, "vs_diffusers": 0.5, "seconds": 0.5}  # issue 12: SD-1.5 512 x 512, 50 steps, fp16, one H100

@@ -18,18 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime.cli import PLAIN, setup_logging
+from runtime.metrics import psnr, relative_l2
 from runtime.options import OpenVINOPrecision, choices
 
 logger = logging.getLogger("benchmarks.parity")
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
-    """10 log10(peak² / MSE) in float64 (images in [0, 1]: peak 1)."""
-    return float(10 * np.log10(peak**2 / max(np.mean((a.astype(np.float64) - b) ** 2), 1e-30)))
-
-
-def rel_error(got: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.linalg.norm(np.asarray(got, np.float64) - expected) / max(np.linalg.norm(np.asarray(expected, np.float64)), 1e-30))
 
 
 @dataclass
@@ -81,7 +73,7 @@ def compare_with_reference(model_dir: str | Path, engine_dir: str | Path, prompt
     assert images.shape == ref_images.shape and len(x0) == len(ref_x0)
     return ParityReport(
         image_psnr=psnr(images, ref_images), latent_psnr=psnr(latent, ref_latent, peak=float(ref_latent.max() - ref_latent.min())),
-        latent_rel_error=rel_error(latent, ref_latent), x0_rel_errors=[rel_error(b, a) for a, b in zip(ref_x0, x0)], seconds=seconds,
+        latent_rel_error=relative_l2(latent, ref_latent), x0_rel_errors=[relative_l2(b, a) for a, b in zip(ref_x0, x0)], seconds=seconds,
         images=images,
     )  # fmt: skip
 

@@ -30,6 +30,7 @@ from export.tensorrt_build import build_plan, compute_capability, tensorrt_statu
 from runtime.errors import ContextDiffError, InvalidArgumentError, first_line
 from runtime.files import TMP_PREFIX, atomic_write, atomic_write_text, staging_dir
 from runtime.manifest import BuildRecord, ComponentRecord, FileRecord, Manifest, ModelRecord, VideoRecord
+from runtime.metrics import relative_l2
 from runtime.options import BuildBackend, OpenVINOPrecision, PlanRuntime, Precision
 from runtime.specs import SPECS, Component, ModelDims, Profile, make_profile
 from runtime.validation import ModelLimits
@@ -123,7 +124,7 @@ def _fp16_error(fp32: Path, fp16: Path, feed: dict[str, np.ndarray]) -> float:
     b = _session_output(fp16, feed)
     if not np.all(np.isfinite(b)):
         return float("inf")
-    return float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-30))
+    return relative_l2(b, a)
 
 
 def _publish(files: list[Path], out_dir: Path, flavour: Flavour) -> dict[str, Any]:

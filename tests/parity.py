@@ -1,4 +1,4 @@
-"""Helpers shared by the parity tests: PSNR, runtime.Generator against the reference pipeline, engine-directory checks."""
+"""Helpers shared by the parity tests: runtime.Generator against the reference pipeline, engine-directory checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.parity import compare_with_reference, psnr  # noqa: F401 — psnr re-exported for the tests
+from benchmarks.parity import compare_with_reference
 from export.artifacts import read_manifest, sha256_file
 
 _REFERENCE_RUNS: dict = {}  # the reference's outputs per (model, prompts, call): one run serves every backend and precision

@@ -15,8 +15,9 @@ from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError
+from runtime.metrics import psnr
 from runtime.specs import Component
-from tests.parity import PROMPTS, compare, psnr, record
+from tests.parity import PROMPTS, compare, record
 
 # Image parity on the shipped (trained) models, 20 steps; measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05, worst over each test's parametrizations
 # (CONTEXTDIFF_PARITY_LOG=file records every figure: tests/parity.py).

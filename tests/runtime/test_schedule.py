@@ -12,6 +12,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from runtime.errors import ConfigError, InvalidArgumentError
+from runtime.metrics import relative_l2
 from runtime.noise import draw_noise
 from runtime.schedule import (
     PredictionType,
@@ -31,17 +32,12 @@ BETA_SCHEDULES = [
 ]
 
 
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 @pytest.mark.parametrize("betas", BETA_SCHEDULES, ids=lambda d: d["beta_schedule"])
 def test_tables_match_diffusers(betas):
     ours = Schedule(SchedulerConfig(**betas))
     theirs = DDIMScheduler(**betas)
     assert ours.alphas_cumprod.dtype == np.float64
-    assert rel_err(ours.betas, theirs.betas.numpy()) < 1e-6
+    assert relative_l2(ours.betas, theirs.betas.numpy()) < 1e-6
     # diffusers' tables are float32: where β is capped at 0.999 (squaredcos), float32 1 − β alone is off by 1.3e-5.
     np.testing.assert_allclose(ours.alphas_cumprod, theirs.alphas_cumprod.numpy(), rtol=5e-5, atol=0)
     assert not ours.alphas_cumprod.flags.writeable
@@ -118,7 +114,7 @@ def _worst_step_error(config: dict, eta: float, float64_tables: bool) -> float:
         x0, eps = predict_x0(output, x_t, c, plan)
         got = contextual_ddim_step(x_t, x0, eps, None, None, c, z)
         assert got.dtype == np.float32
-        worst = max(worst, rel_err(got, expected))
+        worst = max(worst, relative_l2(got, expected))
     return worst
 
 

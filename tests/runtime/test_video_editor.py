@@ -14,7 +14,6 @@ import numpy as np
 import onnx
 import pytest
 
-from benchmarks.parity import psnr
 from contextdiff_ref.models.defaults import default_video_model_dir
 from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.video.model_dir import inflate, save_video_model_dir
@@ -27,6 +26,7 @@ from runtime import __main__ as cli
 from runtime.errors import InvalidArgumentError
 from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError
+from runtime.metrics import psnr
 from runtime.options import BuildBackend, Precision
 from runtime.specs import Component
 from runtime.video_editor import VideoEditor

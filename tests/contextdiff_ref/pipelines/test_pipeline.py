@@ -14,14 +14,10 @@ from PIL import Image
 from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from runtime.errors import InvalidArgumentError
+from runtime.metrics import relative_l2
 from runtime.noise import draw_noise
 
 PROMPTS = ["a red circle at the top left", "a blue square at the bottom right"]
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def zero_adapter_pipe(model_dir, **scheduler_changes) -> ContextDiffPipeline:
@@ -67,8 +63,8 @@ def test_zero_adapter_run_equals_diffusers_ddim(spacing, eta, latent_model_dir):
     """Whole free-running run, latent model (SD-like schedule): ours vs diffusers' DDIM loop."""
     pipe = zero_adapter_pipe(latent_model_dir, timestep_spacing=spacing)
     ours = pipe(PROMPTS, num_inference_steps=20, guidance_scale=5.0, eta=eta, seed=3, output_type="latent", progress=False).images
-    assert rel_err(ours, diffusers_ddim_loop(pipe, PROMPTS, 20, 5.0, eta, 3, float64_tables=True)[-1]) <= 1e-5
-    assert rel_err(ours, diffusers_ddim_loop(pipe, PROMPTS, 20, 5.0, eta, 3)[-1]) <= 1e-4  # diffusers' float32 tables
+    assert relative_l2(ours, diffusers_ddim_loop(pipe, PROMPTS, 20, 5.0, eta, 3, float64_tables=True)[-1]) <= 1e-5
+    assert relative_l2(ours, diffusers_ddim_loop(pipe, PROMPTS, 20, 5.0, eta, 3)[-1]) <= 1e-4  # diffusers' float32 tables
 
 
 @pytest.mark.slow
@@ -86,14 +82,14 @@ def test_zero_adapter_run_equals_diffusers_ddim_step_by_step(spacing, eta, pixel
     initial, _ = draw_noise(3, (2, 3, 32, 32), 20, eta)
     ours = [s.sample.numpy() for s in seen]
     theirs = diffusers_ddim_loop(pipe, PROMPTS, 20, 5.0, eta, 3, float64_tables=True, teacher=[initial] + ours[:-1])
-    assert max(rel_err(a, b) for a, b in zip(ours, theirs)) <= 1e-5
+    assert max(relative_l2(a, b) for a, b in zip(ours, theirs)) <= 1e-5
 
 
 def test_contextual_path_changes_the_result(pixel_model_dir, pixel_pipe):
     """The tiny model's adapter is not zero, so its samples differ from plain DDIM's."""
     plain = zero_adapter_pipe(pixel_model_dir)(PROMPTS[0], num_inference_steps=10, seed=0, output_type="latent", progress=False).images
     contextual = pixel_pipe(PROMPTS[0], num_inference_steps=10, seed=0, output_type="latent", progress=False).images
-    assert rel_err(contextual, plain) > 1e-3
+    assert relative_l2(contextual, plain) > 1e-3
 
 
 def test_deterministic_under_seed(latent_pipe):
@@ -208,11 +204,11 @@ def test_guided_contextual_guidance_follows_the_method_doc(latent_pipe):
             r_s = shift(uncond, s) + w * (shift(cond, s) - shift(uncond, s))
             eps = (x - ab_t**0.5 * x0 - k(ab_t) * r_t) / (1 - ab_t) ** 0.5
             x = ab_s**0.5 * x0 + k(ab_s) * r_s + (1 - ab_s) ** 0.5 * eps
-            assert rel_err(seen[i].sample.numpy(), x.numpy()) <= 1e-5, i
+            assert relative_l2(seen[i].sample.numpy(), x.numpy()) <= 1e-5, i
             x = seen[i].sample  # the next step from the pipeline's own x: a step-by-step check
     run = lambda w, variant: pipe(PROMPTS, num_inference_steps=4, guidance_scale=w, seed=2, progress=False, contextual_guidance=variant,  # noqa: E731
                                   output_type="latent").images
     np.testing.assert_array_equal(run(1.0, "guided"), run(1.0, "conditional"))
-    assert rel_err(run(w, "guided"), run(w, "conditional")) > 1e-3  # 1.3e-3 measured: the tiny model's adapter is small
+    assert relative_l2(run(w, "guided"), run(w, "conditional")) > 1e-3  # 1.3e-3 measured: the tiny model's adapter is small
     with pytest.raises(InvalidArgumentError, match="invalid contextual_guidance='both'"):
         pipe(PROMPTS, num_inference_steps=2, contextual_guidance="both")

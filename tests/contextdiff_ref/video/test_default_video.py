@@ -13,14 +13,11 @@ from contextdiff_ref.models.defaults import default_video_model_dir
 from contextdiff_ref.video.data import clip_caption, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.metrics import score_clip
 from contextdiff_ref.video.pipeline import VideoEditPipeline
+from runtime.metrics import psnr
 from runtime.video_io import read_video
 from tests.parity import record
 
 CLIP = evaluation_clips(1, 0)[0]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - b) ** 2)))
 
 
 @pytest.fixture(scope="module")

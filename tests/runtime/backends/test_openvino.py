@@ -21,9 +21,10 @@ from runtime.backends.selection import OPENVINO_CACHE
 from runtime.errors import InvalidArgumentError
 from runtime.generator import Generator
 from runtime.manifest import EngineDirectoryError, load_manifest
+from runtime.metrics import psnr
 from runtime.options import BuildBackend, OpenVINOPrecision
 from runtime.specs import SPECS, Component
-from tests.parity import compare, psnr, record
+from tests.parity import compare, record
 
 # Image parity on the shipped (trained) models, 20 steps; measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05.
 OV_F32_PSNR = 100.0  # measured 120.6 to 133.3 dB

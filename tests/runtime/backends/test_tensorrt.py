@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 
-import numpy as np
 import pytest
 
 from export.tensorrt_build import tensorrt_status
@@ -18,6 +17,7 @@ MISSING = REASON or ("" if importlib.util.find_spec("cupy") else "CuPy is not in
 def test_tensorrt_generator_matches_onnxruntime(latent_model_dir, tmp_path):
     from export.build import BuildOptions, build_engine_dir
     from runtime.generator import Generator
+    from runtime.metrics import psnr
     from runtime.options import BuildBackend, Precision
 
     out = tmp_path / "trt"
@@ -25,7 +25,7 @@ def test_tensorrt_generator_matches_onnxruntime(latent_model_dir, tmp_path):
     kwargs = dict(num_inference_steps=10, seed=0, progress=False)
     trt_images = Generator.from_dir(out, backend="tensorrt")("a red circle", **kwargs).images
     ort_images = Generator.from_dir(out, backend="onnxruntime-cpu")("a red circle", **kwargs).images
-    assert 10 * np.log10(1.0 / np.mean((trt_images - ort_images) ** 2)) >= 35.0
+    assert psnr(trt_images, ort_images) >= 35.0
 
 
 def test_tensorrt_graph_bookkeeping():
