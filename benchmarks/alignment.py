@@ -13,7 +13,6 @@ every model, so the comparison is paired.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from benchmarks.harness import render_table
 from contextdiff_ref.data.alignment import ImageScore, paired_difference, score_image, summarize
 from contextdiff_ref.data.shapes import Scene, caption, evaluation_sets
 from runtime.cli import CLI_ERRORS, error_exit, setup_logging
@@ -98,17 +98,15 @@ def write_grid(images: dict[str, dict[str, np.ndarray]], path: Path, per_set: in
 
 
 def markdown_table(report: dict) -> str:
-    lines = ["| model | prompt set | images | colour-position acc. | full acc. | exact-prompt rate |", "|---|---|---|---|---|---|"]
-    for model, sets in report["models"].items():
-        for name, m in sets.items():
-            lines.append(f"| {model} | {name} | {m['images']} | {m['colour_position_accuracy']:.1%} | {m['full_accuracy']:.1%} | {m['exact_prompt_rate']:.1%} |")
+    rows = [[model, name, m["images"], f"{m['colour_position_accuracy']:.1%}", f"{m['full_accuracy']:.1%}", f"{m['exact_prompt_rate']:.1%}"]
+            for model, sets in report["models"].items() for name, m in sets.items()]
     differences = report.get("differences", {"ContextDiff − baseline": report["difference"]} if "difference" in report else {})
     for label, per_set in differences.items():
         for name, diffs in per_set.items():
             cells = [f"{d['difference']:+.1%} [{d['ci_low']:+.1%}, {d['ci_high']:+.1%}]" for d in diffs.values()]
             images = next(iter(report["models"].values()))[name]["images"]
-            lines.append(f"| {label} (95% CI) | {name} | {images} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append([f"{label} (95% CI)", name, images, *cells])
+    return render_table(["model", "prompt set", "images", "colour-position acc.", "full acc.", "exact-prompt rate"], rows)
 
 
 def evaluate(models: dict[str, GenerateFn], images_per_prompt: int = 1, seed: int = 0, batch: int = 8, limit: int | None = None,

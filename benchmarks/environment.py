@@ -9,6 +9,7 @@ import platform
 import sys
 from typing import Any
 
+from benchmarks.harness import render_table
 from runtime.backends import cuda_driver
 
 # (import name, what it is for)
@@ -82,9 +83,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- Python {report['python']}, {report['platform']}, {report['cpu_count']} CPUs",
         f"- torch CUDA: {report.get('torch_cuda', '–')}; ONNX Runtime providers: {', '.join(report.get('onnxruntime_providers', [])) or '–'}",
         "",
-        "| package | imports | version / reason |",
-        "|---|---|---|",
+        render_table(["package", "imports", "version / reason"],
+                     [[name, "yes" if s["ok"] else "no", s["version"] if s["ok"] else s["error"]] for name, s in report["packages"].items()]),
     ]
-    for name, status in report["packages"].items():
-        lines.append(f"| {name} | {'yes' if status['ok'] else 'no'} | {status['version'] if status['ok'] else status['error']} |")
     return "\n".join(lines)

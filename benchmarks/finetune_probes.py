@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from benchmarks.harness import cell, render_table
 from contextdiff_ref.data.alignment import ImageScore, paired_difference, score_image, summarize
 from contextdiff_ref.data.imagefolder import open_image_folder
 from contextdiff_ref.data.shapes import Scene, caption, composition, evaluation_sets
@@ -131,14 +131,14 @@ def shift_probe(pipe: ContextDiffPipeline, images: np.ndarray, captions: list[st
 
 
 def markdown(report: dict) -> str:
-    lines = ["| config | two-object full acc. seen | unseen | all | one-object | x̂_0 step 0 (two-object) |", "|---|---|---|---|---|---|"]
+    rows = []
     for name, entry in report["generation"].items():
         two = entry["two_object"]["final"]
         one = entry.get("one_object", {}).get("final", {}).get("all", {})
         x0 = entry["two_object"]["x0_step0"]["all"]["full_accuracy"]
-        cell = lambda d: f"{d['full_accuracy']:.1%}" if d else "–"  # noqa: E731
-        lines.append(f"| {name} | {cell(two.get('seen'))} | {cell(two.get('unseen'))} | {cell(two['all'])} | {cell(one)} | {x0:.1%} |")
-    return "\n".join(lines)
+        accuracy = lambda d: cell(d["full_accuracy"] if d else None, ".1%")  # noqa: E731
+        rows.append([name, accuracy(two.get("seen")), accuracy(two.get("unseen")), accuracy(two["all"]), accuracy(one), f"{x0:.1%}"])
+    return render_table(["config", "two-object full acc. seen", "unseen", "all", "one-object", "x̂_0 step 0 (two-object)"], rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

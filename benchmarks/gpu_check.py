@@ -23,13 +23,14 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from benchmarks.environment import environment, markdown as environment_markdown
+from benchmarks.harness import System, cell, not_run_rows, percentiles, render_table, stages_ms, time_runs
 from runtime.backends import cuda_driver
 from runtime.cli import setup_logging
 from runtime.files import atomic_write_json, atomic_write_text
@@ -44,16 +45,6 @@ class Candidate:
     name: str
     why_not: str | None  # None: it can run here
     make: Callable[[Path, Path], Any]  # (model dir, work dir) -> runtime.Generator
-
-
-@dataclass
-class System:
-    name: str
-    kind: str  # "runtime", "reference" or "baseline"
-    run: Callable[[], Any]
-    timer: Any
-    result: dict[str, Any] = field(default_factory=dict)
-    e2e: list[float] = field(default_factory=list)
 
 
 def _engines(model_dir: Path, work: Path, backend: str, precision: str, lean: bool = False) -> Path:
@@ -148,10 +139,10 @@ def check_model(model_dir: Path, work: Path, env: dict[str, Any], args: argparse
             timer = Timer(gpu)
             if make == "reference":
                 instrument_pipeline(pipe, timer)
-                system = System(name, make, (lambda p: lambda: p.run_timed(prompts, **call).images)(pipe), timer)
+                system = System(name, (lambda p: lambda: p.run_timed(prompts, **call).images)(pipe), timer, kind=make)
                 system.result.update(parity(pipe(prompts, **parity_call).images))
             else:  # its PSNR says how far the adapter moves the image; for a model with r ≡ 0 it checks the reference itself
-                system = System(name, make, (lambda p, t: lambda: diffusers_ddim(p, prompts, args.steps, args.guidance, t))(pipe, timer), timer)
+                system = System(name, (lambda p, t: lambda: diffusers_ddim(p, prompts, args.steps, args.guidance, t))(pipe, timer), timer, kind=make)
                 system.result.update(parity(diffusers_ddim(pipe, prompts, args.parity_steps, args.guidance, Timer(gpu))))
             systems.append(system)
         except Exception as exc:  # a failure is recorded, and the check goes on
@@ -169,7 +160,7 @@ def check_model(model_dir: Path, work: Path, env: dict[str, Any], args: argparse
             timer = Timer(gpu)
             result = parity(gen(prompts, **parity_call).images)
             instrument_generator(gen, timer)
-            system = System(candidate.name, "runtime", (lambda g: lambda: g.run_timed(prompts, **call).images)(gen), timer, result)
+            system = System(candidate.name, (lambda g: lambda: g.run_timed(prompts, **call).images)(gen), timer, kind="runtime", result=result)
             _warm_up(system, args.warmup, before, args.device)
             systems.append(system)
         except Exception as exc:
@@ -178,12 +169,7 @@ def check_model(model_dir: Path, work: Path, env: dict[str, Any], args: argparse
     # 3. End to end, uninstrumented and interleaved (A B C A B C ...), then per stage in separate synchronised runs.
     for system in systems:
         system.timer.active = False
-    for i in range(args.runs):
-        for system in systems:
-            start = time.perf_counter()
-            system.run()  # returns host images: the device work is done
-            system.e2e.append(time.perf_counter() - start)
-        logger.info("%s: run %d/%d", model_dir.name, i + 1, args.runs)
+    time_runs(systems, args.runs, label=f"{model_dir.name}: ")  # runs return host images: the device work is done
     for system in systems:
         system.timer.active = True
         system.timer.reset()
@@ -203,12 +189,10 @@ def _warm_up(system: System, warmup: int, before: int, device: str) -> None:
 
 
 def _latency(system: System, flops: dict[str, int], baseline: float | None) -> dict[str, Any]:
-    e2e, samples = np.array(system.e2e), system.timer.samples
-    stages = {k: 1e3 * float(np.mean(v)) for k, v in samples.items()}
+    e2e, stages = np.array(system.e2e), stages_ms(system.timer.samples)
     per_step = flops["unet"] * system.timer.calls_per_step("unet") + flops["adapter"] * system.timer.calls_per_step("adapter")
     return {
-        "kind": system.kind, "runs": len(e2e), "p50_s": float(np.percentile(e2e, 50)), "p90_s": float(np.percentile(e2e, 90)),
-        "p99_s": float(np.percentile(e2e, 99)), "mean_s": float(e2e.mean()), "stages_ms": stages,
+        "kind": system.kind, "runs": len(e2e), **percentiles(e2e), "mean_s": float(e2e.mean()), "stages_ms": stages,
         "unet_tflops": flops["unet"] / (stages["unet"] / 1e3) / 1e12 if stages.get("unet") else None,
         "step_tflops": per_step / (stages["step"] / 1e3) / 1e12 if stages.get("step") and per_step else None,
         "vs_diffusers_p50": float(np.percentile(e2e, 50)) / baseline if baseline else None,
@@ -230,7 +214,6 @@ def goal(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | N
 
 
 def markdown(result: dict[str, Any]) -> str:
-    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
     lines = ["# GPU check", "", environment_markdown(result["environment"]), ""]
     if result.get("matmul_fp16_tflops"):
         lines += [f"Measured fp16 matmul peak: {result['matmul_fp16_tflops']:.0f} TFLOP/s", ""]
@@ -239,28 +222,25 @@ def markdown(result: dict[str, Any]) -> str:
         if "error" in model:
             lines += [f"failed: {model['error']}", ""]
             continue
-        lines += [f"{model['height']} x {model['width']}, {result['config']['steps']} steps, guidance {result['config']['guidance']}, batch 1; parity over "
-                  f"{result['config']['parity_steps']} steps against the CPU fp32 reference.", "",
-                  "| system | PSNR dB | p50 s | p90 s | p99 s | x diffusers | text ms | UNet ms | adapter ms | step ms | decode ms | UNet TFLOP/s | device MiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        header = ["system", "PSNR dB", "p50 s", "p90 s", "p99 s", "x diffusers", "text ms", "UNet ms", "adapter ms", "step ms", "decode ms", "UNet TFLOP/s",
+                  "device MiB"]  # fmt: skip
+        rows = []
         for name, s in model["systems"].items():
             if "error" in s:
-                lines.append(f"| {name} | failed: {s['error'][:200]} |" + " |" * 11)
+                rows.append([name, f"failed: {s['error'][:200]}"])
                 continue
             st = s["stages_ms"]
-            lines.append(
-                f"| {name} | {fmt(s.get('image_psnr_vs_cpu_reference'), '.1f')} | {s['p50_s']:.3f} | {s['p90_s']:.3f} | {s['p99_s']:.3f} | "
-                f"{fmt(s['vs_diffusers_p50'], '.2f')} | {fmt(st.get('text'), '.2f')} | {fmt(st.get('unet'), '.2f')} | {fmt(st.get('adapter'), '.2f')} | "
-                f"{fmt(st.get('step'), '.2f')} | {fmt(st.get('decode'), '.1f')} | {fmt(s['unet_tflops'], '.3g')} | {fmt(s.get('device_memory_added_mib'), '.0f')} |"
-            )  # fmt: skip
-        for name, why in model["skipped"].items():
-            lines.append(f"| {name} | not run: {why} |" + " |" * 11)
-        lines.append("")
+            rows.append([name, cell(s.get("image_psnr_vs_cpu_reference"), ".1f"), f"{s['p50_s']:.3f}", f"{s['p90_s']:.3f}", f"{s['p99_s']:.3f}",
+                         cell(s["vs_diffusers_p50"], ".2f"), cell(st.get("text"), ".2f"), cell(st.get("unet"), ".2f"), cell(st.get("adapter"), ".2f"),
+                         cell(st.get("step"), ".2f"), cell(st.get("decode"), ".1f"), cell(s["unet_tflops"], ".3g"), cell(s.get("device_memory_added_mib"), ".0f")])  # fmt: skip
+        lines += [f"{model['height']} x {model['width']}, {result['config']['steps']} steps, guidance {result['config']['guidance']}, batch 1; parity over "
+                  f"{result['config']['parity_steps']} steps against the CPU fp32 reference.", "",
+                  render_table(header, rows + not_run_rows(model["skipped"])), ""]  # fmt: skip
     if "finetune" in result:
         f = result["finetune"]
         lines += ["## Fine-tuning (SD-1.5 class)", "", f"failed: {f['error']}" if "error" in f else
                   f"{f['settings']}: {f['images_per_second']:.2f} images/s, {f['seconds_per_step']:.3f} s/step, peak memory "
-                  f"{fmt(f['max_memory_gib'], '.1f')} GiB, {f['trained_parameters'] / 1e6:.0f} M parameters trained", ""]  # fmt: skip
+                  f"{cell(f['max_memory_gib'], '.1f')} GiB, {f['trained_parameters'] / 1e6:.0f} M parameters trained", ""]  # fmt: skip
     if result.get("goal"):
         lines += [f"Goal (SD-1.5 class, 512 x 512, 50 steps): {json.dumps(result['goal'])}", ""]
     return "\n".join(lines)

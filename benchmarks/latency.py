@@ -10,20 +10,18 @@ machine has. Writes a JSON file and prints a markdown table. Benchmarks are scri
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import platform
 import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.harness import System, cell, interleave, machine, not_run_rows, percentiles, render_table, stages_ms, time_runs, warm_up, write_result
 from benchmarks.models import unet_flops
 from benchmarks.timing import Timer, diffusers_ddim, instrument_generator, instrument_pipeline
 from runtime.backends import cuda_driver
@@ -33,19 +31,11 @@ from runtime.errors import ContextDiffError
 logger = logging.getLogger("benchmarks.latency")
 
 
-@dataclass
-class System:
-    name: str
-    run: Callable[[], Any]  # one generation, returns when its result is ready
-    timer: Timer
-    e2e: list[float] = field(default_factory=list)
-
-
 def _openvino_systems(engines: Path, prompts: list[str], call: dict[str, Any]) -> tuple[list[System], dict[str, str]]:
     """runtime.Generator on OpenVINO (CPU) over the same fp32 artifacts: f32, and bf16 where the CPU has it.
     Returns the systems and, for those that cannot run here, why."""
-    from runtime.generator import Generator
     from runtime.backends.openvino import openvino_unavailable_reason
+    from runtime.generator import Generator
     from runtime.options import OpenVINOPrecision
 
     systems, skipped = [], {}
@@ -110,9 +100,8 @@ def _summary(system: System, steps: int, batch: int, reference: float, baseline:
     step = float(np.mean(system.timer.samples.get("step", [np.nan])))
     engines = per_call.get("unet", 0.0) * system.timer.calls_per_step("unet") + per_call.get("adapter", 0.0) * system.timer.calls_per_step("adapter")
     return {
-        "runs": len(e2e), "mean_s": float(e2e.mean()), "p50_s": float(np.percentile(e2e, 50)), "p90_s": float(np.percentile(e2e, 90)),
-        "p99_s": float(np.percentile(e2e, 99)), "images_per_s": batch / float(e2e.mean()),
-        "stages_ms": {k: 1e3 * v for k, v in per_call.items()},
+        "runs": len(e2e), "mean_s": float(e2e.mean()), **percentiles(e2e), "images_per_s": batch / float(e2e.mean()),
+        "stages_ms": stages_ms(system.timer.samples),
         "loop_overhead_fraction": (step - engines) / step if step == step else None,
         "adapter_over_unet": per_call["adapter"] / per_call["unet"] if "adapter" in per_call and "unet" in per_call else None,
         "vs_reference": float(e2e.mean()) / reference, "vs_diffusers": float(e2e.mean()) / baseline,
@@ -120,8 +109,7 @@ def _summary(system: System, steps: int, batch: int, reference: float, baseline:
 
 
 def _machine(device: str) -> dict[str, Any]:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "python": sys.version.split()[0],
-            "torch": torch.__version__, "cpu_count": torch.get_num_threads()}  # fmt: skip
+    info = machine(torch=torch.__version__, cpu_count=torch.get_num_threads())
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
         info["fp16_matmul_tflops"] = matmul_peak_tflops()
@@ -143,16 +131,12 @@ def matmul_peak_tflops(n: int = 8192, repeats: int = 20) -> float:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = ["| system | mean s | p50 s | p90 s | p99 s | img/s | × reference | × diffusers | UNet ms/call | adapter ms/call | loop overhead | adapter / UNet |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
-    for name, s in result["systems"].items():
-        st = s["stages_ms"]
-        rows.append(f"| {name} | {s['mean_s']:.3f} | {s['p50_s']:.3f} | {s['p90_s']:.3f} | {s['p99_s']:.3f} | {s['images_per_s']:.2f} | "
-                    f"{s['vs_reference']:.2f} | {s['vs_diffusers']:.2f} | {fmt(st.get('unet'), '.2f')} | {fmt(st.get('adapter'), '.2f')} | "
-                    f"{fmt(s['loop_overhead_fraction'], '.1%')} | {fmt(s['adapter_over_unet'], '.1%')} |")  # fmt: skip
-    rows += [f"| {name} | not run: {why} |" + " |" * 10 for name, why in result.get("skipped", {}).items()]
-    return "\n".join(rows)
+    header = ["system", "mean s", "p50 s", "p90 s", "p99 s", "img/s", "× reference", "× diffusers", "UNet ms/call", "adapter ms/call", "loop overhead",
+              "adapter / UNet"]  # fmt: skip
+    rows = [[name, f"{s['mean_s']:.3f}", f"{s['p50_s']:.3f}", f"{s['p90_s']:.3f}", f"{s['p99_s']:.3f}", f"{s['images_per_s']:.2f}", f"{s['vs_reference']:.2f}",
+             f"{s['vs_diffusers']:.2f}", cell(s["stages_ms"].get("unet"), ".2f"), cell(s["stages_ms"].get("adapter"), ".2f"),
+             cell(s["loop_overhead_fraction"], ".1%"), cell(s["adapter_over_unet"], ".1%")] for name, s in result["systems"].items()]  # fmt: skip
+    return render_table(header, rows + not_run_rows(result.get("skipped", {})))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,34 +169,27 @@ def main(argv: list[str] | None = None) -> int:
                 result = video_latency.run(args, Path(tmp), _machine("cpu"))
             except ContextDiffError as exc:
                 p.exit(2, f"error: {exc}\n")
-        return _write(result, args.out, video_latency.markdown(result))
+        return write_result(result, args.out, video_latency.markdown(result))
     with tempfile.TemporaryDirectory(prefix="contextdiff-bench-") as tmp:
         try:
             systems, pipe, skipped = _systems(args, Path(tmp))
         except ContextDiffError as exc:
             p.exit(2, f"error: {exc}\n")
-        for system in systems:  # warm-up, then interleaved timed runs (A B C A B C ...) so drift hits all alike
-            for _ in range(args.warmup):
-                system.run()
-            system.timer.reset()
+        warm_up(systems, args.warmup)  # then interleaved timed runs (A B C A B C ...) so drift hits all alike
         gpu = args.device == "cuda"
         device_bytes = 0
+
+        def device_memory(_: System) -> None:
+            nonlocal device_bytes
+            device_bytes = max(device_bytes, cuda_driver.memory_in_use(torch.cuda.current_device()))
+
         for system in systems:  # on a GPU, end-to-end runs go uninstrumented: a sync around every stage would distort them
             system.timer.active = not gpu
-        for i in range(args.runs):
-            for system in systems:
-                start = time.perf_counter()
-                system.run()  # returns host images: the device work is done
-                system.e2e.append(time.perf_counter() - start)
-                if gpu:
-                    device_bytes = max(device_bytes, cuda_driver.memory_in_use(torch.cuda.current_device()))
-            logger.info("run %d/%d done", i + 1, args.runs)
+        time_runs(systems, args.runs, after_run=device_memory if gpu else None)  # runs return host images: the device work is done
         if gpu:  # per-stage times from separate, synchronised runs
             for system in systems:
                 system.timer.active = True
-            for i in range(args.runs):
-                for system in systems:
-                    system.run()
+            interleave(systems, args.runs, lambda system: system.run(), label=None)
             logger.info("per-stage runs done")
         reference, baseline = float(np.mean(systems[0].e2e)), float(np.mean(systems[1].e2e))
         h = pipe.limits.default_height // pipe.limits.vae_scale_factor
@@ -230,15 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in result["systems"].values():
             unet_ms = s["stages_ms"].get("unet")
             s["unet_tflops_achieved"] = flops / (unet_ms / 1e3) / 1e12 if unet_ms else None
-    return _write(result, args.out, markdown(result))
-
-
-def _write(result: dict[str, Any], out: Path, table: str) -> int:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table)
-    print(f"\nJSON: {out}")
-    return 0
+    return write_result(result, args.out, markdown(result))
 
 
 if __name__ == "__main__":

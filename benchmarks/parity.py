@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime.cli import PLAIN, setup_logging
+from runtime.files import atomic_write_json
 from runtime.metrics import psnr, relative_l2
 from runtime.options import OpenVINOPrecision, choices
 
@@ -106,11 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": str(args.model), "engines": str(args.engines), "call": call, "backend": args.backend, "openvino_precision": args.precision,
               "precision": {k: v["precision"] for k, v in manifest["components"].items()},
               "flavour": {k: v["onnx"].get("flavour", "standard") for k, v in manifest["components"].items()}, **report.to_json()}  # fmt: skip
-    text = json.dumps(result, indent=2) + "\n"
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text, end="")
+        atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import platform
 import resource
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from benchmarks.harness import cell, interleave, machine, not_run_rows, render_table, stages_ms, write_result
 from runtime.cli import PLAIN, setup_logging
 
 logger = logging.getLogger("benchmarks.sd15_cpu")
@@ -147,15 +147,14 @@ def bench_size(model_dir: Path, engine_dir: Path, size: int, args: argparse.Name
             workers[system] = (process, parent)
             loads[system] = _ask(parent)["load_s"]
         call = {"size": size, "steps": args.steps, "guidance": args.guidance}
-        for _ in range(args.warmup):
-            for system, (_, conn) in workers.items():
-                _ask(conn, call)
+        interleave(list(workers.values()), args.warmup, lambda worker: _ask(worker[1], call), label=None)
         samples: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
-        for i in range(args.runs):
-            for system, (_, conn) in workers.items():
-                time.sleep(args.pause)
-                samples[system].append(_ask(conn, call))
-            logger.info("%d px: run %d/%d done", size, i + 1, args.runs)
+
+        def timed(system: str) -> None:
+            time.sleep(args.pause)
+            samples[system].append(_ask(workers[system][1], call))
+
+        interleave(list(workers), args.runs, timed, label=f"{size} px: ")
         peaks = {system: _ask(conn, None) for system, (_, conn) in workers.items()}
     finally:
         for process, _ in workers.values():
@@ -174,23 +173,22 @@ def _summary(runs: list[dict[str, Any]], load_s: float, memory: dict[str, float]
     return {"runs": len(runs), "load_s": load_s, **memory, "all_finite": all(r["finite"] for r in runs),
             "s_per_step_mean": float(steps.mean()), "s_per_step_p50": float(np.median(steps)), "s_per_step_min": float(steps.min()),
             "s_per_step_max": float(steps.max()), "e2e_s_mean": float(e2e.mean()),
-            "stages_ms": {k: 1e3 * float(np.mean(v)) for k, v in stages.items() if k != "step"}}  # fmt: skip
+            "stages_ms": stages_ms(stages, skip=("step",))}  # fmt: skip
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = ["| size | system | s / step | × diffusers per step | e2e s | text ms | UNet ms/call | adapter ms/call | decode ms | peak RSS GiB | × diffusers RSS "
-            "| end RSS anon / file-backed GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
+    header = ["size", "system", "s / step", "× diffusers per step", "e2e s", "text ms", "UNet ms/call", "adapter ms/call", "decode ms", "peak RSS GiB",
+              "× diffusers RSS", "end RSS anon / file-backed GiB"]  # fmt: skip
+    rows = []
     for size, systems in result["sizes"].items():
         base = systems[SYSTEMS[0]]
         for name, s in systems.items():
             st = s["stages_ms"]
-            rows.append(f"| {size} | {name} | {s['s_per_step_mean']:.2f} | {s['s_per_step_mean'] / base['s_per_step_mean']:.2f} | "
-                        f"{s['e2e_s_mean']:.1f} | {fmt(st.get('text'), '.0f')} | {fmt(st.get('unet'), '.0f')} | {fmt(st.get('adapter'), '.0f')} | "
-                        f"{fmt(st.get('decode'), '.0f')} | {s['peak_rss_mib'] / 1024:.2f} | {s['peak_rss_mib'] / base['peak_rss_mib']:.2f} | "
-                        f"{fmt(s.get('end_rss_anon_mib', 0) / 1024 or None, '.2f')} / {fmt(s.get('end_rss_file_mib', 0) / 1024 or None, '.2f')} |")  # fmt: skip
-    rows += [f"| all | {name} | not run: {why} |" + " |" * 9 for name, why in result.get("skipped", {}).items()]
-    return "\n".join(rows)
+            rows.append([size, name, f"{s['s_per_step_mean']:.2f}", f"{s['s_per_step_mean'] / base['s_per_step_mean']:.2f}", f"{s['e2e_s_mean']:.1f}",
+                         cell(st.get("text"), ".0f"), cell(st.get("unet"), ".0f"), cell(st.get("adapter"), ".0f"), cell(st.get("decode"), ".0f"),
+                         f"{s['peak_rss_mib'] / 1024:.2f}", f"{s['peak_rss_mib'] / base['peak_rss_mib']:.2f}",
+                         f"{cell(s.get('end_rss_anon_mib', 0) / 1024 or None, '.2f')} / {cell(s.get('end_rss_file_mib', 0) / 1024 or None, '.2f')}"])  # fmt: skip
+    return render_table(header, rows + not_run_rows(result.get("skipped", {}), "all"))
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:
@@ -230,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_loading()
     result: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "python": sys.version.split()[0],
-                    "cpu_count": multiprocessing.cpu_count()},
+        "machine": machine(cpu_count=multiprocessing.cpu_count()),
         "config": {"model": str(args.model), "steps": args.steps, "guidance": args.guidance, "batch": 1, "warmup": args.warmup, "runs": args.runs,
                    "prompt": PROMPT},
         "sizes": {},
@@ -248,11 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ContextDiffError, RuntimeError, OSError) as exc:
         p.exit(2, f"error: {exc}\n")
     result["targets"] = targets(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
-    print(f"\nJSON: {args.out}")
-    return 0
+    return write_result(result, args.out, markdown(result))
 
 
 if __name__ == "__main__":

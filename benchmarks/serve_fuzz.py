@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import re
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cli import setup_logging
+from runtime.files import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("benchmarks.serve_fuzz")
 
@@ -71,9 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     with service as urls:
         result = run_fuzz(urls["url"], args.max_examples, args.max_time, args.seed)
     result["service"] = args.url or f"local Ray Serve on {args.engines}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".txt").write_text(result.pop("output"), encoding="utf-8")
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(args.out.with_suffix(".txt"), result.pop("output"))
+    atomic_write_json(args.out, result)
     logger.info("%s: %s (exit %d); report %s", result["command"], result["test_cases"], result["exit_code"], args.out.with_suffix(".txt"))
     return 0 if result["passed"] else 1
 

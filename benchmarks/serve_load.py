@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from benchmarks.harness import percentiles, render_table
 from runtime.cli import setup_logging
 from runtime.files import atomic_write_json
 
@@ -87,20 +88,17 @@ def summarize(results: list[dict[str, Any]], wall_s: float, **settings: Any) -> 
         **settings, sent=len(results), ok=len(ok), status_counts=statuses,
         failed=sum(1 for r in results if r["status"] not in (200, 503, None)), rejected_503=statuses.get("503", 0),
         lost=statuses.get("None", 0), wall_s=round(wall_s, 3), throughput_rps=round(len(ok) / wall_s, 4) if wall_s else None,
-        p50_s=round(float(np.percentile(latencies, 50)), 4), p90_s=round(float(np.percentile(latencies, 90)), 4),
-        p99_s=round(float(np.percentile(latencies, 99)), 4), max_s=round(float(latencies.max()), 4),
+        **percentiles(latencies, digits=4), max_s=round(float(latencies.max()), 4),
         mean_batch_images=round(float(np.mean([r["batch_images"] for r in ok])), 3) if ok else None,
         retry_after=sorted({r.get("retry_after") for r in results if r["status"] == 503} - {None}),
     )  # fmt: skip
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| serving | concurrency | requests | ok | 503 | failed / lost | throughput (req/s) | p50 s | p90 s | p99 s | mean batch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        lines.append(f"| {r.get('serving', '')} | {r['concurrency']} | {r['sent']} | {r['ok']} | {r['rejected_503']} | {r['failed']} / {r['lost']} | "
-                     f"{r['throughput_rps']:.2f} | {r['p50_s']:.2f} | {r['p90_s']:.2f} | {r['p99_s']:.2f} | {r['mean_batch_images']} |")  # fmt: skip
-    return "\n".join(lines)
+    header = ["serving", "concurrency", "requests", "ok", "503", "failed / lost", "throughput (req/s)", "p50 s", "p90 s", "p99 s", "mean batch"]
+    return render_table(header, [[r.get("serving", ""), r["concurrency"], r["sent"], r["ok"], r["rejected_503"], f"{r['failed']} / {r['lost']}",
+                                    f"{r['throughput_rps']:.2f}", f"{r['p50_s']:.2f}", f"{r['p90_s']:.2f}", f"{r['p99_s']:.2f}", r["mean_batch_images"]]
+                                   for r in rows])  # fmt: skip
 
 
 def _wait_ready(url: str, limit_s: float = 120) -> None:

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.harness import render_table
 from contextdiff_ref.data.alignment import THRESHOLD
 from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, render_clip
 from contextdiff_ref.video.metrics import ClipScore, paired_clip_difference, score_clip, summarize_clips
@@ -236,16 +237,15 @@ def score_edits(frames: dict[str, np.ndarray], settings: EditSettings) -> dict[s
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    lines = ["| method | clips × edits | frames | edit accuracy | structure kept | temporal change |", "|---|---|---|---|---|---|"]
-    for method, m in report["methods"].items():
-        lines.append(f"| {method} | {m['clips']} | {m['frames']} | {m['edit_accuracy']:.1%} | {m['structure_kept']:.1%} | {m['temporal_change']:.4f} |")
+    rows = [[method, m["clips"], m["frames"], f"{m['edit_accuracy']:.1%}", f"{m['structure_kept']:.1%}", f"{m['temporal_change']:.4f}"]
+            for method, m in report["methods"].items()]
     d = report["difference"]
     cells = [f"{d[k]['difference']:+.1%} [{d[k]['ci_low']:+.1%}, {d[k]['ci_high']:+.1%}]" for k in ("edit_accuracy", "structure_kept")]
     t = d["temporal_change"]
     cells.append(f"{t['difference']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]")
-    lines.append(f"| ContextDiff − baseline (95% CI) | {report['pairs']} pairs | | " + " | ".join(cells) + " |")
-    lines.append(f"| source clips (for reference) | | | | | {report['source_temporal_change']:.4f} |")
-    return "\n".join(lines)
+    rows.append(["ContextDiff − baseline (95% CI)", f"{report['pairs']} pairs", "", *cells])
+    rows.append(["source clips (for reference)", "", "", "", "", f"{report['source_temporal_change']:.4f}"])
+    return render_table(["method", "clips × edits", "frames", "edit accuracy", "structure kept", "temporal change"], rows)
 
 
 def write_strip(frames: dict[str, np.ndarray], settings: EditSettings, path: Path, clip_index: int = 0, scale: int = 4) -> None:

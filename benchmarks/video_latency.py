@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from benchmarks.harness import System, not_run_rows, percentiles, render_table, stages_ms, time_runs, warm_up
 from benchmarks.timing import Timer, instrument_generator, instrument_pipeline
 
 logger = logging.getLogger("benchmarks.video_latency")
@@ -24,14 +23,6 @@ EDIT = "a magenta circle moving from the top right to the bottom right"
 SETTINGS = {"strength": 0.93, "guidance_scale": 15.0}
 
 
-@dataclass
-class VideoSystem:
-    name: str
-    run: Callable[[], np.ndarray]  # one edit, returns the edited frames (F, H, W, 3)
-    timer: Timer
-    e2e: list[float] = field(default_factory=list)
-
-
 def _instrument_edit(editor: Any, timer: Timer) -> Callable[..., np.ndarray]:
     """Time the edit's two loops (``invert`` includes encoding the frames; ``sample`` includes decoding)."""
     editor.invert = timer.wrap("inversion", editor.invert)
@@ -39,9 +30,9 @@ def _instrument_edit(editor: Any, timer: Timer) -> Callable[..., np.ndarray]:
     return editor.edit
 
 
-def systems(model_dir: Path, workdir: Path, steps: int) -> tuple[list[VideoSystem], dict[str, str], int]:
+def systems(model_dir: Path, workdir: Path, steps: int) -> tuple[list[System], dict[str, str], int]:
     """The reference, then the runtime on ONNX Runtime fp32 and fp16 and OpenVINO where it runs; the skipped systems
-    and why; the frame count."""
+    and why; the frame count. Each system's ``run`` is one edit, returning the edited frames (F, H, W, 3)."""
     from contextdiff_ref.video.pipeline import VideoEditPipeline
     from export.build import BuildOptions, build_engine_dir
     from runtime.backends.openvino import openvino_unavailable_reason
@@ -58,7 +49,7 @@ def systems(model_dir: Path, workdir: Path, steps: int) -> tuple[list[VideoSyste
         timer = Timer()
         instrument(editor.generator if hasattr(editor, "generator") else editor.pipe, timer)
         edit = _instrument_edit(editor, timer)
-        out.append(VideoSystem(name, lambda: edit(video, source, EDIT, **call), timer))
+        out.append(System(name, lambda: edit(video, source, EDIT, **call), timer))
 
     add("reference (eager PyTorch)", VideoEditPipeline.from_pretrained(model_dir), instrument_pipeline)
     for precision in (Precision.FP32, Precision.FP16):
@@ -76,26 +67,25 @@ def systems(model_dir: Path, workdir: Path, steps: int) -> tuple[list[VideoSyste
     return out, skipped, int(video.shape[0])
 
 
-def _summary(system: VideoSystem, reference: float, frames: int, steps: int) -> dict[str, Any]:
+def _summary(system: System, reference: float, frames: int, steps: int) -> dict[str, Any]:
     e2e = np.array(system.e2e)
     samples = system.timer.samples
     return {
-        "runs": len(e2e), "mean_s": float(e2e.mean()), "p50_s": float(np.percentile(e2e, 50)), "p90_s": float(np.percentile(e2e, 90)),
+        "runs": len(e2e), "mean_s": float(e2e.mean()), **percentiles(e2e, (50, 90)),
         "frames_per_s": frames / float(e2e.mean()), "vs_reference": float(e2e.mean()) / reference,
-        "stages_ms": {k: 1e3 * float(np.mean(v)) for k, v in samples.items()},  # per call: inversion / sampling per edit
+        "stages_ms": stages_ms(samples),  # per call: inversion / sampling per edit
         "calls_per_edit": {k: len(v) / len(e2e) for k, v in samples.items()},
     }  # fmt: skip
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = ["| system | mean s | p50 s | p90 s | × reference | inversion s | sampling s | UNet ms/call | adapter ms/call | text ms/call |",
-            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    header = ["system", "mean s", "p50 s", "p90 s", "× reference", "inversion s", "sampling s", "UNet ms/call", "adapter ms/call", "text ms/call"]
+    rows = []
     for name, s in result["systems"].items():
         st = s["stages_ms"]
         cells = ["–" if k not in st else f"{st[k] * scale:.2f}" for k, scale in (("inversion", 1e-3), ("sampling", 1e-3), ("unet", 1), ("adapter", 1), ("text", 1))]
-        rows.append(f"| {name} | {s['mean_s']:.3f} | {s['p50_s']:.3f} | {s['p90_s']:.3f} | {s['vs_reference']:.2f} | " + " | ".join(cells) + " |")
-    rows += [f"| {name} | not run: {why} |" + " |" * 8 for name, why in result.get("skipped", {}).items()]
-    return "\n".join(rows)
+        rows.append([name, f"{s['mean_s']:.3f}", f"{s['p50_s']:.3f}", f"{s['p90_s']:.3f}", f"{s['vs_reference']:.2f}", *cells])
+    return render_table(header, rows + not_run_rows(result.get("skipped", {})))
 
 
 def run(args: argparse.Namespace, workdir: Path, machine: dict[str, Any]) -> dict[str, Any]:
@@ -106,16 +96,8 @@ def run(args: argparse.Namespace, workdir: Path, machine: dict[str, Any]) -> dic
     quiet_loading()
     model_dir = Path(args.model) if args.model else default_video_model_dir()
     edit_systems, skipped, frames = systems(model_dir, workdir, args.steps)
-    for system in edit_systems:
-        for _ in range(args.warmup):
-            system.run()
-        system.timer.reset()
-    for i in range(args.runs):
-        for system in edit_systems:
-            start = time.perf_counter()
-            system.run()
-            system.e2e.append(time.perf_counter() - start)
-        logger.info("run %d/%d done", i + 1, args.runs)
+    warm_up(edit_systems, args.warmup)
+    time_runs(edit_systems, args.runs)
     reference = float(np.mean(edit_systems[0].e2e))
     return {
         "machine": machine,
