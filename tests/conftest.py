@@ -7,6 +7,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# Under pytest-xdist each worker computes on one thread (torch's OpenMP pool, OpenVINO's and ONNX Runtime's threads in
+# the tests' subprocesses read these before their first import): two workers on two cores, not four threads
+# contending, where a pool that waits on a descheduled thread makes a 3-s test take 70.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 import pytest
 
 from tests.skip_policy import pytest_collectreport, pytest_runtest_logreport, pytest_sessionfinish  # noqa: F401  (the hooks)
@@ -18,12 +24,19 @@ def pytest_configure(config):
     """One ONNX cache per session (export.build's --onnx-cache): every build of the same component of the same model
     with the same precision and flavour exports once; the tests of the cache itself, and of builds that must export,
     pass their own (or none). Always a fresh folder, never one set outside, so that every export the suite checks
-    runs in it once."""
-    os.environ[_ONNX_CACHE] = tempfile.mkdtemp(prefix="contextdiff-onnx-cache-")
+    runs in it once. Under pytest-xdist the controller makes it and its workers share it (the cache's writes are
+    atomic, made for concurrent builds)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ[_ONNX_CACHE] = tempfile.mkdtemp(prefix="contextdiff-onnx-cache-")
+    else:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(os.environ.pop(_ONNX_CACHE, ""), ignore_errors=True)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(os.environ.pop(_ONNX_CACHE, ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

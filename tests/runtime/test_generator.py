@@ -21,8 +21,10 @@ from tests.parity import PROMPTS, compare, record
 
 # Image parity on the shipped (trained) models, 20 steps; measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05, worst over each test's parametrizations
 # (CONTEXTDIFF_PARITY_LOG=file records every figure: tests/parity.py).
-FP32_PSNR = 90.0  # measured 98.5 dB (pixel model, eta 1, guidance 7.5, 3 images) to 147.8
-FP32_X0 = 3e-4  # worst relative error of x̂_0 over the steps: measured 1.0e-4 (the same case); 3e-7 to 2e-5 elsewhere
+# The worst case (pixel model, eta 1, guidance 7.5, 3 images) depends on the reference's summation order: 98.5 dB and
+# x̂_0 1.0e-4 with torch on two threads, 87.5 dB and 3.8e-4 on one (as under pytest-xdist); elsewhere 116-147.8 dB, 3e-7 to 2e-5.
+FP32_PSNR = 85.0
+FP32_X0 = 5e-4  # worst relative error of x̂_0 over the steps
 FP16_PSNR = 55.0  # measured 62.2 (pixel), 76.4 (latent), 72.6 (latent, standard graphs)
 TORCH_PSNR = 120.0  # measured 141.6 (latent; pixel: bit for bit)
 
