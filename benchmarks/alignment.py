@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks.harness import render_table
 from contextdiff_ref.data.alignment import ImageScore, paired_difference, score_image, summarize
 from contextdiff_ref.data.shapes import Scene, caption, evaluation_sets
-from runtime.cli import CLI_ERRORS, error_exit, setup_logging
+from runtime.cli import CLI_ERRORS, Parser, error_exit, setup_logging
 from runtime.errors import InvalidArgumentError
 from runtime.files import atomic_write_json
 from runtime.options import OpenVINOPrecision, choices
@@ -133,7 +133,7 @@ def evaluate(models: dict[str, GenerateFn], images_per_prompt: int = 1, seed: in
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.alignment", description="Text–image alignment of shapes models (ContextDiff vs the no-adapter baseline).")
+    p = Parser(prog="python -m benchmarks.alignment", description="Text–image alignment of shapes models (ContextDiff vs the no-adapter baseline).")
     p.add_argument("--model", type=Path, default=None, help="ContextDiff model directory (default: the embedded default model)")
     p.add_argument("--baseline", type=Path, default=None, help="baseline model directory (same prompts and seeds)")
     p.add_argument("--backend", choices=["runtime", "reference"], default="runtime", help="runtime.Generator on ONNX Runtime, or the PyTorch reference (default: %(default)s)")

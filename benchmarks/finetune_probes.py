@@ -37,7 +37,7 @@ from contextdiff_ref.data.shapes import Scene, caption, composition, evaluation_
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.models.text import tokenize
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
-from runtime.cli import CLI_ERRORS, TIMED, error_exit, setup_logging
+from runtime.cli import CLI_ERRORS, TIMED, Parser, error_exit, setup_logging
 from runtime.files import atomic_write_json
 from runtime.sampling import StepOutput
 from runtime.schedule import Schedule
@@ -142,7 +142,7 @@ def markdown(report: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.finetune_probes", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.finetune_probes", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a benchmarks.finetune_shapes work directory")
     p.add_argument("--json", type=Path, default=None, help="report file")
     p.add_argument("--guidance", type=float, default=3.0, help="the evaluation's guidance (default: %(default)s)")

@@ -57,7 +57,7 @@ from contextdiff_ref.models.defaults import LATENT_MODEL_NAME
 from contextdiff_ref.models.model_dir import quiet_loading
 from contextdiff_ref.training.finetune import FinetuneConfig, Finetuner, export_finetuned
 from contextdiff_ref.training.loop import CHECKPOINT, read_checkpoint, write_checkpoint
-from runtime.cli import CLI_ERRORS, TIMED, error_exit, setup_logging
+from runtime.cli import CLI_ERRORS, TIMED, Parser, error_exit, setup_logging
 from runtime.files import atomic_directory, atomic_write_json
 from runtime.metrics import psnr
 from runtime.schedule import ContextualGuidance
@@ -159,7 +159,7 @@ def write_base(path: Path, vae, prediction_type: str, seed: int = 0) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = FinetuneConfig(model="", data="")
-    p = argparse.ArgumentParser(prog="python -m benchmarks.finetune_shapes", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.finetune_shapes", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="work directory (resumable)")
     p.add_argument("--json", type=Path, default=None, help="report file")
     p.add_argument("--vae-steps", type=int, default=1500)

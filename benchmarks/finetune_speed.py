@@ -11,7 +11,6 @@ gradient checkpointing, batch 4).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.cli import CLI_ERRORS, error_exit, setup_logging
+from runtime.cli import CLI_ERRORS, Parser, error_exit, setup_logging
 
 logger = logging.getLogger("benchmarks.finetune_speed")
 
@@ -54,7 +53,7 @@ def measure(model_dir: Path, work: Path, steps: int = 20, warmup: int = 3, batch
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.finetune_speed", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.finetune_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True, help="ContextDiff model directory")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)

@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks.environment import environment, markdown as environment_markdown
 from benchmarks.harness import System, cell, not_run_rows, percentiles, render_table, stages_ms, time_runs
 from runtime.backends import cuda_driver
-from runtime.cli import setup_logging
+from runtime.cli import Parser, setup_logging
 from runtime.files import atomic_write_json, atomic_write_text
 from runtime.metrics import psnr
 
@@ -313,7 +313,7 @@ def failures(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
     p.add_argument("--models", nargs="+", default=["default", "sd15"], help="'default', 'sd15' (SD-1.5 class, random weights) or model directories")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the same harness on the CPU backends (a dry run)")

@@ -25,7 +25,7 @@ from benchmarks.harness import System, cell, interleave, machine, not_run_rows, 
 from benchmarks.models import unet_flops
 from benchmarks.timing import Timer, diffusers_ddim, instrument_generator, instrument_pipeline
 from runtime.backends import cuda_driver
-from runtime.cli import PLAIN, setup_logging
+from runtime.cli import PLAIN, Parser, setup_logging
 from runtime.errors import ContextDiffError
 
 logger = logging.getLogger("benchmarks.latency")
@@ -140,7 +140,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
     p.add_argument("--sd15", action="store_true", help="the SD-1.5-class model with random weights (contextdiff_ref.models.sd15; for GPUs)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -6,7 +6,6 @@ call and seed — per step the relative L2 error of x̂_0, then the final latent
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -17,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.cli import PLAIN, setup_logging
+from runtime.cli import PLAIN, Parser, setup_logging
 from runtime.files import atomic_write_json
 from runtime.metrics import psnr, relative_l2
 from runtime.options import OpenVINOPrecision, choices
@@ -80,7 +79,7 @@ def compare_with_reference(model_dir: str | Path, engine_dir: str | Path, prompt
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.parity", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.parity", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True, help="model directory")
     p.add_argument("--engines", type=Path, required=True, help="engine directory built from it")
     p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks.harness import cell, interleave, machine, not_run_rows, render_table, stages_ms, write_result
-from runtime.cli import PLAIN, setup_logging
+from runtime.cli import PLAIN, Parser, setup_logging
 
 logger = logging.getLogger("benchmarks.sd15_cpu")
 
@@ -206,7 +206,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.sd15_cpu", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.sd15_cpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/sd15-contextdiff"), help="model directory; written if absent (default: %(default)s)")
     p.add_argument("--engines-root", type=Path, default=Path("engines"), help="engine directories <root>/<model>-<size> (built or reused)")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])

@@ -8,7 +8,6 @@ schema-invalid ones refused), bounded in examples and time. Writes Schemathesis'
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import re
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.cli import setup_logging
+from runtime.cli import Parser, setup_logging
 from runtime.files import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("benchmarks.serve_fuzz")
@@ -49,7 +48,7 @@ def run_fuzz(url: str, max_examples: int, max_time_s: int, seed: int) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_fuzz", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.serve_fuzz", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=None, help="a running service; default: start one on --engines")
     p.add_argument("--engines", type=Path, default=Path("engines/shapes-contextdiff-b8"), help="engine directory when starting the service")
     p.add_argument("--max-examples", type=int, default=50, help="examples per operation and phase (default: %(default)s)")

@@ -11,7 +11,6 @@ service's backpressure), *lost* when it gets no answer within --timeout.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import contextlib
 import itertools
@@ -30,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from benchmarks.harness import percentiles, render_table
-from runtime.cli import setup_logging
+from runtime.cli import Parser, setup_logging
 from runtime.files import atomic_write_json
 
 logger = logging.getLogger("benchmarks.serve_load")
@@ -164,7 +163,7 @@ def compare(engines: Path, concurrencies: list[int], requests: int, steps: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.serve_load", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the running service (default: %(default)s)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[16], help="clients at once; several values: one run each")
     p.add_argument("--requests", type=int, default=64, help="requests per run (default: %(default)s)")

@@ -17,7 +17,7 @@ another shape of the same size has room (a triangle's foreground leaves no room 
 edit to another shape inherits it (a triangle edited into a circle comes out a rounded square); 1 draws the region anew
 while the blend still holds the rest to the source. ``--clip-seed S`` draws another set of source clips (settings
 chosen on one set can be checked on another); ``--clip-set unseen`` keeps only clips whose caption and whose edits'
-captions are none of the embedded video base's training clips' (:func:`contextdiff_ref.video.base.base_clip_captions`)
+captions are none of the embedded video base's training clips' (:func:`contextdiff_ref.video.build_base.base_clip_captions`)
 — seed 0's clips are all such (the base was built holding them out), another seed's are not, and an edit into a clip
 the base trained on is easier.
 
@@ -191,7 +191,7 @@ def source_clips(settings: EditSettings) -> list[Clip]:
     on (the draw continued until there are enough; prefix-stable like the draw)."""
     if settings.clip_set == "all":
         return evaluation_clips(settings.clips, settings.clip_seed)
-    from contextdiff_ref.video.base import base_clip_captions
+    from contextdiff_ref.video.build_base import base_clip_captions
 
     seen, limit = base_clip_captions(), 100 * settings.clips
     drawn = evaluation_clips(limit, settings.clip_seed)

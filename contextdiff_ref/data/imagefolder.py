@@ -20,7 +20,6 @@ order: a held-out set to evaluate compositions the model never saw (``benchmarks
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -35,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from contextdiff_ref.data.shapes import caption, composition, parse_caption, render, scene_stream
-from runtime.cli import CLI_ERRORS, PLAIN, error_exit, setup_logging
+from runtime.cli import CLI_ERRORS, PLAIN, Parser, error_exit, setup_logging
 from runtime.errors import ContextDiffError, InvalidArgumentError
 from runtime.files import atomic_directory
 
@@ -195,7 +194,7 @@ def write_image_folder(out: str | os.PathLike[str], entries: Iterable[tuple[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contextdiff_ref.data.imagefolder", description="Write the shapes dataset as an image folder with metadata.jsonl.")
+    parser = Parser(prog="python -m contextdiff_ref.data.imagefolder", description="Write the shapes dataset as an image folder with metadata.jsonl.")
     parser.add_argument("--shapes", type=int, required=True, metavar="N", help="number of images")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced atomically if it exists)")
     parser.add_argument("--seed", type=int, default=0, help="scene stream seed (default: %(default)s)")

@@ -4,7 +4,7 @@
 how it was trained and how it scores: README, "The embedded default model"). The no-adapter baseline it is compared
 with (``python -m benchmarks.alignment --baseline DIR``) is trained by the same script with ``--baseline``.
 
-``shapes-video-base`` is that model taught the moving-shapes vocabulary (``python -m contextdiff_ref.video.base``):
+``shapes-video-base`` is that model taught the moving-shapes vocabulary (``python -m contextdiff_ref.video.build_base``):
 the image model video editing inflates. ``shapes-video`` is the embedded default *video* model: the video base
 inflated to 8 frames and tuned one-shot (``python -m contextdiff_ref.tune_video``) on the source clip shipped beside
 it (``source.gif``, clip 0 of the editing evaluation) captioned in ``source.txt``. How both were

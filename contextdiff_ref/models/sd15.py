@@ -12,7 +12,6 @@ fetched, and any prompt still encodes. The adapter is sized for 4 × 64 × 64 la
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -25,7 +24,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from contextdiff_ref.models.adapter import ContextAdapter
 from contextdiff_ref.models.model_dir import ModelComponents, save_model_dir
 from contextdiff_ref.models.tiny import make_clip_tokenizer
-from runtime.cli import CLI_ERRORS, PLAIN, error_exit, setup_logging
+from runtime.cli import CLI_ERRORS, PLAIN, Parser, error_exit, setup_logging
 from runtime.schedule import SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ def write_sd15_model_dir(path: str | os.PathLike[str], seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contextdiff_ref.models.sd15", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m contextdiff_ref.models.sd15", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="model directory to write (replaced atomically if it exists)")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default: %(default)s)")
     args = parser.parse_args(argv)

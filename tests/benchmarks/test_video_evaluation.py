@@ -142,7 +142,7 @@ def test_bad_settings(field, value):
 def test_unseen_clip_set(monkeypatch):
     """clip_set='unseen': seed 0's clips are all unseen by the embedded base (it was built holding them out); another
     seed's set skips the clips it trained on, keeps the draw's order, and is prefix-stable; too few is a clear error."""
-    from contextdiff_ref.video import base
+    from contextdiff_ref.video import build_base as base
 
     assert evaluate.source_clips(EditSettings(clip_set="unseen")) == evaluation_clips(24, 0)
     seen = base.base_clip_captions()

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from contextdiff_ref.models.graphs import graph_modules, model_dims
 from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.models.text import tokenize
-from export.trt_support import unsupported
+from export.tensorrt_matrix import unsupported
 from runtime.metrics import relative_l2
 from runtime.specs import SPECS, Component, Profile
 from tests.parity import record

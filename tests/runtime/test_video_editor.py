@@ -21,7 +21,7 @@ from contextdiff_ref.video.pipeline import VideoEditPipeline
 from export.artifacts import read_manifest
 from export.build import BuildOptions, build_engine_dir
 from export.onnx_export import Flavour
-from export.trt_support import unsupported
+from export.tensorrt_matrix import unsupported
 from runtime import __main__ as cli
 from runtime.errors import InvalidArgumentError
 from runtime.generator import Generator

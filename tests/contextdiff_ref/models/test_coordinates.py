@@ -79,7 +79,7 @@ def test_exported_unet_takes_the_sample_alone_and_matches_torch_at_every_size(co
 
     from contextdiff_ref.models.graphs import graph_modules, model_dims
     from export.onnx_export import Flavour, export_onnx, to_fp16
-    from export.trt_support import unsupported
+    from export.tensorrt_matrix import unsupported
     from runtime.specs import SPECS
 
     components = load_model_dir(coordinate_model_dir)

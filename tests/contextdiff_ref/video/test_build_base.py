@@ -1,4 +1,4 @@
-"""The video base (contextdiff_ref.video.base): the moving-shapes image folder, the motion words, the resumable
+"""The video base (contextdiff_ref.video.build_base): the moving-shapes image folder, the motion words, the resumable
 build on a tiny model, the shipped base, and bad input named."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from contextdiff_ref.data.imagefolder import METADATA, open_image_folder
 from contextdiff_ref.models.defaults import default_video_base_dir
 from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.training.loop import CHECKPOINT, read_checkpoint
-from contextdiff_ref.video import base
+from contextdiff_ref.video import build_base as base
 from contextdiff_ref.video.data import MOTION_WORDS, clip_caption, clip_edits, evaluation_clips, random_clip, render_clip
 from runtime.errors import InvalidArgumentError
 

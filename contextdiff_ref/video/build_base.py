@@ -1,4 +1,4 @@
-"""``python -m contextdiff_ref.video.base --out DIR``: the video base model — the shipped shapes model taught the
+"""``python -m contextdiff_ref.video.build_base --out DIR``: the video base model — the shipped shapes model taught the
 moving-shapes vocabulary before it is inflated (method doc §7 starts from "a trained text-to-image UNet").
 
 Why: the shapes model was trained on objects at the four quadrants' centres (± 1 px) and captions "a red circle at
@@ -21,7 +21,6 @@ atomic.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -35,7 +34,7 @@ from contextdiff_ref.data.shapes import caption, render, sample_scenes
 from contextdiff_ref.models.model_dir import check_model_dir, load_model_dir, quiet_loading, save_model_dir
 from contextdiff_ref.video.data import MOTION_WORDS, Clip, clip_caption, clip_edits, evaluation_clips, random_clip, render_clip
 from contextdiff_ref.video.model_dir import add_words
-from runtime.cli import CLI_ERRORS, TIMED, error_exit, setup_logging
+from runtime.cli import CLI_ERRORS, TIMED, Parser, error_exit, setup_logging
 from runtime.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
@@ -124,7 +123,7 @@ def build_video_base(out: Path, model: Path, steps: int = 3000, clips: int = 600
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m contextdiff_ref.video.base", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m contextdiff_ref.video.build_base", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="run directory (resumable); the model is written to OUT/model")
     p.add_argument("--model", type=Path, default=None, help="image model directory (default: the embedded default model)")
     p.add_argument("--steps", type=int, default=3000, help="fine-tuning steps (default: %(default)s)")
