@@ -17,7 +17,7 @@ from benchmarks.timing import Timer, instrument_generator, instrument_pipeline
 
 logger = logging.getLogger("benchmarks.video_latency")
 
-# The edit the README shows: the default video model's source clip (evaluation clip 0), its circle edit, with the
+# The edit docs/guides/video-editing.md shows: the default video model's source clip (evaluation clip 0), its circle edit, with the
 # evaluation's settings (benchmarks.video_evaluation).
 EDIT = "a magenta circle moving from the top right to the bottom right"
 SETTINGS = {"strength": 0.93, "guidance_scale": 15.0}

@@ -1,14 +1,14 @@
 """Where the embedded default model lives: ``contextdiff_ref/models/`` in the package.
 
 ``shapes-contextdiff`` is the ContextDiff model trained on the shapes dataset (``python -m contextdiff_ref.train``;
-how it was trained and how it scores: README, "The embedded default model"). The no-adapter baseline it is compared
+how it was trained and how it scores: docs/shapes-model.md). The no-adapter baseline it is compared
 with (``python -m benchmarks.alignment --baseline DIR``) is trained by the same script with ``--baseline``.
 
 ``shapes-video-base`` is that model taught the moving-shapes vocabulary (``python -m contextdiff_ref.video.build_base``):
 the image model video editing inflates. ``shapes-video`` is the embedded default *video* model: the video base
 inflated to 8 frames and tuned one-shot (``python -m contextdiff_ref.tune_video``) on the source clip shipped beside
 it (``source.gif``, clip 0 of the editing evaluation) captioned in ``source.txt``. How both were
-made and how they edit: README, "Editing a video".
+made and how they edit: docs/guides/video-editing.md.
 
 ``shapes-latent-contextdiff`` is the latent, Stable-Diffusion-shaped ContextDiff model that "Train your own"
 produces (``python -m benchmarks.finetune_shapes --ship contextdiff_ref/models``): a tiny VAE and the recipe

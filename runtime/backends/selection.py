@@ -60,7 +60,7 @@ def pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPrec
     """(backend, OpenVINO precision or None). auto: TensorRT (plans present and the TensorRT they need — full or lean —
     importable), then ONNX Runtime CUDA; on the CPU, OpenVINO where bf16 is wanted (``precision`` or the manifest) and
     the CPU has it, else ONNX Runtime CPU (OpenVINO f32 would write a compiled copy of every component into the engine
-    directory on first load, which auto does not do unasked: README, "CPU backends")."""
+    directory on first load, which auto does not do unasked: docs/guides/cpu-backends.md)."""
     if backend not in BACKENDS:
         raise InvalidArgumentError("backend", backend, f"one of {', '.join(map(repr, BACKENDS))} ('torch': contextdiff_ref.pipelines.torch_runner.torch_generator)")
     if precision is not None and backend not in ("auto", "openvino"):

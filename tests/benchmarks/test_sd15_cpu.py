@@ -1,5 +1,5 @@
 """The SD-1.5-class CPU benchmark's bookkeeping: which systems run here, the issue's target ratios and the table.
-The benchmark itself runs for minutes on a 4 GB model: it is a script (README, Performance), not a test."""
+The benchmark itself runs for minutes on a 4 GB model: it is a script (docs/results/performance.md), not a test."""
 
 from __future__ import annotations
 

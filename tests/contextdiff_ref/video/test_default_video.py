@@ -1,6 +1,6 @@
 """The embedded default video model (contextdiff_ref/models/shapes-video): what it was tuned on, that inversion
 then sampling with the source prompt reconstructs its source, and that the edit CLI, with no --model, edits the
-shipped source clip into the evaluation's edits at the issue's targets (method doc §7; README "Editing a video")."""
+shipped source clip into the evaluation's edits at the issue's targets (method doc §7; docs/results/video.md)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_shipped_source_is_evaluation_clip_0(pipe):
 @pytest.mark.slow
 @pytest.mark.parametrize("strength, floor_db", [(1.0, 40.0), (0.93, 40.0)])  # measured 43.3 / 43.1 dB (AMD EPYC, 2026-12-05)
 def test_inversion_then_sampling_with_the_source_prompt_reconstructs(pipe, strength, floor_db):
-    """§7: sampling the inverted x_T with c_src and guidance 1 gives the source back (measured: README)."""
+    """§7: sampling the inverted x_T with c_src and guidance 1 gives the source back (measured: docs/results/video.md)."""
     source, caption = render_clip(CLIP), clip_caption(CLIP)
     x_T = pipe.invert(source, caption, 50, strength=strength, progress=False)
     back = pipe.sample(x_T, caption, 50, 1.0, strength=strength, progress=False)
@@ -46,7 +46,7 @@ def test_inversion_then_sampling_with_the_source_prompt_reconstructs(pipe, stren
 @pytest.mark.slow
 def test_edit_cli_with_the_default_model_edits_its_source(tmp_path):
     """The evaluation's two edits of the shipped clip, through the CLI (no --model) and a GIF, with the evaluated
-    settings. Measured (README): the object stays in place on 16 of 16 frames; "a magenta circle ..." reads on 6 of
+    settings. Measured (docs/results/video.md): the object stays in place on 16 of 16 frames; "a magenta circle ..." reads on 6 of
     8 frames, "a red triangle ..." on 0 of 8 (the shape stays a square) — this clip's edit 1 is one of the
     evaluation's failures. Held at what is measured: edit 2 on 6 of 8 frames (75%, under the issue's 80% target, which
     the evaluation meets over its clips, not on this one), and the object kept in place on all 16 frames."""
