@@ -1,5 +1,5 @@
 """``python -m contextdiff_ref.train --out runs/contextdiff``: train the shapes model (ContextDiff or the baseline);
-rerun the same command to resume. The trainer: :mod:`contextdiff_ref.training.shapes`."""
+rerun the same command to resume. The trainer: :mod:`contextdiff_ref.training.shapes_trainer`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from contextdiff_ref.models.model_dir import quiet_loading
-from contextdiff_ref.training.shapes import TrainConfig, Trainer, export_model
+from contextdiff_ref.training.shapes_trainer import TrainConfig, Trainer, export_model
 from runtime.cli import CLI_ERRORS, TIMED, Parser, error_exit, setup_logging
 from runtime.errors import InvalidArgumentError
 

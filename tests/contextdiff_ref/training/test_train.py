@@ -10,7 +10,7 @@ import torch
 from contextdiff_ref.models.model_dir import load_model_dir
 from contextdiff_ref.train import main
 from contextdiff_ref.training.loop import CHECKPOINT
-from contextdiff_ref.training.shapes import TrainConfig, Trainer
+from contextdiff_ref.training.shapes_trainer import TrainConfig, Trainer
 
 TINY = dict(batch_size=2, warmup_steps=2)
 
