@@ -17,10 +17,13 @@ from tqdm.auto import tqdm
 
 from contextdiff_ref.models.graphs import VaeEncoderGraph
 from contextdiff_ref.models.model_dir import ModelComponents, load_model_dir, model_limits, save_model_dir
+from contextdiff_ref.models.step_cache import CachedUNet
 from contextdiff_ref.models.text import tokenize
 from runtime.images import GenerationOutput, to_images
 from runtime.sampling import LocalBlend, StepOutput, generate, invert
+from runtime.errors import ContextDiffError
 from runtime.schedule import Schedule
+from runtime.step_cache import full_step_plan
 from runtime.validation import GenerationRequest, check_strength, validate_inversion, validate_request
 
 logger = logging.getLogger(__name__)
@@ -70,8 +73,13 @@ class ContextDiffPipeline:
         """Prompts -> last hidden states (N, L, D) of the text encoder; longer prompts are truncated with a warning."""
         return self.components.text_encoder(tokenize(self.components, prompts).to(self.device))[0]
 
-    def _denoiser(self, text: torch.Tensor, request: GenerationRequest) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    def _denoiser(self, text: torch.Tensor, request: GenerationRequest, full: Sequence[bool] | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """Method doc §5 step 1 as ``denoise(x, t)``, called once per step in order. ``full`` (one flag per step run,
+        :func:`runtime.step_cache.full_step_plan`): step caching, the steps flagged False run only the UNet's outer
+        blocks on the feature of the last full step (:mod:`contextdiff_ref.models.step_cache`)."""
         predict, w = self.components.predict, request.guidance_scale
+        if full is not None and not all(full):
+            predict = _cached_predict(self.components, full)
 
         def denoise(x: torch.Tensor, t: int) -> torch.Tensor:  # method doc §5 step 1
             model_input = torch.cat([x, x]) if request.do_guidance else x
@@ -156,6 +164,8 @@ class ContextDiffPipeline:
         progress: bool = True,
         blend: LocalBlend | None = None,
         contextual_guidance: str | None = None,
+        cache_interval: int = 1,
+        full_steps: Sequence[int] | None = None,
     ) -> GenerationOutput:
         """Generate images for ``prompt`` (a string or a list of N strings).
 
@@ -166,7 +176,10 @@ class ContextDiffPipeline:
         only the last steps of the schedule (:meth:`runtime.schedule.Schedule.strength_steps`), as after
         :meth:`invert` with the same strength. ``blend`` (:class:`runtime.sampling.LocalBlend`, host arrays) keeps
         the sample on a source's inversion trajectory outside its mask after every step. ``contextual_guidance``
-        ("conditional" or "guided", method doc §5) overrides the model's variant of guidance and the shift. Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
+        ("conditional" or "guided", method doc §5) overrides the model's variant of guidance and the shift.
+        ``cache_interval`` k > 1 (or ``full_steps``, the indices of the full steps among the steps run, starting with
+        0): step caching (DeepCache), only every k-th step runs the whole UNet (:mod:`contextdiff_ref.models.step_cache`;
+        1, the default, is the exact path). Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
         PIL images for "pil", the final sample (N, C, h, w) for "latent".
         """
         request = validate_request(
@@ -175,8 +188,29 @@ class ContextDiffPipeline:
             output_type=output_type, callback=callback, contextual_guidance=contextual_guidance,
         )
         check_strength(strength, latents)
+        full = full_step_plan(len(self.schedule.plan(request.num_inference_steps, request.eta, strength).steps), cache_interval, full_steps)
         return generate(
-            request, self.limits, self.schedule, strength=strength, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
+            request, self.limits, self.schedule, strength=strength, encode=self.encode_prompt,
+            denoiser=lambda text, req: self._denoiser(text, req, full), context_shift=self._context_shift,
             decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device), blend=blend,
             progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
         )  # fmt: skip
+
+
+def _cached_predict(components: ModelComponents, full: Sequence[bool]) -> Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]:
+    """``predict(sample, t, text)`` for one run under step caching: call i is a full step where ``full[i]``, else a
+    shallow one on the feature of the last full step."""
+    unet = CachedUNet(components.unet, coordinates=components.unet_coordinate_channels)
+    state: dict[str, Any] = {"step": 0, "feature": None}
+
+    def predict(sample: torch.Tensor, t: int, states: torch.Tensor) -> torch.Tensor:
+        step = state["step"]
+        if step >= len(full):
+            raise ContextDiffError(f"step caching planned {len(full)} steps; the loop asked for step {step + 1}")
+        state["step"] = step + 1
+        if full[step]:
+            output, state["feature"] = unet.full(sample, t, states)
+            return output
+        return unet.shallow(sample, t, states, state["feature"])
+
+    return predict

@@ -1,0 +1,38 @@
+"""Which steps of a sampling run compute the whole UNet under step caching (DeepCache, Ma et al. 2023, arXiv
+2312.00858; issue 34). Torch-free: the reference and every runtime backend follow the same plan.
+
+A *full* step runs the whole UNet and keeps the deep feature entering its outer up-blocks; the steps after it, up to
+the next full step, run only the outer (shallow) blocks on that cached feature. Step 0 is always full: nothing is
+cached before it. The adapter runs on every step's x̂_0 either way (method doc §5 is unchanged).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+from runtime.errors import InvalidArgumentError
+
+
+def full_step_plan(num_inference_steps: int, cache_interval: int = 1, full_steps: Sequence[int] | None = None) -> tuple[bool, ...]:
+    """For each of the run's ``num_inference_steps`` steps (in the order they run), whether it is a full step.
+
+    ``cache_interval`` k: steps 0, k, 2k, ... are full (k = 1: every step, today's exact path). ``full_steps``
+    instead lists the full steps explicitly (strictly increasing, starting with 0, each below the number of steps)."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) or num_inference_steps < 1:
+        raise InvalidArgumentError("num_inference_steps", num_inference_steps, "an integer >= 1")
+    if full_steps is not None:
+        steps = list(full_steps)
+        if cache_interval != 1:
+            raise InvalidArgumentError("cache_interval", cache_interval, "1 (the default) when full_steps lists the full steps")
+        if not steps or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in steps):
+            raise InvalidArgumentError("full_steps", full_steps, "a non-empty list of integer step indices")
+        if steps[0] != 0:
+            raise InvalidArgumentError("full_steps", full_steps, "a list that starts with step 0 (nothing is cached before the first step)")
+        if any(b <= a for a, b in zip(steps, steps[1:])) or steps[-1] >= num_inference_steps:
+            raise InvalidArgumentError("full_steps", full_steps, f"strictly increasing step indices below num_inference_steps={num_inference_steps}")
+        chosen = set(steps)
+        return tuple(i in chosen for i in range(num_inference_steps))
+    if isinstance(cache_interval, bool) or not isinstance(cache_interval, numbers.Integral) or cache_interval < 1:
+        raise InvalidArgumentError("cache_interval", cache_interval, "an integer >= 1 (1: every step runs the whole UNet)")
+    return tuple(i % cache_interval == 0 for i in range(num_inference_steps))
