@@ -26,6 +26,7 @@ from contextdiff_ref.models.model_dir import ModelComponents, check_model_dir, l
 from contextdiff_ref.video.model_dir import is_video_model_dir, load_video_model_dir
 from export.artifacts import MANIFEST, BuildError, BuildLock, hash_parts, read_manifest, remove_stale, sha256_file  # fmt: skip
 from export.onnx_export import OPSET, Flavour, export_onnx, to_fp16
+from export.weight_map import build_weight_map, graph_weights, module_weights, weight_map_name, write_weight_map
 from export.tensorrt_build import build_plan, compute_capability, tensorrt_status
 from runtime.errors import ContextDiffError, InvalidArgumentError, first_line
 from runtime.files import TMP_PREFIX, atomic_write, atomic_write_text, staging_dir
@@ -37,7 +38,7 @@ from runtime.validation import ModelLimits
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = "3"  # bump when graph wrappers or conversion rules change, to invalidate cached ONNX
+EXPORT_VERSION = "4"  # bump when graph wrappers or conversion rules change, to invalidate cached ONNX
 FP16_TOLERANCE = 1e-2  # relative L2 error of an fp16 graph against its fp32 graph, on random inputs
 CHECK_SIZE = 32  # the fp16 check runs at most 32 x 32 samples: precision is per op, and 64 x 64 would cost minutes
 _SOURCE_FOLDERS = {Component.TEXT_ENCODER: ("text_encoder",), Component.UNET: ("unet",), Component.ADAPTER: ("adapter",), Component.VAE_DECODER: ("vae",),
@@ -127,21 +128,28 @@ def _fp16_error(fp32: Path, fp16: Path, feed: dict[str, np.ndarray]) -> float:
     return relative_l2(b, a)
 
 
-def _publish(files: list[Path], out_dir: Path, flavour: Flavour) -> dict[str, Any]:
-    """Move a graph and its data file into ``out_dir`` (the data file first: the graph names it) and describe them."""
-    for path in reversed(files):
+def _publish(files: list[Path], out_dir: Path, flavour: Flavour, weight_map: Path | None = None) -> dict[str, Any]:
+    """Move a graph, its data file and its weight map into ``out_dir`` (the graph last: it names its data) and describe them."""
+    for path in [*([weight_map] if weight_map else []), *reversed(files)]:
         os.replace(path, out_dir / path.name)
     graph, *data = [out_dir / p.name for p in files]
-    return {"file": graph.name, "sha256": sha256_file(graph), "external_data": [{"file": d.name, "sha256": sha256_file(d)} for d in data],
-            "bytes": sum(p.stat().st_size for p in [graph, *data]), "opset": OPSET, "flavour": flavour.value,
-            "exporter": f"torch {torch.__version__} (dynamo)"}  # fmt: skip
+    entry = {"file": graph.name, "sha256": sha256_file(graph), "external_data": [{"file": d.name, "sha256": sha256_file(d)} for d in data],
+             "bytes": sum(p.stat().st_size for p in [graph, *data]), "opset": OPSET, "flavour": flavour.value,
+             "exporter": f"torch {torch.__version__} (dynamo)"}  # fmt: skip
+    if weight_map is not None:
+        entry["weight_map"] = {"file": weight_map.name, "sha256": sha256_file(out_dir / weight_map.name)}
+    return entry
+
+
+def _entry_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The file records of an ONNX artifact: the graph, its external data, its weight map (export/weight_map.py)."""
+    return [entry, *entry.get("external_data", []), *([entry["weight_map"]] if entry.get("weight_map") else [])]
 
 
 def _artifact_intact(out_dir: Path, entry: dict[str, Any] | None, name: str) -> bool:
     if not entry or entry.get("file") != name or not (out_dir / name).is_file():
         return False
-    files = [entry] + entry.get("external_data", [])
-    return all((out_dir / f["file"]).is_file() and sha256_file(out_dir / f["file"]) == f["sha256"] for f in files)
+    return all((out_dir / f["file"]).is_file() and sha256_file(out_dir / f["file"]) == f["sha256"] for f in _entry_files(entry))
 
 
 def _check_inputs(component: Component, dims: ModelDims, profile: Profile) -> dict[str, np.ndarray]:
@@ -153,19 +161,20 @@ def _check_inputs(component: Component, dims: ModelDims, profile: Profile) -> di
     return SPECS[component].sample_inputs(dims, max(2, profile.opt[0]), min(height, cap), min(width, cap), np.random.default_rng(0))
 
 
-def _copy_from_cache(cache: Path, name: str, dest: Path) -> tuple[list[Path], dict[str, Any]] | None:
-    """(copies in ``dest`` of the cache's artifact ``name``, graph first; its record), or None when the cache has no
-    intact copy (a record whose files are missing or whose sha256 differs is ignored: built again). A full disk raises."""
+def _copy_from_cache(cache: Path, name: str, dest: Path) -> tuple[list[Path], dict[str, Any], Path | None] | None:
+    """(copies in ``dest`` of the cache's artifact ``name``, graph first; its record; the copy of its weight map, or
+    None for an entry written before weight maps), or None when the cache has no intact copy (a record whose files are missing or whose sha256 differs is ignored: built again). A full disk raises."""
     try:
         record = json.loads((cache / f"{name}.json").read_text(encoding="utf-8"))
         entry = record["onnx"]
         if not _artifact_intact(cache, entry, name):
             return None
         dest.mkdir(parents=True, exist_ok=True)
-        files = [dest / f["file"] for f in [entry, *entry["external_data"]]]
-        for path in files:
+        copies = [dest / f["file"] for f in _entry_files(entry)]
+        for path in copies:
             shutil.copyfile(cache / path.name, path)
-        return files, record
+        files = copies[: 1 + len(entry["external_data"])]
+        return files, record, copies[-1] if entry.get("weight_map") else None
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -180,8 +189,8 @@ def _from_cache(cache: Path, name: str, out_dir: Path, flavour: Flavour) -> tupl
     with staging_dir(out_dir) as stage:
         if (copied := _copy_from_cache(cache, name, stage)) is None:
             return None
-        files, record = copied
-        published = _publish(files, out_dir, flavour)
+        files, record, weight_map = copied
+        published = _publish(files, out_dir, flavour, weight_map)
     if published["sha256"] != record["onnx"]["sha256"]:
         return None
     return published, record["precision"], record["note"]
@@ -192,7 +201,7 @@ def _to_cache(cache: Path, entry: dict[str, Any], out_dir: Path, used: str, note
     concurrent builds and killed ones leave only complete entries). A cache that cannot be written is only logged."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        for f in [*entry["external_data"], entry]:
+        for f in reversed(_entry_files(entry)):  # the graph last
             atomic_write(cache / f["file"], lambda tmp, src=out_dir / f["file"]: shutil.copyfile(src, tmp))
         atomic_write_text(cache / f"{entry['file']}.json", json.dumps({"onnx": entry, "precision": used, "note": note}, indent=2) + "\n")
     except OSError as exc:
@@ -231,6 +240,15 @@ def _fp16_checked(fp32_graph: Path, stage: Path, name: str, feed: dict[str, np.n
     return converted, _fp16_error(fp32_graph, converted[0], feed)
 
 
+def _weight_map(files: list[Path], weights: dict[str, np.ndarray], component: Component, precision: Precision) -> Path:
+    """Write the weight map (export/weight_map.py) of the graph ``files[0]`` beside it; returns its path."""
+    mapped = build_weight_map(weights, files[0], component.value, precision.value)
+    if mapped["unmapped"]:
+        logger.info("%s: %d weights not found by value in the graph (LoRAs cannot touch them): %s", component.value, len(mapped["unmapped"]),
+                    ", ".join(mapped["unmapped"][:3]))  # fmt: skip
+    return write_weight_map(files[0].with_name(weight_map_name(files[0].name)), mapped)
+
+
 def _export_component(component: Component, take_module: Callable[[], torch.nn.Module], dims: ModelDims, profile: Profile,
                       precision: Precision, flavour: Flavour, name: str, out_dir: Path,
                       fp32_cached: tuple[Path, str] | None = None) -> tuple[dict[str, Any], str, str]:  # fmt: skip
@@ -242,26 +260,33 @@ def _export_component(component: Component, take_module: Callable[[], torch.nn.M
     if fp32_cached is not None:
         with staging_dir(out_dir) as stage:
             copied = _copy_from_cache(*fp32_cached, stage / "cached")
-            if copied is not None and copied[1]["precision"] == Precision.FP32.value:
+            if copied is not None and copied[1]["precision"] == Precision.FP32.value and copied[2] is not None:
                 logger.info("%s: converting the ONNX cache's fp32 graph to fp16 and comparing ...", component.value)
                 converted, error = _fp16_checked(copied[0][0], stage, name, feed)
                 if error <= FP16_TOLERANCE:
-                    return _publish(converted, out_dir, flavour), Precision.FP16.value, f"fp16 rel. error {error:.1e}"
+                    weights = graph_weights(copied[0][0], json.loads(copied[2].read_text(encoding="utf-8")))
+                    weight_map = _weight_map(converted, weights, component, Precision.FP16)
+                    return _publish(converted, out_dir, flavour, weight_map), Precision.FP16.value, f"fp16 rel. error {error:.1e}"
     with staging_dir(out_dir) as stage:
         logger.info("%s: exporting to ONNX (opset %d, %s graph) ...", component.value, OPSET, flavour.value)
         sample = {k: torch.from_numpy(v) for k, v in feed.items()}
-        files = export_onnx(take_module(), SPECS[component], sample, stage / "fp32" / name, flavour=flavour)
-        gc.collect()  # the module (and its memory-mapped weights) is gone now: the fp16 steps below need only the file
+        module = take_module()
+        files = export_onnx(module, SPECS[component], sample, stage / "fp32" / name, flavour=flavour)
+        weights = module_weights(module)  # views of the module's (memory-mapped) weights where they are float32
+        del module
+        weight_map = _weight_map(files, weights, component, Precision.FP32)
+        gc.collect()  # the module is gone now: the fp16 steps below need only the file and the weights' views
         used, note = Precision.FP32, ""
         if precision is Precision.FP16:
             logger.info("%s: converting to fp16 and comparing with fp32 ...", component.value)
             converted, error = _fp16_checked(files[0], stage, name, feed)
             if error <= FP16_TOLERANCE:
                 files, used, note = converted, Precision.FP16, f"fp16 rel. error {error:.1e}"
+                weight_map = _weight_map(files, weights, component, Precision.FP16)
             else:
                 note = f"fp16 rel. error {error:.1e} > {FP16_TOLERANCE:g}: kept fp32"
                 logger.warning("%s: %s", component.value, note)
-        return _publish(files, out_dir, flavour), used.value, note
+        return _publish(files, out_dir, flavour, weight_map), used.value, note
 
 
 def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDims, profile: Profile, precision: str,

@@ -11,6 +11,7 @@ from pathlib import Path
 from runtime import DEFAULT_MODEL_NAME, DEFAULT_VIDEO_MODEL_NAME
 from runtime.cli import CLI_ERRORS, CLIP_SAMPLE, Parser, add_edit_arguments, error_exit, setup_logging
 from runtime.errors import ContextDiffError
+from runtime.lora import parse_lora_arg
 from runtime.options import OpenVINOPrecision, choices
 
 DEFAULT_ENGINES = Path("engines") / DEFAULT_MODEL_NAME  # where `python export/build_engines.py` writes the default model
@@ -35,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the openvino backend's inference precision (default: what the engine directory records, else f32)")
     p.add_argument("--contextual-guidance", choices=["conditional", "guided"], default=None,
                    help="how guidance meets the adapter's shift (method doc §5; default: the model's, recorded in its scheduler config)")
+    p.add_argument("--lora", action="append", type=parse_lora_arg, default=[], metavar="FILE[:SCALE]",
+                   help="a LoRA (safetensors) applied at load, scale 1 unless given; repeatable (docs/guides/lora.md)")
     return p.parse_args(argv)
 
 
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ContextDiffError(f"--output={args.output}: the file name must end in .png")
         if args.num_images < 1:
             raise ContextDiffError(f"--num-images={args.num_images}: must be at least 1")
-        gen = Generator.from_dir(args.engines, backend=args.backend, precision=args.precision)
+        gen = Generator.from_dir(args.engines, backend=args.backend, precision=args.precision, loras=args.lora)
         result = gen([args.prompt] * args.num_images, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                      guidance_scale=args.guidance, eta=args.eta, seed=args.seed, contextual_guidance=args.contextual_guidance)  # fmt: skip
         image = make_grid(result.images) if args.num_images > 1 else result.images[0]

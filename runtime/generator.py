@@ -23,6 +23,7 @@ from runtime.backends.base import Runner
 from runtime.backends.selection import check_device, load_backend
 from runtime.errors import InvalidArgumentError
 from runtime.images import GenerationOutput, to_images
+from runtime.lora import LoraSpec, lora_weights, parse_loras
 from runtime.manifest import EngineManifest, load_manifest
 from runtime.options import OpenVINOPrecision
 from runtime.sampling import LocalBlend, StepOutput, generate, invert
@@ -38,6 +39,9 @@ class Generator:
     >>> gen = Generator.from_dir("engines/shapes-contextdiff")
     >>> gen("a red circle at the top left", seed=0).images  # float32 (1, H, W, 3) in [0, 1]
     """
+
+    loras: tuple[LoraSpec, ...] = ()  # the LoRAs in use (set_loras)
+    _lora_components: frozenset[Component] = frozenset()  # the components whose weights they change
 
     def __init__(self, manifest: EngineManifest, runners: dict[Component, Runner], backend: str, xp: Any = np, device_id: int = 0,
                  precision: str | None = None) -> None:  # fmt: skip
@@ -60,7 +64,7 @@ class Generator:
 
     @classmethod
     def from_dir(cls, engine_dir: str | os.PathLike[str], backend: str = "auto", device: int | None = None,
-                 precision: str | OpenVINOPrecision | None = None) -> Generator:  # fmt: skip
+                 precision: str | OpenVINOPrecision | None = None, *, loras: Sequence[Any] = (), ignore_unmatched: bool = False) -> Generator:  # fmt: skip
         """Validate ``engine_dir`` (format version, sha256 of every artifact; for TensorRT plans the TensorRT version
         and GPU compute capability) before loading anything, then load its engines.
 
@@ -68,24 +72,43 @@ class Generator:
         has it, else ONNX Runtime CPU; the choice is logged), "tensorrt", "onnxruntime", "onnxruntime-cuda",
         "onnxruntime-cpu" or "openvino". ``device``: CUDA device index (GPU backends). ``precision``: OpenVINO's
         inference precision, "f32" or "bf16" (None: what the engine directory records, else f32); only the openvino
-        backend takes one, and bf16 on a CPU without bf16 instructions is refused, never run at f32.
+        backend takes one, and bf16 on a CPU without bf16 instructions is refused, never run at f32. ``loras``:
+        [(file, scale), ...] applied at load, no rebuild (:meth:`set_loras`).
         """
         check_device(device)
         manifest = load_manifest(engine_dir)
         if manifest.num_frames is not None:
             raise InvalidArgumentError("engine_dir", str(engine_dir), f"an image model's engine directory: this one is a video model's "
                                        f"({manifest.num_frames} frames); edit videos with runtime.VideoEditor.from_dir")  # fmt: skip
-        return cls.load(manifest, backend, device, precision)
+        return cls.load(manifest, backend, device, precision, loras=loras, ignore_unmatched=ignore_unmatched)
 
     @classmethod
     def load(cls, manifest: EngineManifest, backend: str = "auto", device: int | None = None,
-             precision: str | OpenVINOPrecision | None = None) -> Generator:  # fmt: skip
+             precision: str | OpenVINOPrecision | None = None, *, loras: Sequence[Any] = (), ignore_unmatched: bool = False) -> Generator:  # fmt: skip
         """:meth:`from_dir` for a loaded, validated manifest, of an image model or (frames folded into the batch, as
         ``runtime.VideoEditor`` runs it) of a video model."""
+        specs = parse_loras(loras)
         chosen = load_backend(manifest, backend, device, precision)
+        weights = lora_weights(manifest, specs, chosen.name, ignore_unmatched=ignore_unmatched)
+        for component, changed in weights.items():  # before activation: the sessions are made once, with them
+            chosen.runners[component].prepare_weights(changed)()
         logger.info("Generator: %s backend%s for %s", chosen.name, f" ({chosen.precision.value})" if chosen.precision else "", manifest.root)
-        return cls(manifest, chosen.runners, chosen.name, xp=chosen.xp, device_id=chosen.device_id,
-                   precision=chosen.precision.value if chosen.precision else None)  # fmt: skip
+        generator = cls(manifest, chosen.runners, chosen.name, xp=chosen.xp, device_id=chosen.device_id,
+                        precision=chosen.precision.value if chosen.precision else None)  # fmt: skip
+        generator.loras, generator._lora_components = specs, frozenset(weights)
+        return generator
+
+    def set_loras(self, loras: Sequence[Any] = (), *, ignore_unmatched: bool = False) -> None:
+        """Use ``loras`` ([(file, scale), ...]; empty: none, the base weights) instead of the current ones. The new
+        weights are computed from the base weights and every touched engine is reloaded with them before any is
+        switched: on an error the Generator keeps its previous weights, never half of each."""
+        specs = parse_loras(loras)
+        with self._lock, self._on_device():
+            weights = lora_weights(self.manifest, specs, self.backend, ignore_unmatched=ignore_unmatched)
+            commits = [self.runners[c].prepare_weights(weights.get(c)) for c in sorted(self._lora_components | set(weights))]
+            for commit in commits:
+                commit()
+            self.loras, self._lora_components = specs, frozenset(weights)
 
     def close(self) -> None:
         for runner in self.runners.values():

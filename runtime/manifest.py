@@ -121,16 +121,24 @@ class BuildRecord:
 class ComponentRecord:
     precision: str  # Precision's value the artifact was built in (fp16 falls back to fp32 where it is not accurate)
     profile: Profile
-    onnx: dict[str, Any]  # {"file", "sha256", "external_data": [{"file", "sha256"}], "bytes", "opset", "flavour", "exporter"}
+    # {"file", "sha256", "external_data": [{"file", "sha256"}], "bytes", "opset", "flavour", "exporter", "weight_map": {"file", "sha256"}};
+    # the weight map (which initializer holds which module weight: export/weight_map.py, read by runtime/lora.py) is absent in builds before it
+    onnx: dict[str, Any]
     tensorrt: dict[str, Any] | None = None  # {"file", "sha256", "bytes", "builder", "builder_version", "compute_capability", "runtime", "key"}
     note: str = ""
     source_key: str = ""  # hash of what the artifact is made from (the build's cache key)
     io: dict[str, Any] = dataclasses.field(default_factory=dict)  # the component's inputs and outputs (ComponentSpec.to_json)
 
+    @property
+    def weight_map(self) -> FileRecord | None:
+        """The graph's weight map, or None for an artifact built before weight maps (LoRAs need a rebuild)."""
+        entry = self.onnx.get("weight_map")
+        return FileRecord.from_json(entry) if entry else None
+
     def files(self) -> list[FileRecord]:
-        """Every file this component's artifacts consist of: the graph, its external data, the plan."""
+        """Every file this component's artifacts consist of: the graph, its external data, its weight map, the plan."""
         artifacts = [self.onnx, *self.onnx.get("external_data", []), *([self.tensorrt] if self.tensorrt else [])]
-        return [FileRecord.from_json(a) for a in artifacts]
+        return [FileRecord.from_json(a) for a in artifacts] + ([self.weight_map] if self.weight_map else [])
 
     def to_json(self) -> dict[str, Any]:
         out = {"precision": self.precision, "note": self.note, "source_key": self.source_key, "profile": self.profile.to_json(), "io": self.io,
@@ -190,6 +198,7 @@ class ComponentArtifacts:
     plan_info: dict[str, Any] | None
     plan_runtime: PlanRuntime = PlanRuntime.FULL  # which TensorRT runs the plan; builds before the field existed: full
     onnx_sha256: tuple[str, ...] = ()  # the ONNX file's sha256, then its external data files' (what a compiled copy derives from)
+    weight_map: Path | None = None  # which initializer holds which module weight (LoRAs); None: built before weight maps
 
 
 @dataclass(frozen=True)
@@ -264,9 +273,11 @@ def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
         for extra in entry.onnx.get("external_data", []):
             check(extra)
         plan = check(entry.tensorrt) if entry.tensorrt is not None else None
+        weight_map = check(entry.weight_map.to_json()) if entry.weight_map is not None else None
         plan_runtime = PlanRuntime((entry.tensorrt or {}).get("runtime", PlanRuntime.FULL.value))  # unknown name: ValueError, malformed
         shas = (entry.onnx["sha256"], *(extra["sha256"] for extra in entry.onnx.get("external_data", [])))
-        components[component] = ComponentArtifacts(component, entry.precision, entry.profile, onnx_path, plan, entry.tensorrt, plan_runtime, shas)
+        components[component] = ComponentArtifacts(component, entry.precision, entry.profile, onnx_path, plan, entry.tensorrt, plan_runtime, shas,
+                                                   weight_map)  # fmt: skip
     num_frames = None if model.video is None else model.video.num_frames
     latent = dims.vae_scale_factor > 1
     required = {Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER} | ({Component.VAE_DECODER} if latent else set())

@@ -7,7 +7,7 @@ component spec, ``_infer`` does the work), ``close()`` releases; runners are con
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from runtime.errors import ContextDiffError, InvalidArgumentError, RunnerError, first_line
 from runtime.specs import ComponentSpec
@@ -67,6 +67,12 @@ class RunnerBase:
             raise
         except Exception as exc:  # the backend's own failure (ONNX Runtime's Fail, CUDA, TensorRT): one line naming the component
             raise RunnerError(f"{type(self).__name__} failed running {self.spec.name}: {first_line(exc)}") from exc
+
+    def prepare_weights(self, weights: Any) -> Callable[[], None]:
+        """Stage new weights (a ``runtime.lora.ComponentWeights``, or None: the base weights) and return the call that
+        puts them in use; staging may fail (nothing changes then), the returned call does not. Backends without it
+        refuse LoRAs."""
+        raise RunnerError(f"{type(self).__name__} ({self.spec.name}): this backend cannot apply LoRAs")
 
     def _activate(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement _activate")

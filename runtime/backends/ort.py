@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from runtime.backends.base import Array, RunnerBase
-from runtime.errors import InvalidArgumentError, RunnerError
+from runtime.errors import InvalidArgumentError, RunnerError, first_line
 from runtime.specs import ComponentSpec, ModelDims
 
 
@@ -29,11 +29,35 @@ class OnnxRuntimeRunner(RunnerBase):
         if self.io_binding and model is None:
             raise InvalidArgumentError("model", model, "the model's ModelDims: I/O binding preallocates outputs of the call's shapes")
         self.session = None
+        self._overrides: dict[str, np.ndarray] = {}  # initializers a LoRA changed (runtime/lora.py): name -> value as stored
+        self._kept: list[Any] = []  # their OrtValues, which the session reads and must outlive it
+
+    def prepare_weights(self, weights: Any) -> Callable[[], None]:
+        """LoRA weights: the initializers overridden at session creation (``SessionOptions.add_initializer``), always
+        over the graph's own base weights. An active runner gets a new session now (a failure leaves the old one)."""
+        overrides = dict(weights.initializers) if weights is not None else {}
+        if not self.active:
+            return lambda: setattr(self, "_overrides", overrides)
+        try:
+            session, kept = self._new_session(overrides)
+        except Exception as exc:
+            raise RunnerError(f"{type(self).__name__} could not load {self.spec.name} with new weights: {first_line(exc)}") from exc
+
+        def commit() -> None:
+            self.session, self._kept, self._overrides = session, kept, overrides
+
+        return commit
 
     def _activate(self) -> None:
+        self.session, self._kept = self._new_session(self._overrides)
+
+    def _new_session(self, overrides: Mapping[str, np.ndarray]) -> tuple[Any, list[Any]]:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        kept = [ort.OrtValue.ortvalue_from_numpy(value) for value in overrides.values()]
+        for name, value in zip(overrides, kept):
+            options.add_initializer(name, value)
         if self.threads:
             options.intra_op_num_threads = self.threads
         if not self.cuda:  # memory-pattern planning preallocates for the largest plan; off, SD-1.5's VAE decoder at 512 px
@@ -49,10 +73,10 @@ class OnnxRuntimeRunner(RunnerBase):
             raise RunnerError(f"{self.spec.name}: ONNX Runtime could not load its CUDA execution provider (the session runs on {used}); "
                                f"this onnxruntime {ort.__version__} offers {ort.get_available_providers()}: install onnxruntime-gpu "
                                "built for this machine's CUDA, or use the onnxruntime-cpu backend")  # fmt: skip
-        self.session = session
+        return session, kept
 
     def close(self) -> None:
-        self.session = None
+        self.session, self._kept = None, []
         super().close()
 
     def _infer(self, feed: Mapping[str, Array]) -> dict[str, Array]:

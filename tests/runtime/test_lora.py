@@ -1,0 +1,140 @@
+"""LoRAs applied to built engine directories without rebuilding (runtime/lora.py, export/weight_map.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from runtime import Generator
+from runtime.lora import LoraError, LoraSpec, lora_weights, parse_lora_arg
+from runtime.manifest import EngineDirectoryError, load_manifest
+from runtime.metrics import psnr
+from runtime.specs import Component
+from tests.runtime.lora_files import make_lora, to_kohya
+
+ALPHA = 2.0
+CALL = dict(seed=0, num_inference_steps=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def loras(pixel_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """LoRA A (UNet + text encoder, rank 4) with its merged model directory, its kohya rewrite, and LoRA B."""
+    root = tmp_path_factory.mktemp("loras")
+    a = make_lora(pixel_model_dir, root / "a.safetensors", alpha=ALPHA, seed=0, merged_dir=root / "merged-a")
+    return {"a": a, "kohya_a": to_kohya(a, root / "a-kohya.safetensors", ALPHA), "merged_a": root / "merged-a",
+            "b": make_lora(pixel_model_dir, root / "b.safetensors", alpha=ALPHA, seed=7, text_encoder=False)}  # fmt: skip
+
+
+def _images(generator: Generator) -> np.ndarray:
+    return generator("a red circle at the top left", **CALL).images
+
+
+def test_the_export_maps_module_weights_to_initializers(pixel_fp32_dir):
+    manifest = load_manifest(pixel_fp32_dir)
+    for component in (Component.UNET, Component.TEXT_ENCODER, Component.ADAPTER):
+        weights = json.loads(manifest.components[component].weight_map.read_text())["weights"]
+        assert weights, component
+    unet = json.loads(manifest.components[Component.UNET].weight_map.read_text())["weights"]
+    q = unet["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"]
+    assert len(q) == 1 and q[0]["transpose"]  # a Linear's weight is the MatMul's Wᵀ
+    assert len(unet["down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.weight"]) == 2  # GEGLU's value and gate halves
+
+
+@pytest.mark.slow
+def test_lora_at_load_equals_an_engine_built_from_the_merged_model(loras, pixel_fp32_dir, tmp_path):
+    """Measured bitwise (the merged initializers equal peft's fuse, the images equal: PSNR inf, max |Δ| 0); the floor
+    leaves room for a BLAS whose float32 matmul rounds B·A differently from torch's."""
+    from export.build import BuildOptions, build_engine_dir
+    from runtime.options import BuildBackend, Precision
+
+    merged = tmp_path / "engines"
+    build_engine_dir(loras["merged_a"], merged, BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision.FP32, max_images=3))
+    applied = _images(Generator.from_dir(pixel_fp32_dir, backend="onnxruntime-cpu", loras=[(loras["a"], 1.0)]))
+    assert psnr(applied, _images(Generator.from_dir(merged, backend="onnxruntime-cpu"))) >= 100.0
+
+
+def test_scale_zero_and_removal_give_the_base_bitwise_and_a_switch_equals_a_fresh_load(loras, pixel_fp32_dir):
+    expected = _images(Generator.from_dir(pixel_fp32_dir, backend="onnxruntime-cpu"))
+    b = _images(Generator.from_dir(pixel_fp32_dir, backend="onnxruntime-cpu", loras=[(loras["b"], 1.0)]))
+    gen = Generator.from_dir(pixel_fp32_dir, backend="onnxruntime-cpu", loras=[(loras["a"], 0.0)])
+    assert np.array_equal(_images(gen), expected)
+    gen.set_loras([(loras["a"], 1.0)])
+    a = _images(gen)
+    assert psnr(a, expected) < 60  # the LoRA changes the images
+    gen.set_loras([(loras["b"], 1.0)])
+    assert np.array_equal(_images(gen), b)  # from the base weights: nothing of A is left
+    assert gen.loras == (LoraSpec(loras["b"], 1.0),)
+    gen.set_loras([])
+    assert np.array_equal(_images(gen), expected)
+    with pytest.raises(LoraError, match="not a finite number"):
+        gen.set_loras([(loras["a"], 1.0), (loras["b"], float("nan"))])
+    bad = loras["b"].with_name("b-other-base.safetensors")
+    _reshaped(loras["b"], bad)
+    gen.set_loras([(loras["a"], 1.0)])
+    with pytest.raises(LoraError):
+        gen.set_loras([(bad, 1.0)])
+    assert np.array_equal(_images(gen), a) and gen.loras == (LoraSpec(loras["a"], 1.0),)  # a failed switch keeps A
+
+
+def test_kohya_and_peft_layouts_give_the_same_weights(loras, pixel_fp32_dir):
+    manifest = load_manifest(pixel_fp32_dir)
+    peft = lora_weights(manifest, [LoraSpec(loras["a"], 0.7)])
+    kohya = lora_weights(manifest, [LoraSpec(loras["kohya_a"], 0.7)])
+    assert set(peft) == set(kohya) == {Component.UNET, Component.TEXT_ENCODER}
+    for component in peft:
+        assert peft[component].initializers.keys() == kohya[component].initializers.keys()
+        assert all(np.array_equal(v, kohya[component].initializers[k]) for k, v in peft[component].initializers.items())
+
+
+def _reshaped(src: Path, dest: Path) -> None:
+    """The LoRA with every down projection's input widened: a LoRA for another base model."""
+    from safetensors.numpy import load_file
+
+    save_file({k: np.concatenate([v, v], axis=1) if "lora_A" in k else v for k, v in load_file(str(src)).items()}, str(dest))
+
+
+def test_bad_lora_files_are_refused_naming_the_file_and_the_problem(loras, pixel_fp32_dir, tmp_path):
+    manifest = load_manifest(pixel_fp32_dir)
+    pickled = tmp_path / "lora.pt"
+    pickled.write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(LoraError, match=r"lora\.pt: a pickle file.*refused"):
+        lora_weights(manifest, [LoraSpec(pickled)])
+    other = tmp_path / "other.safetensors"
+    _reshaped(loras["b"], other)
+    with pytest.raises(LoraError, match=r"other\.safetensors: unet module down_blocks\.0\..*to_[qkv]: .*shape \(32, 64\), the engine's is \(32, 32\)"):
+        lora_weights(manifest, [LoraSpec(other)])
+    stray = tmp_path / "stray.safetensors"
+    save_file({"unet.no_such_block.to_q.lora_A.weight": np.ones((2, 32), np.float32), "unet.no_such_block.to_q.lora_B.weight": np.ones((32, 2), np.float32),
+               "something_else": np.ones(1, np.float32)}, str(stray))  # fmt: skip
+    with pytest.raises(LoraError, match=r"stray\.safetensors: 2 LoRA keys match no module .*no_such_block.*ignore_unmatched"):
+        lora_weights(manifest, [LoraSpec(stray)])
+    assert lora_weights(manifest, [LoraSpec(stray)], ignore_unmatched=True) == {}
+    with pytest.raises(LoraError, match=r"a\.safetensors: scale inf is not a finite number"):
+        Generator.from_dir(pixel_fp32_dir, loras=[(loras["a"], float("inf"))])
+    with pytest.raises(LoraError, match="not supported on the openvino backend yet"):
+        lora_weights(manifest, [LoraSpec(loras["a"])], "openvino")
+
+
+def test_an_engine_directory_built_before_weight_maps_says_to_rebuild(loras, pixel_fp32_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(pixel_fp32_dir, old)
+    data = json.loads((old / "manifest.json").read_text())
+    for entry in data["components"].values():
+        (old / entry["onnx"].pop("weight_map")["file"]).unlink()
+    (old / "manifest.json").write_text(json.dumps(data))
+    Generator.from_dir(old, backend="onnxruntime-cpu").close()  # still loads without LoRAs
+    with pytest.raises(EngineDirectoryError, match=r"a\.safetensors: the engine directory .* has no weight map .*rebuild it for LoRAs"):
+        Generator.from_dir(old, backend="onnxruntime-cpu", loras=[(loras["a"], 1.0)])
+
+
+def test_lora_argument():
+    assert parse_lora_arg("style.safetensors") == LoraSpec(Path("style.safetensors"), 1.0)
+    assert parse_lora_arg("style.safetensors:0.5") == LoraSpec(Path("style.safetensors"), 0.5)
+    assert parse_lora_arg("c:/loras/x.safetensors") == LoraSpec(Path("c:/loras/x.safetensors"), 1.0)
+    with pytest.raises(LoraError, match="not a finite number"):
+        parse_lora_arg("x.safetensors:nan")
