@@ -10,6 +10,7 @@ machine has. Writes a JSON file and prints a markdown table. Benchmarks are scri
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import resource
 import sys
@@ -77,21 +78,49 @@ def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any
     systems[1].run = lambda: diffusers_ddim(pipe, prompts, args.steps, args.guidance, systems[1].timer)
     precisions = [Precision.FP16] if gpu else [Precision.FP32, Precision.FP16]
     skipped: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    runner = gpu_runtime_backend() if gpu else ("onnxruntime-cpu", None)
+    if runner[1]:  # never the CPU under --device cuda: the runtime row is left out, and says why
+        skipped["runtime fp16 (ONNX Runtime CUDA or TensorRT)"] = runner[1]
+        precisions = []
     for precision in precisions:
         engines = workdir / f"engines-{precision.value}"
-        build_engine_dir(model_dir, engines, BuildOptions(backend=BuildBackend.AUTO if gpu else BuildBackend.ONNXRUNTIME, precision=precision, max_images=args.batch))
-        gen = Generator.from_dir(engines)
+        backend = BuildBackend.TENSORRT if runner[0] == "tensorrt" else BuildBackend.ONNXRUNTIME
+        build_engine_dir(model_dir, engines, BuildOptions(backend=backend, precision=precision, max_images=args.batch))
+        gen = Generator.from_dir(engines, backend=runner[0])
         systems.append(System(f"runtime {gen.backend} {precision.value}", None, Timer(gpu)))
         instrument_generator(gen, systems[-1].timer)
         systems[-1].run = (lambda g: lambda: g.run_timed(prompts, **call).images)(gen)
         if not gpu and precision is Precision.FP32:
             more, skipped = _openvino_systems(engines, prompts, call)
             systems += more
-    torch_gen = torch_generator(model_dir, workdir / f"engines-{precisions[0].value}", device=args.device, fp16=gpu)
+    torch_gen = torch_generator(model_dir, device=args.device, fp16=gpu, max_images=args.batch)  # no engine directory needed
     systems.append(System(f"runtime torch {'fp16 + CUDA graphs' if gpu else 'fp32'}", None, Timer(gpu)))
     instrument_generator(torch_gen, systems[-1].timer)
     systems[-1].run = lambda: torch_gen.run_timed(prompts, **call).images
     return systems, pipe, skipped
+
+
+def gpu_runtime_backend() -> tuple[str, str | None]:
+    """The runtime backend that runs on a GPU here ("tensorrt" or "onnxruntime-cuda"), or why none does."""
+    import onnxruntime
+
+    from export.tensorrt_build import tensorrt_status
+
+    if importlib.util.find_spec("cupy") is None:
+        return "", "CuPy is not installed (the runtime's GPU arrays: pip install contextdiff-deploy[cuda13] or [cuda12])"
+    if tensorrt_status()[0]:
+        return "tensorrt", None
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return "onnxruntime-cuda", None
+    return "", "neither TensorRT nor onnxruntime-gpu is installed (ONNX Runtime's CPU build would run on the CPU)"
+
+
+def no_cuda_reason() -> str | None:
+    """Why ``--device cuda`` cannot run here (None: torch sees a GPU)."""
+    if torch.cuda.is_available():
+        return None
+    return f"torch sees no GPU (torch {torch.__version__}, built for CUDA {torch.version.cuda}); nothing would run on one"
 
 
 def _summary(system: System, steps: int, batch: int, reference: float, baseline: float) -> dict[str, Any]:
@@ -159,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps, --runs and --batch must be >= 1, --warmup >= 0")
     if args.video and (args.sd15 or args.device != "cpu" or args.batch != 1):
         p.error("--video times one edit on the CPU: it takes no --sd15, --device cuda or --batch")
+    if args.device == "cuda" and (why := no_cuda_reason()):
+        p.exit(2, f"error: --device cuda: {why}; use --device cpu for the CPU backends\n")
     args.out = args.out or Path("benchmarks/results/latency-video.json" if args.video else "benchmarks/results/latency.json")
     setup_logging(PLAIN)
     if args.video:

@@ -18,11 +18,10 @@ from typing import Any, Callable
 import numpy as np
 import onnxruntime as ort
 import torch
-from tokenizers import Tokenizer
 
 import runtime
 from contextdiff_ref.models.graphs import graph_modules, model_dims
-from contextdiff_ref.models.model_dir import ModelComponents, check_model_dir, load_model_dir, model_limits
+from contextdiff_ref.models.model_dir import check_model_dir, load_model_dir, model_limits, runtime_tokenizer_json
 from contextdiff_ref.video.model_dir import is_video_model_dir, load_video_model_dir
 from export.artifacts import MANIFEST, BuildError, BuildLock, hash_parts, read_manifest, remove_stale, sha256_file  # fmt: skip
 from export.onnx_export import OPSET, Flavour, export_onnx, to_fp16
@@ -319,15 +318,6 @@ def _source_key(model_dir: Path, component: Component, precision: Precision, fla
     return hash_parts(*parts, json.dumps(SPECS[component].to_json()), str(OPSET), precision.value, flavour.value, EXPORT_VERSION, torch.__version__)
 
 
-def _tokenizer_json(components: ModelComponents, length: int) -> str:
-    """The tokenizer as the runtime uses it: padded and truncated to the text encoder's length L."""
-    tokenizer = Tokenizer.from_str(components.tokenizer.backend_tokenizer.to_str())
-    tokenizer.enable_truncation(max_length=length)
-    pad = components.tokenizer.pad_token
-    tokenizer.enable_padding(length=length, pad_id=tokenizer.token_to_id(pad), pad_token=pad)
-    return tokenizer.to_str(pretty=True)
-
-
 def _resolve_flavour(requested: Flavour | None, backend: BuildBackend) -> Flavour:
     if requested is None:
         return Flavour.STANDARD if backend is BuildBackend.TENSORRT else Flavour.ONNXRUNTIME
@@ -388,7 +378,7 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     else:
         components, video_facts = load_model_dir(model_dir), None
     dims = model_dims(components)
-    facts = _ModelFacts(dims, model_limits(components), _tokenizer_json(components, dims.text_length), components.scheduler_config.to_dict(),
+    facts = _ModelFacts(dims, model_limits(components), runtime_tokenizer_json(components, dims.text_length), components.scheduler_config.to_dict(),
                         video_facts)  # fmt: skip
     height, width = _check_options(options, facts.limits)
     modules = graph_modules(components, vae_encoder=video)

@@ -79,16 +79,29 @@ class ContextAdapter(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.proj_out.weight)  # starts as the baseline: r ≡ 0
         nn.init.zeros_(self.proj_out.bias)
 
-    def _position_features(self, grid: torch.Tensor) -> torch.Tensor:
-        """(h·w, hidden) embedding of the patch centres in [0, 1]² for a (hidden, h, w) grid: the same place in the
-        image gets the same features at any size. Built from cumulative sums of ones rather than arange(h) / h, so
-        the exported graph has no int->float casts (they trip fp16 conversion) and no Range."""
-        ones = torch.ones_like(grid[0])  # (h, w)
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """``.half()``/``.to(dtype)`` leave ``frequencies`` in fp32 (π·2^k: 402.12 would become 402.0 in fp16); it
+        still follows the module's device."""
+        frequencies = self.frequencies
+        super()._apply(fn, recurse)
+        self.frequencies = frequencies.to(self.frequencies.device)
+        return self
+
+    def _position_sinusoids(self, grid: torch.Tensor) -> torch.Tensor:
+        """(h·w, 4F) sinusoids of the patch centres in [0, 1]² for a (hidden, h, w) grid, always computed in fp32
+        (arguments up to ~400 rad: fp16 would lose them), whatever the grid's dtype. Built from cumulative sums of ones
+        rather than arange(h) / h, so the exported graph has no int->float casts (they trip fp16 conversion) and no
+        Range."""
+        ones = torch.ones_like(grid[0], dtype=torch.float32)  # (h, w)
         ys = (ones.cumsum(0) - 0.5) / ones.sum(0, keepdim=True)  # (h, w): (i + 0.5) / h
         xs = (ones.cumsum(1) - 0.5) / ones.sum(1, keepdim=True)  # (h, w): (j + 0.5) / w
         fy, fx = ys[..., None] * self.frequencies, xs[..., None] * self.frequencies  # (h, w, F)
-        features = torch.cat([fy.sin(), fy.cos(), fx.sin(), fx.cos()], dim=-1)
-        return self.position_proj(features.flatten(0, 1))
+        return torch.cat([fy.sin(), fy.cos(), fx.sin(), fx.cos()], dim=-1).flatten(0, 1)
+
+    def _position_features(self, grid: torch.Tensor) -> torch.Tensor:
+        """(h·w, hidden) embedding of the patch centres: the same place in the image gets the same features at any
+        size. The sinusoids are fp32; the projection runs in the module's dtype."""
+        return self.position_proj(self._position_sinusoids(grid).to(self.position_proj.weight.dtype))
 
     def _check(self, sample: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep: torch.Tensor) -> None:
         c, p = self.config.in_channels, self.config.patch_size

@@ -77,6 +77,18 @@ def model_limits(components: ModelComponents) -> ModelLimits:
     )
 
 
+def runtime_tokenizer_json(components: ModelComponents, length: int) -> str:
+    """The tokenizer as the runtime uses it (an engine directory's tokenizer.json): padded and truncated to the text
+    encoder's length L."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(components.tokenizer.backend_tokenizer.to_str())
+    tokenizer.enable_truncation(max_length=length)
+    pad = components.tokenizer.pad_token
+    tokenizer.enable_padding(length=length, pad_id=tokenizer.token_to_id(pad), pad_token=pad)
+    return tokenizer.to_str(pretty=True)
+
+
 def quiet_loading() -> None:
     """Turn off diffusers' and transformers' own progress bars and info logs (for command-line tools)."""
     import diffusers.utils.logging

@@ -7,19 +7,23 @@ on a GPU, CuPy arrays through DLPack (``torch.from_dlpack`` / ``cupy.from_dlpack
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from contextdiff_ref.models.graphs import graph_modules
-from contextdiff_ref.models.model_dir import load_model_dir
+from contextdiff_ref.models.graphs import graph_modules, model_dims
+from contextdiff_ref.models.model_dir import ModelComponents, load_model_dir, model_limits, runtime_tokenizer_json
 from runtime.backends.base import RunnerBase
 from runtime.generator import Generator
-from runtime.manifest import load_manifest
-from runtime.specs import SPECS, ComponentSpec
+from runtime.manifest import ComponentArtifacts, EngineManifest, load_manifest
+from runtime.options import Precision
+from runtime.specs import SPECS, Component, ComponentSpec, make_profile
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +80,42 @@ class TorchRunner(RunnerBase):
         return output
 
 
-def torch_generator(model_dir: str | os.PathLike[str], engine_dir: str | os.PathLike[str], *, device: str = "cpu", fp16: bool = False) -> Generator:
-    """A runtime.Generator whose engines are the reference modules of ``model_dir``; ``engine_dir`` supplies the
-    manifest, tokenizer and scheduler (its ONNX/plan files are not used)."""
-    manifest = load_manifest(engine_dir, verify=False)
-    modules = graph_modules(load_model_dir(model_dir))
-    runners = {c: TorchRunner(SPECS[c], modules[c], device=device, fp16=fp16) for c in manifest.components}
+def torch_generator(model_dir: str | os.PathLike[str], engine_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu", fp16: bool = False,
+                    max_images: int = 1) -> Generator:  # fmt: skip
+    """A runtime.Generator whose engines are the reference modules of ``model_dir``. ``engine_dir``, if given,
+    supplies the manifest, tokenizer and scheduler (its ONNX/plan files are not used); without one they come from the
+    model directory itself (:func:`model_manifest`, for up to ``max_images`` images per call at the model's default
+    size): no export needed."""
+    components = load_model_dir(model_dir)
+    modules = graph_modules(components)
     xp = np
     if torch.device(device).type == "cuda":
         import cupy as xp  # noqa: F811
-    return Generator(manifest, runners, backend="torch", xp=xp)
+    if engine_dir is not None:
+        manifest = load_manifest(engine_dir, verify=False)
+        return Generator(manifest, _runners(manifest, modules, device, fp16), backend="torch", xp=xp)
+    with tempfile.TemporaryDirectory(prefix="contextdiff-torch-") as folder:  # the Generator reads both files when made
+        manifest = model_manifest(components, Path(model_dir), Path(folder), max_images=max_images)
+        return Generator(manifest, _runners(manifest, modules, device, fp16), backend="torch", xp=xp)
+
+
+def _runners(manifest: EngineManifest, modules: dict[Component, torch.nn.Module], device: str, fp16: bool) -> dict[Component, TorchRunner]:
+    return {c: TorchRunner(SPECS[c], modules[c], device=device, fp16=fp16) for c in manifest.components}
+
+
+def model_manifest(components: ModelComponents, model_dir: Path, folder: Path, *, max_images: int = 1) -> EngineManifest:
+    """What an engine directory's manifest tells the Generator, taken from a loaded model directory: dims, limits,
+    profiles at the default size, and the tokenizer and scheduler written to ``folder`` — the Torch backend's
+    manifest without building an engine directory. Its components name no artifact (``onnx`` is the model directory:
+    the modules are the reference's own)."""
+    dims, limits = model_dims(components), model_limits(components)
+    (folder / "tokenizer.json").write_text(runtime_tokenizer_json(components, dims.text_length), encoding="utf-8")
+    (folder / "scheduler.json").write_text(json.dumps(components.scheduler_config.to_dict()), encoding="utf-8")
+    latent = components.vae is not None
+    names = [Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER] + ([Component.VAE_DECODER] if latent else [])
+    artifacts = {}
+    for c in names:
+        profile = make_profile(c, dims, max_images=max_images, height=limits.default_height, width=limits.default_width, dynamic_size=False)
+        artifacts[c] = ComponentArtifacts(c, Precision.FP32.value, profile, model_dir, None, None)
+    data = {"tokenizer": {"file": "tokenizer.json"}, "scheduler": {"file": "scheduler.json"}, "build": {"backend": "torch", "max_images": max_images}}
+    return EngineManifest(folder, data, dims, limits, artifacts)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 
 import pytest
 import torch
 
-from benchmarks import gpu_check
+from benchmarks import gpu_check, gpu_plan
 from benchmarks.environment import PACKAGES, environment
 from contextdiff_ref.models.model_dir import load_model_dir, save_model_dir
 from tests.parity import record
@@ -99,3 +100,49 @@ def test_a_failing_backend_is_recorded_and_the_check_goes_on(latent_model_dir, t
     assert systems["broken"]["error"] == "RuntimeError: engine exploded"
     assert systems["onnxruntime cpu fp32"]["runs"] == 1  # measured all the same
     assert "| broken | failed: RuntimeError: engine exploded" in (out / "gpu_check.md").read_text()
+
+
+CONFIG = {"steps": 50, "parity_steps": 5, "warmup": 2, "runs": 5, "stage_runs": 2, "finetune_steps": 20}
+
+
+def test_the_plan_orders_by_value_and_a_tiny_budget_keeps_the_goal_and_drops_the_rest_in_order():
+    items = gpu_plan.items(["default", "sd15"], "cuda", CONFIG, 16, runnable=[])
+    order = [(i.kind, i.model) for i in items]
+    assert order == [("pair", "sd15"), ("parity", "sd15"), ("pair", "default"), ("parity", "default"), ("others", "default"), ("finetune", None),
+                     ("others", "sd15")]  # fmt: skip
+    assert "goal" in items[0].what and all(i.estimate_s > 0 and i.basis for i in items)
+    full = gpu_plan.plan(gpu_plan.items(["default", "sd15"], "cuda", CONFIG, 16, runnable=[]), 540)
+    assert all(i.status == "planned" for i in full)  # the lent image (Torch CUDA only) fits one 10-minute command
+    tiny = gpu_plan.plan(items, 1)
+    assert tiny[0].status == "planned" and all(i.status == "skipped" and "would not fit" in i.why for i in tiny[1:])
+    first_two = sum(i.estimate_s for i in items[:2]) + gpu_plan.RESERVE_S
+    middle = gpu_plan.plan(gpu_plan.items(["default", "sd15"], "cuda", CONFIG, 16, runnable=[]), first_two + 1)
+    assert [i.status for i in middle] == ["planned"] * 2 + ["skipped"] * 5  # a prefix: the least valuable go first
+    text = gpu_plan.describe(middle, first_two + 1)
+    assert text.index("goal") < text.index("parity") and text.count("skipped") == 5
+    with_trt = gpu_plan.items(["sd15"], "cuda", CONFIG, 16, runnable=["tensorrt fp16"])
+    assert with_trt[-1].estimate_s > items[-1].estimate_s + gpu_plan.ENGINE_BUILD_S["tensorrt fp16"] - 1  # engine builds are counted
+
+
+def test_cuda_without_a_gpu_writes_the_environment_report_and_stops_at_once(tmp_path):
+    env = environment()
+    if gpu_check.no_gpu_reason(env) is None:
+        pytest.skip("this machine has a GPU torch can use")
+    start = time.perf_counter()
+    assert gpu_check.main(["--out", str(tmp_path), "--device", "cuda"]) == 1
+    assert time.perf_counter() - start < 60  # no model written, nothing fine-tuned on the CPU
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["no_gpu"].startswith(("no GPU", "torch cannot")) and result["models"] == {} and "finetune" not in result
+    assert "Nothing was run" in (tmp_path / "gpu_check.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_tiny_budget_runs_the_first_item_and_reports_the_skipped_ones(latent_model_dir, tmp_path):
+    out = tmp_path / "check"
+    args = ["--out", str(out), "--device", "cpu", "--models", str(latent_model_dir), "--steps", "1", "--parity-steps", "1",
+            "--runs", "1", "--warmup", "0", "--stage-runs", "1", "--work", str(tmp_path), "--budget-s", "1"]  # fmt: skip
+    assert gpu_check.main(args) == 0
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert [i["status"] for i in result["plan"]["items"]] == ["ran", "skipped", "skipped"]
+    assert set(result["models"][str(latent_model_dir)]["systems"]) == {"diffusers eager fp32 (no adapter)", "torch cpu fp32"}
+    assert "would not fit" in (out / "gpu_check.md").read_text()

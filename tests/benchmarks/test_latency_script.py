@@ -28,3 +28,13 @@ def test_latency_script_writes_json_and_table(tmp_path, capsys):
     assert result["config"]["steps"] == 2 and result["machine"]["torch"]
     table = capsys.readouterr().out
     assert table.count("\n| ") >= len(names) + len(result["skipped"]) and "loop overhead" in table
+
+
+def test_device_cuda_without_a_gpu_refuses_instead_of_running_on_the_cpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--sd15", "--device", "cuda", "--out", "unused.json"])
+    assert exit_.value.code == 2 and "--device cuda: torch sees no GPU" in capsys.readouterr().err

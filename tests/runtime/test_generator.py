@@ -246,6 +246,19 @@ def test_torch_backend_matches_the_reference(latent, variant, shipped):
     assert gen.backend == "torch" and psnr(got, expected) >= TORCH_PSNR
 
 
+@pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
+def test_torch_backend_needs_no_engine_directory(latent, shipped):
+    """The Torch backend takes its manifest, tokenizer and scheduler from the model directory itself (no ONNX export):
+    the same images, bit for bit, as with an engine directory's."""
+    from contextdiff_ref.pipelines.torch_runner import torch_generator
+
+    model_dir, engine_dir = shipped("latent" if latent else "pixel")
+    alone, with_dir = torch_generator(model_dir), torch_generator(model_dir, engine_dir)
+    assert alone.limits == with_dir.limits and set(alone.manifest.components) == set(with_dir.manifest.components)
+    kwargs = dict(num_inference_steps=2, guidance_scale=7.5, seed=3, progress=False)
+    np.testing.assert_array_equal(alone(PROMPTS[3][:1], **kwargs).images, with_dir(PROMPTS[3][:1], **kwargs).images)
+
+
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])
 def test_run_batch_gives_each_call_its_own_images(latent, eta, pixel_fp32_dir, latent_fp32_dir):

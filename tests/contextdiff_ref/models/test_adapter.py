@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -85,3 +87,18 @@ def test_save_load_roundtrip(tmp_path):
     x, c, t = inputs()
     with torch.no_grad():
         assert torch.equal(adapter(x, c, t), loaded(x, c, t))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_position_sinusoids_stay_fp32_in_a_half_precision_module(dtype):
+    """The Torch fp16 paths (Torch backend, reference on a GPU) compute the position sinusoids in fp32, as the fp16
+    ONNX export does (export/onnx_export.py keeps every Sin/Cos cone fp32): arguments reach π·2^7 ≈ 402 rad."""
+    fp32 = ContextAdapter(in_channels=4, hidden_dim=32, num_layers=1, cross_attention_dim=16, num_heads=2, patch_size=2)
+    half = copy.deepcopy(fp32).to(dtype)
+    assert half.frequencies.dtype == torch.float32 and torch.equal(half.frequencies, fp32.frequencies)
+    grid = torch.zeros(32, 16, 12)
+    expected = fp32._position_sinusoids(grid)
+    got = half._position_sinusoids(grid.to(dtype))
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    features = half._position_features(grid.to(dtype))
+    assert features.dtype == dtype and torch.equal(features, half.position_proj(expected.to(dtype)))
