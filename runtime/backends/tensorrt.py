@@ -21,6 +21,7 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 
+from runtime.backends import cuda_driver
 from runtime.backends.base import RunnerBase
 from runtime.errors import RunnerError
 from runtime.options import PlanRuntime
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 # Import names, in order of preference: the ``tensorrt_lean`` meta-package re-exports the bindings wheel's module.
 _MODULES = {PlanRuntime.FULL: ("tensorrt",), PlanRuntime.LEAN: ("tensorrt_lean", "tensorrt_lean_bindings")}
-_PACKAGES = {PlanRuntime.FULL: "tensorrt-cu12=={v}", PlanRuntime.LEAN: "tensorrt-lean-cu12-libs=={v} tensorrt-lean-cu12-bindings=={v}"}
+# The wheels per CUDA major ({cu}: cu12 or cu13; both exist from TensorRT 10.13.2 on, cu12 alone before).
+_PACKAGES = {PlanRuntime.FULL: "tensorrt-{cu}=={v}", PlanRuntime.LEAN: "tensorrt-lean-{cu}-libs=={v} tensorrt-lean-{cu}-bindings=={v}"}
 
 
 def tensorrt_module_name(runtime: PlanRuntime) -> str | None:
@@ -45,9 +47,21 @@ def import_tensorrt(runtime: PlanRuntime) -> ModuleType:
     return importlib.import_module(name)
 
 
+_FIRST_CU13 = (10, 13, 2)  # the first TensorRT with cu13 wheels (10.13.2.6); a CUDA 13 driver also runs the cu12 ones
+
+
+def cuda_wheel_tag(driver_version: str | None, tensorrt_version: str) -> str:
+    """"cu13" where the CUDA driver is 13 or newer and TensorRT ``tensorrt_version`` has cu13 wheels, else "cu12"
+    (also without a driver)."""
+    major = int(driver_version.split(".")[0]) if driver_version else 12
+    release = tuple(int(p) for p in tensorrt_version.split(".")[:3] if p.isdigit())
+    return "cu13" if major >= 13 and release >= _FIRST_CU13 else "cu12"
+
+
 def install_hint(runtime: PlanRuntime, version: str) -> str:
-    """The pip command that installs what runs ``runtime`` plans built by TensorRT ``version``."""
-    return "pip install " + _PACKAGES[runtime].format(v=version)
+    """The pip command that installs what runs ``runtime`` plans built by TensorRT ``version``, for this machine's
+    CUDA major (the driver's version, runtime/backends/cuda_driver.py)."""
+    return "pip install " + _PACKAGES[runtime].format(v=version, cu=cuda_wheel_tag(cuda_driver.driver_version(), version))
 
 
 MAX_GRAPHS = 16  # captured graphs kept per runner (one per distinct input shape); later shapes run uncaptured

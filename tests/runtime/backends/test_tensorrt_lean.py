@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from export.tensorrt_build import config_flags
-from runtime.backends import selection
+from runtime.backends import cuda_driver, selection
 from runtime.backends.tensorrt import install_hint, tensorrt_module_name
 from runtime.errors import InvalidArgumentError
 from runtime.manifest import EngineDirectoryError, check_tensorrt_plan, load_manifest, sha256_file
@@ -59,6 +59,7 @@ def test_the_generator_picks_the_tensorrt_the_plans_need(latent_fp32_dir, tmp_pa
     lean = load_manifest(_with_plans(latent_fp32_dir, tmp_path / "lean", "lean"))
     full = load_manifest(_with_plans(latent_fp32_dir, tmp_path / "full", "full"))
     monkeypatch.setattr(selection, "gpu_ready", lambda: True)  # the choice, not the GPU, is under test
+    monkeypatch.setattr(cuda_driver, "driver_version", lambda: "12.8")  # the hint names the driver's CUDA major's wheels
     found = {PlanRuntime.LEAN: "tensorrt_lean", PlanRuntime.FULL: None}
     monkeypatch.setattr(selection, "tensorrt_module_name", found.get)
     assert selection.pick_backend("auto", lean)[0] == "tensorrt"
@@ -83,7 +84,17 @@ def test_a_lean_plan_needs_the_builders_exact_version(latent_fp32_dir, tmp_path)
         check_tensorrt_plan(artifacts, "10.16.0.72", "9.0")
     with pytest.raises(EngineDirectoryError, match="compute capability 8.0"):
         check_tensorrt_plan(artifacts, "10.16.1.11", "8.0")
-    assert install_hint(PlanRuntime.LEAN, "1.2").split()[-2:] == ["tensorrt-lean-cu12-libs==1.2", "tensorrt-lean-cu12-bindings==1.2"]
+
+
+@pytest.mark.parametrize(
+    "driver, version, tag",
+    [(None, "10.16.1.11", "cu12"), ("12.8", "11.4.0.106", "cu12"), ("13.0", "10.16.1.11", "cu13"), ("13.1", "11.4.0.106", "cu13"),
+     ("13.0", "10.13.0.35", "cu12")],  # fmt: skip  # the last: before TensorRT 10.13.2 there are cu12 wheels only
+)
+def test_the_install_hint_names_the_wheels_for_the_drivers_cuda_major(monkeypatch, driver, version, tag):
+    monkeypatch.setattr(cuda_driver, "driver_version", lambda: driver)
+    assert install_hint(PlanRuntime.LEAN, version) == f"pip install tensorrt-lean-{tag}-libs=={version} tensorrt-lean-{tag}-bindings=={version}"
+    assert install_hint(PlanRuntime.FULL, version) == f"pip install tensorrt-{tag}=={version}"
 
 
 @pytest.mark.skipif(tensorrt_module_name(PlanRuntime.LEAN) is None, reason="the tensorrt_lean wheels are not installed")
