@@ -14,7 +14,8 @@ weight, in which layout and dtype, and where its base values lie in the artifact
 once on the host, ``W + Σ scale·(alpha/rank)·(B·A)`` in float32 from the base (never from a previous LoRA's weights,
 so switching never accumulates), and cast to the initializer's dtype (an fp16 artifact's base is its fp16 weight).
 A backend takes the result from :class:`ComponentWeights`: ONNX Runtime overrides those initializers at session
-creation (runtime/backends/ort.py), the Torch backend adds the deltas to its modules' base weights.
+creation (runtime/backends/ort.py), OpenVINO replaces them in the read model before it compiles
+(runtime/backends/openvino.py), the Torch backend adds the deltas to its modules' base weights.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ from runtime.specs import Component
 
 # Backends that cannot take LoRAs yet, and why (runtime.Generator refuses before any work).
 UNSUPPORTED = {
-    "openvino": "LoRAs are not supported on the openvino backend yet (planned: replace the weights' constants in the read model "
-                "before it compiles, its compile cache keyed by the LoRA set); use onnxruntime-cpu",
     "tensorrt": "LoRAs are not supported on the tensorrt backend yet (planned: refittable plans, refit from the base weights); "
                 "use onnxruntime-cuda",
 }  # fmt: skip
