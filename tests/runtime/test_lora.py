@@ -19,6 +19,8 @@ from tests.runtime.lora_files import make_lora, to_kohya
 
 ALPHA = 2.0
 CALL = dict(seed=0, num_inference_steps=2, progress=False)
+# Measured 147.5 dB (max |Δ| 3e-7), the base pair 147.7 dB: the Torch/ONNX Runtime gap, the merged weights bitwise equal
+TORCH_LORA_PSNR = 100.0
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +140,25 @@ def test_lora_argument():
     assert parse_lora_arg("c:/loras/x.safetensors") == LoraSpec(Path("c:/loras/x.safetensors"), 1.0)
     with pytest.raises(LoraError, match="not a finite number"):
         parse_lora_arg("x.safetensors:nan")
+
+
+def test_torch_backend_lora_equals_onnxruntime_and_switches_exactly(loras, pixel_model_dir, pixel_fp32_dir):
+    """The Torch backend merges into its modules' weights from saved bases: with LoRA A it gives what ONNX Runtime with
+    A gives (the tiny model's Torch/ONNX Runtime gap), and its base, scale 0, switches and removal are exact."""
+    from contextdiff_ref.pipelines.torch_runner import torch_generator
+
+    want = _images(Generator.from_dir(pixel_fp32_dir, backend="onnxruntime-cpu", loras=[(loras["a"], 1.0)]))
+    gen = torch_generator(pixel_model_dir, pixel_fp32_dir)
+    base = _images(gen)
+    fresh_b = _images(torch_generator(pixel_model_dir, pixel_fp32_dir, loras=[(loras["b"], 1.0)]))
+    gen.set_loras([(loras["a"], 1.0)])
+    got = _images(gen)
+    assert psnr(got, want) >= TORCH_LORA_PSNR and psnr(got, base) < 60
+    manifest, name = load_manifest(pixel_fp32_dir), "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    part = json.loads(manifest.components[Component.UNET].weight_map.read_text())["weights"][name][0]
+    onnx_value = lora_weights(manifest, [LoraSpec(loras["a"])])[Component.UNET].initializers[part["initializer"]]
+    assert np.array_equal(gen.runners[Component.UNET].weights()[name].detach().numpy().T, onnx_value)  # the merged weight, bitwise
+    gen.set_loras([(loras["b"], 1.0)])
+    assert np.array_equal(_images(gen), fresh_b)
+    gen.set_loras([(loras["a"], 0.0)])
+    assert np.array_equal(_images(gen), base) and not any(r._saved for r in gen.runners.values())
