@@ -85,6 +85,20 @@ def parse_lora_arg(text: str) -> LoraSpec:
     return LoraSpec(Path(text)) if value is None else parse_loras([(path, value)])[0]
 
 
+def add_lora_argument(parser: Any) -> None:
+    """The CLIs' repeatable ``--lora FILE[:SCALE]``; a bad scale is argparse's one-line usage error naming --lora."""
+    import argparse
+
+    def lora_arg(text: str) -> LoraSpec:
+        try:
+            return parse_lora_arg(text)
+        except LoraError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parser.add_argument("--lora", action="append", type=lora_arg, default=[], metavar="FILE[:SCALE]",
+                        help="a LoRA (safetensors) applied at load, scale 1 unless given; repeatable (docs/guides/lora.md)")
+
+
 @dataclass
 class _Pair:
     down: np.ndarray | None = None

@@ -162,3 +162,22 @@ def test_torch_backend_lora_equals_onnxruntime_and_switches_exactly(loras, pixel
     assert np.array_equal(_images(gen), fresh_b)
     gen.set_loras([(loras["a"], 0.0)])
     assert np.array_equal(_images(gen), base) and not any(r._saved for r in gen.runners.values())
+
+
+def test_cli_lora_applies_and_a_bad_scale_is_one_line_naming_lora(loras, pixel_fp32_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from runtime.__main__ import main
+
+    out = tmp_path / "a.png"
+    args = ["a red circle at the top left", "-o", str(out), "--engines", str(pixel_fp32_dir), "--steps", "2", "--backend", "onnxruntime-cpu"]
+    assert main([*args, "--lora", f"{loras['a']}:0.5"]) == 0
+    want = Generator.from_dir(pixel_fp32_dir, backend="onnxruntime-cpu", loras=[(loras["a"], 0.5)])("a red circle at the top left", seed=0, num_inference_steps=2, progress=False)
+    assert np.array_equal(np.asarray(Image.open(out)), (want.images[0] * 255).round().astype(np.uint8))
+    capsys.readouterr()
+    for argv in ([*args, "--lora", "x.safetensors:nan"], ["edit", "v.mp4", "--source-prompt", "a", "--prompt", "b", "-o", "o.mp4", "--lora", "x.safetensors:inf"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1, err
+        assert err[0].startswith("error: argument --lora: x.safetensors: scale") and "is not a finite number" in err[0], err
