@@ -181,3 +181,18 @@ def test_cli_lora_applies_and_a_bad_scale_is_one_line_naming_lora(loras, pixel_f
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_.value.code == 2 and len(err) == 1, err
         assert err[0].startswith("error: argument --lora: x.safetensors: scale") and "is not a finite number" in err[0], err
+
+
+@pytest.mark.slow
+def test_lora_on_an_fp16_engine_is_refused_on_onnxruntime_cpu(shipped_pixel_dir, shipped_pixel_fp16_dir, tmp_path):
+    """The weights are computed in fp16 (the fp16 base + the delta, rounded once), but ONNX Runtime's CPU optimizations
+    fold fp16 weights before ``add_initializer``'s overrides apply: measured, the UNet's output with the overrides was
+    the base's bitwise (with graph optimizations off it changed). So the LoRA is refused there, never silently dropped."""
+    lora = make_lora(shipped_pixel_dir, tmp_path / "shipped.safetensors", alpha=ALPHA, seed=3, text_encoder=False)
+    manifest = load_manifest(shipped_pixel_fp16_dir)
+    weights = lora_weights(manifest, [LoraSpec(lora)], "onnxruntime-cuda")
+    assert weights and all(v.dtype == np.float16 for w in weights.values() for v in w.initializers.values())
+    with pytest.raises(LoraError, match=r"shipped\.safetensors: LoRAs on fp16 artifacts are refused on onnxruntime-cpu"):
+        Generator.from_dir(shipped_pixel_fp16_dir, backend="onnxruntime-cpu", loras=[(lora, 1.0)])
+    gen = Generator.from_dir(shipped_pixel_fp16_dir, backend="onnxruntime-cpu")
+    gen.set_loras([(lora, 0.0)])  # scale 0 changes no weight: allowed
