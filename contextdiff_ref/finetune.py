@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--snr-gamma", type=float, default=0.0, help="Min-SNR-γ weighting; 0: the plain loss (default: %(default)s)")
     p.add_argument("--high-noise-fraction", type=float, default=d.high_noise_fraction,
                    help="fraction of each batch trained at the last 5%% of timesteps, where only the text tells the layout (default: %(default)s)")
-    p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0: train the whole UNet; r > 0: LoRA of rank r (default: %(default)s)")
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0: train the whole UNet; r > 0: LoRA of rank r, also written to <out>/lora.safetensors at every checkpoint (runtime's --lora reads it) (default: %(default)s)")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
     p.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too (frozen by default)")
     p.add_argument("--resolution", type=int, default=None, help="image size (default: the model's)")

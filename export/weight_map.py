@@ -33,6 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from runtime.lora import weight_names
+
 WEIGHT_MAP_VERSION = 1
 _FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 
@@ -132,9 +134,7 @@ def module_weights(module: Any) -> dict[str, np.ndarray]:
     """The weights (parameters of two or more dims) of a graph wrapper module, float32, named without the wrapper's
     own attribute (``unet.``, ``text_encoder.``, ``adapter.``, ``vae.``)."""
     named = {n: p for n, p in module.named_parameters() if p.ndim >= 2}
-    prefixes = {n.split(".", 1)[0] for n in named}
-    strip = len(prefixes) == 1 and all("." in n for n in named)
-    return {(n.split(".", 1)[1] if strip else n): p.detach().float().cpu().numpy() for n, p in named.items()}
+    return {short: named[n].detach().float().cpu().numpy() for n, short in weight_names(named).items()}
 
 
 def graph_weights(graph: Path, weight_map: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from runtime import DEFAULT_MODEL_NAME, DEFAULT_VIDEO_MODEL_NAME
 from runtime.cli import CLI_ERRORS, CLIP_SAMPLE, Parser, add_edit_arguments, error_exit, setup_logging
 from runtime.errors import ContextDiffError
-from runtime.lora import parse_lora_arg
+from runtime.lora import add_lora_argument
 from runtime.options import OpenVINOPrecision, choices
 
 DEFAULT_ENGINES = Path("engines") / DEFAULT_MODEL_NAME  # where `python export/build_engines.py` writes the default model
@@ -36,8 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the openvino backend's inference precision (default: what the engine directory records, else f32)")
     p.add_argument("--contextual-guidance", choices=["conditional", "guided"], default=None,
                    help="how guidance meets the adapter's shift (method doc §5; default: the model's, recorded in its scheduler config)")
-    p.add_argument("--lora", action="append", type=parse_lora_arg, default=[], metavar="FILE[:SCALE]",
-                   help="a LoRA (safetensors) applied at load, scale 1 unless given; repeatable (docs/guides/lora.md)")
+    add_lora_argument(p)
     return p.parse_args(argv)
 
 
@@ -48,6 +47,7 @@ def parse_edit_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a video model's engine directory (default: %(default)s, built by `python export/build_engines.py "
                         "--model contextdiff_ref/models/shapes-video`)")  # fmt: skip
     p.add_argument("--backend", default="auto", help="as for image generation (default: %(default)s)")
+    add_lora_argument(p)
     return p.parse_args(argv)
 
 
@@ -62,7 +62,7 @@ def edit_main(argv: list[str] | None = None) -> int:
             raise ContextDiffError(f"--output={args.output}: the file name must end in one of {', '.join(VIDEO_SUFFIXES)}")
         frames = read_video(args.video)
         mask = None if args.mask is None else read_mask(args.mask, len(frames), args.mask_dilation)
-        editor = VideoEditor.from_dir(args.engines, backend=args.backend, clip_sample=CLIP_SAMPLE[args.clip_sample])
+        editor = VideoEditor.from_dir(args.engines, backend=args.backend, clip_sample=CLIP_SAMPLE[args.clip_sample], loras=args.lora)
         edited = editor.edit(frames, args.source_prompt, args.prompt, args.steps, args.guidance, args.seed, strength=args.strength,
                              negative_prompt=args.negative_prompt, eta=args.eta, mask=mask, region_noise=args.region_noise)  # fmt: skip
         write_video(args.output, edited, fps=args.fps)

@@ -42,6 +42,7 @@ class Generator:
 
     loras: tuple[LoraSpec, ...] = ()  # the LoRAs in use (set_loras)
     _lora_components: frozenset[Component] = frozenset()  # the components whose weights they change
+    module_shapes: dict[Component, dict[str, tuple[int, ...]]] | None = None  # backends running the modules (Torch): their weights' shapes
 
     def __init__(self, manifest: EngineManifest, runners: dict[Component, Runner], backend: str, xp: Any = np, device_id: int = 0,
                  precision: str | None = None) -> None:  # fmt: skip
@@ -104,7 +105,7 @@ class Generator:
         switched: on an error the Generator keeps its previous weights, never half of each."""
         specs = parse_loras(loras)
         with self._lock, self._on_device():
-            weights = lora_weights(self.manifest, specs, self.backend, ignore_unmatched=ignore_unmatched)
+            weights = lora_weights(self.manifest, specs, self.backend, ignore_unmatched=ignore_unmatched, module_shapes=self.module_shapes)
             commits = [self.runners[c].prepare_weights(weights.get(c)) for c in sorted(self._lora_components | set(weights))]
             for commit in commits:
                 commit()

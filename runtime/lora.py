@@ -14,7 +14,8 @@ weight, in which layout and dtype, and where its base values lie in the artifact
 once on the host, ``W + Σ scale·(alpha/rank)·(B·A)`` in float32 from the base (never from a previous LoRA's weights,
 so switching never accumulates), and cast to the initializer's dtype (an fp16 artifact's base is its fp16 weight).
 A backend takes the result from :class:`ComponentWeights`: ONNX Runtime overrides those initializers at session
-creation (runtime/backends/ort.py), the Torch backend adds the deltas to its modules' base weights.
+creation (runtime/backends/ort.py), OpenVINO replaces them in the read model before it compiles
+(runtime/backends/openvino.py), the Torch backend adds the deltas to its modules' base weights.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ from runtime.specs import Component
 
 # Backends that cannot take LoRAs yet, and why (runtime.Generator refuses before any work).
 UNSUPPORTED = {
-    "openvino": "LoRAs are not supported on the openvino backend yet (planned: replace the weights' constants in the read model "
-                "before it compiles, its compile cache keyed by the LoRA set); use onnxruntime-cpu",
     "tensorrt": "LoRAs are not supported on the tensorrt backend yet (planned: refittable plans, refit from the base weights); "
                 "use onnxruntime-cuda",
 }  # fmt: skip
@@ -84,6 +83,20 @@ def parse_lora_arg(text: str) -> LoraSpec:
     except ValueError:
         value = None
     return LoraSpec(Path(text)) if value is None else parse_loras([(path, value)])[0]
+
+
+def add_lora_argument(parser: Any) -> None:
+    """The CLIs' repeatable ``--lora FILE[:SCALE]``; a bad scale is argparse's one-line usage error naming --lora."""
+    import argparse
+
+    def lora_arg(text: str) -> LoraSpec:
+        try:
+            return parse_lora_arg(text)
+        except LoraError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parser.add_argument("--lora", action="append", type=lora_arg, default=[], metavar="FILE[:SCALE]",
+                        help="a LoRA (safetensors) applied at load, scale 1 unless given; repeatable (docs/guides/lora.md)")
 
 
 @dataclass
@@ -193,32 +206,45 @@ def _stored(merged: np.ndarray, part: Mapping[str, Any]) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=np.dtype(part["dtype"])).reshape(part["shape"])
 
 
-def lora_weights(manifest: EngineManifest, loras: Sequence[LoraSpec], backend: str = "onnxruntime-cpu", *,
-                 ignore_unmatched: bool = False) -> dict[Component, ComponentWeights]:  # fmt: skip
+def weight_names(names: Iterable[str]) -> dict[str, str]:
+    """A graph wrapper's weight parameter names -> the names a weight map (and a LoRA, after its component prefix) uses:
+    without the wrapper's own attribute (``unet.``, ``text_encoder.``, ...) when they all share one."""
+    names = list(names)
+    strip = len({n.split(".", 1)[0] for n in names}) == 1 and all("." in n for n in names)
+    return {n: n.split(".", 1)[1] if strip else n for n in names}
+
+
+def lora_weights(manifest: EngineManifest, loras: Sequence[LoraSpec], backend: str = "onnxruntime-cpu", *, ignore_unmatched: bool = False,
+                 module_shapes: Mapping[Component, Mapping[str, tuple[int, ...]]] | None = None) -> dict[Component, ComponentWeights]:  # fmt: skip
     """The weights ``loras`` change, per component of ``manifest``'s engine directory. Every check happens here, before
-    any backend sees a weight: a failure raises :class:`LoraError` (or EngineDirectoryError) and changes nothing."""
+    any backend sees a weight: a failure raises :class:`LoraError` (or EngineDirectoryError) and changes nothing.
+    ``module_shapes``: for a backend running the modules themselves (Torch), each component's weights (name -> shape):
+    no weight map is read and only the deltas are computed."""
     if loras and backend in UNSUPPORTED:
         raise LoraError(f"{loras[0].path}: {UNSUPPORTED[backend]}")
     maps: dict[Component, dict[str, Any]] = {}
+    shapes: dict[Component, Mapping[str, tuple[int, ...]]] = {}
     deltas: dict[Component, dict[str, np.ndarray]] = {}
     for spec in loras:
         lora = read_lora(spec.path)
         unmatched = list(lora.unknown)
         for (component, module, kohya), pair in lora.pairs.items():
-            if component not in manifest.components:
+            if component not in manifest.components or (module_shapes is not None and component not in module_shapes):
                 unmatched.append(f"{component.value}: {module}")
                 continue
-            if component not in maps:
+            if component not in shapes and module_shapes is None:
                 maps[component] = load_weight_map(manifest, component, spec.path)
-            weights = maps[component]
-            name = _names(weights).get((module, kohya))
+                shapes[component] = {n: (sum(p["rows"][1] - p["rows"][0] for p in parts), *_base_shape(parts)[1:]) for n, parts in maps[component].items()}
+            elif component not in shapes:
+                shapes[component] = {n: tuple(shape) for n, shape in module_shapes[component].items()}
+            name = _names(shapes[component]).get((module, kohya))
             if name is None:
                 unmatched.append(f"{component.value}: {module}")
                 continue
             if pair.down.shape[0] != pair.up.shape[1]:
                 raise LoraError(f"{spec.path}: {component.value} module {module}: down (A) {pair.down.shape} and up (B) {pair.up.shape} "
                                 "have different ranks")  # fmt: skip
-            expected = (sum(p["rows"][1] - p["rows"][0] for p in weights[name]), *_base_shape(weights[name])[1:])
+            expected = shapes[component][name]
             made = (pair.up.shape[0], *pair.down.shape[1:])
             if math.prod(made) != math.prod(expected) or made[:2] != expected[:2]:
                 raise LoraError(f"{spec.path}: {component.value} module {module}: the LoRA makes a weight of shape {made}, the engine's is "
@@ -233,8 +259,13 @@ def lora_weights(manifest: EngineManifest, loras: Sequence[LoraSpec], backend: s
                             "pass ignore_unmatched=True to apply the rest")  # fmt: skip
     out = {}
     for component, changed in deltas.items():
+        fp16 = [n for n in changed if component in maps and any(p["dtype"] == "float16" for p in maps[component][n])]
+        if fp16 and backend == "onnxruntime-cpu":
+            raise LoraError(f"{loras[0].path}: LoRAs on fp16 artifacts are refused on onnxruntime-cpu: its graph optimizations fold the fp16 "
+                            f"weights ({component.value} {fp16[0]}) before the overrides apply, so the LoRA would silently do nothing "
+                            "(measured with ONNX Runtime 1.31.1); use an fp32 engine directory")  # fmt: skip
         weights = ComponentWeights(deltas=changed)
-        for name, delta in changed.items():
+        for name, delta in changed.items() if component in maps else ():
             merged = _base(maps[component][name], manifest.root) + delta
             for part in maps[component][name]:
                 weights.initializers[part["initializer"]] = _stored(merged, part)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -52,12 +53,13 @@ class VideoEditor(FrameFoldedEditing):
 
     @classmethod
     def from_dir(cls, engine_dir: str | os.PathLike[str], backend: str = "auto", device: int | None = None,
-                 precision: str | OpenVINOPrecision | None = None, *, clip_sample: bool | None = False) -> VideoEditor:  # fmt: skip
+                 precision: str | OpenVINOPrecision | None = None, *, clip_sample: bool | None = False, loras: Sequence[Any] = (),
+                 ignore_unmatched: bool = False) -> VideoEditor:  # fmt: skip
         """Validate ``engine_dir`` (as ``Generator.from_dir`` does: format, sha256 of every artifact, plans) and load
-        its engines; ``backend``, ``device`` and ``precision`` as for ``Generator.from_dir``. An image model's engine
-        directory is refused with what to build instead."""
+        its engines; ``backend``, ``device``, ``precision`` and ``loras`` as for ``Generator.from_dir`` (switch them
+        with ``editor.generator.set_loras``). An image model's engine directory is refused with what to build instead."""
         manifest = _require_video(load_manifest(engine_dir), engine_dir)
-        return cls(Generator.load(manifest, backend, device, precision), clip_sample=clip_sample)
+        return cls(Generator.load(manifest, backend, device, precision, loras=loras, ignore_unmatched=ignore_unmatched), clip_sample=clip_sample)
 
     def close(self) -> None:
         self.generator.close()

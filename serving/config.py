@@ -33,6 +33,14 @@ class Autoscaling(BaseModel):
         return self
 
 
+class LoraEntry(BaseModel):
+    """A LoRA a request may name: its safetensors file (relative to the working directory) and scale."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    scale: float = Field(1.0, allow_inf_nan=False)
+
+
 class ServiceConfig(BaseModel):
     """What one deployment of the service runs and how much it accepts."""
 
@@ -51,6 +59,8 @@ class ServiceConfig(BaseModel):
     request_timeout_s: float = Field(120.0, gt=0, description="a request still waiting after this gets 504")
     max_steps: int = Field(100, ge=1, le=1000, description="most num_inference_steps a request may ask for")
     graceful_shutdown_timeout_s: float = Field(120.0, ge=0, description="how long a stopping replica finishes in-flight requests")
+    loras: dict[str, LoraEntry] = Field(default_factory=dict, description="LoRAs a request may name (its lora field): name -> file, scale; "
+                                        "checked at start; requests with different LoRAs are never batched together")  # fmt: skip
 
     @property
     def engine_dir(self) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
@@ -80,7 +80,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-def request_model(limits: ApiLimits) -> type[BaseModel]:
+def request_model(limits: ApiLimits, loras: Sequence[str] = ()) -> type[BaseModel]:
     """The ``POST /v1/images`` body for these limits (a pydantic model; FastAPI publishes its JSON schema)."""
 
     def size(r: SizeRange, axis: str) -> Any:
@@ -105,6 +105,8 @@ def request_model(limits: ApiLimits) -> type[BaseModel]:
         num_images=(JsonInt, Field(1, ge=1, le=limits.max_images, description="images from this prompt and seed (one engine call)")),
         contextual_guidance=(Literal["conditional", "guided"] | None, Field(None, description="how guidance meets the adapter's shift "
                              f"(method doc §5); null: the model's, {limits.contextual_guidance!r}")),
+        lora=(Literal[tuple(loras)] | None if loras else None, Field(None, description="a LoRA of the service's config by name (GET /v1/model "
+                                                                   "lists them); null: the base weights")),  # fmt: skip
         response_format=(Literal["png", "json"], Field("json", description="png: the PNG bytes (several images in a grid); json: base64 PNGs, seed, timings")),  # strict: a string, not an enum instance
     )  # fmt: skip
 
@@ -154,3 +156,4 @@ class ModelInfo(Strict):
     recommended_guidance_scale: float
     contextual_guidance: str = Field("conditional", description="the model's variant of guidance and the shift (method doc §5)")
     components: dict[str, ComponentInfo]
+    loras: dict[str, dict[str, Any]] = Field(default_factory=dict, description="LoRAs a request may name: name -> file, scale")

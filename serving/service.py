@@ -11,12 +11,14 @@ import io
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, ContextDiffError
 from runtime.images import make_grid
+from runtime.lora import lora_weights, parse_loras
 from runtime.noise import resolve_seed
 from runtime.validation import GenerationRequest
 from serving.config import ServiceConfig
@@ -34,6 +36,7 @@ class Job:
     response_format: ResponseFormat
     arrived: float  # time.monotonic() at arrival
     cancelled: bool = False
+    lora: str | None = None  # a LoRA of the config by name; None: the base weights
 
     @property
     def images(self) -> int:
@@ -59,11 +62,11 @@ class BatchStats:
 
 
 def chunk_jobs(jobs: Sequence[Job], max_images: int) -> list[list[Job]]:
-    """Jobs -> engine calls: grouped by ``batch_key`` (steps, guidance, eta, size), in arrival order within a group,
-    each call at most ``max_images`` images (a job is never split: its noise is one draw from its seed)."""
+    """Jobs -> engine calls: grouped by ``batch_key`` (steps, guidance, eta, size) and LoRA, in arrival order within a
+    group, each call at most ``max_images`` images (a job is never split: its noise is one draw from its seed)."""
     groups: dict[tuple, list[list[Job]]] = {}
     for job in jobs:
-        chunks = groups.setdefault(job.request.batch_key, [[]])
+        chunks = groups.setdefault((job.request.batch_key, job.lora), [[]])
         if sum(j.images for j in chunks[-1]) + job.images > max_images:
             chunks.append([])
         chunks[-1].append(job)
@@ -96,7 +99,14 @@ class ImageService:
             logger.warning("the engines in %s take one image per call: requests are served one at a time (build with --batch 8 to batch)",
                            self.generator.manifest.root)  # fmt: skip
         self.limits: ApiLimits = api_limits(self.generator, self.max_batch_images, config.max_steps)
-        self.request_model = request_model(self.limits)
+        self.loras = {name: parse_loras([(Path(e.file).expanduser().resolve(), e.scale)]) for name, e in config.loras.items()}
+        for name, specs in self.loras.items():  # every LoRA checked against the engines at start (runtime.lora's errors)
+            try:
+                lora_weights(self.generator.manifest, specs, self.generator.backend, module_shapes=self.generator.module_shapes)
+            except ContextDiffError as exc:
+                raise ConfigError(f"invalid serving config: loras.{name}: {exc}") from None
+        self.lora: str | None = None  # the LoRA the generator's weights hold now
+        self.request_model = request_model(self.limits, tuple(self.loras))
         self.on_batch = on_batch
 
     def job(self, body: Any) -> Job:
@@ -107,7 +117,7 @@ class ImageService:
             guidance_scale=body.guidance_scale, eta=body.eta, seed=seed, height=body.height, width=body.width, output_type="np",
             contextual_guidance=body.contextual_guidance,
         )  # fmt: skip
-        return Job(request, ResponseFormat(body.response_format), time.monotonic())
+        return Job(request, ResponseFormat(body.response_format), time.monotonic(), lora=getattr(body, "lora", None))
 
     def run_jobs(self, jobs: Sequence[Job]) -> list[JobResult | BaseException | None]:
         """Results in the order of ``jobs``: a JobResult, the exception its engine call raised, or None for a job
@@ -121,6 +131,9 @@ class ImageService:
                 continue
             start = time.monotonic()
             try:
+                if live[0].lora != self.lora:  # one LoRA per call (chunk_jobs); switched from the base weights, never accumulated
+                    self.generator.set_loras(self.loras.get(live[0].lora, ()))
+                    self.lora = live[0].lora
                 outputs = self.generator.run_batch([j.request for j in live])
             except Exception as exc:  # an engine failure is this batch's, reported to each of its requests
                 logger.exception("engine call for %d request(s) failed", len(live))
@@ -156,4 +169,5 @@ class ImageService:
             max_images_per_request=lim.max_images, max_batch_images=self.max_batch_images, max_steps=lim.max_steps,
             recommended_guidance_scale=lim.default_guidance, contextual_guidance=lim.contextual_guidance,
             components={c.value: ComponentInfo(precision=a.precision, profile=a.profile.to_json()) for c, a in manifest.components.items()},
+            loras={name: specs[0].to_json() for name, specs in self.loras.items()},
         )  # fmt: skip

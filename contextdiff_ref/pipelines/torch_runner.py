@@ -3,6 +3,11 @@
 It lives here, not in ``runtime``, because it runs ``contextdiff_ref``'s modules and ``runtime`` never imports
 torch or this package. On the CPU, NumPy arrays are shared with torch without copies (``torch.from_numpy``);
 on a GPU, CuPy arrays through DLPack (``torch.from_dlpack`` / ``cupy.from_dlpack``), optionally in fp16.
+
+LoRAs (runtime/lora.py, ``torch_generator(loras=)`` / ``Generator.set_loras``): each touched weight becomes
+``base + delta`` (float32 sum, cast to the module's dtype) copied into the parameter in place (so captured CUDA graphs
+stay valid), from a copy of its base weight kept while a LoRA touches it: switching never accumulates and removal
+restores the base exactly. Only the touched weights are copied; no weight map is needed (the modules are at hand).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +26,7 @@ from contextdiff_ref.models.graphs import graph_modules, model_dims
 from contextdiff_ref.models.model_dir import ModelComponents, load_model_dir, model_limits, runtime_tokenizer_json
 from runtime.backends.base import RunnerBase
 from runtime.generator import Generator
+from runtime.lora import weight_names
 from runtime.manifest import ComponentArtifacts, EngineManifest, load_manifest
 from runtime.options import Precision
 from runtime.specs import SPECS, Component, ComponentSpec, make_profile
@@ -36,9 +42,35 @@ class TorchRunner(RunnerBase):
         self.module, self.device, self.fp16 = module, torch.device(device), fp16
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple, tuple[Any, list[torch.Tensor], torch.Tensor]] = {}
+        self._saved: dict[str, torch.Tensor] = {}  # base values of the weights a LoRA now changes (prepare_weights)
 
     def _activate(self) -> None:
         self.module.to(self.device, torch.float16 if self.fp16 else torch.float32).eval()
+
+    def weights(self) -> dict[str, torch.nn.Parameter]:
+        """The module's weights (parameters of two or more dims) by the names LoRAs and weight maps use."""
+        named = {n: p for n, p in self.module.named_parameters() if p.ndim >= 2}
+        return {short: named[n] for n, short in weight_names(named).items()}
+
+    def prepare_weights(self, weights: Any) -> Callable[[], None]:
+        """LoRA weights (module docstring): the new values computed now, from the saved bases; the returned call copies
+        them (and the bases of weights no longer touched) into the parameters."""
+        deltas = weights.deltas if weights is not None else {}
+        params, saved = self.weights(), self._saved
+        with torch.no_grad():
+            bases = {n: saved[n] if n in saved else params[n].detach().clone() for n in deltas}
+            new = {n: (bases[n].float() + torch.from_numpy(d).to(bases[n].device)).to(params[n].dtype) for n, d in deltas.items()}
+
+        def commit() -> None:
+            with torch.no_grad():
+                for name, base in saved.items():
+                    if name not in new:
+                        params[name].copy_(base)
+                for name, value in new.items():
+                    params[name].copy_(value)
+            self._saved = bases
+
+        return commit
 
     def _to_torch(self, value: Any) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else torch.from_dlpack(value)
@@ -81,11 +113,11 @@ class TorchRunner(RunnerBase):
 
 
 def torch_generator(model_dir: str | os.PathLike[str], engine_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu", fp16: bool = False,
-                    max_images: int = 1) -> Generator:  # fmt: skip
+                    max_images: int = 1, loras: Sequence[Any] = (), ignore_unmatched: bool = False) -> Generator:  # fmt: skip
     """A runtime.Generator whose engines are the reference modules of ``model_dir``. ``engine_dir``, if given,
     supplies the manifest, tokenizer and scheduler (its ONNX/plan files are not used); without one they come from the
     model directory itself (:func:`model_manifest`, for up to ``max_images`` images per call at the model's default
-    size): no export needed."""
+    size): no export needed. ``loras``: [(file, scale), ...] merged into the modules' weights (``set_loras`` switches)."""
     components = load_model_dir(model_dir)
     modules = graph_modules(components)
     xp = np
@@ -93,10 +125,15 @@ def torch_generator(model_dir: str | os.PathLike[str], engine_dir: str | os.Path
         import cupy as xp  # noqa: F811
     if engine_dir is not None:
         manifest = load_manifest(engine_dir, verify=False)
-        return Generator(manifest, _runners(manifest, modules, device, fp16), backend="torch", xp=xp)
-    with tempfile.TemporaryDirectory(prefix="contextdiff-torch-") as folder:  # the Generator reads both files when made
-        manifest = model_manifest(components, Path(model_dir), Path(folder), max_images=max_images)
-        return Generator(manifest, _runners(manifest, modules, device, fp16), backend="torch", xp=xp)
+        generator = Generator(manifest, _runners(manifest, modules, device, fp16), backend="torch", xp=xp)
+    else:
+        with tempfile.TemporaryDirectory(prefix="contextdiff-torch-") as folder:  # the Generator reads both files when made
+            manifest = model_manifest(components, Path(model_dir), Path(folder), max_images=max_images)
+            generator = Generator(manifest, _runners(manifest, modules, device, fp16), backend="torch", xp=xp)
+    generator.module_shapes = {c: {n: tuple(p.shape) for n, p in r.weights().items()} for c, r in generator.runners.items()}
+    if loras:
+        generator.set_loras(loras, ignore_unmatched=ignore_unmatched)
+    return generator
 
 
 def _runners(manifest: EngineManifest, modules: dict[Component, torch.nn.Module], device: str, fp16: bool) -> dict[Component, TorchRunner]:

@@ -42,6 +42,7 @@ from runtime.files import atomic_write
 logger = logging.getLogger(__name__)
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the UNet's attention projections (diffusers' LoRA recipe)
+LORA_FILE = "lora.safetensors"  # in the run directory at every checkpoint of a LoRA run: the EMA LoRA, as runtime/lora.py reads it
 LATENT_CACHE = "latents.safetensors"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -258,10 +259,24 @@ class Finetuner(TrainerCore):
             raise ContextDiffError(f"step {self.step}: the processes hold different weights (sums {sums}); the last checkpoint in {self.out} is intact")
         self.save_checkpoint(world_size=acc.num_processes, samples_seen=self.step * self.config.batch_size * acc.num_processes,
                              rank_weight_sums=sums)  # fmt: skip
+        if self.config.lora_rank and acc.is_main_process:
+            self.write_lora(self.out / LORA_FILE)
         if self.sample_every and self.sample_prompts and self.step % self.sample_every == 0 and acc.is_main_process:
             self.write_samples(list(self.sample_prompts))
         acc.wait_for_everyone()
         logger.info("step %d: checkpoint written to %s", self.step, self.out)
+
+    def write_lora(self, path: Path) -> Path:
+        """The UNet's LoRA (EMA weights) as safetensors in the diffusers/peft layout (``unet.<module>.lora_A.weight``,
+        ``lora_B``; ``lora_alpha`` and ``rank`` in the metadata), written atomically: what ``runtime`` and
+        ``--lora`` apply to an engine directory of the base model (only the UNet's change: a trained adapter is not in
+        it; the exported model directory has both)."""
+        from peft.utils import get_peft_model_state_dict
+
+        with self.ema_weights():
+            tensors = {f"unet.{k}": v.detach().float().cpu().contiguous().clone() for k, v in get_peft_model_state_dict(self.components.unet).items()}
+        metadata = {"lora_alpha": str(float(self.config.lora_alpha or self.config.lora_rank)), "rank": str(self.config.lora_rank), "step": str(self.step)}
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     def ema_components(self) -> ModelComponents:
         """A plain copy of the model (CPU, eval) holding the EMA weights; LoRA merged into the UNet's weights."""

@@ -26,6 +26,13 @@ within one call. Small graphs use threads poorly (the default video model's UNet
 38.6 ms on 1), so two halves on one thread each beat the whole on two: batch 16 in 38.0 instead of 46.8 ms. Batch
 entries are independent except a video's frames (``batch_unit``: they stay in one part); a call whose batch does not
 split into ``streams`` parts of whole units runs whole, and the results are the same either way (tested).
+LoRAs (runtime/lora.py): the initializers a LoRA changes are replaced in the read model before it compiles. OpenVINO's
+ONNX frontend keeps each initializer as a Constant whose friendly name is the initializer's name (measured with
+OpenVINO 2026.4 on the tiny models: every mapped weight found by name, values equal), so they are found by name; one
+that is not found is refused, never silently left at the base. Every compile-cache key of a LoRA'd model ends in the
+hash of its replaced values (``-lora<hash>``), so a LoRA'd model is never served from the base's entry nor the base
+from a LoRA'd one; each LoRA set's entry holds a full compiled copy on disk. A switch compiles the new model from the
+artifact (the base weights: nothing accumulates) before it replaces the old one.
 Torch-free; ``openvino`` is imported only when a runner activates (the ``openvino`` extra).
 """
 
@@ -39,12 +46,12 @@ import shutil
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from runtime.backends.base import Array, RunnerBase
-from runtime.errors import ContextDiffError, InvalidArgumentError, first_line
+from runtime.errors import ContextDiffError, InvalidArgumentError, RunnerError, first_line
 from runtime.files import staging_dir
 from runtime.options import OpenVINOPrecision
 from runtime.specs import ComponentSpec
@@ -144,6 +151,42 @@ def compile_cached(core: Any, model: Path | Any, config: dict[str, Any], cache_r
     return compiled, False
 
 
+def weights_tag(overrides: Mapping[str, np.ndarray]) -> str:
+    """A cache-key suffix for replaced weights: '' for none (the base), else 'lora' + a hash of their names and values."""
+    if not overrides:
+        return ""
+    digest = hashlib.sha256()
+    for name in sorted(overrides):
+        value = np.ascontiguousarray(overrides[name])
+        digest.update(f"{name}|{value.dtype}|{value.shape}|".encode())
+        digest.update(memoryview(value).cast("B"))
+    return f"lora{digest.hexdigest()[:16]}"
+
+
+def replace_constants(ov: ModuleType, model: Any, overrides: Mapping[str, np.ndarray], path: Path) -> Any:
+    """``model`` (read from ``path``) with the Constants named like the initializers in ``overrides`` holding the new
+    values (same shape and element type, checked)."""
+    constants: dict[str, list[Any]] = {}
+    for node in model.get_ops():
+        if node.get_type_name() == "Constant" and node.get_friendly_name() in overrides:
+            constants.setdefault(node.get_friendly_name(), []).append(node)
+    missing = sorted(set(overrides) - set(constants))
+    if missing:
+        raise OpenVINOUnavailableError(f"{path}: OpenVINO {ov.__version__} read no constant for the initializer(s) {missing[:3]} a LoRA changes "
+                                       "(renamed or folded by its ONNX frontend); apply this LoRA with onnxruntime-cpu")  # fmt: skip
+    for name, nodes in constants.items():
+        value = np.ascontiguousarray(overrides[name])
+        for node in nodes:
+            shape, kind = tuple(node.get_output_shape(0)), node.get_output_element_type(0).to_dtype()
+            if shape != value.shape or kind != value.dtype:
+                raise OpenVINOUnavailableError(f"{path}: OpenVINO's constant {name} is {kind} {shape}, the LoRA'd weight {value.dtype} {value.shape}")
+            new = ov.op.Constant(value)
+            new.set_friendly_name(name)
+            node.output(0).replace(new.output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
 def _prune(entry: Path) -> None:
     """Entries of the same component and precision for other artifacts are stale: a rebuild replaced them. (Entry
     names: <component>-<precision>-<artifacts>[-<static shapes>]; the same artifacts' other shapes stay.)"""
@@ -182,8 +225,32 @@ class OpenVINORunner(RunnerBase):
         self.loaded_from_cache = False
         self._static: dict[tuple[tuple[int, ...], ...], list[Any]] = {}  # call shapes -> infer requests (one per part) of a static-shape model
         self._compile: Any = None  # (shapes or None for the dynamic model, streams) -> compiled model, set at activation
+        self._overrides: dict[str, np.ndarray] = {}  # initializers a LoRA changed (runtime/lora.py): name -> value as stored
+
+    def prepare_weights(self, weights: Any) -> Callable[[], None]:
+        """LoRA weights: the touched initializers replaced in the read model before it compiles (module docstring),
+        always over the artifact's base weights. An active runner compiles the new model now (a failure leaves the old
+        one in use); its static-shape models are compiled again at their next call (from the cache where seen)."""
+        overrides = dict(weights.initializers) if weights is not None else {}
+        if not self.active:
+            return lambda: setattr(self, "_overrides", overrides)
+        try:
+            request, compile_for, hit = self._load(overrides)
+        except Exception as exc:
+            raise RunnerError(f"{type(self).__name__} could not load {self.spec.name} with new weights: {first_line(exc)}") from exc
+
+        def commit() -> None:
+            self._static.clear()
+            self.request, self._compile, self.loaded_from_cache, self._overrides = request, compile_for, hit, overrides
+
+        return commit
 
     def _activate(self) -> None:
+        self.request, self._compile, self.loaded_from_cache = self._load(self._overrides)
+
+    def _load(self, overrides: Mapping[str, np.ndarray]) -> tuple[Any, Callable[..., Any], bool]:
+        """(the dynamic model's infer request, the compile function for static shapes, loaded from the cache) with
+        ``overrides`` replacing the base weights."""
         ov = import_openvino()
         core = ov.Core()
         if self.precision is OpenVINOPrecision.BF16 and (why := bf16_unsupported_reason(core)):
@@ -192,13 +259,20 @@ class OpenVINORunner(RunnerBase):
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         key = cache_key(core, ov.__version__, self.spec.name, self.precision, self.artifact_sha256) if self.artifact_sha256 else None
-        compiled, self.loaded_from_cache = self._compiled(ov, core, self.path, config, key)
+        if key is not None and (tag := weights_tag(overrides)):
+            key = key.with_name(f"{key.name}-{tag}")
+
+        def read() -> Path | Any:
+            """The artifact as OpenVINO reads it with the overrides in place (the file itself when there are none)."""
+            return replace_constants(ov, core.read_model(str(self.path)), overrides, self.path) if overrides else self.path
+
+        compiled, hit = self._compiled(ov, core, read(), config, key)
 
         def compile_for(shapes: tuple[tuple[int, ...], ...] | None, streams: int = 1) -> Any:
             """The model compiled for these input shapes (None: the dynamic one) and OpenVINO streams, through the cache."""
             if shapes is None:
-                return self._compiled(ov, core, self.path, config, key)[0]
-            model = core.read_model(str(self.path))
+                return self._compiled(ov, core, read(), config, key)[0]
+            model = core.read_model(str(self.path)) if not overrides else read()
             try:
                 model.reshape({t.name: list(shape) for t, shape in zip(self.spec.inputs, shapes)})
             except RuntimeError as exc:
@@ -208,7 +282,6 @@ class OpenVINORunner(RunnerBase):
                 name, options = f"{name}-s{streams}", {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
             return self._compiled(ov, core, model, options, key and key.with_name(f"{key.name}-{name}"))[0]
 
-        self._compile = compile_for
         got = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         if got != self.precision.value:  # never a silent precision change
             raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} compiled for {got!r} although {self.precision.value!r} "
@@ -218,8 +291,8 @@ class OpenVINORunner(RunnerBase):
         if missing:
             raise OpenVINOUnavailableError(f"{self.path}: the compiled model has no output {missing} (it has {sorted(names)}); "
                                            "rebuild the engine directory with `python export/build_engines.py --force`")  # fmt: skip
-        self.request = compiled.create_infer_request()
-        logger.debug("%s: OpenVINO %s %s (%s)", self.spec.name, ov.__version__, self.precision.value, "cached" if self.loaded_from_cache else "compiled")
+        logger.debug("%s: OpenVINO %s %s (%s)", self.spec.name, ov.__version__, self.precision.value, "cached" if hit else "compiled")
+        return compiled.create_infer_request(), compile_for, hit
 
     def _compiled(self, ov: ModuleType, core: Any, model: Path | Any, config: dict[str, Any], key: Path | None) -> tuple[Any, bool]:
         try:

@@ -228,3 +228,45 @@ def test_the_shipped_config_file_is_valid():
     http, args = load_config(CONFIG)
     config = ServiceConfig.parse(args)  # a typo in a field name would be a ConfigError here
     assert http == {"host": "127.0.0.1", "port": 8000} and config.engines == DEFAULT_SERVING_ENGINES and config.max_queued_requests == 64
+
+
+@pytest.fixture(scope="module")
+def lora_files(pixel_model_dir, tmp_path_factory):
+    from tests.runtime.lora_files import make_lora
+
+    root = tmp_path_factory.mktemp("service-loras")
+    return {"a": make_lora(pixel_model_dir, root / "a.safetensors", seed=0), "b": make_lora(pixel_model_dir, root / "b.safetensors", seed=7, text_encoder=False)}
+
+
+def test_loras_named_in_the_config_serve_requests_that_name_them(pixel_fp32_dir, lora_files, client):
+    plain_client = client
+    loras = {"a": {"file": str(lora_files["a"]), "scale": 0.5}, "b": {"file": str(lora_files["b"])}}
+    service = ImageService(ServiceConfig(engines=str(pixel_fp32_dir), max_steps=20, loras=loras))
+    client = TestClient(create_app(service, direct_submit(service)))
+    assert client.get("/v1/model").json()["loras"] == {"a": {"file": str(lora_files["a"]), "scale": 0.5}, "b": {"file": str(lora_files["b"]), "scale": 1.0}}
+    Body = service.request_model
+    bodies = [Body(prompt=PROMPT, seed=1, num_inference_steps=2, lora="a"), Body(prompt=PROMPT, seed=1, num_inference_steps=2),
+              Body(prompt=PROMPT, seed=1, num_inference_steps=2, lora="b"), Body(prompt="a blue square", seed=2, num_inference_steps=2, lora="a")]  # fmt: skip
+    jobs = [service.job(b) for b in bodies]
+    assert [[jobs.index(j) for j in chunk] for chunk in chunk_jobs(jobs, 3)] == [[0, 3], [1], [2]]  # never two LoRAs in one call
+    results = service.run_jobs(jobs)
+    for body, result, loaded in zip(bodies, results, ([(lora_files["a"], 0.5)], [], [(lora_files["b"], 1.0)], [(lora_files["a"], 0.5)])):
+        gen = Generator.from_dir(pixel_fp32_dir, backend=service.generator.backend, loras=loaded)
+        np.testing.assert_array_equal(result.images, gen([body.prompt], seed=body.seed, num_inference_steps=2, progress=False).images)
+    assert results[1].images.tolist() != results[0].images.tolist()
+    r = client.post("/v1/images", json=dict(prompt=PROMPT, seed=1, num_inference_steps=2, lora="a"))
+    assert r.status_code == 200 and np.array_equal(_decode(r.json()["images"][0]), np.asarray(Image.open(io.BytesIO(png_bytes(results[0].images[0])))))
+    unknown = client.post("/v1/images", json=dict(prompt=PROMPT, lora="c"))
+    assert unknown.status_code == 422 and unknown.json()["error"]["field"] == "lora", unknown.text
+    assert plain_client.post("/v1/images", json=dict(prompt=PROMPT, lora="a")).status_code == 422  # a service without LoRAs
+
+
+def test_a_lora_for_another_base_fails_the_start_naming_it(pixel_fp32_dir, lora_files, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({k: np.concatenate([v, v], axis=1) if "lora_A" in k else v for k, v in load_file(str(lora_files["b"])).items()}, str(other))
+    with pytest.raises(ConfigError, match=r"loras\.style: .*other\.safetensors: unet module .*the engine's is"):
+        ImageService(ServiceConfig(engines=str(pixel_fp32_dir), loras={"style": {"file": str(other)}}))
+    with pytest.raises(ConfigError, match=r"loras\.style\.scale"):
+        ServiceConfig.parse({"engines": str(pixel_fp32_dir), "loras": {"style": {"file": "x.safetensors", "scale": float("nan")}}})

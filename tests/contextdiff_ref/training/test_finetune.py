@@ -17,7 +17,7 @@ from contextdiff_ref.data.imagefolder import write_shapes_folder
 from contextdiff_ref.finetune import main
 from contextdiff_ref.models.attach import attach_adapter
 from contextdiff_ref.models.model_dir import load_model_dir
-from contextdiff_ref.training.finetune import FinetuneConfig, Finetuner, export_finetuned
+from contextdiff_ref.training.finetune import LORA_FILE, FinetuneConfig, Finetuner, export_finetuned
 from contextdiff_ref.training.loop import CHECKPOINT
 from runtime.errors import ContextDiffError, InvalidArgumentError, ModelDirectoryError
 from tests.contextdiff_ref.models.test_attach import write_sd_dir
@@ -110,6 +110,18 @@ def test_lora_trains_only_lora_weights_and_export_merges_them(sd, tmp_path):
         base = load_model_dir(sd / "model").unet(x, 500, encoder_hidden_states=text).sample
         assert (expected - base).abs().max() > 1e-4  # LoRA changed the UNet
         torch.testing.assert_close(exported.unet(x, 500, encoder_hidden_states=text).sample, expected, rtol=1e-4, atol=1e-5)
+    # the run directory's LoRA file, read by the runtime and merged by the Torch backend, gives the exported UNet's weights
+    from contextdiff_ref.pipelines.torch_runner import torch_generator
+    from runtime.lora import read_lora
+    from runtime.specs import Component
+
+    lora = read_lora(tmp_path / "lora" / LORA_FILE)
+    assert {c for c, _, _ in lora.pairs} == {Component.UNET} and not lora.unknown and all(p.alpha == 4.0 for p in lora.pairs.values())
+    merged = torch_generator(sd / "model", loras=[(tmp_path / "lora" / LORA_FILE, 1.0)]).runners[Component.UNET].weights()
+    want = exported.unet.state_dict()
+    assert len(lora.pairs) == sum(name.endswith((".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight")) for name in merged)
+    for name, value in merged.items():
+        torch.testing.assert_close(value.detach(), want[name], rtol=1e-6, atol=1e-7)
 
 
 def test_baseline_keeps_r_zero_and_cached_latents_train_alike(sd, tmp_path):
