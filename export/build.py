@@ -32,7 +32,7 @@ from runtime.files import TMP_PREFIX, atomic_write, atomic_write_text, staging_d
 from runtime.manifest import BuildRecord, ComponentRecord, FileRecord, Manifest, ModelRecord, VideoRecord
 from runtime.metrics import relative_l2
 from runtime.options import BuildBackend, OpenVINOPrecision, PlanRuntime, Precision
-from runtime.specs import SPECS, Component, ModelDims, Profile, make_profile
+from runtime.specs import SPECS, Component, ComponentSpec, ModelDims, Profile, component_spec, make_profile
 from runtime.validation import ModelLimits
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ EXPORT_VERSION = "4"  # bump when graph wrappers or conversion rules change, to 
 FP16_TOLERANCE = 1e-2  # relative L2 error of an fp16 graph against its fp32 graph, on random inputs
 CHECK_SIZE = 32  # the fp16 check runs at most 32 x 32 samples: precision is per op, and 64 x 64 would cost minutes
 _SOURCE_FOLDERS = {Component.TEXT_ENCODER: ("text_encoder",), Component.UNET: ("unet",), Component.ADAPTER: ("adapter",), Component.VAE_DECODER: ("vae",),
-                   Component.VAE_ENCODER: ("vae",)}  # fmt: skip
+                   Component.VAE_ENCODER: ("vae",), Component.UNET_SHALLOW: ("unet",)}  # fmt: skip
 _VIDEO_SOURCE_FOLDERS = {**_SOURCE_FOLDERS, Component.UNET: ("unet", "temporal"), Component.ADAPTER: ("video_adapter",)}
 ONNX_CACHE_ENV = "CONTEXTDIFF_ONNX_CACHE"  # the default of --onnx-cache: a folder of ONNX artifacts shared by builds
 
@@ -59,6 +59,9 @@ class BuildOptions:
     workspace_gib: float | None = None  # TensorRT builder memory limit
     tensorrt_runtime: PlanRuntime = PlanRuntime.FULL  # LEAN: version-compatible plans the ~50 MB tensorrt_lean runs
     openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded for the runtime's openvino backend; artifacts unchanged
+    # step caching (DeepCache, branch 1): the UNet also outputs the feature entering its last up-block, and a shallow
+    # UNet (unet_shallow) runs the outer blocks on it; image models only
+    step_cache: bool = False
     # ONNX artifacts shared across engine directories, by the same content key (another batch profile, size or
     # directory of the same model reuses them); None: none. Default: $CONTEXTDIFF_ONNX_CACHE.
     onnx_cache: str | os.PathLike[str] | None = field(default_factory=lambda: os.environ.get(ONNX_CACHE_ENV) or None)
@@ -151,13 +154,13 @@ def _artifact_intact(out_dir: Path, entry: dict[str, Any] | None, name: str) -> 
     return all((out_dir / f["file"]).is_file() and sha256_file(out_dir / f["file"]) == f["sha256"] for f in _entry_files(entry))
 
 
-def _check_inputs(component: Component, dims: ModelDims, profile: Profile) -> dict[str, np.ndarray]:
+def _check_inputs(spec: ComponentSpec, dims: ModelDims, profile: Profile) -> dict[str, np.ndarray]:
     """Random inputs for tracing and the fp16 check: the profile's opt batch (at least 2, so the batch axis stays
     symbolic), its opt size capped at CHECK_SIZE (a multiple of the model's factor)."""
     q = dims.sample_factor
     cap = max(q, CHECK_SIZE // q * q)
     _, height, width = profile.opt
-    return SPECS[component].sample_inputs(dims, max(2, profile.opt[0]), min(height, cap), min(width, cap), np.random.default_rng(0))
+    return spec.sample_inputs(dims, max(2, profile.opt[0]), min(height, cap), min(width, cap), np.random.default_rng(0))
 
 
 def _copy_from_cache(cache: Path, name: str, dest: Path) -> tuple[list[Path], dict[str, Any], Path | None] | None:
@@ -209,13 +212,13 @@ def _to_cache(cache: Path, entry: dict[str, Any], out_dir: Path, used: str, note
 
 def _build_onnx(component: Component, take_module: Callable[[], torch.nn.Module], dims: ModelDims, profile: Profile, precision: Precision,
                 flavour: Flavour, source_key: str, out_dir: Path, previous: dict[str, Any], cache: Path | None = None,
-                read_cache: bool = True, fp32_key: str | None = None) -> tuple[dict[str, Any], str, bool, str]:  # fmt: skip
+                read_cache: bool = True, fp32_key: str | None = None, spec: ComponentSpec | None = None) -> tuple[dict[str, Any], str, bool, str]:  # fmt: skip
     """(onnx entry, precision used, cached, note) for one component. Everything is written in a staging directory
     and moved into ``out_dir`` only when complete. ``take_module()`` hands over the torch module (only when the
     artifact must be built); it is dropped as soon as it is exported. With a ``cache`` folder an artifact built
     before for the same key is copied from it (not with ``read_cache`` False: ``--force``), and one built here is
     added to it; an fp16 artifact starts from the cache's fp32 graph of the same component (``fp32_key``: its source
-    key) where there is one, instead of exporting again."""
+    key) where there is one, instead of exporting again. ``spec``: the component's (None: ``SPECS[component]``)."""
     name = f"{component.value}.{precision.value}.{source_key[:16]}.onnx"
     if _artifact_intact(out_dir, previous.get("onnx"), name):
         return previous["onnx"], previous["precision"], True, previous.get("note", "")
@@ -226,7 +229,7 @@ def _build_onnx(component: Component, take_module: Callable[[], torch.nn.Module]
     fp32_cached = None
     if cache is not None and read_cache and precision is Precision.FP16 and fp32_key:  # an fp32 build of it: convert its graph
         fp32_cached = (cache, f"{component.value}.{Precision.FP32.value}.{fp32_key[:16]}.onnx")
-    entry, used, note = _export_component(component, take_module, dims, profile, precision, flavour, name, out_dir, fp32_cached)
+    entry, used, note = _export_component(component, take_module, dims, profile, precision, flavour, name, out_dir, fp32_cached, spec or SPECS[component])
     if cache is not None:
         _to_cache(cache, entry, out_dir, used, note)
     return entry, used, False, note
@@ -250,12 +253,13 @@ def _weight_map(files: list[Path], weights: dict[str, np.ndarray], component: Co
 
 def _export_component(component: Component, take_module: Callable[[], torch.nn.Module], dims: ModelDims, profile: Profile,
                       precision: Precision, flavour: Flavour, name: str, out_dir: Path,
-                      fp32_cached: tuple[Path, str] | None = None) -> tuple[dict[str, Any], str, str]:  # fmt: skip
+                      fp32_cached: tuple[Path, str] | None = None, spec: ComponentSpec | None = None) -> tuple[dict[str, Any], str, str]:  # fmt: skip
     """Export (and for fp16 convert and check) one component into ``out_dir``: (onnx entry, precision used, note).
     ``fp32_cached`` (cache, fp32 artifact name): for fp16, convert that cached fp32 graph when it is there and the
     converted graph passes the check; otherwise (or when the check fails: the fp32 fallback keeps this artifact's own
     name) export."""
-    feed = _check_inputs(component, dims, profile)
+    spec = spec or SPECS[component]
+    feed = _check_inputs(spec, dims, profile)
     if fp32_cached is not None:
         with staging_dir(out_dir) as stage:
             copied = _copy_from_cache(*fp32_cached, stage / "cached")
@@ -270,7 +274,7 @@ def _export_component(component: Component, take_module: Callable[[], torch.nn.M
         logger.info("%s: exporting to ONNX (opset %d, %s graph) ...", component.value, OPSET, flavour.value)
         sample = {k: torch.from_numpy(v) for k, v in feed.items()}
         module = take_module()
-        files = export_onnx(module, SPECS[component], sample, stage / "fp32" / name, flavour=flavour)
+        files = export_onnx(module, spec, sample, stage / "fp32" / name, flavour=flavour)
         weights = module_weights(module)  # views of the module's (memory-mapped) weights where they are float32
         del module
         weight_map = _weight_map(files, weights, component, Precision.FP32)
@@ -296,14 +300,14 @@ def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDim
     if _artifact_intact(out_dir, previous, name):
         return previous, True  # type: ignore[return-value]
     workspace = int(options.workspace_gib * 2**30) if options.workspace_gib else None
-    atomic_write(out_dir / name, lambda tmp: build_plan(out_dir / onnx_entry["file"], tmp, SPECS[component], dims, profile,
+    atomic_write(out_dir / name, lambda tmp: build_plan(out_dir / onnx_entry["file"], tmp, component_spec(component, step_cache=options.step_cache), dims, profile,
                                                        fp16=precision == "fp16", timing_cache=out_dir / "timing.cache", workspace_bytes=workspace,
                                                        lean=runtime_kind is PlanRuntime.LEAN))  # fmt: skip
     return {"file": name, "sha256": sha256_file(out_dir / name), "bytes": (out_dir / name).stat().st_size, "builder": "tensorrt",
             "builder_version": trt_version, "compute_capability": cc, "runtime": runtime_kind.value, "key": key}, False  # fmt: skip
 
 
-def _source_key(model_dir: Path, component: Component, precision: Precision, flavour: Flavour, video: bool = False) -> str:
+def _source_key(model_dir: Path, component: Component, precision: Precision, flavour: Flavour, video: bool = False, step_cache: bool = False) -> str:
     """Hash of what an artifact is made from: the component's files (JSON configs without their "_" metadata keys,
     which record where a model was loaded from, not what it is), the spec and the export settings. A video model's
     UNet is made from ``unet/`` and ``temporal/`` (which holds num_frames), its adapter from ``video_adapter/``."""
@@ -315,7 +319,8 @@ def _source_key(model_dir: Path, component: Component, precision: Precision, fla
             parts += [path.name, json.dumps(config, sort_keys=True)]
         else:
             parts += [path.name, sha256_file(path)]
-    return hash_parts(*parts, json.dumps(SPECS[component].to_json()), str(OPSET), precision.value, flavour.value, EXPORT_VERSION, torch.__version__)
+    spec = component_spec(component, step_cache=step_cache)  # a step-cache build's UNet (with its feature output) is another artifact
+    return hash_parts(*parts, json.dumps(spec.to_json()), str(OPSET), precision.value, flavour.value, EXPORT_VERSION, torch.__version__)
 
 
 def _resolve_flavour(requested: Flavour | None, backend: BuildBackend) -> Flavour:
@@ -371,6 +376,8 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     precision = options.precision or (Precision.FP16 if backend is BuildBackend.TENSORRT else Precision.FP32)
     flavour = _resolve_flavour(options.flavour, backend)
     video = is_video_model_dir(model_dir)
+    if options.step_cache and video:
+        raise InvalidArgumentError("--step-cache", True, "an image model's directory: step caching is not built for video models (their inflated UNet) yet")
     if video:  # frames folded into the batch: the inflated UNet and the video adapter, F fixed (runtime/specs.py)
         loaded = load_video_model_dir(model_dir)
         components, video_facts = loaded.components, VideoRecord(loaded.num_frames, loaded.contextual)
@@ -381,7 +388,7 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     facts = _ModelFacts(dims, model_limits(components), runtime_tokenizer_json(components, dims.text_length), components.scheduler_config.to_dict(),
                         video_facts)  # fmt: skip
     height, width = _check_options(options, facts.limits)
-    modules = graph_modules(components, vae_encoder=video)
+    modules = graph_modules(components, vae_encoder=video, step_cache=options.step_cache)
     del components  # from here on, the modules below hold the only references to the weights
     frames = video_facts.num_frames if video_facts else 1
     cache = None if options.onnx_cache is None else Path(options.onnx_cache).resolve()
@@ -393,20 +400,20 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
             start = time.perf_counter()
             profile = make_profile(component, dims, max_images=options.max_images, height=height, width=width, dynamic_size=options.dynamic_size,
                                    num_frames=frames)  # fmt: skip
-            old = previous.get(component.value, {})
+            old, spec, sc = previous.get(component.value, {}), component_spec(component, step_cache=options.step_cache), options.step_cache
             try:
-                source_key = _source_key(model_dir, component, precision, flavour, video)
+                source_key = _source_key(model_dir, component, precision, flavour, video, sc)
                 take = lambda c=component: modules.pop(c)  # noqa: E731
-                fp32_key = _source_key(model_dir, component, Precision.FP32, flavour, video) if precision is Precision.FP16 and cache else None
+                fp32_key = _source_key(model_dir, component, Precision.FP32, flavour, video, sc) if precision is Precision.FP16 and cache else None
                 onnx_entry, used, cached, note = _build_onnx(component, take, dims, profile, precision, flavour, source_key, out_dir, old, cache,
-                                                             read_cache=not options.force, fp32_key=fp32_key)  # fmt: skip
+                                                             read_cache=not options.force, fp32_key=fp32_key, spec=spec)  # fmt: skip
                 modules.pop(component, None)  # cached: never taken
                 artifact, fmt, plan = onnx_entry, "onnx", None
                 if backend is BuildBackend.TENSORRT:
                     artifact, plan_cached = _build_plan(component, onnx_entry, dims, profile, used, trt_version, out_dir, old.get("tensorrt"), options)
                     plan, fmt, cached = artifact, "tensorrt", cached and plan_cached
                 entry = ComponentRecord(precision=used, profile=profile, onnx=onnx_entry, tensorrt=plan, note=note, source_key=source_key,
-                                        io=SPECS[component].to_json())  # fmt: skip
+                                        io=spec.to_json())  # fmt: skip
             except ContextDiffError:
                 raise
             except Exception as exc:  # exporter, converter, checker, ONNX Runtime, TensorRT, the disk: one line each

@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="inference precision recorded for the runtime's openvino backend (the ONNX artifacts are the same): 'bf16' "
                         "makes the runtime's auto backend pick OpenVINO bf16 on CPUs that have bf16 (default: %(default)s)")  # fmt: skip
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder memory limit in GiB")
+    p.add_argument("--step-cache", action="store_true",
+                   help="also export step caching's graphs (the UNet with its deep feature, the shallow UNet): `python -m runtime --cache-interval K`")
     p.add_argument("--force", action="store_true", help="rebuild every artifact")
     p.add_argument("--onnx-cache", type=lambda s: Path(s) if s else None, default=os.environ.get("CONTEXTDIFF_ONNX_CACHE") or None, metavar="DIR",
                    help="a folder of ONNX artifacts shared by builds: another engine directory of the same model (batch, size, "
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                                flavour=Flavour(args.onnx_flavour) if args.onnx_flavour else None,
                                max_images=args.batch, height=args.height, width=args.width, dynamic_size=args.dynamic_size,
                                force=args.force, workspace_gib=args.workspace_gib, tensorrt_runtime=PlanRuntime(args.tensorrt_runtime),
-                               openvino_precision=OpenVINOPrecision(args.openvino_precision), onnx_cache=args.onnx_cache)  # fmt: skip
+                               openvino_precision=OpenVINOPrecision(args.openvino_precision), onnx_cache=args.onnx_cache,
+                               step_cache=args.step_cache)  # fmt: skip
         results = build_engine_dir(model, out, options)
     except CLI_ERRORS as exc:
         return error_exit(exc)

@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--contextual-guidance", choices=["conditional", "guided"], default=None,
                    help="how guidance meets the adapter's shift (method doc §5; default: the model's, recorded in its scheduler config)")
     add_lora_argument(p)
+    p.add_argument("--cache-interval", type=int, default=1, metavar="K",
+                   help="step caching: every K-th step runs the whole UNet (engines built with --step-cache; default 1: every step, exact)")
     return p.parse_args(argv)
 
 
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ContextDiffError(f"--num-images={args.num_images}: must be at least 1")
         gen = Generator.from_dir(args.engines, backend=args.backend, precision=args.precision, loras=args.lora)
         result = gen([args.prompt] * args.num_images, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                     guidance_scale=args.guidance, eta=args.eta, seed=args.seed, contextual_guidance=args.contextual_guidance)  # fmt: skip
+                     guidance_scale=args.guidance, eta=args.eta, seed=args.seed, contextual_guidance=args.contextual_guidance,
+                     cache_interval=args.cache_interval)  # fmt: skip
         image = make_grid(result.images) if args.num_images > 1 else result.images[0]
         args.output.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image * 255).round().astype("uint8")).save(args.output)

@@ -29,6 +29,7 @@ from runtime.options import OpenVINOPrecision
 from runtime.sampling import LocalBlend, StepOutput, generate, invert
 from runtime.schedule import Schedule, SchedulerConfig
 from runtime.specs import SPECS, Component, batch_range
+from runtime.step_cache import cached_unet, check_step_cache, full_step_plan
 from runtime.validation import GenerationRequest, check_strength, merge_requests, validate_inversion, validate_request
 
 logger = logging.getLogger(__name__)
@@ -141,8 +142,10 @@ class Generator:
         ids = self.xp.asarray(np.array([e.ids for e in encodings], dtype=np.int64))  # one upload per call
         return self.runners[Component.TEXT_ENCODER].infer({"input_ids": ids})["text_states"]
 
-    def _denoiser(self, text: np.ndarray, request: GenerationRequest) -> Callable[[np.ndarray, int], np.ndarray]:
-        unet, w, n, xp = self.runners[Component.UNET], request.guidance_scale, request.batch_size, self.xp
+    def _denoiser(self, text: np.ndarray, request: GenerationRequest, full: Sequence[bool] = ()) -> Callable[[np.ndarray, int], np.ndarray]:
+        """``full``: step caching's plan, one flag per step run (runtime.step_cache); empty: every step full."""
+        unet = cached_unet(self.runners[Component.UNET], self.runners.get(Component.UNET_SHALLOW), full)
+        w, n, xp = request.guidance_scale, request.batch_size, self.xp
         copies = 2 if request.do_guidance else 1
         model_input = None
         timestep = xp.empty((copies * n,), dtype=xp.int64)
@@ -154,7 +157,7 @@ class Generator:
             for i in range(copies):
                 model_input[i * n : (i + 1) * n] = x
             timestep.fill(t)
-            out = unet.infer({"sample": model_input, "timestep": timestep, "encoder_hidden_states": text})["model_output"]
+            out = unet({"sample": model_input, "timestep": timestep, "encoder_hidden_states": text})
             if copies == 1:
                 return out
             uncond, cond = out[:n], out[n:]
@@ -219,13 +222,18 @@ class Generator:
         self._check_profiles(request)
         return request
 
-    def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None) -> GenerationOutput:
-        """Generate for a validated request (``validate`` or ``merge_requests``); ``strength`` and ``blend`` as in ``__call__``."""
+    def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None,
+            cache_interval: int = 1, full_steps: Sequence[int] | None = None) -> GenerationOutput:  # fmt: skip
+        """Generate for a validated request (``validate`` or ``merge_requests``); ``strength``, ``blend``,
+        ``cache_interval`` and ``full_steps`` as in ``__call__``."""
         self._check_profiles(request)
         check_strength(strength, request.latents)
+        full = full_step_plan(len(self.schedule.plan(request.num_inference_steps, request.eta, strength).steps), cache_interval, full_steps)
+        check_step_cache(full, can_cache=self.manifest.step_cache, where=str(self.manifest.root), lora_on_unet=Component.UNET in self._lora_components)
         with self._lock, self._on_device():
             return generate(  # noise and latents reach the runners' device once per call (xp.array)
-                request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
+                request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=lambda text, req: self._denoiser(text, req, full),
+                context_shift=self._context_shift,
                 decode=self.decode, to_device=self.xp.array, strength=strength, blend=blend,
                 progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
             )  # fmt: skip
@@ -274,12 +282,16 @@ class Generator:
         progress: bool = True,
         blend: LocalBlend | None = None,
         contextual_guidance: str | None = None,
+        cache_interval: int = 1,
+        full_steps: Sequence[int] | None = None,
     ) -> GenerationOutput:
         """Same arguments and results as ``ContextDiffPipeline.__call__``. The callback's arrays are the runners'
-        (NumPy on the CPU, CuPy on a GPU) and belong to the loop: copy what you keep."""
+        (NumPy on the CPU, CuPy on a GPU) and belong to the loop: copy what you keep. ``cache_interval`` k > 1 (or
+        ``full_steps``) runs step caching: an engine directory built with ``--step-cache``; 1 is the exact path."""
         request = validate_request(
             self.limits, prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback, contextual_guidance=contextual_guidance,
         )  # fmt: skip
-        return self.run(request, progress=progress, strength=strength, blend=blend)  # checks the engines' profiles
+        return self.run(request, progress=progress, strength=strength, blend=blend, cache_interval=cache_interval,
+                        full_steps=full_steps)  # checks the engines' profiles  # fmt: skip

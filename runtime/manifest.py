@@ -17,7 +17,7 @@ from typing import Any
 
 from runtime.errors import ContextDiffError
 from runtime.options import OpenVINOPrecision, PlanRuntime
-from runtime.specs import Component, ModelDims, Profile
+from runtime.specs import Component, ComponentSpec, ModelDims, Profile, component_spec
 from runtime.validation import ModelLimits
 
 FORMAT_VERSION = 1
@@ -199,6 +199,12 @@ class ComponentArtifacts:
     plan_runtime: PlanRuntime = PlanRuntime.FULL  # which TensorRT runs the plan; builds before the field existed: full
     onnx_sha256: tuple[str, ...] = ()  # the ONNX file's sha256, then its external data files' (what a compiled copy derives from)
     weight_map: Path | None = None  # which initializer holds which module weight (LoRAs); None: built before weight maps
+    feature_output: bool = False  # a step-cache build's UNet: its graph also outputs the feature the shallow UNet takes
+
+    @property
+    def spec(self) -> ComponentSpec:
+        """The spec the artifact was built to (the UNet's with its ``feature`` output in a step-cache build)."""
+        return component_spec(self.component, step_cache=self.feature_output)
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,12 @@ class EngineManifest:
     num_frames: int | None = None  # a video model's F (frames folded into every batch); None for an image model
     contextual: bool = True  # False: a video model's r ≡ 0 baseline (its adapter outputs 0)
     record: Manifest | None = None  # the parsed manifest.json (``data`` is its JSON)
+
+    @property
+    def step_cache(self) -> bool:
+        """Whether the directory can run step caching: a shallow UNet, and a UNet that outputs its feature."""
+        unet = self.components.get(Component.UNET)
+        return Component.UNET_SHALLOW in self.components and unet is not None and unet.feature_output
 
     @property
     def tokenizer_path(self) -> Path:
@@ -276,8 +288,9 @@ def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
         weight_map = check(entry.weight_map.to_json()) if entry.weight_map is not None else None
         plan_runtime = PlanRuntime((entry.tensorrt or {}).get("runtime", PlanRuntime.FULL.value))  # unknown name: ValueError, malformed
         shas = (entry.onnx["sha256"], *(extra["sha256"] for extra in entry.onnx.get("external_data", [])))
+        feature = any(o.get("name") == "feature" for o in entry.io.get("outputs", [])) and component is Component.UNET
         components[component] = ComponentArtifacts(component, entry.precision, entry.profile, onnx_path, plan, entry.tensorrt, plan_runtime, shas,
-                                                   weight_map)  # fmt: skip
+                                                   weight_map, feature)  # fmt: skip
     num_frames = None if model.video is None else model.video.num_frames
     latent = dims.vae_scale_factor > 1
     required = {Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER} | ({Component.VAE_DECODER} if latent else set())

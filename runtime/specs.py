@@ -27,6 +27,7 @@ class Component(str, enum.Enum):
     ADAPTER = "adapter"
     VAE_DECODER = "vae_decoder"
     VAE_ENCODER = "vae_encoder"  # video engine directories of latent models: inversion starts from the frames' latents
+    UNET_SHALLOW = "unet_shallow"  # step caching (--step-cache): the UNet's outer blocks on a full step's cached feature
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,13 @@ class ModelDims:
     num_train_timesteps: int
     vae_scale_factor: int  # 1 in pixel space
     sample_factor: int  # height/width of the sampled tensor must be multiples of this
+    feature_channels: int = 0  # step caching: channels of the feature entering the UNet's last up-block; 0: no step caching
 
     def resolve(self, batch: int, height: int, width: int) -> dict[str, int]:
         """All dims for a component batch and a sampled-tensor size (height, width)."""
         f = self.vae_scale_factor
         return dict(batch=batch, height=height, width=width, image_height=height * f, image_width=width * f,
-                    channels=self.channels, text_length=self.text_length, text_dim=self.text_dim)  # fmt: skip
+                    channels=self.channels, text_length=self.text_length, text_dim=self.text_dim, feature_channels=self.feature_channels)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,9 @@ class ComponentSpec:
 
 _SAMPLE = ("batch", "channels", "height", "width")
 _TEXT = ("batch", "text_length", "text_dim")
+# Step caching at branch 1 (contextdiff_ref/models/step_cache.py): the feature entering the UNet's last up-block, at the
+# sampled tensor's own size (the up-block before it ends with an upsampler)
+_FEATURE = ("batch", "feature_channels", "height", "width")
 
 SPECS: dict[Component, ComponentSpec] = {
     Component.TEXT_ENCODER: ComponentSpec(
@@ -162,7 +167,22 @@ SPECS: dict[Component, ComponentSpec] = {
         outputs=(TensorSpec("latent", "float32", _SAMPLE),),  # the latent mean, scaled as sampled
         spatial=True,
     ),
+    Component.UNET_SHALLOW: ComponentSpec(
+        Component.UNET_SHALLOW,
+        inputs=(TensorSpec("sample", "float32", _SAMPLE), TensorSpec("timestep", "int64", ("batch",)),
+                TensorSpec("encoder_hidden_states", "float32", _TEXT), TensorSpec("feature", "float32", _FEATURE)),  # fmt: skip
+        outputs=(TensorSpec("model_output", "float32", _SAMPLE),),
+        spatial=True,
+    ),
 }
+# The UNet of a step-cache build: the same inputs, and the feature the shallow UNet takes as a second output
+UNET_WITH_FEATURE = ComponentSpec(Component.UNET, SPECS[Component.UNET].inputs, (*SPECS[Component.UNET].outputs, TensorSpec("feature", "float32", _FEATURE)),
+                                  spatial=True)  # fmt: skip
+
+
+def component_spec(component: Component, *, step_cache: bool = False) -> ComponentSpec:
+    """The spec of ``component``; with ``step_cache`` the UNet's is :data:`UNET_WITH_FEATURE`."""
+    return UNET_WITH_FEATURE if step_cache and component is Component.UNET else SPECS[component]
 
 
 def batch_range(component: Component, max_images: int) -> tuple[int, int]:

@@ -9,9 +9,10 @@ cached before it. The adapter runs on every step's x̂_0 either way (method doc 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from runtime.errors import InvalidArgumentError
+from runtime.errors import ContextDiffError, InvalidArgumentError
 
 
 def full_step_plan(num_inference_steps: int, cache_interval: int = 1, full_steps: Sequence[int] | None = None) -> tuple[bool, ...]:
@@ -36,3 +37,39 @@ def full_step_plan(num_inference_steps: int, cache_interval: int = 1, full_steps
     if isinstance(cache_interval, bool) or not isinstance(cache_interval, numbers.Integral) or cache_interval < 1:
         raise InvalidArgumentError("cache_interval", cache_interval, "an integer >= 1 (1: every step runs the whole UNet)")
     return tuple(i % cache_interval == 0 for i in range(num_inference_steps))
+
+
+def check_step_cache(full: Sequence[bool], *, can_cache: bool, where: str, lora_on_unet: bool = False) -> None:
+    """Refuse a plan with shallow steps where they cannot run: an engine directory (``where``) built without the
+    shallow UNet (``can_cache`` False), or LoRAs on the UNet (they do not reach the shallow graph yet)."""
+    if all(full):
+        return
+    if not can_cache:
+        raise InvalidArgumentError("cache_interval/full_steps", f"{sum(not f for f in full)} cached step(s)",
+                                   f"every step full (cache_interval=1) for {where}: it was built without step caching's graphs; "
+                                   "rebuild it with `python export/build_engines.py --step-cache`")  # fmt: skip
+    if lora_on_unet:
+        raise InvalidArgumentError("cache_interval/full_steps", f"{sum(not f for f in full)} cached step(s) with LoRAs on the UNet",
+                                   "cache_interval=1 while LoRAs change the UNet (they do not reach the shallow UNet's graph yet)")  # fmt: skip
+
+
+def cached_unet(unet: Any, shallow: Any, full: Sequence[bool]) -> Callable[[Mapping[str, Any]], Any]:
+    """``infer(feed) -> model_output`` for one run over the runners ``unet`` and ``shallow`` (runtime.backends):
+    call i runs the whole UNet where ``full[i]`` and keeps its ``feature`` output, else the shallow UNet on the
+    feature of the last full step. With every step full it is the UNet's own call (``shallow`` may be None)."""
+    if all(full):
+        return lambda feed: unet.infer(feed)["model_output"]
+    state: dict[str, Any] = {"step": 0, "feature": None}
+
+    def infer(feed: Mapping[str, Any]) -> Any:
+        step = state["step"]
+        if step >= len(full):
+            raise ContextDiffError(f"step caching planned {len(full)} steps; the loop asked for step {step + 1}")
+        state["step"] = step + 1
+        if full[step]:
+            out = unet.infer(feed)
+            state["feature"] = out["feature"]  # the runner's array: kept until the next full step replaces it
+            return out["model_output"]
+        return shallow.infer({**feed, "feature": state["feature"]})["model_output"]
+
+    return infer

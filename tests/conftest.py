@@ -69,30 +69,34 @@ def latent_pipe(latent_model_dir):
 
 # Engine directories (ONNX Runtime artifacts), built once per session: up to 3 images per call. The default flavour
 # for ONNX Runtime has attention fused into its MultiHeadAttention op; the "standard" ones use ai.onnx ops only.
-def _engines(model_dir, tmp_path_factory, name, precision, dynamic_size, flavour=None):
+def _engines(model_dir, tmp_path_factory, name, precision, dynamic_size, flavour=None, step_cache=False):
     from export.build import BuildOptions, build_engine_dir
     from export.onnx_export import Flavour
     from runtime.options import BuildBackend, Precision
 
     out = tmp_path_factory.mktemp("engines") / name
     options = BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision(precision), max_images=3, dynamic_size=dynamic_size,
-                           flavour=Flavour(flavour) if flavour else None)  # fmt: skip
+                           flavour=Flavour(flavour) if flavour else None, step_cache=step_cache)  # fmt: skip
     build_engine_dir(model_dir, out, options)
     return out
 
 
-def _engine_fixture(name: str, model: str, precision: str, dynamic_size: bool, flavour: str | None = None):
+def _engine_fixture(name: str, model: str, precision: str, dynamic_size: bool, flavour: str | None = None, step_cache: bool = False):
     """A session fixture ``name``: the engine directory of the model fixture ``model``, built on first use."""
 
     @pytest.fixture(scope="session", name=name)
     def fixture(request, tmp_path_factory):
-        return _engines(request.getfixturevalue(model), tmp_path_factory, name, precision, dynamic_size, flavour)
+        return _engines(request.getfixturevalue(model), tmp_path_factory, name, precision, dynamic_size, flavour, step_cache)
 
     return fixture
 
 
 latent_fp32_dir = _engine_fixture("latent_fp32_dir", "latent_model_dir", "fp32", dynamic_size=True)
 pixel_fp32_dir = _engine_fixture("pixel_fp32_dir", "pixel_model_dir", "fp32", dynamic_size=False)
+# step caching's graphs too (--step-cache): the UNet with its feature output and the shallow UNet, in both flavours
+pixel_step_cache_dir = _engine_fixture("pixel_step_cache_dir", "pixel_model_dir", "fp32", dynamic_size=False, step_cache=True)
+pixel_step_cache_standard_dir = _engine_fixture("pixel_step_cache_standard_dir", "pixel_model_dir", "fp32", dynamic_size=False, flavour="standard",
+                                                step_cache=True)  # fmt: skip
 
 
 # The shipped models, trained: their UNet's output matters, so an export error shows in the images (the tiny models'

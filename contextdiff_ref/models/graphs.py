@@ -8,6 +8,7 @@ from torch import nn
 
 from contextdiff_ref.models.coordinates import unet_forward
 from contextdiff_ref.models.model_dir import ModelComponents, model_limits
+from contextdiff_ref.models.step_cache import CachedUNet
 from contextdiff_ref.models.text import max_text_length
 from runtime.specs import Component, ModelDims
 
@@ -30,6 +31,30 @@ class UNetGraph(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return unet_forward(self.unet, sample, timestep, encoder_hidden_states, coordinates=self.coordinates)
+
+
+class UNetFeatureGraph(nn.Module):
+    """Step caching's full step (branch 1): ``UNetGraph``'s prediction and the feature entering the last up-block
+    (:meth:`CachedUNet.full`)."""
+
+    def __init__(self, unet: nn.Module, coordinates: bool = False) -> None:
+        super().__init__()
+        self.unet, self.cached = unet, CachedUNet(unet, coordinates=coordinates, branch=1)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cached.full(sample, timestep, encoder_hidden_states)
+
+
+class UNetShallowGraph(nn.Module):
+    """Step caching's shallow step (branch 1): the prediction from the UNet's outer blocks on a full step's
+    ``feature`` (:meth:`CachedUNet.shallow`)."""
+
+    def __init__(self, unet: nn.Module, coordinates: bool = False) -> None:
+        super().__init__()
+        self.unet, self.cached = unet, CachedUNet(unet, coordinates=coordinates, branch=1)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        return self.cached.shallow(sample, timestep, encoder_hidden_states, feature)
 
 
 class AdapterGraph(nn.Module):
@@ -68,14 +93,18 @@ class VaeEncoderGraph(nn.Module):
         return (self.vae.encode(image, return_dict=False)[0].mean - self.shift) * self.scale
 
 
-def graph_modules(components: ModelComponents, *, vae_encoder: bool = False) -> dict[Component, nn.Module]:
+def graph_modules(components: ModelComponents, *, vae_encoder: bool = False, step_cache: bool = False) -> dict[Component, nn.Module]:
     """The modules to export, in eval mode; the VAE decoder only for latent models, and their encoder too with
-    ``vae_encoder`` (video models: inversion starts from the frames' latents)."""
+    ``vae_encoder`` (video models: inversion starts from the frames' latents). With ``step_cache`` the UNet also
+    outputs its feature (``UNetFeatureGraph``) and the shallow UNet follows it."""
+    coordinates = components.unet_coordinate_channels
     modules: dict[Component, nn.Module] = {
         Component.TEXT_ENCODER: TextEncoderGraph(components.text_encoder),
-        Component.UNET: UNetGraph(components.unet, components.unet_coordinate_channels),
-        Component.ADAPTER: AdapterGraph(components.adapter),
+        Component.UNET: (UNetFeatureGraph if step_cache else UNetGraph)(components.unet, coordinates),
     }
+    if step_cache:
+        modules[Component.UNET_SHALLOW] = UNetShallowGraph(components.unet, coordinates)
+    modules[Component.ADAPTER] = AdapterGraph(components.adapter)
     if components.vae is not None:
         modules[Component.VAE_DECODER] = VaeDecoderGraph(components.vae)
         if vae_encoder:
@@ -93,7 +122,18 @@ def model_dims(components: ModelComponents) -> ModelDims:
         num_train_timesteps=limits.num_train_timesteps,
         vae_scale_factor=limits.vae_scale_factor,
         sample_factor=limits.pixel_factor // limits.vae_scale_factor,
+        feature_channels=feature_channels(components.unet),
     )
+
+
+def feature_channels(unet: nn.Module) -> int:
+    """Channels of the feature entering the UNet's last up-block (step caching at branch 1): the output channels of
+    the up-block before it; 0 for a UNet with fewer than two up-blocks."""
+    ups = list(getattr(unet, "up_blocks", []))
+    if len(ups) < 2:
+        return 0
+    block = ups[-2]
+    return int(block.upsamplers[0].channels if getattr(block, "upsamplers", None) else block.resnets[-1].out_channels)
 
 
 def weights_bytes(module: nn.Module) -> int:

@@ -29,7 +29,7 @@ from runtime.generator import Generator
 from runtime.lora import weight_names
 from runtime.manifest import ComponentArtifacts, EngineManifest, load_manifest
 from runtime.options import Precision
-from runtime.specs import SPECS, Component, ComponentSpec, make_profile
+from runtime.specs import Component, ComponentSpec, make_profile
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +82,12 @@ class TorchRunner(RunnerBase):
         inputs = [self._to_torch(feed[t.name]) for t in self.spec.inputs]
         with torch.inference_mode():
             out = self._replay(inputs) if self.cuda_graphs else self.module(*inputs)
-            out = out.float().contiguous()
+            outs = [o.float().contiguous() for o in (out if isinstance(out, tuple) else (out,))]  # a step-cache UNet's: (prediction, feature)
         if self.device.type == "cpu":
-            return {self.spec.outputs[0].name: out.numpy()}
+            return {t.name: o.numpy() for t, o in zip(self.spec.outputs, outs)}
         import cupy
 
-        return {self.spec.outputs[0].name: cupy.from_dlpack(out)}
+        return {t.name: cupy.from_dlpack(o) for t, o in zip(self.spec.outputs, outs)}
 
     def _replay(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """CUDA graphs, one per input shape: captured on first sight (after a warm-up on a side stream), then
@@ -119,7 +119,7 @@ def torch_generator(model_dir: str | os.PathLike[str], engine_dir: str | os.Path
     model directory itself (:func:`model_manifest`, for up to ``max_images`` images per call at the model's default
     size): no export needed. ``loras``: [(file, scale), ...] merged into the modules' weights (``set_loras`` switches)."""
     components = load_model_dir(model_dir)
-    modules = graph_modules(components)
+    modules = graph_modules(components, step_cache=True)  # the UNet also gives its feature (bitwise the same prediction): step caching
     xp = np
     if torch.device(device).type == "cuda":
         import cupy as xp  # noqa: F811
@@ -137,7 +137,7 @@ def torch_generator(model_dir: str | os.PathLike[str], engine_dir: str | os.Path
 
 
 def _runners(manifest: EngineManifest, modules: dict[Component, torch.nn.Module], device: str, fp16: bool) -> dict[Component, TorchRunner]:
-    return {c: TorchRunner(SPECS[c], modules[c], device=device, fp16=fp16) for c in manifest.components}
+    return {c: TorchRunner(a.spec, modules[c], device=device, fp16=fp16) for c, a in manifest.components.items()}
 
 
 def model_manifest(components: ModelComponents, model_dir: Path, folder: Path, *, max_images: int = 1) -> EngineManifest:
@@ -149,10 +149,10 @@ def model_manifest(components: ModelComponents, model_dir: Path, folder: Path, *
     (folder / "tokenizer.json").write_text(runtime_tokenizer_json(components, dims.text_length), encoding="utf-8")
     (folder / "scheduler.json").write_text(json.dumps(components.scheduler_config.to_dict()), encoding="utf-8")
     latent = components.vae is not None
-    names = [Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER] + ([Component.VAE_DECODER] if latent else [])
+    names = [Component.TEXT_ENCODER, Component.UNET, Component.UNET_SHALLOW, Component.ADAPTER] + ([Component.VAE_DECODER] if latent else [])
     artifacts = {}
     for c in names:
         profile = make_profile(c, dims, max_images=max_images, height=limits.default_height, width=limits.default_width, dynamic_size=False)
-        artifacts[c] = ComponentArtifacts(c, Precision.FP32.value, profile, model_dir, None, None)
+        artifacts[c] = ComponentArtifacts(c, Precision.FP32.value, profile, model_dir, None, None, feature_output=c is Component.UNET)
     data = {"tokenizer": {"file": "tokenizer.json"}, "scheduler": {"file": "scheduler.json"}, "build": {"backend": "torch", "max_images": max_images}}
     return EngineManifest(folder, data, dims, limits, artifacts)

@@ -22,7 +22,7 @@ from runtime.backends.tensorrt import import_tensorrt, install_hint, tensorrt_mo
 from runtime.errors import InvalidArgumentError
 from runtime.manifest import EngineManifest
 from runtime.options import BACKENDS, CPU_BACKENDS, OpenVINOPrecision, PlanRuntime
-from runtime.specs import SPECS, Component
+from runtime.specs import Component
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def make_runners(manifest: EngineManifest, backend: str, device_id: int, precisi
     """One runner per component of ``manifest`` for a resolved ``backend`` (what :func:`pick_backend` returns)."""
     if backend == "openvino":
         cache, streams, unit = manifest.root / OPENVINO_CACHE, openvino_streams(manifest), manifest.num_frames or 1
-        return {c: OpenVINORunner(SPECS[c], a.onnx, precision=precision, cache_root=cache, artifact_sha256=a.onnx_sha256, streams=streams, batch_unit=unit)
+        return {c: OpenVINORunner(a.spec, a.onnx, precision=precision, cache_root=cache, artifact_sha256=a.onnx_sha256, streams=streams, batch_unit=unit)
                 for c, a in manifest.components.items()}  # fmt: skip
     if backend == "tensorrt":
         from runtime.backends.tensorrt import TensorRTRunner
@@ -126,12 +126,12 @@ def make_runners(manifest: EngineManifest, backend: str, device_id: int, precisi
         runners: dict[Component, Runner] = {}
         for component, artifacts in manifest.components.items():
             check_tensorrt_plan(artifacts, trt.__version__, capability)
-            runners[component] = TensorRTRunner(SPECS[component], artifacts.plan, manifest.dims, artifacts.profile, device_id=device_id,
+            runners[component] = TensorRTRunner(artifacts.spec, artifacts.plan, manifest.dims, artifacts.profile, device_id=device_id,
                                                 plan_runtime=needed)  # fmt: skip
         logger.info("TensorRT plans run by %s %s", trt.__name__, trt.__version__)
         return runners
     cuda = backend == "onnxruntime-cuda"
-    return {c: OnnxRuntimeRunner(SPECS[c], a.onnx, model=manifest.dims, cuda=cuda, device_id=device_id) for c, a in manifest.components.items()}
+    return {c: OnnxRuntimeRunner(a.spec, a.onnx, model=manifest.dims, cuda=cuda, device_id=device_id) for c, a in manifest.components.items()}
 
 
 @dataclass

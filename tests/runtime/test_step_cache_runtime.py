@@ -1,0 +1,72 @@
+"""Step caching in the runtime (issue 34): the loop picks the whole UNet or the shallow one per step
+(runtime.step_cache) on ONNX Runtime, OpenVINO and the Torch backend, against the reference pipeline's
+``cache_interval``; interval 1 is today's path; what is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.errors import InvalidArgumentError
+from runtime.generator import Generator
+from runtime.metrics import psnr
+from tests.parity import record
+
+PROMPT = "a red circle at the top left"
+KW = dict(num_inference_steps=10, guidance_scale=3.0, seed=0, progress=False)
+# image PSNR of the runtime's interval-3 images against the reference's interval-3 images (fp32, the tiny pixel
+# model, 10 steps, guidance 3): measured 2026-12-05 on 2 threads of an AMD EPYC — ONNX Runtime 132.6 dB, OpenVINO
+# 129.9 dB, the Torch backend bitwise (300 dB). Interval 3 itself is 26.7 dB from the exact path here.
+MIN_PSNR = 110.0
+
+
+@pytest.mark.slow
+def test_interval_one_is_the_exact_path_bitwise(pixel_step_cache_dir, pixel_fp32_dir):
+    """A step-cache build's UNet also outputs its feature; interval 1 ignores it and gives bitwise the images of a
+    build without step caching (same flavour, ONNX Runtime CPU)."""
+    exact = Generator.from_dir(pixel_fp32_dir, backend="onnxruntime-cpu")(PROMPT, **KW).images
+    gen = Generator.from_dir(pixel_step_cache_dir, backend="onnxruntime-cpu")
+    np.testing.assert_array_equal(gen(PROMPT, **KW).images, exact)
+    np.testing.assert_array_equal(gen(PROMPT, cache_interval=1, **KW).images, exact)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime-cpu", "openvino", "torch"])
+def test_interval_three_matches_the_reference(backend, pixel_step_cache_dir, pixel_model_dir, pixel_pipe):
+    if backend == "torch":
+        from contextdiff_ref.pipelines.torch_runner import torch_generator
+
+        gen = torch_generator(pixel_model_dir)  # no engine directory: the reference modules, step caching included
+    else:
+        if backend == "openvino":
+            pytest.importorskip("openvino")
+        gen = Generator.from_dir(pixel_step_cache_dir, backend=backend)
+    reference = pixel_pipe(PROMPT, cache_interval=3, **KW).images
+    exact = pixel_pipe(PROMPT, **KW).images
+    got = gen(PROMPT, cache_interval=3, **KW).images
+    listed = gen(PROMPT, full_steps=[0, 3, 6, 9], **KW).images
+    record(psnr=psnr(got, reference), psnr_interval3_vs_exact=psnr(reference, exact))
+    assert psnr(got, reference) >= MIN_PSNR
+    np.testing.assert_array_equal(listed, got)
+    assert psnr(got, exact) < psnr(got, reference)  # the shallow steps ran
+
+
+@pytest.mark.slow
+def test_caching_needs_a_step_cache_build(pixel_fp32_dir):
+    gen = Generator.from_dir(pixel_fp32_dir, backend="onnxruntime-cpu")
+    with pytest.raises(InvalidArgumentError, match=r"cache_interval.*--step-cache"):
+        gen(PROMPT, cache_interval=3, **KW)
+    for bad, match in (({"cache_interval": 0}, "cache_interval"), ({"cache_interval": 2.5}, "cache_interval"),
+                       ({"full_steps": [1, 2]}, "full_steps.*step 0")):  # fmt: skip
+        with pytest.raises(InvalidArgumentError, match=match):
+            gen(PROMPT, **bad, **KW)
+
+
+@pytest.mark.slow
+def test_cli_cache_interval(pixel_step_cache_dir, pixel_fp32_dir, tmp_path, capsys):
+    from runtime.__main__ import main
+
+    out = tmp_path / "a.png"
+    assert main([PROMPT, "-o", str(out), "--engines", str(pixel_step_cache_dir), "--steps", "4", "--cache-interval", "2"]) == 0 and out.is_file()
+    assert main([PROMPT, "-o", str(out), "--engines", str(pixel_fp32_dir), "--steps", "4", "--cache-interval", "2"]) != 0
+    assert "--step-cache" in capsys.readouterr().err
