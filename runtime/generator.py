@@ -25,7 +25,7 @@ from runtime.errors import InvalidArgumentError
 from runtime.images import GenerationOutput, to_images
 from runtime.manifest import EngineManifest, load_manifest
 from runtime.options import OpenVINOPrecision
-from runtime.sampling import LocalBlend, StepOutput, generate, invert
+from runtime.sampling import LocalBlend, StepOutput, contextual_forward, generate, invert
 from runtime.schedule import Schedule, SchedulerConfig
 from runtime.specs import SPECS, Component, batch_range
 from runtime.validation import GenerationRequest, check_strength, merge_requests, validate_inversion, validate_request
@@ -170,9 +170,32 @@ class Generator:
         if self.limits.vae_scale_factor == 1:
             return x
         if Component.VAE_ENCODER not in self.runners:
-            raise InvalidArgumentError("images", "images to encode", f"a model whose engine directory has a VAE encoder ({self.manifest.root} has none: "
-                                       "it is exported for video models)")  # fmt: skip
+            raise InvalidArgumentError("engine_dir", str(self.manifest.root), "an engine directory with a VAE encoder, which editing an image of a "
+                                       "latent model needs: rebuild it with `python export/build_engines.py --model MODEL_DIR` (builds export "
+                                       "the encoder of latent models)")  # fmt: skip
         return self.runners[Component.VAE_ENCODER].infer({"image": x})["latent"]
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        """:meth:`encode` on the host: x_0 (N, C, h, w) float32 as a NumPy array."""
+        with self._lock, self._on_device():
+            x_0 = self.encode(images)
+            return np.asarray(x_0 if self.xp is np else self.xp.asnumpy(x_0), dtype=np.float32)
+
+    def contextual_forward(self, x_0: np.ndarray, prompt: str, timesteps: Sequence[int], noise: np.ndarray) -> list[np.ndarray]:
+        """``ContextDiffPipeline.contextual_forward``: x_t of x_0 at each timestep (method doc §3, :func:`runtime.sampling.contextual_forward`)
+        with ``prompt``'s text and one ``noise`` draw, on the host."""
+        with self._lock, self._on_device():
+            text = self.encode_prompt([prompt] * x_0.shape[0])
+            out = contextual_forward(self._context_shift(text), self.xp.array(x_0), self.xp.array(noise), self.schedule, timesteps)
+            return [np.asarray(x if self.xp is np else self.xp.asnumpy(x), dtype=np.float32) for x in out]
+
+    def edit(self, image: Any, prompt: str, **kwargs: Any) -> GenerationOutput:
+        """Edit one image: image-to-image, inversion edit or inpainting (:func:`runtime.image_editing.edit_image`, its
+        arguments: ``mode``, ``source_prompt``, ``mask``, ``strength``, ``region_noise``, ``num_inference_steps``,
+        ``guidance_scale``, ``seed``, ...). Same arguments and results as ``ContextDiffPipeline.edit``."""
+        from runtime.image_editing import edit_image
+
+        return edit_image(self, image, prompt, **kwargs)
 
     def decode(self, x0: Any, output_type: str) -> Any:
         """Final sample -> images; the one device-to-host copy of a call happens here."""

@@ -19,7 +19,7 @@ from contextdiff_ref.models.graphs import VaeEncoderGraph
 from contextdiff_ref.models.model_dir import ModelComponents, load_model_dir, model_limits, save_model_dir
 from contextdiff_ref.models.text import tokenize
 from runtime.images import GenerationOutput, to_images
-from runtime.sampling import LocalBlend, StepOutput, generate, invert
+from runtime.sampling import LocalBlend, StepOutput, contextual_forward, generate, invert
 from runtime.schedule import Schedule
 from runtime.validation import GenerationRequest, check_strength, validate_inversion, validate_request
 
@@ -119,6 +119,29 @@ class ContextDiffPipeline:
         if vae is None:
             return x.cpu().numpy()
         return VaeEncoderGraph(vae)(x.to(vae.dtype)).float().cpu().numpy()
+
+    encode_images = encode  # the name runtime.image_editing uses (the runtime's encode_images returns host arrays too)
+
+    @torch.no_grad()
+    def contextual_forward(self, x_0: np.ndarray, prompt: str, timesteps: Sequence[int], noise: np.ndarray) -> list[np.ndarray]:
+        """x_t = √ᾱ_t x_0 + k_t r_φ(x_0, c, t) + √(1 − ᾱ_t) ε (method doc §3) of ``x_0`` (N, C, h, w) at each of
+        ``timesteps``, c the text of ``prompt``, ε = ``noise`` (one draw for all): image-to-image's start
+        (:func:`runtime.sampling.contextual_forward`). float32 host arrays."""
+        text = self.encode_prompt([prompt] * x_0.shape[0])
+        to = lambda a: torch.from_numpy(np.array(a, dtype=np.float32)).to(self.device)  # noqa: E731
+        return [x.float().cpu().numpy() for x in contextual_forward(self._context_shift(text), to(x_0), to(noise), self.schedule, timesteps)]
+
+    def validate(self, prompt: str | Sequence[str], **kwargs: Any) -> GenerationRequest:
+        """Check a call's arguments (those of ``__call__``) against the model; raises InvalidArgumentError naming the argument."""
+        return validate_request(self.limits, prompt=prompt, **kwargs)
+
+    def edit(self, image: Any, prompt: str, **kwargs: Any) -> GenerationOutput:
+        """Edit one image: mode "img2img" (the contextual forward process to the ``strength`` step, then sampling),
+        "invert" (inversion with ``source_prompt``, then sampling), either with a ``mask`` (inpainting) —
+        :func:`runtime.image_editing.edit_image`, whose arguments it takes; ``runtime.Generator.edit`` is the same code."""
+        from runtime.image_editing import edit_image
+
+        return edit_image(self, image, prompt, **kwargs)
 
     @torch.no_grad()
     def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
