@@ -218,25 +218,26 @@ class Generator:
         self._check_profiles(request)
         return request
 
-    def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None) -> GenerationOutput:
-        """Generate for a validated request (``validate`` or ``merge_requests``); ``strength`` and ``blend`` as in ``__call__``."""
+    def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None,
+            clip_sample: bool | None = None) -> GenerationOutput:  # fmt: skip
+        """Generate for a validated request (``validate`` or ``merge_requests``); ``strength``, ``blend`` and ``clip_sample`` as in ``__call__``."""
         self._check_profiles(request)
         check_strength(strength, request.latents)
         with self._lock, self._on_device():
             return generate(  # noise and latents reach the runners' device once per call (xp.array)
-                request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
+                request, self.limits, self.schedule.with_clip_sample(clip_sample), encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
                 decode=self.decode, to_device=self.xp.array, strength=strength, blend=blend,
                 progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
             )  # fmt: skip
 
     def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
-               progress: bool = True, callback: Callable[[StepOutput], Any] | None = None) -> np.ndarray:  # fmt: skip
+               progress: bool = True, callback: Callable[[StepOutput], Any] | None = None, clip_sample: bool | None = None) -> np.ndarray:  # fmt: skip
         """``ContextDiffPipeline.invert``: contextual DDIM inversion (method doc §7) of x_0 ``sample`` (N, C, h, w)
         float32 with ``prompt`` and no guidance; returns x_T (x_t part way for ``strength`` < 1) float32 on the host.
         ``callback`` sees each step's x_t (the runners' arrays, the loop's own: copy what you keep)."""
         request = validate_inversion(self.limits, sample=sample, prompt=prompt, num_inference_steps=num_inference_steps)
         self._check_profiles(request)
-        plan = self.schedule.inversion_plan(request.num_inference_steps, strength)
+        plan = self.schedule.with_clip_sample(clip_sample).inversion_plan(request.num_inference_steps, strength)
         with self._lock, self._on_device():
             text = self.encode_prompt(request.prompts)
             x_T = invert(self._denoiser(text, request), self._context_shift(text), self.xp.array(request.latents), plan, callback=callback,
@@ -273,6 +274,7 @@ class Generator:
         progress: bool = True,
         blend: LocalBlend | None = None,
         contextual_guidance: str | None = None,
+        clip_sample: bool | None = None,
     ) -> GenerationOutput:
         """Same arguments and results as ``ContextDiffPipeline.__call__``. The callback's arrays are the runners'
         (NumPy on the CPU, CuPy on a GPU) and belong to the loop: copy what you keep."""
@@ -281,4 +283,4 @@ class Generator:
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback, contextual_guidance=contextual_guidance,
         )  # fmt: skip
-        return self.run(request, progress=progress, strength=strength, blend=blend)  # checks the engines' profiles
+        return self.run(request, progress=progress, strength=strength, blend=blend, clip_sample=clip_sample)  # checks the engines' profiles

@@ -201,20 +201,22 @@ def validate_request(
 
 def merge_requests(requests: Sequence[GenerationRequest]) -> GenerationRequest:
     """One request for the prompts of several validated calls that share a ``batch_key``, each keeping its own noise
-    (its seed, drawn as if alone: runtime.noise.draw_noise_parts). Calls with ``latents`` or a callback cannot join."""
+    (its seed, drawn as if alone: runtime.noise.draw_noise_parts). Calls with ``latents`` join only calls with latents
+    (stacked: image edits, runtime.image_editing.merge_edits); calls with a callback cannot join."""
     if not requests:
         raise InvalidArgumentError("requests", requests, "a non-empty sequence of validated requests")
     keys = {r.batch_key for r in requests}
     if len(keys) > 1:
         raise InvalidArgumentError("requests", f"{len(requests)} requests with settings {sorted(keys)}",
                                    "requests with equal steps, guidance, eta, size, output type and contextual guidance (GenerationRequest.batch_key)")  # fmt: skip
-    for r in requests:
-        if r.latents is not None or r.callback is not None:
-            raise InvalidArgumentError("requests", "a request with latents or a callback", "requests without latents or callback (they cannot join a batch)")
+    if any(r.callback is not None for r in requests) or len({r.latents is None for r in requests}) > 1:
+        raise InvalidArgumentError("requests", "a request with a callback, or some with latents and some without",
+                                   "requests without callback, all with latents or all without (they cannot join a batch otherwise)")  # fmt: skip
     if len(requests) == 1:
         return requests[0]
     return replace(
         requests[0],
+        latents=None if requests[0].latents is None else np.concatenate([r.latents for r in requests]),
         prompts=tuple(p for r in requests for p in r.prompts),
         negative_prompts=tuple(p for r in requests for p in r.negative_prompts),
         seed_parts=tuple(part for r in requests for part in r.noise_parts),

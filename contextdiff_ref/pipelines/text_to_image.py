@@ -145,7 +145,7 @@ class ContextDiffPipeline:
 
     @torch.no_grad()
     def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
-               progress: bool = True, callback: Callable[[StepOutput], Any] | None = None) -> np.ndarray:  # fmt: skip
+               progress: bool = True, callback: Callable[[StepOutput], Any] | None = None, clip_sample: bool | None = None) -> np.ndarray:  # fmt: skip
         """Contextual DDIM inversion (method doc §7) of ``sample`` (N, C, h, w) float32 — x_0 in the model's sample
         space (pixels scaled to [-1, 1], or VAE latents times the scaling factor) — with ``prompt`` and no guidance,
         through the schedule's inversion plan. Returns x_T (N, C, h, w) float32: sampling from it
@@ -155,7 +155,8 @@ class ContextDiffPipeline:
         request = validate_inversion(self.limits, sample=sample, prompt=prompt, num_inference_steps=num_inference_steps)
         text = self.encode_prompt(request.prompts)
         x_0 = torch.from_numpy(np.array(request.latents)).to(self.device)
-        x_T = invert(self._denoiser(text, request), self._context_shift(text), x_0, self.schedule.inversion_plan(request.num_inference_steps, strength),
+        plan = self.schedule.with_clip_sample(clip_sample).inversion_plan(request.num_inference_steps, strength)
+        x_T = invert(self._denoiser(text, request), self._context_shift(text), x_0, plan,
                      callback=callback, progress=lambda steps: tqdm(steps, desc="contextual DDIM inversion", disable=not progress, leave=False))  # fmt: skip
         return x_T.float().cpu().numpy()
 
@@ -179,6 +180,7 @@ class ContextDiffPipeline:
         progress: bool = True,
         blend: LocalBlend | None = None,
         contextual_guidance: str | None = None,
+        clip_sample: bool | None = None,
     ) -> GenerationOutput:
         """Generate images for ``prompt`` (a string or a list of N strings).
 
@@ -189,7 +191,8 @@ class ContextDiffPipeline:
         only the last steps of the schedule (:meth:`runtime.schedule.Schedule.strength_steps`), as after
         :meth:`invert` with the same strength. ``blend`` (:class:`runtime.sampling.LocalBlend`, host arrays) keeps
         the sample on a source's inversion trajectory outside its mask after every step. ``contextual_guidance``
-        ("conditional" or "guided", method doc §5) overrides the model's variant of guidance and the shift. Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
+        ("conditional" or "guided", method doc §5) overrides the model's variant of guidance and the shift; ``clip_sample``
+        (True/False) overrides the model's x̂_0 clipping for this call (also :meth:`invert`'s). Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
         PIL images for "pil", the final sample (N, C, h, w) for "latent".
         """
         request = validate_request(
@@ -197,9 +200,15 @@ class ContextDiffPipeline:
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback, contextual_guidance=contextual_guidance,
         )
-        check_strength(strength, latents)
+        return self.run(request, progress=progress, strength=strength, blend=blend, clip_sample=clip_sample)
+
+    @torch.no_grad()
+    def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None,
+            clip_sample: bool | None = None) -> GenerationOutput:  # fmt: skip
+        """Generate for a validated request (:meth:`validate`); ``strength``, ``blend`` and ``clip_sample`` as in ``__call__``."""
+        check_strength(strength, request.latents)
         return generate(
-            request, self.limits, self.schedule, strength=strength, encode=self.encode_prompt, denoiser=self._denoiser, context_shift=self._context_shift,
-            decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device), blend=blend,
+            request, self.limits, self.schedule.with_clip_sample(clip_sample), strength=strength, encode=self.encode_prompt, denoiser=self._denoiser,
+            context_shift=self._context_shift, decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device), blend=blend,
             progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
         )  # fmt: skip

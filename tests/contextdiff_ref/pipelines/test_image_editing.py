@@ -30,7 +30,7 @@ def test_img2img_without_adapter_is_diffusers_img2img(latent_model_dir, monkeypa
 
     pipe = zero_adapter_pipe(latent_model_dir)
     image, kwargs = _image(), dict(strength=0.6, num_inference_steps=20, guidance_scale=5.0)
-    ours = pipe.edit(image, PROMPT, seed=3, output_type="latent", progress=False, **kwargs).images
+    ours = pipe.edit(image, PROMPT, seed=3, output_type="latent", clip_sample=None, progress=False, **kwargs).images  # diffusers: the config's
     x_0 = pipe.encode_images(image[None])
     noise, _ = draw_noise(3, x_0.shape, 0, 0.0)
     monkeypatch.setattr(img2img, "randn_tensor", lambda *a, **k: torch.from_numpy(noise))
