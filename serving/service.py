@@ -1,7 +1,9 @@
 """The engine side of the service, no Ray: request bodies become validated generator calls (jobs); a batch of jobs
 is grouped by compatible settings and run in as few engine calls as the batch profile allows.
 
-Batching never changes results: ``runtime.Generator.run_batch`` gives every job the images its seed gives alone.
+Batching never changes results: ``runtime.Generator.run_batch`` gives every job the images its seed gives alone, and
+``runtime.image_editing.run_edits`` every edit the image ``Generator.edit`` gives it alone (each edit's encoding and
+inversion run alone, the sampling pass is shared).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, InvalidArgumentError
+from runtime.image_editing import EditCall, check_edit, run_edits
 from runtime.images import make_grid
 from runtime.noise import resolve_seed
 from runtime.validation import GenerationRequest
 from serving.config import ServiceConfig
-from serving.schema import MAX_SEED, ApiLimits, ComponentInfo, ModelInfo, ResponseFormat, api_limits, request_model
+from serving.schema import MAX_SEED, ApiLimits, ComponentInfo, ModelInfo, ResponseFormat, api_limits, edit_request_model, request_model
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +37,16 @@ class Job:
     response_format: ResponseFormat
     arrived: float  # time.monotonic() at arrival
     cancelled: bool = False
+    edit: EditCall | None = None  # an image edit (POST /v1/images/edits); its request is the sampling pass's
 
     @property
     def images(self) -> int:
         return self.request.batch_size
+
+    @property
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share an engine call: generations by their request's key, edits by the edit's."""
+        return ("generate", *self.request.batch_key) if self.edit is None else ("edit", *self.edit.batch_key)
 
 
 @dataclass(frozen=True)
@@ -59,15 +68,31 @@ class BatchStats:
 
 
 def chunk_jobs(jobs: Sequence[Job], max_images: int) -> list[list[Job]]:
-    """Jobs -> engine calls: grouped by ``batch_key`` (steps, guidance, eta, size), in arrival order within a group,
+    """Jobs -> engine calls: grouped by ``batch_key`` (steps, guidance, eta, size; an edit's strength, clipping, mask), in arrival order within a group,
     each call at most ``max_images`` images (a job is never split: its noise is one draw from its seed)."""
     groups: dict[tuple, list[list[Job]]] = {}
     for job in jobs:
-        chunks = groups.setdefault(job.request.batch_key, [[]])
+        chunks = groups.setdefault(job.batch_key, [[]])
         if sum(j.images for j in chunks[-1]) + job.images > max_images:
             chunks.append([])
         chunks[-1].append(job)
     return [chunk for chunks in groups.values() for chunk in chunks if chunk]
+
+
+def decode_png(field: str, data: str) -> Any:
+    """A base64 PNG field -> the PIL image as stored (its mode checked by runtime.validation), or an error naming ``field``."""
+    from PIL import Image
+
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise InvalidArgumentError(field, data, "a base64-encoded PNG (RFC 4648 alphabet, padded)") from None
+    try:
+        with Image.open(io.BytesIO(raw), formats=["PNG"]) as image:
+            image.load()
+            return image
+    except Exception as exc:  # PIL's errors for a truncated or foreign file vary (OSError, SyntaxError, ValueError, ...)
+        raise InvalidArgumentError(field, f"{len(raw)} bytes that are not a PNG ({type(exc).__name__})", "a base64-encoded PNG") from None
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -97,6 +122,7 @@ class ImageService:
                            self.generator.manifest.root)  # fmt: skip
         self.limits: ApiLimits = api_limits(self.generator, self.max_batch_images, config.max_steps)
         self.request_model = request_model(self.limits)
+        self.edit_request_model = edit_request_model(self.limits)
         self.on_batch = on_batch
 
     def job(self, body: Any) -> Job:
@@ -108,6 +134,16 @@ class ImageService:
             contextual_guidance=body.contextual_guidance,
         )  # fmt: skip
         return Job(request, ResponseFormat(body.response_format), time.monotonic())
+
+    def edit_job(self, body: Any) -> Job:
+        """A validated edit body -> a job, checked by the same functions as ``Generator.edit`` (runtime.image_editing.check_edit)."""
+        image = decode_png("image", body.image)
+        mask = None if body.mask is None else decode_png("mask", body.mask)
+        call = check_edit(self.generator, image, body.prompt, mode=body.mode, source_prompt=body.source_prompt, mask=mask, strength=body.strength,
+                          region_noise=body.region_noise, num_inference_steps=body.num_inference_steps, seed=body.seed, high_seed=MAX_SEED + 1,
+                          guidance_scale=body.guidance_scale, eta=body.eta, negative_prompt=body.negative_prompt or None, output_type="np",
+                          contextual_guidance=body.contextual_guidance)  # fmt: skip
+        return Job(call.request, ResponseFormat(body.response_format), time.monotonic(), edit=call)
 
     def run_jobs(self, jobs: Sequence[Job]) -> list[JobResult | BaseException | None]:
         """Results in the order of ``jobs``: a JobResult, the exception its engine call raised, or None for a job
@@ -121,7 +157,10 @@ class ImageService:
                 continue
             start = time.monotonic()
             try:
-                outputs = self.generator.run_batch([j.request for j in live])
+                if live[0].edit is None:
+                    outputs = self.generator.run_batch([j.request for j in live])
+                else:
+                    outputs = run_edits(self.generator, [j.edit for j in live])
             except Exception as exc:  # an engine failure is this batch's, reported to each of its requests
                 logger.exception("engine call for %d request(s) failed", len(live))
                 for j in live:
