@@ -8,25 +8,12 @@ import io
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from runtime.generator import Generator
-from serving.app import create_app, direct_submit
-from serving.config import ServiceConfig
-from serving.service import ImageService, png_bytes
+from serving.service import png_bytes
 
 SOURCE, EDITED = "a red circle at the top left", "a blue square at the top left"
-
-
-@pytest.fixture(scope="module")
-def service(pixel_fp32_dir):
-    return ImageService(ServiceConfig(engines=str(pixel_fp32_dir), max_steps=20))
-
-
-@pytest.fixture(scope="module")
-def client(service):
-    return TestClient(create_app(service, direct_submit(service)))
 
 
 def _b64_png(array: np.ndarray, mode: str | None = None) -> str:
@@ -53,34 +40,34 @@ def _decode(b64: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
-def test_an_edit_is_the_generators_edit(client, service):
+def test_an_edit_is_the_generators_edit(client, pixel_service):
     image, mask = _source()
     body = dict(image=_b64_png(image), prompt=EDITED, num_inference_steps=4, guidance_scale=3.0, seed=9)
     reply = client.post("/v1/images/edits", json=body)
     assert reply.status_code == 200, reply.text
-    np.testing.assert_array_equal(_decode(reply.json()["images"][0]), _alone(service.generator, image, num_inference_steps=4, guidance_scale=3.0, seed=9))
+    np.testing.assert_array_equal(_decode(reply.json()["images"][0]), _alone(pixel_service.generator, image, num_inference_steps=4, guidance_scale=3.0, seed=9))
     masked = dict(body, mask=_b64_png(mask), mode="invert", source_prompt=SOURCE, region_noise=0.5, response_format="png")
     reply = client.post("/v1/images/edits", json=masked)
     assert reply.status_code == 200 and reply.headers["content-type"] == "image/png" and reply.headers["x-seed"] == "9"
     got = np.asarray(Image.open(io.BytesIO(reply.content)))
-    want = _alone(service.generator, image, mask, mode="invert", source_prompt=SOURCE, region_noise=0.5, num_inference_steps=4, guidance_scale=3.0, seed=9)
+    want = _alone(pixel_service.generator, image, mask, mode="invert", source_prompt=SOURCE, region_noise=0.5, num_inference_steps=4, guidance_scale=3.0, seed=9)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got[mask == 0], image[mask == 0])  # outside the mask: the image itself
 
 
-def test_compatible_edits_share_a_sampling_pass_and_keep_their_results(service):
+def test_compatible_edits_share_a_sampling_pass_and_keep_their_results(pixel_service):
     image, mask = _source()
     other = np.ascontiguousarray(image[::-1])
-    body = service.edit_request_model
+    body = pixel_service.edit_request_model
     common = dict(prompt=EDITED, num_inference_steps=3, guidance_scale=3.0, mode="invert", source_prompt=SOURCE, mask=_b64_png(mask))
-    jobs = [service.edit_job(body(image=_b64_png(image), seed=1, **common)), service.edit_job(body(image=_b64_png(other), seed=2, region_noise=1.0, **common)),
-            service.edit_job(body(image=_b64_png(image), seed=3, **dict(common, num_inference_steps=4)))]  # fmt: skip
-    results = service.run_jobs(jobs)
+    jobs = [pixel_service.edit_job(body(image=_b64_png(image), seed=1, **common)), pixel_service.edit_job(body(image=_b64_png(other), seed=2, region_noise=1.0, **common)),
+            pixel_service.edit_job(body(image=_b64_png(image), seed=3, **dict(common, num_inference_steps=4)))]  # fmt: skip
+    results = pixel_service.run_jobs(jobs)
     assert [r.batch_images for r in results] == [2, 2, 1]
     kwargs = dict(mode="invert", source_prompt=SOURCE, guidance_scale=3.0)
-    wants = [_alone(service.generator, image, mask, seed=1, num_inference_steps=3, **kwargs),
-             _alone(service.generator, other, mask, seed=2, region_noise=1.0, num_inference_steps=3, **kwargs),
-             _alone(service.generator, image, mask, seed=3, num_inference_steps=4, **kwargs)]  # fmt: skip
+    wants = [_alone(pixel_service.generator, image, mask, seed=1, num_inference_steps=3, **kwargs),
+             _alone(pixel_service.generator, other, mask, seed=2, region_noise=1.0, num_inference_steps=3, **kwargs),
+             _alone(pixel_service.generator, image, mask, seed=3, num_inference_steps=4, **kwargs)]  # fmt: skip
     for result, want in zip(results, wants):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(result.images[0])))), want)  # bitwise
 
