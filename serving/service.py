@@ -79,8 +79,10 @@ def chunk_jobs(jobs: Sequence[Job], max_images: int) -> list[list[Job]]:
     return [chunk for chunks in groups.values() for chunk in chunks if chunk]
 
 
-def decode_png(field: str, data: str) -> Any:
-    """A base64 PNG field -> the PIL image as stored (its mode checked by runtime.validation), or an error naming ``field``."""
+def decode_png(field: str, data: str, max_size: tuple[int, int]) -> Any:
+    """A base64 PNG field -> the PIL image as stored (its mode checked by runtime.validation), or an error naming ``field``.
+    An image wider or higher than ``max_size`` (width, height) is refused from its header, before it is decompressed (a
+    small PNG can declare a huge image)."""
     from PIL import Image
 
     try:
@@ -89,8 +91,12 @@ def decode_png(field: str, data: str) -> Any:
         raise InvalidArgumentError(field, data, "a base64-encoded PNG (RFC 4648 alphabet, padded)") from None
     try:
         with Image.open(io.BytesIO(raw), formats=["PNG"]) as image:
+            if image.size[0] > max_size[0] or image.size[1] > max_size[1]:
+                raise InvalidArgumentError(field, f"a {image.size[0]}x{image.size[1]} PNG", f"at most {max_size[0]}x{max_size[1]} (the engines' largest size)")
             image.load()
             return image
+    except InvalidArgumentError:
+        raise
     except Exception as exc:  # PIL's errors for a truncated or foreign file vary (OSError, SyntaxError, ValueError, ...)
         raise InvalidArgumentError(field, f"{len(raw)} bytes that are not a PNG ({type(exc).__name__})", "a base64-encoded PNG") from None
 
@@ -137,8 +143,9 @@ class ImageService:
 
     def edit_job(self, body: Any) -> Job:
         """A validated edit body -> a job, checked by the same functions as ``Generator.edit`` (runtime.image_editing.check_edit)."""
-        image = decode_png("image", body.image)
-        mask = None if body.mask is None else decode_png("mask", body.mask)
+        largest = (self.limits.width.maximum, self.limits.height.maximum)
+        image = decode_png("image", body.image, largest)
+        mask = None if body.mask is None else decode_png("mask", body.mask, largest)
         call = check_edit(self.generator, image, body.prompt, mode=body.mode, source_prompt=body.source_prompt, mask=mask, strength=body.strength,
                           region_noise=body.region_noise, num_inference_steps=body.num_inference_steps, seed=body.seed, high_seed=MAX_SEED + 1,
                           guidance_scale=body.guidance_scale, eta=body.eta, negative_prompt=body.negative_prompt or None, output_type="np",

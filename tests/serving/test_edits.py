@@ -79,7 +79,8 @@ def test_bad_images_are_422_naming_the_field(client):
         (dict(good, image="not base64!"), "image", "base64"),
         (dict(good, image=base64.b64encode(b"GIF89a....").decode()), "image", "not a PNG"),
         (dict(good, image=_b64_png(np.zeros((32, 32, 4), np.uint8))), "image", "RGBA"),
-        (dict(good, image=_b64_png(np.zeros((64, 64, 3), np.uint8))), "image", "64x64"),
+        (dict(good, image=_b64_png(np.zeros((64, 64, 3), np.uint8))), "image", "64x64"),  # refused from the PNG header
+        (dict(good, image=_b64_png(np.zeros((16, 16, 3), np.uint8))), "image", "16x16"),  # the engines' profile
         (dict(good, mask=_b64_png(mask[:16, :16])), "mask", "single-channel 32x32"),
         (dict(good, mask=_b64_png(image)), "mask", "not single-channel"),
         (dict(good, mode="invert"), "source_prompt", "non-empty"),
