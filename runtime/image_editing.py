@@ -95,14 +95,13 @@ def check_edit(pipe: ImagePipeline, image: Any, prompt: str, *, mode: str = "img
     validate_region_noise(region_noise, region is not None)
     strength = DEFAULT_STRENGTH[mode] if strength is None else strength
     pipe.schedule.strength_steps(num_inference_steps, strength)  # (0, 1], at least one step; names `strength`
+    seed = resolve_seed(None, high_seed) if seed is None else seed  # drawn (and logged) once
     try:
         request = pipe.validate(prompt, num_inference_steps=num_inference_steps, height=height, width=width, seed=seed, **call)
     except InvalidArgumentError as exc:
         if exc.name not in ("height", "width", "prompt/height/width"):
             raise
         raise InvalidArgumentError("image", f"an image of {width}x{height} (width x height)", f"a size the model takes: {exc.allowed}") from None
-    if seed is None:
-        request = replace(request, seed=resolve_seed(None, high_seed))
     return EditCall(pixels, region, request, mode, source_prompt, float(strength), float(region_noise), clip_sample)
 
 
