@@ -388,7 +388,7 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     facts = _ModelFacts(dims, model_limits(components), runtime_tokenizer_json(components, dims.text_length), components.scheduler_config.to_dict(),
                         video_facts)  # fmt: skip
     height, width = _check_options(options, facts.limits)
-    modules = graph_modules(components, vae_encoder=video, step_cache=options.step_cache)
+    modules = graph_modules(components, vae_encoder=True, step_cache=options.step_cache)  # latent models: image edits and video inversion start from latents
     del components  # from here on, the modules below hold the only references to the weights
     frames = video_facts.num_frames if video_facts else 1
     cache = None if options.onnx_cache is None else Path(options.onnx_cache).resolve()

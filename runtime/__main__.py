@@ -1,6 +1,7 @@
 """``python -m runtime "a red circle at the top left" -o out.png``: generate from an engine directory.
 ``python -m runtime edit SRC.mp4 --source-prompt "..." --prompt "..." -o out.mp4``: edit a video with a video model's
-engine directory (method doc §7)."""
+engine directory (method doc §7); ``python -m runtime edit SRC.png --prompt "..." -o out.png``: edit an image with an
+image model's (image-to-image, ``--mode invert`` with ``--source-prompt``, ``--mask`` for inpainting)."""
 
 from __future__ import annotations
 
@@ -43,34 +44,62 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def parse_edit_args(argv: list[str] | None) -> argparse.Namespace:
-    p = Parser(prog="python -m runtime edit", description="Edit a video with a ContextDiff video model's engine directory (no torch needed).")
-    add_edit_arguments(p, eta=True)
-    p.add_argument("--engines", type=Path, default=DEFAULT_VIDEO_ENGINES,
-                   help="a video model's engine directory (default: %(default)s, built by `python export/build_engines.py "
-                        "--model contextdiff_ref/models/shapes-video`)")  # fmt: skip
+    p = Parser(prog="python -m runtime edit", description="Edit an image or a video with a ContextDiff engine directory (no torch needed).")
+    add_edit_arguments(p, eta=True, images=True)
+    p.add_argument("--engines", type=Path, default=None,
+                   help=f"engine directory (default: {DEFAULT_ENGINES} for images, {DEFAULT_VIDEO_ENGINES} for videos, built by "
+                        "`python export/build_engines.py --model contextdiff_ref/models/shapes-video`)")  # fmt: skip
     p.add_argument("--backend", default="auto", help="as for image generation (default: %(default)s)")
     add_lora_argument(p)
     return p.parse_args(argv)
 
 
-def edit_main(argv: list[str] | None = None) -> int:
-    args = parse_edit_args(argv)
-    setup_logging()
+def edit_image_main(args: argparse.Namespace) -> str:
+    """An image edit (runtime.Generator.edit); the output is written atomically, and nothing on an error."""
+    from runtime.generator import Generator
+    from runtime.image_io import read_image, read_image_mask, write_image
+
+    if args.output.suffix.lower() != ".png":
+        raise ContextDiffError(f"--output={args.output}: the file name must end in .png for an image")
+    image = read_image(args.video)
+    mask = None if args.mask is None else read_image_mask(args.mask, args.mask_dilation)
+    mode = args.mode or ("invert" if args.source_prompt is not None else "img2img")
+    gen = Generator.from_dir(args.engines or DEFAULT_ENGINES, backend=args.backend, loras=args.lora)
+    result = gen.edit(image, args.prompt, mode=mode, source_prompt=args.source_prompt, mask=mask, strength=args.strength, region_noise=args.region_noise,
+                      num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt, eta=args.eta,
+                      clip_sample=CLIP_SAMPLE[args.clip_sample])  # fmt: skip
+    write_image(args.output, result.images[0])
+    return f"{mode}, {gen.backend}"
+
+
+def edit_video_main(args: argparse.Namespace) -> str:
     from runtime.video_editor import VideoEditor
     from runtime.video_io import VIDEO_SUFFIXES, read_mask, read_video, write_video
 
+    if args.output.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ContextDiffError(f"--output={args.output}: the file name must end in one of {', '.join(VIDEO_SUFFIXES)}")
+    if args.source_prompt is None or args.mode == "img2img":
+        raise ContextDiffError("--source-prompt is required for a video (videos are edited by inversion; --mode img2img is for images)")
+    frames = read_video(args.video)
+    mask = None if args.mask is None else read_mask(args.mask, len(frames), args.mask_dilation)
+    editor = VideoEditor.from_dir(args.engines or DEFAULT_VIDEO_ENGINES, backend=args.backend, clip_sample=CLIP_SAMPLE[args.clip_sample],
+                                  loras=args.lora)
+    edited = editor.edit(frames, args.source_prompt, args.prompt, args.steps, args.guidance, args.seed, strength=1.0 if args.strength is None else args.strength,
+                         negative_prompt=args.negative_prompt, eta=args.eta, mask=mask, region_noise=args.region_noise)  # fmt: skip
+    write_video(args.output, edited, fps=args.fps)
+    return editor.backend
+
+
+def edit_main(argv: list[str] | None = None) -> int:
+    args = parse_edit_args(argv)
+    setup_logging()
+    from runtime.image_io import is_image_file
+
     try:
-        if args.output.suffix.lower() not in VIDEO_SUFFIXES:
-            raise ContextDiffError(f"--output={args.output}: the file name must end in one of {', '.join(VIDEO_SUFFIXES)}")
-        frames = read_video(args.video)
-        mask = None if args.mask is None else read_mask(args.mask, len(frames), args.mask_dilation)
-        editor = VideoEditor.from_dir(args.engines, backend=args.backend, clip_sample=CLIP_SAMPLE[args.clip_sample], loras=args.lora)
-        edited = editor.edit(frames, args.source_prompt, args.prompt, args.steps, args.guidance, args.seed, strength=args.strength,
-                             negative_prompt=args.negative_prompt, eta=args.eta, mask=mask, region_noise=args.region_noise)  # fmt: skip
-        write_video(args.output, edited, fps=args.fps)
+        how = (edit_image_main if is_image_file(args.video) else edit_video_main)(args)
     except CLI_ERRORS as exc:
         return error_exit(exc)
-    print(f"wrote {args.output}: {args.video} edited to {args.prompt!r} from {args.engines} ({editor.backend})")
+    print(f"wrote {args.output}: {args.video} edited to {args.prompt!r} from {args.engines or 'the default engines'} ({how})")
     return 0
 
 

@@ -55,24 +55,32 @@ def add_mask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", type=Path, default=None,
                    help="confine the edit to a region (local blending): a video of the source's size and length, or one frame for all "
                         "(mp4 or GIF), whose bright pixels (largest channel > 0.5) mark where the edit may change it; e.g. the source itself "
-                        "for objects on a dark background")  # fmt: skip
+                        "for objects on a dark background; for an image, a single-channel PNG of its size (white: edit here)")  # fmt: skip
     p.add_argument("--mask-dilation", type=int, default=0, help="grow the --mask region by this many pixels (default: %(default)s)")
     p.add_argument("--region-noise", type=float, default=0.0,
                    help="with --mask: fraction of fresh noise (from --seed) mixed into the inverted frames inside the region, 0 to 1; "
                         "1 frees an edit to another shape from the source's outline (default: %(default)s)")  # fmt: skip
 
 
-def add_edit_arguments(p: argparse.ArgumentParser, *, eta: bool) -> None:
+def add_edit_arguments(p: argparse.ArgumentParser, *, eta: bool, images: bool = False) -> None:
     """The video-edit options both edit commands take (``python -m runtime edit``, ``python -m contextdiff_ref.edit_video``):
     the source video, its prompt and the edited one, the output, the sampling and the local blending (:func:`add_mask_arguments`).
-    ``eta``: the command offers DDIM's eta (the runtime's editor does, the reference pipeline does not)."""
-    p.add_argument("video", type=Path, help="source video (mp4 or GIF), as many frames as the model's num_frames")
-    p.add_argument("--source-prompt", required=True, help="the source video's caption (used for the inversion)")
+    ``eta``: the command offers DDIM's eta (the runtime's editor does, the reference pipeline does not). ``images``: the
+    source may be an image too (``--mode``; ``--source-prompt`` then only for mode invert, ``--strength`` by mode)."""
+    if images:
+        p.add_argument("video", type=Path, metavar="SOURCE", help="source image (PNG or JPEG, RGB) or video (mp4 or GIF, as many frames as the model's num_frames)")
+        p.add_argument("--mode", choices=["img2img", "invert"], default=None,
+                       help="image edits: img2img (the contextual forward process to the --strength step, then sampling) or invert "
+                            "(inversion with --source-prompt, then sampling; videos always); default: invert with --source-prompt, else img2img")  # fmt: skip
+    else:
+        p.add_argument("video", type=Path, help="source video (mp4 or GIF), as many frames as the model's num_frames")
+    p.add_argument("--source-prompt", required=not images, default=None, help="the source's caption (used for the inversion)")
     p.add_argument("--prompt", required=True, help="the edited caption")
-    p.add_argument("-o", "--output", type=Path, required=True, help="edited video (.mp4, .mkv, .mov or .gif)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="edited video (.mp4, .mkv, .mov or .gif)" + (", or image (.png)" if images else ""))
     p.add_argument("--steps", type=int, default=50, help="DDIM steps of the inversion and of the edit (default: %(default)s)")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="invert only this fraction of the steps and sample back from there (default: %(default)s, all the way to x_T)")
+    p.add_argument("--strength", type=float, default=None if images else 1.0,
+                   help="invert (or noise) only this fraction of the steps and sample back from there (default: "
+                        + ("1 for videos and mode invert, 0.8 for img2img)" if images else "%(default)s, all the way to x_T)"))  # fmt: skip
     p.add_argument("--negative-prompt", default=None, help="the guidance's unconditional prompt (e.g. the source prompt; default: empty)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's recommendation)")
     p.add_argument("--clip-sample", choices=list(CLIP_SAMPLE), default="off",

@@ -50,6 +50,24 @@ def recorder(trajectory: list[np.ndarray]) -> Callable[[StepOutput], None]:
     return record
 
 
+def region_blend(mask: np.ndarray, x_T: np.ndarray, trajectory: list[np.ndarray], region_noise: float,
+                 seed: int | None) -> tuple[LocalBlend, np.ndarray, int | None]:  # fmt: skip
+    """The local blend of an edit confined to ``mask`` (N, H, W) in [0, 1] — for videos and images alike: the region in
+    the sample space is the pixels' max over each VAE cell; ``trajectory`` the source's samples x_0, …, x_T (an
+    inversion's, or an image-to-image forward process's) with ``x_T`` last. ``region_noise`` λ > 0 mixes the initial
+    noise draw of ``seed`` into ``x_T`` inside the region: x_T ← m · (√(1 − λ) · x_T + √λ · ε) + (1 − m) · x_T.
+    Returns (blend, x_T, seed), the seed resolved where noise was drawn."""
+    n, h, w = x_T.shape[0], x_T.shape[2], x_T.shape[3]
+    f = mask.shape[1] // h  # the VAE's factor
+    cells = mask.reshape(n, h, f, w, f).max(axis=(2, 4))
+    blend = LocalBlend(cells[:, None].astype(np.float32), trajectory[:-1])
+    if region_noise > 0:
+        seed = resolve_seed(seed)
+        noise, _ = draw_noise(seed, tuple(x_T.shape), 0, 0.0)
+        x_T = blend.mask * (np.float32(np.sqrt(1 - region_noise)) * x_T + np.float32(np.sqrt(region_noise)) * noise) + (1 - blend.mask) * x_T
+    return blend, x_T, seed
+
+
 class FrameFoldedEditing:
     """Base of the two video editors: subclasses give ``num_frames``, ``image_pipeline`` (called like
     ``Generator.__call__``, with ``limits``) and :meth:`invert`."""
@@ -120,13 +138,7 @@ class FrameFoldedEditing:
             if len(trajectory) != steps + 1 or not np.array_equal(trajectory[-1], x_T):
                 raise InvalidArgumentError("trajectory", f"{len(trajectory)} samples ending {'at' if np.array_equal(trajectory[-1], x_T) else 'elsewhere than'} this x_T",
                                            f"{wanted}: {steps + 1} samples ending at x_T")  # fmt: skip
-            f = height // x_T.shape[2]  # the VAE's factor: the region in the sample space is the pixels' max over each cell
-            cells = mask.reshape(self.num_frames, x_T.shape[2], f, x_T.shape[3], f).max(axis=(2, 4))
-            blend = LocalBlend(cells[:, None].astype(np.float32), trajectory[:-1])
-            if region_noise > 0:
-                seed = resolve_seed(seed)
-                noise, _ = draw_noise(seed, tuple(x_T.shape), 0, 0.0)
-                x_T = blend.mask * (np.float32(np.sqrt(1 - region_noise)) * x_T + np.float32(np.sqrt(region_noise)) * noise) + (1 - blend.mask) * x_T
+            blend, x_T, seed = region_blend(mask, x_T, trajectory, region_noise, seed)
         negative = None if negative_prompt is None else [negative_prompt] * self.num_frames
         out = self.image_pipeline([prompt] * self.num_frames, negative, num_inference_steps, guidance_scale, eta=eta, seed=seed, latents=x_T,
                                   height=height, width=width, strength=strength, progress=progress, blend=blend)  # fmt: skip

@@ -26,7 +26,7 @@ from runtime.images import GenerationOutput, to_images
 from runtime.lora import LoraSpec, lora_weights, parse_loras
 from runtime.manifest import EngineManifest, load_manifest
 from runtime.options import OpenVINOPrecision
-from runtime.sampling import LocalBlend, StepOutput, generate, invert
+from runtime.sampling import LocalBlend, StepOutput, contextual_forward, generate, invert
 from runtime.schedule import Schedule, SchedulerConfig
 from runtime.specs import SPECS, Component, batch_range
 from runtime.step_cache import cached_unet, check_step_cache, full_step_plan
@@ -197,9 +197,32 @@ class Generator:
         if self.limits.vae_scale_factor == 1:
             return x
         if Component.VAE_ENCODER not in self.runners:
-            raise InvalidArgumentError("images", "images to encode", f"a model whose engine directory has a VAE encoder ({self.manifest.root} has none: "
-                                       "it is exported for video models)")  # fmt: skip
+            raise InvalidArgumentError("engine_dir", str(self.manifest.root), "an engine directory with a VAE encoder, which editing an image of a "
+                                       "latent model needs: rebuild it with `python export/build_engines.py --model MODEL_DIR` (builds export "
+                                       "the encoder of latent models)")  # fmt: skip
         return self.runners[Component.VAE_ENCODER].infer({"image": x})["latent"]
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        """:meth:`encode` on the host: x_0 (N, C, h, w) float32 as a NumPy array."""
+        with self._lock, self._on_device():
+            x_0 = self.encode(images)
+            return np.asarray(x_0 if self.xp is np else self.xp.asnumpy(x_0), dtype=np.float32)
+
+    def contextual_forward(self, x_0: np.ndarray, prompt: str, timesteps: Sequence[int], noise: np.ndarray) -> list[np.ndarray]:
+        """``ContextDiffPipeline.contextual_forward``: x_t of x_0 at each timestep (method doc §3, :func:`runtime.sampling.contextual_forward`)
+        with ``prompt``'s text and one ``noise`` draw, on the host."""
+        with self._lock, self._on_device():
+            text = self.encode_prompt([prompt] * x_0.shape[0])
+            out = contextual_forward(self._context_shift(text), self.xp.array(x_0), self.xp.array(noise), self.schedule, timesteps)
+            return [np.asarray(x if self.xp is np else self.xp.asnumpy(x), dtype=np.float32) for x in out]
+
+    def edit(self, image: Any, prompt: str, **kwargs: Any) -> GenerationOutput:
+        """Edit one image: image-to-image, inversion edit or inpainting (:func:`runtime.image_editing.edit_image`, its
+        arguments: ``mode``, ``source_prompt``, ``mask``, ``strength``, ``region_noise``, ``num_inference_steps``,
+        ``guidance_scale``, ``seed``, ...). Same arguments and results as ``ContextDiffPipeline.edit``."""
+        from runtime.image_editing import edit_image
+
+        return edit_image(self, image, prompt, **kwargs)
 
     def decode(self, x0: Any, output_type: str) -> Any:
         """Final sample -> images; the one device-to-host copy of a call happens here."""
@@ -223,8 +246,8 @@ class Generator:
         return request
 
     def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None,
-            cache_interval: int = 1, full_steps: Sequence[int] | None = None) -> GenerationOutput:  # fmt: skip
-        """Generate for a validated request (``validate`` or ``merge_requests``); ``strength``, ``blend``,
+            clip_sample: bool | None = None, cache_interval: int = 1, full_steps: Sequence[int] | None = None) -> GenerationOutput:  # fmt: skip
+        """Generate for a validated request (``validate`` or ``merge_requests``); ``strength``, ``blend``, ``clip_sample``,
         ``cache_interval`` and ``full_steps`` as in ``__call__``."""
         self._check_profiles(request)
         check_strength(strength, request.latents)
@@ -232,20 +255,20 @@ class Generator:
         check_step_cache(full, can_cache=self.manifest.step_cache, where=str(self.manifest.root), lora_on_unet=Component.UNET in self._lora_components)
         with self._lock, self._on_device():
             return generate(  # noise and latents reach the runners' device once per call (xp.array)
-                request, self.limits, self.schedule, encode=self.encode_prompt, denoiser=lambda text, req: self._denoiser(text, req, full),
-                context_shift=self._context_shift,
+                request, self.limits, self.schedule.with_clip_sample(clip_sample), encode=self.encode_prompt,
+                denoiser=lambda text, req: self._denoiser(text, req, full), context_shift=self._context_shift,
                 decode=self.decode, to_device=self.xp.array, strength=strength, blend=blend,
                 progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
             )  # fmt: skip
 
     def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
-               progress: bool = True, callback: Callable[[StepOutput], Any] | None = None) -> np.ndarray:  # fmt: skip
+               progress: bool = True, callback: Callable[[StepOutput], Any] | None = None, clip_sample: bool | None = None) -> np.ndarray:  # fmt: skip
         """``ContextDiffPipeline.invert``: contextual DDIM inversion (method doc §7) of x_0 ``sample`` (N, C, h, w)
         float32 with ``prompt`` and no guidance; returns x_T (x_t part way for ``strength`` < 1) float32 on the host.
         ``callback`` sees each step's x_t (the runners' arrays, the loop's own: copy what you keep)."""
         request = validate_inversion(self.limits, sample=sample, prompt=prompt, num_inference_steps=num_inference_steps)
         self._check_profiles(request)
-        plan = self.schedule.inversion_plan(request.num_inference_steps, strength)
+        plan = self.schedule.with_clip_sample(clip_sample).inversion_plan(request.num_inference_steps, strength)
         with self._lock, self._on_device():
             text = self.encode_prompt(request.prompts)
             x_T = invert(self._denoiser(text, request), self._context_shift(text), self.xp.array(request.latents), plan, callback=callback,
@@ -282,6 +305,7 @@ class Generator:
         progress: bool = True,
         blend: LocalBlend | None = None,
         contextual_guidance: str | None = None,
+        clip_sample: bool | None = None,
         cache_interval: int = 1,
         full_steps: Sequence[int] | None = None,
     ) -> GenerationOutput:
@@ -293,5 +317,5 @@ class Generator:
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback, contextual_guidance=contextual_guidance,
         )  # fmt: skip
-        return self.run(request, progress=progress, strength=strength, blend=blend, cache_interval=cache_interval,
+        return self.run(request, progress=progress, strength=strength, blend=blend, clip_sample=clip_sample, cache_interval=cache_interval,
                         full_steps=full_steps)  # checks the engines' profiles  # fmt: skip

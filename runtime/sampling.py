@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
+import numpy as np
+
 from runtime.images import GenerationOutput
 from runtime.noise import draw_noise_parts
-from runtime.schedule import Array, ContextualGuidance, InversionPlan, SamplingPlan, Schedule, contextual_ddim_step, predict_x0
+from runtime.schedule import Array, ContextualGuidance, InversionPlan, SamplingPlan, Schedule, contextual_ddim_step, forward_sample, predict_x0
 from runtime.validation import GenerationRequest, ModelLimits
 
 
@@ -134,6 +136,22 @@ def invert(
         if callback is not None:
             callback(StepOutput(i, step.timestep, step.next_timestep, x, x0))
     return x
+
+
+def contextual_forward(context_shift: ContextShift | None, x_0: Array, noise: Array, schedule: Schedule, timesteps: Sequence[int]) -> list[Array]:
+    """The contextual forward process (method doc §3) of x_0 (N, C, h, w) at each of ``timesteps`` with one noise draw ε:
+    x_t = √ᾱ_t x_0 + k_t r_φ(x_0, c, t) + √(1 − ᾱ_t) ε — image-to-image's start (and, under a mask, the source's samples
+    the blend keeps). The adapter is called on pairs of timesteps (its (r_t, r_s) call); ``context_shift=None``: r ≡ 0,
+    diffusers' ``DDIMScheduler.add_noise``."""
+    out: list[Array] = []
+    for i in range(0, len(timesteps), 2):
+        pair = [int(t) for t in timesteps[i : i + 2]]
+        shifts = context_shift(x_0, pair[0], pair[-1]) if context_shift else (None, None)
+        for t, r in zip(pair, shifts):
+            c = schedule.forward_coefficients(np.array([t]))
+            a, k, b = float(c.sqrt_alpha_bar[0]), float(c.shift[0]), float(c.sqrt_one_minus_alpha_bar[0])
+            out.append(a * x_0 + b * noise if r is None or k == 0 else forward_sample(x_0, r, noise, a, k, b))
+    return out
 
 
 def generate(

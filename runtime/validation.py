@@ -201,20 +201,22 @@ def validate_request(
 
 def merge_requests(requests: Sequence[GenerationRequest]) -> GenerationRequest:
     """One request for the prompts of several validated calls that share a ``batch_key``, each keeping its own noise
-    (its seed, drawn as if alone: runtime.noise.draw_noise_parts). Calls with ``latents`` or a callback cannot join."""
+    (its seed, drawn as if alone: runtime.noise.draw_noise_parts). Calls with ``latents`` join only calls with latents
+    (stacked: image edits, runtime.image_editing.merge_edits); calls with a callback cannot join."""
     if not requests:
         raise InvalidArgumentError("requests", requests, "a non-empty sequence of validated requests")
     keys = {r.batch_key for r in requests}
     if len(keys) > 1:
         raise InvalidArgumentError("requests", f"{len(requests)} requests with settings {sorted(keys)}",
                                    "requests with equal steps, guidance, eta, size, output type and contextual guidance (GenerationRequest.batch_key)")  # fmt: skip
-    for r in requests:
-        if r.latents is not None or r.callback is not None:
-            raise InvalidArgumentError("requests", "a request with latents or a callback", "requests without latents or callback (they cannot join a batch)")
+    if any(r.callback is not None for r in requests) or len({r.latents is None for r in requests}) > 1:
+        raise InvalidArgumentError("requests", "a request with a callback, or some with latents and some without",
+                                   "requests without callback, all with latents or all without (they cannot join a batch otherwise)")  # fmt: skip
     if len(requests) == 1:
         return requests[0]
     return replace(
         requests[0],
+        latents=None if requests[0].latents is None else np.concatenate([r.latents for r in requests]),
         prompts=tuple(p for r in requests for p in r.prompts),
         negative_prompts=tuple(p for r in requests for p in r.negative_prompts),
         seed_parts=tuple(part for r in requests for part in r.noise_parts),
@@ -288,3 +290,44 @@ def inverted_size(x_T: Any, num_frames: int, limits: ModelLimits) -> tuple[int, 
         raise InvalidArgumentError("x_T", type(x_T).__name__ if shape is None else f"array of shape {tuple(shape)}",
                                    f"invert's result: a float32 array ({num_frames}, {limits.sample_channels}, h, w)")  # fmt: skip
     return limits.vae_scale_factor * int(shape[2]), limits.vae_scale_factor * int(shape[3])
+
+
+def _pixels(name: str, value: Any, what: str) -> tuple[np.ndarray, str]:
+    """A PIL image or an array -> (float32 array in [0, 1] where uint8/bool, else as given; what was found)."""
+    if hasattr(value, "mode") and hasattr(value, "size") and hasattr(value, "getdata"):  # PIL, without importing it
+        return np.asarray(value, dtype=np.float32) / (1.0 if value.mode == "1" else 255.0), f"a {value.mode} image of {value.size[0]}x{value.size[1]}"
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise InvalidArgumentError(name, type(value).__name__, what)
+    array = np.asarray(value)
+    scale = 255.0 if array.dtype == np.uint8 else 1.0
+    return array.astype(np.float32) / np.float32(scale), f"an array of shape {tuple(array.shape)}"
+
+
+def validate_image(image: Any) -> np.ndarray:
+    """An image to edit: RGB, (H, W, 3) float in [0, 1] or uint8, or a PIL image in mode RGB -> float32 (H, W, 3) in
+    [0, 1]. Whether the model (and its engines) take the size is the caller's check (:func:`runtime.image_editing.edit_image`)."""
+    what = "an RGB image: a PIL image in mode RGB, or an (H, W, 3) array (uint8, or float in [0, 1])"
+    if hasattr(image, "mode") and getattr(image, "mode", None) != "RGB":
+        raise InvalidArgumentError("image", f"a {image.mode} image", f"{what}; convert it first (image.convert('RGB'))")
+    pixels, found = _pixels("image", image, what)
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or not pixels.shape[0] or not pixels.shape[1]:
+        raise InvalidArgumentError("image", found, what)
+    if not np.isfinite(pixels).all() or pixels.min() < 0.0 or pixels.max() > 1.0:
+        raise InvalidArgumentError("image", f"values in [{pixels.min()}, {pixels.max()}]", what)
+    return pixels
+
+
+def validate_image_mask(mask: Any, height: int, width: int) -> np.ndarray:
+    """An image edit's region: single-channel, ``height`` x ``width``, values in [0, 1] (1: edit here, 0: keep the
+    image) — an (H, W) or (H, W, 1) array (bool, uint8 or float) or a PIL image in mode L or 1 -> float32 (H, W)."""
+    what = f"a single-channel {width}x{height} mask (the image's size): a PIL image in mode L or 1, or an (H, W) array in [0, 1]"
+    if hasattr(mask, "mode") and getattr(mask, "mode", None) not in ("L", "1"):
+        raise InvalidArgumentError("mask", f"a {mask.mode} image (not single-channel)", what)
+    pixels, found = _pixels("mask", mask, what)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.shape != (height, width):
+        raise InvalidArgumentError("mask", found, what)
+    if not np.isfinite(pixels).all() or pixels.min() < 0.0 or pixels.max() > 1.0:
+        raise InvalidArgumentError("mask", f"values in [{pixels.min()}, {pixels.max()}]", what)
+    return pixels

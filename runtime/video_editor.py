@@ -86,9 +86,7 @@ class VideoEditor(FrameFoldedEditing):
         gen = self.generator
         gen.validate([source_prompt] * self.num_frames, num_inference_steps=num_inference_steps, guidance_scale=1.0, height=frames.shape[1],
                      width=frames.shape[2], seed=0)  # the engines' profiles take this size, before the VAE encoder runs; inversion draws no noise  # fmt: skip
-        with gen._lock, gen._on_device():
-            x_0 = gen.encode(frames)  # 1.
-            x_0 = np.asarray(x_0 if gen.xp is np else gen.xp.asnumpy(x_0), dtype=np.float32)
+        x_0 = gen.encode_images(frames)  # 1.
         record = None if trajectory is None else recorder(trajectory)  # checks it
         if trajectory is not None:
             trajectory.append(x_0)

@@ -83,11 +83,11 @@ async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
 
 def create_app(service: ImageService, submit: Submit) -> FastAPI:
     """The API for ``service``; ``submit`` runs one job to its result (batched with others by whoever provides it)."""
-    Body = service.request_model
+    Body, EditBody = service.request_model, service.edit_request_model
     timeout = service.config.request_timeout_s
     app = FastAPI(
         title="ContextDiff image service", version=__version__, docs_url=None, redoc_url=None,
-        description="Text-to-image generation with ContextDiff engines (runtime.Generator) behind Ray Serve, batched across requests.",
+        description="Text-to-image generation and image edits with ContextDiff engines (runtime.Generator) behind Ray Serve, batched across requests.",
     )  # fmt: skip
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -119,21 +119,30 @@ def create_app(service: ImageService, submit: Submit) -> FastAPI:
     async def model() -> ModelInfo:
         return service.model_info()
 
-    @app.post(
-        "/v1/images", response_model=ImagesResponse, summary="Generate images",
-        responses={
-            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "headers": _HEADERS,
-                  "description": "JSON with base64 PNGs (response_format json) or the PNG itself (png)"},
-            **errors,
-            500: {"model": ErrorResponse, "description": "the engines failed (not the request's fault)"},
-            503: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "queue full: retry after Retry-After seconds",
-                  "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}}},
-            504: {"model": ErrorResponse, "description": "not served within the service's request_timeout_s"},
-        },
-    )  # fmt: skip
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "headers": _HEADERS,
+              "description": "JSON with base64 PNGs (response_format json) or the PNG itself (png)"},
+        **errors,
+        500: {"model": ErrorResponse, "description": "the engines failed (not the request's fault)"},
+        503: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "queue full: retry after Retry-After seconds",
+              "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}}},
+        504: {"model": ErrorResponse, "description": "not served within the service's request_timeout_s"},
+    }
+
+    @app.post("/v1/images", response_model=ImagesResponse, summary="Generate images", responses=responses)
     async def images(body: Body) -> Response:  # type: ignore[valid-type]
+        return await serve(service.job, body)
+
+    @app.post(
+        "/v1/images/edits", response_model=ImagesResponse, summary="Edit an image: image-to-image, inversion edit, inpainting (with a mask)",
+        responses=responses,
+    )  # fmt: skip
+    async def edits(body: EditBody) -> Response:  # type: ignore[valid-type]
+        return await serve(service.edit_job, body)
+
+    async def serve(make_job: Callable[[Any], Job], body: Any) -> Response:
         try:
-            job = service.job(body)
+            job = make_job(body)
         except InvalidArgumentError as exc:  # the Generator's rules, beyond what the schema can say
             return error(422, exc.allowed, str(exc), exc.name, _json_value(exc.value))
         try:

@@ -91,23 +91,50 @@ def request_model(limits: ApiLimits, loras: Sequence[str] = ()) -> type[BaseMode
         return (_bounded_int(ge=r.minimum, le=r.maximum, multiple_of=r.multiple) | None, Field(None, description=what))
 
     return create_model(  # type: ignore[call-overload]
-        "ImageRequest",
-        __base__=Strict,
+        "ImageRequest", __base__=Strict,
         prompt=(str, Field(..., max_length=MAX_PROMPT_CHARS, description="the text to generate ('' is the unconditional prompt)")),
+        height=size(limits.height, "height"),
+        width=size(limits.width, "width"),
+        num_images=(JsonInt, Field(1, ge=1, le=limits.max_images, description="images from this prompt and seed (one engine call)")),
+        lora=(Literal[tuple(loras)] | None if loras else None, Field(None, description="a LoRA of the service's config by name (GET /v1/model "
+                                                                   "lists them); null: the base weights")),  # fmt: skip
+        **_sampling_fields(limits),
+    )  # fmt: skip
+
+
+def _sampling_fields(limits: ApiLimits) -> dict[str, Any]:
+    """The fields ``/v1/images`` and ``/v1/images/edits`` share."""
+    return dict(
         negative_prompt=(str, Field("", max_length=MAX_PROMPT_CHARS, description="what guidance steers away from")),
         num_inference_steps=(JsonInt, Field(min(50, limits.max_steps), ge=1, le=limits.max_steps, description="DDIM steps")),
         guidance_scale=(float | None, Field(None, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
                                             description=f"classifier-free guidance (1: off); null: the model's {limits.default_guidance}")),
         eta=(float, Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="DDIM eta (0: deterministic)")),
         seed=(_bounded_int(ge=0, le=MAX_SEED) | None, Field(None, description="noise seed; null: a fresh one, returned in the response")),
-        height=size(limits.height, "height"),
-        width=size(limits.width, "width"),
-        num_images=(JsonInt, Field(1, ge=1, le=limits.max_images, description="images from this prompt and seed (one engine call)")),
         contextual_guidance=(Literal["conditional", "guided"] | None, Field(None, description="how guidance meets the adapter's shift "
                              f"(method doc §5); null: the model's, {limits.contextual_guidance!r}")),
-        lora=(Literal[tuple(loras)] | None if loras else None, Field(None, description="a LoRA of the service's config by name (GET /v1/model "
-                                                                   "lists them); null: the base weights")),  # fmt: skip
         response_format=(Literal["png", "json"], Field("json", description="png: the PNG bytes (several images in a grid); json: base64 PNGs, seed, timings")),  # strict: a string, not an enum instance
+    )  # fmt: skip
+
+
+def edit_request_model(limits: ApiLimits) -> type[BaseModel]:
+    """The ``POST /v1/images/edits`` body (runtime.image_editing: image-to-image, inversion edits, inpainting)."""
+    sizes = (f"{limits.width.minimum} to {limits.width.maximum} wide and {limits.height.minimum} to {limits.height.maximum} high in steps of "
+             f"{limits.width.multiple} (the engines' profile)")  # fmt: skip
+    most = 4 * (limits.height.maximum * limits.width.maximum * 4 + 65536) // 3  # base64 of an uncompressed RGBA PNG and its chunks
+    return create_model(  # type: ignore[call-overload]
+        "ImageEditRequest", __base__=Strict,
+        image=(str, Field(..., max_length=most, description=f"the image to edit: base64 PNG, RGB, {sizes}")),
+        mask=(str | None, Field(None, max_length=most, description="where the edit may change the image (inpainting): base64 PNG, single-channel "
+                                "(mode L or 1), the image's size, white where it may change; the image comes back unchanged where it is black; null: everywhere")),
+        prompt=(str, Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="the edited caption")),
+        mode=(Literal["img2img", "invert"], Field("img2img", description="img2img: the contextual forward process to the strength step, then "
+                                                   "sampling; invert: contextual DDIM inversion with source_prompt, then sampling")),
+        source_prompt=(str | None, Field(None, max_length=MAX_PROMPT_CHARS, description="the image's caption; mode invert only (required there)")),
+        strength=(float | None, Field(None, gt=0.0, le=1.0, allow_inf_nan=False, description="fraction of the steps run; null: 0.8 for img2img, 1 for invert")),
+        region_noise=(float, Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="with a mask: fresh noise mixed into the region (1 frees it "
+                                   "from the source's shape)")),
+        **_sampling_fields(limits),
     )  # fmt: skip
 
 

@@ -1,7 +1,9 @@
 """The engine side of the service, no Ray: request bodies become validated generator calls (jobs); a batch of jobs
 is grouped by compatible settings and run in as few engine calls as the batch profile allows.
 
-Batching never changes results: ``runtime.Generator.run_batch`` gives every job the images its seed gives alone.
+Batching never changes results: ``runtime.Generator.run_batch`` gives every job the images its seed gives alone, and
+``runtime.image_editing.run_edits`` every edit the image ``Generator.edit`` gives it alone (each edit's encoding and
+inversion run alone, the sampling pass is shared).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from runtime.errors import ConfigError, ContextDiffError
+from runtime.errors import ConfigError, ContextDiffError, InvalidArgumentError
+from runtime.image_editing import EditCall, check_edit, run_edits
 from runtime.images import make_grid
 from runtime.lora import lora_weights, parse_loras
 from runtime.noise import resolve_seed
 from runtime.validation import GenerationRequest
 from serving.config import ServiceConfig
-from serving.schema import MAX_SEED, ApiLimits, ComponentInfo, ModelInfo, ResponseFormat, api_limits, request_model
+from serving.schema import MAX_SEED, ApiLimits, ComponentInfo, ModelInfo, ResponseFormat, api_limits, edit_request_model, request_model
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +40,16 @@ class Job:
     arrived: float  # time.monotonic() at arrival
     cancelled: bool = False
     lora: str | None = None  # a LoRA of the config by name; None: the base weights
+    edit: EditCall | None = None  # an image edit (POST /v1/images/edits); its request is the sampling pass's
 
     @property
     def images(self) -> int:
         return self.request.batch_size
+
+    @property
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share an engine call: generations by their request's key, edits by the edit's."""
+        return ("generate", *self.request.batch_key) if self.edit is None else ("edit", *self.edit.batch_key)
 
 
 @dataclass(frozen=True)
@@ -62,15 +71,38 @@ class BatchStats:
 
 
 def chunk_jobs(jobs: Sequence[Job], max_images: int) -> list[list[Job]]:
-    """Jobs -> engine calls: grouped by ``batch_key`` (steps, guidance, eta, size) and LoRA, in arrival order within a
-    group, each call at most ``max_images`` images (a job is never split: its noise is one draw from its seed)."""
+    """Jobs -> engine calls: grouped by ``batch_key`` (steps, guidance, eta, size; an edit's strength, clipping, mask)
+    and LoRA, in arrival order within a group, each call at most ``max_images`` images (a job is never split: its
+    noise is one draw from its seed)."""
     groups: dict[tuple, list[list[Job]]] = {}
     for job in jobs:
-        chunks = groups.setdefault((job.request.batch_key, job.lora), [[]])
+        chunks = groups.setdefault((job.batch_key, job.lora), [[]])
         if sum(j.images for j in chunks[-1]) + job.images > max_images:
             chunks.append([])
         chunks[-1].append(job)
     return [chunk for chunks in groups.values() for chunk in chunks if chunk]
+
+
+def decode_png(field: str, data: str, max_size: tuple[int, int]) -> Any:
+    """A base64 PNG field -> the PIL image as stored (its mode checked by runtime.validation), or an error naming ``field``.
+    An image wider or higher than ``max_size`` (width, height) is refused from its header, before it is decompressed (a
+    small PNG can declare a huge image)."""
+    from PIL import Image
+
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise InvalidArgumentError(field, data, "a base64-encoded PNG (RFC 4648 alphabet, padded)") from None
+    try:
+        with Image.open(io.BytesIO(raw), formats=["PNG"]) as image:
+            if image.size[0] > max_size[0] or image.size[1] > max_size[1]:
+                raise InvalidArgumentError(field, f"a {image.size[0]}x{image.size[1]} PNG", f"at most {max_size[0]}x{max_size[1]} (the engines' largest size)")
+            image.load()
+            return image
+    except InvalidArgumentError:
+        raise
+    except Exception as exc:  # PIL's errors for a truncated or foreign file vary (OSError, SyntaxError, ValueError, ...)
+        raise InvalidArgumentError(field, f"{len(raw)} bytes that are not a PNG ({type(exc).__name__})", "a base64-encoded PNG") from None
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -107,6 +139,7 @@ class ImageService:
                 raise ConfigError(f"invalid serving config: loras.{name}: {exc}") from None
         self.lora: str | None = None  # the LoRA the generator's weights hold now
         self.request_model = request_model(self.limits, tuple(self.loras))
+        self.edit_request_model = edit_request_model(self.limits)
         self.on_batch = on_batch
 
     def job(self, body: Any) -> Job:
@@ -118,6 +151,17 @@ class ImageService:
             contextual_guidance=body.contextual_guidance,
         )  # fmt: skip
         return Job(request, ResponseFormat(body.response_format), time.monotonic(), lora=getattr(body, "lora", None))
+
+    def edit_job(self, body: Any) -> Job:
+        """A validated edit body -> a job, checked by the same functions as ``Generator.edit`` (runtime.image_editing.check_edit)."""
+        largest = (self.limits.width.maximum, self.limits.height.maximum)
+        image = decode_png("image", body.image, largest)
+        mask = None if body.mask is None else decode_png("mask", body.mask, largest)
+        call = check_edit(self.generator, image, body.prompt, mode=body.mode, source_prompt=body.source_prompt, mask=mask, strength=body.strength,
+                          region_noise=body.region_noise, num_inference_steps=body.num_inference_steps, seed=body.seed, high_seed=MAX_SEED + 1,
+                          guidance_scale=body.guidance_scale, eta=body.eta, negative_prompt=body.negative_prompt or None, output_type="np",
+                          contextual_guidance=body.contextual_guidance)  # fmt: skip
+        return Job(call.request, ResponseFormat(body.response_format), time.monotonic(), edit=call)
 
     def run_jobs(self, jobs: Sequence[Job]) -> list[JobResult | BaseException | None]:
         """Results in the order of ``jobs``: a JobResult, the exception its engine call raised, or None for a job
@@ -134,7 +178,10 @@ class ImageService:
                 if live[0].lora != self.lora:  # one LoRA per call (chunk_jobs); switched from the base weights, never accumulated
                     self.generator.set_loras(self.loras.get(live[0].lora, ()))
                     self.lora = live[0].lora
-                outputs = self.generator.run_batch([j.request for j in live])
+                if live[0].edit is None:
+                    outputs = self.generator.run_batch([j.request for j in live])
+                else:
+                    outputs = run_edits(self.generator, [j.edit for j in live])
             except Exception as exc:  # an engine failure is this batch's, reported to each of its requests
                 logger.exception("engine call for %d request(s) failed", len(live))
                 for j in live:

@@ -20,8 +20,8 @@ from contextdiff_ref.models.model_dir import ModelComponents, load_model_dir, mo
 from contextdiff_ref.models.step_cache import CachedUNet
 from contextdiff_ref.models.text import tokenize
 from runtime.images import GenerationOutput, to_images
-from runtime.sampling import LocalBlend, StepOutput, generate, invert
 from runtime.errors import ContextDiffError
+from runtime.sampling import LocalBlend, StepOutput, contextual_forward, generate, invert
 from runtime.schedule import Schedule
 from runtime.step_cache import full_step_plan
 from runtime.validation import GenerationRequest, check_strength, validate_inversion, validate_request
@@ -128,9 +128,32 @@ class ContextDiffPipeline:
             return x.cpu().numpy()
         return VaeEncoderGraph(vae)(x.to(vae.dtype)).float().cpu().numpy()
 
+    encode_images = encode  # the name runtime.image_editing uses (the runtime's encode_images returns host arrays too)
+
+    @torch.no_grad()
+    def contextual_forward(self, x_0: np.ndarray, prompt: str, timesteps: Sequence[int], noise: np.ndarray) -> list[np.ndarray]:
+        """x_t = √ᾱ_t x_0 + k_t r_φ(x_0, c, t) + √(1 − ᾱ_t) ε (method doc §3) of ``x_0`` (N, C, h, w) at each of
+        ``timesteps``, c the text of ``prompt``, ε = ``noise`` (one draw for all): image-to-image's start
+        (:func:`runtime.sampling.contextual_forward`). float32 host arrays."""
+        text = self.encode_prompt([prompt] * x_0.shape[0])
+        to = lambda a: torch.from_numpy(np.array(a, dtype=np.float32)).to(self.device)  # noqa: E731
+        return [x.float().cpu().numpy() for x in contextual_forward(self._context_shift(text), to(x_0), to(noise), self.schedule, timesteps)]
+
+    def validate(self, prompt: str | Sequence[str], **kwargs: Any) -> GenerationRequest:
+        """Check a call's arguments (those of ``__call__``) against the model; raises InvalidArgumentError naming the argument."""
+        return validate_request(self.limits, prompt=prompt, **kwargs)
+
+    def edit(self, image: Any, prompt: str, **kwargs: Any) -> GenerationOutput:
+        """Edit one image: mode "img2img" (the contextual forward process to the ``strength`` step, then sampling),
+        "invert" (inversion with ``source_prompt``, then sampling), either with a ``mask`` (inpainting) —
+        :func:`runtime.image_editing.edit_image`, whose arguments it takes; ``runtime.Generator.edit`` is the same code."""
+        from runtime.image_editing import edit_image
+
+        return edit_image(self, image, prompt, **kwargs)
+
     @torch.no_grad()
     def invert(self, sample: np.ndarray, prompt: str | Sequence[str], num_inference_steps: int = 50, *, strength: float = 1.0,
-               progress: bool = True, callback: Callable[[StepOutput], Any] | None = None) -> np.ndarray:  # fmt: skip
+               progress: bool = True, callback: Callable[[StepOutput], Any] | None = None, clip_sample: bool | None = None) -> np.ndarray:  # fmt: skip
         """Contextual DDIM inversion (method doc §7) of ``sample`` (N, C, h, w) float32 — x_0 in the model's sample
         space (pixels scaled to [-1, 1], or VAE latents times the scaling factor) — with ``prompt`` and no guidance,
         through the schedule's inversion plan. Returns x_T (N, C, h, w) float32: sampling from it
@@ -140,7 +163,8 @@ class ContextDiffPipeline:
         request = validate_inversion(self.limits, sample=sample, prompt=prompt, num_inference_steps=num_inference_steps)
         text = self.encode_prompt(request.prompts)
         x_0 = torch.from_numpy(np.array(request.latents)).to(self.device)
-        x_T = invert(self._denoiser(text, request), self._context_shift(text), x_0, self.schedule.inversion_plan(request.num_inference_steps, strength),
+        plan = self.schedule.with_clip_sample(clip_sample).inversion_plan(request.num_inference_steps, strength)
+        x_T = invert(self._denoiser(text, request), self._context_shift(text), x_0, plan,
                      callback=callback, progress=lambda steps: tqdm(steps, desc="contextual DDIM inversion", disable=not progress, leave=False))  # fmt: skip
         return x_T.float().cpu().numpy()
 
@@ -166,6 +190,7 @@ class ContextDiffPipeline:
         contextual_guidance: str | None = None,
         cache_interval: int = 1,
         full_steps: Sequence[int] | None = None,
+        clip_sample: bool | None = None,
     ) -> GenerationOutput:
         """Generate images for ``prompt`` (a string or a list of N strings).
 
@@ -176,7 +201,8 @@ class ContextDiffPipeline:
         only the last steps of the schedule (:meth:`runtime.schedule.Schedule.strength_steps`), as after
         :meth:`invert` with the same strength. ``blend`` (:class:`runtime.sampling.LocalBlend`, host arrays) keeps
         the sample on a source's inversion trajectory outside its mask after every step. ``contextual_guidance``
-        ("conditional" or "guided", method doc §5) overrides the model's variant of guidance and the shift.
+        ("conditional" or "guided", method doc §5) overrides the model's variant of guidance and the shift; ``clip_sample``
+        (True/False) overrides the model's x̂_0 clipping for this call (also :meth:`invert`'s).
         ``cache_interval`` k > 1 (or ``full_steps``, the indices of the full steps among the steps run, starting with
         0): step caching (DeepCache), only every k-th step runs the whole UNet (:mod:`contextdiff_ref.models.step_cache`;
         1, the default, is the exact path). Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
@@ -187,10 +213,18 @@ class ContextDiffPipeline:
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback, contextual_guidance=contextual_guidance,
         )
-        check_strength(strength, latents)
+        return self.run(request, progress=progress, strength=strength, blend=blend, clip_sample=clip_sample,
+                        cache_interval=cache_interval, full_steps=full_steps)
+
+    @torch.no_grad()
+    def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None,
+            clip_sample: bool | None = None, cache_interval: int = 1, full_steps: Sequence[int] | None = None) -> GenerationOutput:  # fmt: skip
+        """Generate for a validated request (:meth:`validate`); ``strength``, ``blend``, ``clip_sample`` and step caching
+        as in ``__call__``."""
+        check_strength(strength, request.latents)
         full = full_step_plan(len(self.schedule.plan(request.num_inference_steps, request.eta, strength).steps), cache_interval, full_steps)
         return generate(
-            request, self.limits, self.schedule, strength=strength, encode=self.encode_prompt,
+            request, self.limits, self.schedule.with_clip_sample(clip_sample), strength=strength, encode=self.encode_prompt,
             denoiser=lambda text, req: self._denoiser(text, req, full), context_shift=self._context_shift,
             decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device), blend=blend,
             progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),

@@ -39,7 +39,7 @@ def test_manifest_contents(latent_fp32_dir):
     manifest = assert_complete(latent_fp32_dir)
     assert manifest["format_version"] == 1 and manifest["package_version"]
     assert len(manifest["model"]["hash"]) == 64 and manifest["build"]["backend"] == "onnxruntime"
-    assert set(manifest["components"]) == {"text_encoder", "unet", "adapter", "vae_decoder"}
+    assert set(manifest["components"]) == {"text_encoder", "unet", "adapter", "vae_decoder", "vae_encoder"}  # the encoder: image edits
     unet = manifest["components"]["unet"]
     assert unet["precision"] == "fp32" and unet["onnx"]["opset"] >= 17
     assert unet["profile"] == {"min": [1, 8, 8], "opt": [6, 16, 16], "max": [6, 32, 32]}  # 3 images x guidance; dynamic size

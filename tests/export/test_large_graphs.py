@@ -65,5 +65,6 @@ def test_a_truncated_data_file_is_named_and_rebuilt(big_model_dir, tmp_path):
     cached = {r.component: r.cached for r in build_engine_dir(big_model_dir, out, options)}
     # the damaged artifact is replaced: exported again, or copied whole from the session's ONNX cache (which the
     # parity test above filled: this model is exported once per session)
-    assert cached == {"text_encoder": options.onnx_cache is not None, "unet": True, "adapter": True, "vae_decoder": True}
+    assert cached == {"text_encoder": options.onnx_cache is not None, "unet": True, "adapter": True, "vae_decoder": True,
+                      "vae_encoder": True}
     assert assert_complete(out)["components"]["text_encoder"]["onnx"] == entry  # rebuilt to the same bytes

@@ -21,16 +21,6 @@ from serving.service import ImageService, chunk_jobs, png_bytes
 PROMPT = "a red circle at the top left"
 
 
-@pytest.fixture(scope="module")
-def pixel_service(pixel_fp32_dir):
-    return ImageService(ServiceConfig(engines=str(pixel_fp32_dir), max_steps=20))
-
-
-@pytest.fixture(scope="module")
-def client(pixel_service):
-    return TestClient(create_app(pixel_service, direct_submit(pixel_service)))
-
-
 def _decode(b64: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
 
