@@ -14,7 +14,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-STAGE_OF_COMPONENT = {"text_encoder": "text_encoder", "unet": "unet", "adapter": "adapter", "vae_decoder": "decode", "vae_encoder": "encode"}
+STAGE_OF_COMPONENT = {"text_encoder": "text_encoder", "unet": "unet", "unet_shallow": "unet", "adapter": "adapter", "vae_decoder": "decode",
+                      "vae_encoder": "encode"}  # a step-caching step calls the whole UNet or its shallow part: both are the UNet stage
 
 
 class Timer:

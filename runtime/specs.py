@@ -106,10 +106,14 @@ class ComponentSpec:
         dims = model.resolve(batch, height, width)
         return {t.name: t.shape(dims) for t in self.outputs}
 
-    def call_dims(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int, int]:
-        """(batch, height, width) of a call from its input shapes (height and width 0 for the text encoder)."""
+    def call_dims(self, shapes: Mapping[str, tuple[int, ...]], model: ModelDims | None = None) -> tuple[int, int, int]:
+        """(batch, height, width) of a call from its input shapes: height and width of the sampled tensor (0 for the
+        text encoder); a VAE encoder's input is pixels, divided by ``model``'s VAE scale factor."""
         first = self.inputs[0]
         shape = dict(zip(first.dims, shapes[first.name]))
+        if "image_height" in shape and model is not None:
+            f = model.vae_scale_factor
+            return shape["batch"], shape["image_height"] // f, shape["image_width"] // f
         return shape["batch"], shape.get("height", 0), shape.get("width", 0)
 
     def sample_inputs(self, model: ModelDims, batch: int, height: int, width: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -119,7 +119,7 @@ def torch_generator(model_dir: str | os.PathLike[str], engine_dir: str | os.Path
     model directory itself (:func:`model_manifest`, for up to ``max_images`` images per call at the model's default
     size): no export needed. ``loras``: [(file, scale), ...] merged into the modules' weights (``set_loras`` switches)."""
     components = load_model_dir(model_dir)
-    modules = graph_modules(components, step_cache=True)  # the UNet also gives its feature (bitwise the same prediction): step caching
+    modules = graph_modules(components, vae_encoder=True, step_cache=True)  # the UNet also gives its feature (bitwise the same prediction): step caching
     xp = np
     if torch.device(device).type == "cuda":
         import cupy as xp  # noqa: F811
@@ -149,7 +149,7 @@ def model_manifest(components: ModelComponents, model_dir: Path, folder: Path, *
     (folder / "tokenizer.json").write_text(runtime_tokenizer_json(components, dims.text_length), encoding="utf-8")
     (folder / "scheduler.json").write_text(json.dumps(components.scheduler_config.to_dict()), encoding="utf-8")
     latent = components.vae is not None
-    names = [Component.TEXT_ENCODER, Component.UNET, Component.UNET_SHALLOW, Component.ADAPTER] + ([Component.VAE_DECODER] if latent else [])
+    names = [Component.TEXT_ENCODER, Component.UNET, Component.UNET_SHALLOW, Component.ADAPTER] + ([Component.VAE_DECODER, Component.VAE_ENCODER] if latent else [])
     artifacts = {}
     for c in names:
         profile = make_profile(c, dims, max_images=max_images, height=limits.default_height, width=limits.default_width, dynamic_size=False)

@@ -93,7 +93,7 @@ class OnnxRuntimeRunner(RunnerBase):
         else:
             xp, device, pointer = np, "cpu", lambda a: a.ctypes.data
         inputs = {t.name: xp.ascontiguousarray(feed[t.name]) for t in self.spec.inputs}
-        shapes = self.spec.output_shapes(self.model, *self.spec.call_dims({k: v.shape for k, v in inputs.items()}))
+        shapes = self.spec.output_shapes(self.model, *self.spec.call_dims({k: v.shape for k, v in inputs.items()}, self.model))
         outputs = {t.name: xp.empty(shapes[t.name], dtype=np.dtype(t.dtype)) for t in self.spec.outputs}
         if self.cuda:  # the inputs were written on CuPy's stream; ONNX Runtime reads them on its own
             xp.cuda.get_current_stream().synchronize()
