@@ -74,8 +74,9 @@ def _initializers(graph: Path) -> Iterator[tuple[str, np.ndarray, str, int]]:
         yield tensor.name, values, file, offset
 
 
-def _candidates(weight: np.ndarray, dtypes: set[str]) -> Iterator[tuple[tuple, dict[str, Any]]]:
-    """(index key, how it is stored) for each way the exporter may have stored ``weight``."""
+def _candidates(weight: np.ndarray, dtypes: set[str], present: set[tuple[str, tuple[int, ...]]]) -> Iterator[tuple[tuple, dict[str, Any]]]:
+    """(index key, how it is stored) for each way the exporter may have stored ``weight`` whose dtype and shape some
+    initializer has (``present``): only those are hashed, so a graph of gigabytes is not hashed seven times over."""
     from onnxconverter_common.float16 import convert_np_to_float16
 
     for dtype in dtypes:
@@ -93,7 +94,8 @@ def _candidates(weight: np.ndarray, dtypes: set[str]) -> Iterator[tuple[tuple, d
                 forms += [((0, half), t, value[:half].T if t else value[:half]) for t in (False, True)]
                 forms += [((half, n), t, value[half:].T if t else value[half:]) for t in (False, True)]
         for rows, transpose, form in forms:
-            yield _key(form), {"rows": list(rows), "transpose": transpose}
+            if (str(form.dtype), form.shape) in present:
+                yield _key(form), {"rows": list(rows), "transpose": transpose}
 
 
 def build_weight_map(params: Mapping[str, np.ndarray], graph: Path, component: str, precision: str) -> dict[str, Any]:
@@ -103,13 +105,14 @@ def build_weight_map(params: Mapping[str, np.ndarray], graph: Path, component: s
     for name, values, file, offset in _initializers(graph):
         index[_key(values)].append((name, file, offset))
         dtypes.add(str(values.dtype))
+    present = {(dtype, shape) for dtype, shape, _ in index}
     found: dict[str, list[dict[str, Any]]] = {}
     owners: dict[str, list[str]] = defaultdict(list)  # initializer -> the weights that matched it
     unmapped: list[str] = []
     for param, weight in params.items():
         parts: dict[tuple[int, int], dict[str, Any]] = {}
         ambiguous = False
-        for key, how in _candidates(weight, dtypes):
+        for key, how in _candidates(weight, dtypes, present):
             hits = index.get(key, [])
             if len(hits) > 1:
                 ambiguous = True
