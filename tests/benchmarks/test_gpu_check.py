@@ -127,7 +127,7 @@ def test_the_plan_orders_by_value_and_a_tiny_budget_keeps_the_goal_and_drops_the
 def test_cuda_without_a_gpu_writes_the_environment_report_and_stops_at_once(tmp_path):
     env = environment()
     if gpu_check.no_gpu_reason(env) is None:
-        pytest.skip("this machine has a GPU torch can use")
+        pytest.skip("a CUDA GPU is visible here (torch can use it); this test is about machines without one")
     start = time.perf_counter()
     assert gpu_check.main(["--out", str(tmp_path), "--device", "cuda"]) == 1
     assert time.perf_counter() - start < 60  # no model written, nothing fine-tuned on the CPU

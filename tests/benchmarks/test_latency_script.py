@@ -34,7 +34,7 @@ def test_device_cuda_without_a_gpu_refuses_instead_of_running_on_the_cpu(capsys)
     import torch
 
     if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+        pytest.skip("a CUDA GPU is visible here; this test is about machines without one")
     with pytest.raises(SystemExit) as exit_:
         main(["--sd15", "--device", "cuda", "--out", "unused.json"])
     assert exit_.value.code == 2 and "--device cuda: torch sees no GPU" in capsys.readouterr().err
