@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -20,10 +21,9 @@ from contextdiff_ref.models.model_dir import ModelComponents, load_model_dir, mo
 from contextdiff_ref.models.step_cache import CachedUNet
 from contextdiff_ref.models.text import tokenize
 from runtime.images import GenerationOutput, to_images
-from runtime.errors import ContextDiffError
 from runtime.sampling import LocalBlend, StepOutput, contextual_forward, generate, invert
 from runtime.schedule import Schedule
-from runtime.step_cache import full_step_plan
+from runtime.step_cache import cached_unet, full_step_plan
 from runtime.validation import GenerationRequest, check_strength, validate_inversion, validate_request
 
 logger = logging.getLogger(__name__)
@@ -233,18 +233,16 @@ class ContextDiffPipeline:
 
 def _cached_predict(components: ModelComponents, full: Sequence[bool]) -> Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]:
     """``predict(sample, t, text)`` for one run under step caching: call i is a full step where ``full[i]``, else a
-    shallow one on the feature of the last full step."""
+    shallow one on the feature of the last full step (the runtime's own plan follower, :func:`runtime.step_cache.cached_unet`,
+    over the reference's split UNet)."""
     unet = CachedUNet(components.unet, coordinates=components.unet_coordinate_channels)
-    state: dict[str, Any] = {"step": 0, "feature": None}
 
-    def predict(sample: torch.Tensor, t: int, states: torch.Tensor) -> torch.Tensor:
-        step = state["step"]
-        if step >= len(full):
-            raise ContextDiffError(f"step caching planned {len(full)} steps; the loop asked for step {step + 1}")
-        state["step"] = step + 1
-        if full[step]:
-            output, state["feature"] = unet.full(sample, t, states)
-            return output
-        return unet.shallow(sample, t, states, state["feature"])
+    def run_full(feed: dict[str, Any]) -> dict[str, torch.Tensor]:
+        output, feature = unet.full(feed["sample"], feed["timestep"], feed["encoder_hidden_states"])
+        return {"model_output": output, "feature": feature}
 
-    return predict
+    def run_shallow(feed: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {"model_output": unet.shallow(feed["sample"], feed["timestep"], feed["encoder_hidden_states"], feed["feature"])}
+
+    infer = cached_unet(SimpleNamespace(infer=run_full), SimpleNamespace(infer=run_shallow), full)
+    return lambda sample, t, states: infer({"sample": sample, "timestep": t, "encoder_hidden_states": states})
