@@ -259,11 +259,6 @@ def lora_weights(manifest: EngineManifest, loras: Sequence[LoraSpec], backend: s
                             "pass ignore_unmatched=True to apply the rest")  # fmt: skip
     out = {}
     for component, changed in deltas.items():
-        fp16 = [n for n in changed if component in maps and any(p["dtype"] == "float16" for p in maps[component][n])]
-        if fp16 and backend == "onnxruntime-cpu":
-            raise LoraError(f"{loras[0].path}: LoRAs on fp16 artifacts are refused on onnxruntime-cpu: its graph optimizations fold the fp16 "
-                            f"weights ({component.value} {fp16[0]}) before the overrides apply, so the LoRA would silently do nothing "
-                            "(measured with ONNX Runtime 1.31.1); use an fp32 engine directory")  # fmt: skip
         weights = ComponentWeights(deltas=changed)
         for name, delta in changed.items() if component in maps else ():
             merged = _base(maps[component][name], manifest.root) + delta

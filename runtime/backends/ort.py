@@ -12,6 +12,25 @@ from runtime.errors import InvalidArgumentError, RunnerError, first_line
 from runtime.specs import ComponentSpec, ModelDims
 
 
+# ONNX Runtime's CPU provider computes an fp16 graph's MatMul/Conv in float32: its FuseFp16InitializerToFp32NodeTransformer
+# (graph optimization level ALL) replaces each fp16 weight ``W`` those nodes read by a float32 copy named
+# ``FusedBack_W``, before the overrides (``add_initializer``) are looked up by name; so an override of ``W`` alone is
+# never read (measured with ONNX Runtime 1.31.1: the output was the base's bitwise).
+FUSED_FP16_PREFIX = "FusedBack_"
+
+
+def fp16_fused_overrides(overrides: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The CPU provider's overrides: each fp16 initializer also as the float32 copy ONNX Runtime fuses it into
+    (``FUSED_FP16_PREFIX`` + name; the fp16 value widened exactly, what the fused copy of the base holds). An override
+    whose name the session does not have is unused, so both are given: the fused name where the weight was fused, the
+    own name where an fp16 kernel reads it."""
+    out = dict(overrides)
+    for name, value in overrides.items():
+        if value.dtype == np.float16:
+            out[FUSED_FP16_PREFIX + name] = value.astype(np.float32)
+    return out
+
+
 class OnnxRuntimeRunner(RunnerBase):
     """ONNX Runtime: the CPU execution provider (NumPy arrays), or the CUDA one (CuPy arrays, always I/O-bound).
 
@@ -55,6 +74,7 @@ class OnnxRuntimeRunner(RunnerBase):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        overrides = dict(overrides) if self.cuda else fp16_fused_overrides(overrides)
         kept = [ort.OrtValue.ortvalue_from_numpy(value) for value in overrides.values()]
         for name, value in zip(overrides, kept):
             options.add_initializer(name, value)
