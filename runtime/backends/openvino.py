@@ -31,8 +31,9 @@ ONNX frontend keeps each initializer as a Constant whose friendly name is the in
 OpenVINO 2026.4 on the tiny models: every mapped weight found by name, values equal), so they are found by name; one
 that is not found is refused, never silently left at the base. Every compile-cache key of a LoRA'd model ends in the
 hash of its replaced values (``-lora<hash>``), so a LoRA'd model is never served from the base's entry nor the base
-from a LoRA'd one; each LoRA set's entry holds a full compiled copy on disk. A switch compiles the new model from the
-artifact (the base weights: nothing accumulates) before it replaces the old one.
+from a LoRA'd one; each LoRA set's entry holds a full compiled copy on disk, so only the ``LORA_CACHE_SETS`` most
+recently used sets per component are kept (besides the base's entries; using an entry marks it). A switch compiles the
+new model from the artifact (the base weights: nothing accumulates) before it replaces the old one.
 Torch-free; ``openvino`` is imported only when a runner activates (the ``openvino`` extra).
 """
 
@@ -42,6 +43,7 @@ import contextlib
 import hashlib
 import importlib
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -59,6 +61,9 @@ from runtime.specs import ComponentSpec
 logger = logging.getLogger(__name__)
 
 DEVICE = "CPU"
+# Compiled models of LoRA'd weights kept per component, precision and artifacts besides the base's: the most recently
+# used LoRA sets (each a full compiled copy on disk); older sets' entries are removed when another is used.
+LORA_CACHE_SETS = 4
 INSTALL_HINT = "pip install openvino (or the package's extra: pip install -e '.[openvino]')"
 
 
@@ -114,12 +119,14 @@ def shapes_tag(shapes: Sequence[tuple[int, ...]]) -> str:
     return "_".join("x".join(map(str, shape)) for shape in shapes)
 
 
-def compile_cached(core: Any, model: Path | Any, config: dict[str, Any], cache_root: Path | None, key: Path | None) -> tuple[Any, bool]:
+def compile_cached(core: Any, model: Path | Any, config: dict[str, Any], cache_root: Path | None, key: Path | None, *,
+                   lora_sets: int = LORA_CACHE_SETS) -> tuple[Any, bool]:  # fmt: skip
     """Compile ``model`` (an ONNX file, or an ``openvino.Model``) for the CPU, through the cache entry ``cache_root/key``
     when both are given.
 
     Returns (compiled model, loaded from the cache). A cache that cannot be written (a read-only engine directory) is
-    skipped with a warning; nothing else about the cache can fail a load."""
+    skipped with a warning; nothing else about the cache can fail a load. An entry of a LoRA'd model (``-lora<hash>``)
+    is marked used, and entries of LoRA sets beyond the ``lora_sets`` most recently used are removed (:func:`prune_lora_sets`)."""
     name = model.name if isinstance(model, Path) else model.get_friendly_name()
     model = str(model) if isinstance(model, Path) else model
     if cache_root is None or key is None:
@@ -134,6 +141,7 @@ def compile_cached(core: Any, model: Path | Any, config: dict[str, Any], cache_r
             for blob in entry.glob("*.blob"):
                 if blob.stat().st_mtime < start:
                     blob.unlink(missing_ok=True)
+        prune_lora_sets(entry, lora_sets)
         return compiled, hit
     with contextlib.ExitStack() as stack:
         try:
@@ -148,6 +156,7 @@ def compile_cached(core: Any, model: Path | Any, config: dict[str, Any], cache_r
             stage.rename(entry)  # complete entries only ever appear under a key
         except OSError:  # another process put the same entry in place first: theirs is as good
             pass
+    prune_lora_sets(entry, lora_sets)
     return compiled, False
 
 
@@ -187,6 +196,40 @@ def replace_constants(ov: ModuleType, model: Any, overrides: Mapping[str, np.nda
     return model
 
 
+def _lora_tag(name: str) -> str | None:
+    """The LoRA set of a cache entry's name (<component>-<precision>-<artifacts>[-lora<hash>][-<shapes>...]), or None (the base)."""
+    parts = name.split("-")
+    return parts[3] if len(parts) > 3 and parts[3].startswith("lora") else None
+
+
+def prune_lora_sets(entry: Path, keep: int) -> None:
+    """Mark the cache entry ``entry`` used now (its directory's mtime) and, if it is a LoRA'd model's, remove the
+    entries of every LoRA set of the same component, precision and artifacts but the ``keep`` most recently used
+    (a set's entries: its dynamic model and its static-shape ones). The base's entries are never removed here. An
+    entry another process is compiling is not yet under its name (it is staged); one it is reading stays readable
+    (open files outlive their names)."""
+    try:
+        os.utime(entry)
+    except OSError:  # not written (a read-only cache, or a concurrent prune): nothing to mark
+        return
+    tag = _lora_tag(entry.name)
+    if tag is None:
+        return
+    prefix = "-".join(entry.name.split("-")[:3]) + "-"
+    used: dict[str, float] = {}
+    entries: dict[str, list[Path]] = {}
+    for other in entry.parent.iterdir():
+        other_tag = _lora_tag(other.name) if other.name.startswith(prefix) and other.is_dir() else None
+        if other_tag is not None:
+            entries.setdefault(other_tag, []).append(other)
+            used[other_tag] = max(used.get(other_tag, 0.0), other.stat().st_mtime)
+    used[tag] = float("inf")  # the set in use now is always kept
+    for stale in sorted(used, key=used.__getitem__, reverse=True)[max(keep, 1):]:
+        for path in entries[stale]:
+            logger.info("OpenVINO cache: removing %s (LoRA set %s, beyond the %d most recently used)", path, stale, keep)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _prune(entry: Path) -> None:
     """Entries of the same component and precision for other artifacts are stale: a rebuild replaced them. (Entry
     names: <component>-<precision>-<artifacts>[-<static shapes>]; the same artifacts' other shapes stay.)"""
@@ -206,21 +249,22 @@ class OpenVINORunner(RunnerBase):
     the first call at each of them compiles it (0.5 s for the default video model's UNet; loaded from the cache later).
     ``streams``: how many parts a call's batch is split into, run at once on as many OpenVINO streams (module
     docstring; 1: whole calls); ``batch_unit``: batch entries that stay together (a video model's frame count).
+    ``lora_cache_sets``: how many LoRA sets' compiled models the cache keeps for this component (the most recently used).
     """
 
     def __init__(self, spec: ComponentSpec, path: Path, *, precision: OpenVINOPrecision = OpenVINOPrecision.F32, cache_root: Path | None = None,
                  artifact_sha256: Sequence[str] = (), threads: int | None = None, static_shapes: int = 2, streams: int = 1,
-                 batch_unit: int = 1) -> None:  # fmt: skip
+                 batch_unit: int = 1, lora_cache_sets: int = LORA_CACHE_SETS) -> None:  # fmt: skip
         super().__init__(spec)
         if not isinstance(precision, OpenVINOPrecision):
             raise InvalidArgumentError("precision", precision, f"one of {[p.value for p in OpenVINOPrecision]}")
         if isinstance(static_shapes, bool) or not isinstance(static_shapes, int) or static_shapes < 0:
             raise InvalidArgumentError("static_shapes", static_shapes, "an int >= 0 (how many call shapes get a static-shape compile)")
-        for name, value in (("streams", streams), ("batch_unit", batch_unit)):
+        for name, value in (("streams", streams), ("batch_unit", batch_unit), ("lora_cache_sets", lora_cache_sets)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(name, value, "an int >= 1")
         self.path, self.precision, self.cache_root, self.artifact_sha256, self.threads = path, precision, cache_root, tuple(artifact_sha256), threads
-        self.static_shapes, self.streams, self.batch_unit = static_shapes, streams, batch_unit
+        self.static_shapes, self.streams, self.batch_unit, self.lora_cache_sets = static_shapes, streams, batch_unit, lora_cache_sets
         self.request = None
         self.loaded_from_cache = False
         self._static: dict[tuple[tuple[int, ...], ...], list[Any]] = {}  # call shapes -> infer requests (one per part) of a static-shape model
@@ -296,7 +340,7 @@ class OpenVINORunner(RunnerBase):
 
     def _compiled(self, ov: ModuleType, core: Any, model: Path | Any, config: dict[str, Any], key: Path | None) -> tuple[Any, bool]:
         try:
-            return compile_cached(core, model, config, self.cache_root, key)
+            return compile_cached(core, model, config, self.cache_root, key, lora_sets=self.lora_cache_sets)
         except RuntimeError as exc:  # OpenVINO's frontend or CPU plugin: one line, naming the component and the file
             raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} could not compile {self.path}: {first_line(exc, with_type=False)}; "
                                            "use another backend or rebuild the engine directory") from exc  # fmt: skip

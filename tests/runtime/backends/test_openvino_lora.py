@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.backends.openvino import LORA_CACHE_SETS, prune_lora_sets
 from runtime.backends.selection import OPENVINO_CACHE
 from runtime.errors import RunnerError
 from runtime.generator import Generator
@@ -59,6 +60,32 @@ def test_openvino_lora_equals_onnxruntime_and_switches_from_the_base(ov_loras, e
     gen.set_loras([])
     assert np.array_equal(_images(gen), base)
     assert np.array_equal(_images(Generator.from_dir(engines, backend="openvino", loras=[(ov_loras["a"], 0.0)])), base)
+    b_entries = _entries(engines) - base_entries - lora_entries
+    assert LORA_CACHE_SETS >= 2 and b_entries and _entries(engines) >= base_entries | lora_entries  # A's and B's kept
+    for runner in gen.runners.values():
+        runner.lora_cache_sets = 1
+    gen.set_loras([(ov_loras["a"], 1.0)])  # A used again: B's entries go, A's and the base's stay
+    assert _entries(engines) == base_entries | lora_entries and np.array_equal(_images(gen), got_a)
+
+
+def test_lora_cache_pruning_keeps_the_base_and_the_most_recently_used_sets(tmp_path):
+    import os
+
+    root = tmp_path / "openvino-2026.4.1-cpu12345678"
+    names = ["unet-f32-aaaa", "unet-f32-aaaa-2x3x8x8", "text_encoder-f32-cccc-lora0001", "unet-f32-bbbb-lora0009"]  # base, other artifacts
+    names += [f"unet-f32-aaaa-lora000{i}" for i in range(1, 6)] + ["unet-f32-aaaa-lora0002-2x3x8x8", "unet-f32-aaaa-lora0002-2x3x8x8-s2"]
+    for i, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        os.utime(root / name, (1000 + i, 1000 + i))
+    os.utime(root / "unet-f32-aaaa-lora0002-2x3x8x8", (5000, 5000))  # set 2 used last (through its static-shape entry)
+    prune_lora_sets(root / "unet-f32-aaaa-lora0001", keep=3)  # set 1 in use now: 1, 2 and the most recent other (5) stay
+    left = {p.name for p in root.iterdir()}
+    assert left == set(names) - {"unet-f32-aaaa-lora0003", "unet-f32-aaaa-lora0004"}, sorted(left)
+    assert (root / "unet-f32-aaaa-lora0001").stat().st_mtime > 5000  # marked used
+    prune_lora_sets(root / "unet-f32-aaaa", keep=0)  # a base entry: marked, nothing removed
+    assert {p.name for p in root.iterdir()} == left
+    prune_lora_sets(root / "unet-f32-aaaa-lora0005", keep=1)
+    assert {p.name for p in root.iterdir()} == set(names[:4]) | {"unet-f32-aaaa-lora0005"}
 
 
 @pytest.mark.slow
