@@ -58,6 +58,7 @@ class BuildOptions:
     force: bool = False  # rebuild everything
     workspace_gib: float | None = None  # TensorRT builder memory limit
     tensorrt_runtime: PlanRuntime = PlanRuntime.FULL  # LEAN: version-compatible plans the ~50 MB tensorrt_lean runs
+    tensorrt_refit: bool = False  # refittable plans (BuilderFlag.REFIT): LoRAs applied by refitting, recorded as "refittable"
     openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded for the runtime's openvino backend; artifacts unchanged
     # step caching (DeepCache, branch 1): the UNet also outputs the feature entering its last up-block, and a shallow
     # UNet (unet_shallow) runs the outer blocks on it; image models only
@@ -295,16 +296,18 @@ def _export_component(component: Component, take_module: Callable[[], torch.nn.M
 def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDims, profile: Profile, precision: str,
                 trt_version: str, out_dir: Path, previous: dict[str, Any] | None, options: BuildOptions) -> tuple[dict[str, Any], bool]:  # fmt: skip
     cc, runtime_kind = compute_capability(), options.tensorrt_runtime
-    key = hash_parts(onnx_entry["sha256"], precision, json.dumps(profile.to_json()), "tensorrt", trt_version, cc, runtime_kind.value)
+    refit = ("refit",) if options.tensorrt_refit else ()  # refittable plans get their own key; the others keep theirs
+    key = hash_parts(onnx_entry["sha256"], precision, json.dumps(profile.to_json()), "tensorrt", trt_version, cc, runtime_kind.value, *refit)
     name = f"{component.value}.{precision}.{key[:16]}.plan"
     if _artifact_intact(out_dir, previous, name):
         return previous, True  # type: ignore[return-value]
     workspace = int(options.workspace_gib * 2**30) if options.workspace_gib else None
     atomic_write(out_dir / name, lambda tmp: build_plan(out_dir / onnx_entry["file"], tmp, component_spec(component, step_cache=options.step_cache), dims, profile,
                                                        fp16=precision == "fp16", timing_cache=out_dir / "timing.cache", workspace_bytes=workspace,
-                                                       lean=runtime_kind is PlanRuntime.LEAN))  # fmt: skip
+                                                       lean=runtime_kind is PlanRuntime.LEAN, refit=options.tensorrt_refit))  # fmt: skip
     return {"file": name, "sha256": sha256_file(out_dir / name), "bytes": (out_dir / name).stat().st_size, "builder": "tensorrt",
-            "builder_version": trt_version, "compute_capability": cc, "runtime": runtime_kind.value, "key": key}, False  # fmt: skip
+            "builder_version": trt_version, "compute_capability": cc, "runtime": runtime_kind.value, "refittable": options.tensorrt_refit,
+            "key": key}, False  # fmt: skip
 
 
 def _source_key(model_dir: Path, component: Component, precision: Precision, flavour: Flavour, video: bool = False, step_cache: bool = False) -> str:
@@ -370,6 +373,8 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     check_model_dir(model_dir)
     backend, trt_version = resolve_backend(options.backend)
+    if options.tensorrt_refit and backend is not BuildBackend.TENSORRT:
+        raise InvalidArgumentError("--tensorrt-refit", True, "only with TensorRT plans (--backend tensorrt): ONNX artifacts take LoRAs as they are")
     if options.tensorrt_runtime is not PlanRuntime.FULL and backend is not BuildBackend.TENSORRT:
         raise InvalidArgumentError("--tensorrt-runtime", options.tensorrt_runtime.value,
                                    "'full' when no TensorRT plans are built (lean plans need TensorRT's builder and a GPU: --backend tensorrt)")  # fmt: skip

@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tensorrt-runtime", choices=choices(PlanRuntime), default="full",
                    help="TensorRT that runs the plans: 'full' (fastest, the full TensorRT on the deployment machine) or 'lean' "
                         "(version-compatible plans, run by the ~50 MB tensorrt_lean package of this TensorRT version); default: %(default)s")  # fmt: skip
+    p.add_argument("--tensorrt-refit", action="store_true",
+                   help="build refittable plans (TensorRT's REFIT flag), so the runtime can apply LoRAs by refitting (docs/guides/lora.md)")
     p.add_argument("--openvino-precision", choices=choices(OpenVINOPrecision), default="f32",
                    help="inference precision recorded for the runtime's openvino backend (the ONNX artifacts are the same): 'bf16' "
                         "makes the runtime's auto backend pick OpenVINO bf16 on CPUs that have bf16 (default: %(default)s)")  # fmt: skip
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                                flavour=Flavour(args.onnx_flavour) if args.onnx_flavour else None,
                                max_images=args.batch, height=args.height, width=args.width, dynamic_size=args.dynamic_size,
                                force=args.force, workspace_gib=args.workspace_gib, tensorrt_runtime=PlanRuntime(args.tensorrt_runtime),
+                               tensorrt_refit=args.tensorrt_refit,
                                openvino_precision=OpenVINOPrecision(args.openvino_precision), onnx_cache=args.onnx_cache,
                                step_cache=args.step_cache)  # fmt: skip
         results = build_engine_dir(model, out, options)

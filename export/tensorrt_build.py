@@ -34,12 +34,14 @@ def compute_capability(device_id: int = 0) -> str:
     return cuda_driver.gpu_info(device_id).compute_capability
 
 
-def config_flags(*, fp16: bool, lean: bool) -> dict[str, bool]:
+def config_flags(*, fp16: bool, lean: bool, refit: bool = False) -> dict[str, bool]:
     """Polygraphy ``CreateConfig`` flags. ``lean``: a version-compatible plan without the lean runtime inside it
     (TensorRT's ``VERSION_COMPATIBLE`` + ``EXCLUDE_LEAN_RUNTIME``), which the ~50 MB ``tensorrt_lean`` package of the
     builder's exact version runs — no full TensorRT on the deployment machine. Strongly typed (fp16) networks take
-    no precision flags; fp32 ones allow tf32."""
-    return {"tf32": not fp16, "version_compatible": lean, "exclude_lean_runtime": lean}
+    no precision flags; fp32 ones allow tf32. ``refit``: every weight refittable (``BuilderFlag.REFIT``, Polygraphy's
+    ``refittable``) so LoRAs can be refit with new values — not ``REFIT_IDENTICAL``, which promises the builder the
+    same values back (weight-stripped plans) and lets it optimise for them."""
+    return {"tf32": not fp16, "version_compatible": lean, "exclude_lean_runtime": lean, "refittable": refit}
 
 
 def build_plan(
@@ -53,6 +55,7 @@ def build_plan(
     timing_cache: Path,
     workspace_bytes: int | None = None,
     lean: bool = False,
+    refit: bool = False,
 ) -> None:
     """Build and write a serialized engine for ``onnx_path`` with one optimization profile (``profile``).
 
@@ -72,11 +75,12 @@ def build_plan(
         trt_profile.add(tensor.name, min=shapes[0][tensor.name], opt=shapes[1][tensor.name], max=shapes[2][tensor.name])
     pools = {trt.MemoryPoolType.WORKSPACE: workspace_bytes} if workspace_bytes else None
     config = CreateConfig(
-        **config_flags(fp16=fp16, lean=lean), profiles=[trt_profile], memory_pool_limits=pools,
+        **config_flags(fp16=fp16, lean=lean, refit=refit), profiles=[trt_profile], memory_pool_limits=pools,
         load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
     )  # fmt: skip
     network = network_from_onnx_path(str(onnx_path), strongly_typed=fp16)
-    logger.info("TensorRT: building %s (%s%s) ...", spec.name, "fp16, strongly typed" if fp16 else "tf32", ", lean runtime" if lean else "")
+    logger.info("TensorRT: building %s (%s%s%s) ...", spec.name, "fp16, strongly typed" if fp16 else "tf32", ", lean runtime" if lean else "",
+                ", refittable" if refit else "")  # fmt: skip
     with atomic_path(timing_cache, fsync=False) as fresh_cache:  # renamed into place once the plan is saved: never half written
         engine = engine_from_network(network, config=config, save_timing_cache=str(fresh_cache))
         save_engine(engine, path=str(plan_path))

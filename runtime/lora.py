@@ -15,7 +15,8 @@ once on the host, ``W + Σ scale·(alpha/rank)·(B·A)`` in float32 from the bas
 so switching never accumulates), and cast to the initializer's dtype (an fp16 artifact's base is its fp16 weight).
 A backend takes the result from :class:`ComponentWeights`: ONNX Runtime overrides those initializers at session
 creation (runtime/backends/ort.py), OpenVINO replaces them in the read model before it compiles
-(runtime/backends/openvino.py), the Torch backend adds the deltas to its modules' base weights.
+(runtime/backends/openvino.py), TensorRT refits a plan built refittable (runtime/backends/tensorrt_refit.py; written,
+not run), the Torch backend adds the deltas to its modules' base weights.
 """
 
 from __future__ import annotations
@@ -34,11 +35,6 @@ from runtime.errors import ContextDiffError
 from runtime.manifest import REBUILD, EngineDirectoryError, EngineManifest
 from runtime.specs import Component
 
-# Backends that cannot take LoRAs yet, and why (runtime.Generator refuses before any work).
-UNSUPPORTED = {
-    "tensorrt": "LoRAs are not supported on the tensorrt backend yet (planned: refittable plans, refit from the base weights); "
-                "use onnxruntime-cuda",
-}  # fmt: skip
 _PREFIXES = {"unet": Component.UNET, "text_encoder": Component.TEXT_ENCODER, "adapter": Component.ADAPTER}
 _KOHYA_PREFIXES = {"unet": Component.UNET, "te": Component.TEXT_ENCODER, "te1": Component.TEXT_ENCODER, "adapter": Component.ADAPTER}
 _DIFFUSERS = re.compile(r"^(unet|text_encoder|adapter)\.(.+?)\.(lora_A|lora_B|lora\.down|lora\.up|lora_down|lora_up)(?:\.default)?\.weight$")
@@ -220,8 +216,6 @@ def lora_weights(manifest: EngineManifest, loras: Sequence[LoraSpec], backend: s
     any backend sees a weight: a failure raises :class:`LoraError` (or EngineDirectoryError) and changes nothing.
     ``module_shapes``: for a backend running the modules themselves (Torch), each component's weights (name -> shape):
     no weight map is read and only the deltas are computed."""
-    if loras and backend in UNSUPPORTED:
-        raise LoraError(f"{loras[0].path}: {UNSUPPORTED[backend]}")
     maps: dict[Component, dict[str, Any]] = {}
     shapes: dict[Component, Mapping[str, tuple[int, ...]]] = {}
     deltas: dict[Component, dict[str, np.ndarray]] = {}
@@ -259,6 +253,10 @@ def lora_weights(manifest: EngineManifest, loras: Sequence[LoraSpec], backend: s
                             "pass ignore_unmatched=True to apply the rest")  # fmt: skip
     out = {}
     for component, changed in deltas.items():
+        if backend == "tensorrt" and not (manifest.components[component].plan_info or {}).get("refittable"):
+            raise LoraError(f"{loras[0].path}: the {component.value} plan of {manifest.root} was built without --tensorrt-refit, so TensorRT "
+                            "cannot take new weights; rebuild with `python export/build_engines.py --backend tensorrt --tensorrt-refit`, "
+                            "or use the onnxruntime-cuda backend")  # fmt: skip
         weights = ComponentWeights(deltas=changed)
         for name, delta in changed.items() if component in maps else ():
             merged = _base(maps[component][name], manifest.root) + delta
@@ -271,3 +269,18 @@ def lora_weights(manifest: EngineManifest, loras: Sequence[LoraSpec], backend: s
 def _base_shape(parts: Sequence[Mapping[str, Any]]) -> tuple[int, ...]:
     shape = tuple(parts[0]["shape"])
     return shape[::-1] if parts[0]["transpose"] else shape
+
+
+def base_initializers(manifest: EngineManifest, component: Component, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The base values, as stored (layout and dtype), of those initializers in ``names`` that ``component``'s weight map
+    locates, read from the artifact files; names it does not locate are left out (the caller says which)."""
+    artifacts = manifest.components[component]
+    if artifacts.weight_map is None:
+        return {}
+    parts = {p["initializer"]: p for entry in json.loads(artifacts.weight_map.read_text(encoding="utf-8"))["weights"].values() for p in entry}
+    out = {}
+    for name in names:
+        if (part := parts.get(name)) is not None:
+            stored = np.memmap(manifest.root / part["file"], dtype=np.dtype(part["dtype"]), mode="r", offset=part["offset"], shape=tuple(part["shape"]))
+            out[name] = np.array(stored)
+    return out

@@ -6,6 +6,7 @@ per component. ``runtime.Generator.load`` calls :func:`load_backend`; the Torch 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -20,6 +21,7 @@ from runtime.backends.openvino import OpenVINORunner, openvino_unavailable_reaso
 from runtime.backends.ort import OnnxRuntimeRunner
 from runtime.backends.tensorrt import import_tensorrt, install_hint, tensorrt_module_name
 from runtime.errors import InvalidArgumentError
+from runtime.lora import base_initializers
 from runtime.manifest import EngineManifest
 from runtime.options import BACKENDS, CPU_BACKENDS, OpenVINOPrecision, PlanRuntime
 from runtime.specs import Component
@@ -127,7 +129,8 @@ def make_runners(manifest: EngineManifest, backend: str, device_id: int, precisi
         for component, artifacts in manifest.components.items():
             check_tensorrt_plan(artifacts, trt.__version__, capability)
             runners[component] = TensorRTRunner(artifacts.spec, artifacts.plan, manifest.dims, artifacts.profile, device_id=device_id,
-                                                plan_runtime=needed)  # fmt: skip
+                                                plan_runtime=needed, refittable=bool((artifacts.plan_info or {}).get("refittable")),
+                                                base_weights=functools.partial(base_initializers, manifest, component))  # fmt: skip
         logger.info("TensorRT plans run by %s %s", trt.__name__, trt.__version__)
         return runners
     cuda = backend == "onnxruntime-cuda"

@@ -6,7 +6,8 @@ before capturing; capture on a non-blocking stream (capture must not touch the l
 cannot be installed where this package is developed, so the TensorRT calls run only where TensorRT and a GPU
 work; the bookkeeping (``GraphBook``: when to rebind, run, capture or replay) is plain Python and tested on the CPU.
 Plans built with ``--tensorrt-runtime lean`` run through the lean runtime's module (``tensorrt_lean``), whose
-Python API for deserializing and running engines is the full one's.
+Python API for deserializing and running engines is the full one's. LoRAs refit plans built with ``--tensorrt-refit``
+(runtime/backends/tensorrt_refit.py, written and not run, like the rest of this module).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Hashable, Mapping
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
 import numpy as np
 
 from runtime.backends import cuda_driver
 from runtime.backends.base import RunnerBase
+from runtime.backends.tensorrt_refit import REBUILD_REFIT, apply_refit, refit_weights, stage_refit
 from runtime.errors import RunnerError
 from runtime.options import PlanRuntime
 from runtime.specs import ComponentSpec, ModelDims, Profile
@@ -103,13 +105,50 @@ class TensorRTRunner(RunnerBase):
     bound buffers, valid until the next ``infer`` — the denoising loop consumes them before calling again."""
 
     def __init__(self, spec: ComponentSpec, plan: Path, model: ModelDims, profile: Profile, *, device_id: int = 0,
-                 cuda_graphs: bool = True, plan_runtime: PlanRuntime = PlanRuntime.FULL) -> None:  # fmt: skip
+                 cuda_graphs: bool = True, plan_runtime: PlanRuntime = PlanRuntime.FULL, refittable: bool = False,
+                 base_weights: Callable[[Iterable[str]], Mapping[str, np.ndarray]] | None = None) -> None:  # fmt: skip
         """``plan_runtime``: the TensorRT the plan was built for — the full one, or the lean runtime (the same Python
-        API for deserializing and running engines)."""
+        API for deserializing and running engines). ``refittable``: the plan was built with ``--tensorrt-refit`` (its
+        manifest entry says so); ``base_weights(names)``: the base values of initializers, as stored in the artifact
+        (runtime.lora.base_initializers) — both needed for LoRAs (runtime/backends/tensorrt_refit.py)."""
         super().__init__(spec)
         self.plan, self.model, self.profile, self.device_id, self.plan_runtime = plan, model, profile, device_id, plan_runtime
+        self.refittable, self.base_weights = refittable, base_weights or (lambda names: {})
         self.book = GraphBook(MAX_GRAPHS if cuda_graphs else 0)
         self._views: dict[str, Any] = {}
+        self._pending: dict[str, np.ndarray] = {}  # LoRA'd initializers to refit at activation
+        self._refitted: set[str] = set()  # the initializers the engine holds LoRA'd values of
+
+    def prepare_weights(self, weights: Any) -> Callable[[], None]:
+        """LoRA weights (runtime.lora.ComponentWeights; None: the base): checked on a fresh ``trt.Refitter`` now, refit
+        by the returned call (runtime/backends/tensorrt_refit.py); a plan built without ``--tensorrt-refit`` is refused."""
+        where = f"TensorRT {self.spec.name} ({self.plan.name})"
+        if not self.refittable:
+            raise RunnerError(f"{where}: the plan was built without --tensorrt-refit, so it cannot take a LoRA's weights; {REBUILD_REFIT}")
+        new = dict(weights.initializers) if weights is not None else {}
+        if not self.active:
+            return lambda: setattr(self, "_pending", new)
+        refitter, held = self._stage(new, where)
+
+        def commit() -> None:
+            self._refit(refitter, held, where)
+            self._refitted = set(new)
+
+        return commit
+
+    def _stage(self, new: Mapping[str, np.ndarray], where: str) -> tuple[Any, dict[str, np.ndarray]]:
+        weights = refit_weights(self._refitted, new, self.base_weights)
+        return stage_refit(self._trt, self._engine, self._trt_logger, weights, self.base_weights, where)
+
+    def _refit(self, refitter: Any, held: Mapping[str, np.ndarray], where: str) -> None:
+        """Refit once the engine has no work queued; captured CUDA graphs are dropped (captured again at their next calls)."""
+        self._stream.synchronize()
+        try:
+            apply_refit(refitter, where)
+        except RunnerError:
+            self.close()  # the engine's weights are unknown: never run it
+            raise
+        self.book.clear()
 
     def _activate(self) -> None:
         import cupy as cp
@@ -125,6 +164,13 @@ class TensorRTRunner(RunnerBase):
             self._stream = cp.cuda.Stream(non_blocking=True)  # capture must not touch the legacy default stream
             largest = {**self.spec.input_shapes(self.model, *self.profile.max), **self.spec.output_shapes(self.model, *self.profile.max)}
             self._buffers = {t.name: cp.empty(largest[t.name], dtype=np.dtype(t.dtype)) for t in self.spec.inputs + self.spec.outputs}
+            self._trt, self._refitted = trt, set()  # a deserialized plan holds the base weights
+            if self.refittable and not self._engine.refittable:
+                raise RunnerError(f"TensorRT {self.spec.name}: the manifest records {self.plan.name} as refittable, but the engine is not; {REBUILD_REFIT}")
+            if self._pending:  # LoRAs given before activation (Generator.load)
+                where = f"TensorRT {self.spec.name} ({self.plan.name})"
+                self._refit(*self._stage(self._pending, where), where)
+                self._refitted = set(self._pending)
         self.book.clear()
         self._views = {}
 

@@ -118,8 +118,6 @@ def test_bad_lora_files_are_refused_naming_the_file_and_the_problem(loras, pixel
     assert lora_weights(manifest, [LoraSpec(stray)], ignore_unmatched=True) == {}
     with pytest.raises(LoraError, match=r"a\.safetensors: scale inf is not a finite number"):
         Generator.from_dir(pixel_fp32_dir, loras=[(loras["a"], float("inf"))])
-    with pytest.raises(LoraError, match="not supported on the tensorrt backend yet"):
-        lora_weights(manifest, [LoraSpec(loras["a"])], "tensorrt")
 
 
 def test_an_engine_directory_built_before_weight_maps_says_to_rebuild(loras, pixel_fp32_dir, tmp_path):
