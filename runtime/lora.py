@@ -167,11 +167,13 @@ def load_weight_map(manifest: EngineManifest, component: Component, lora: Path) 
 
 def _names(weights: Mapping[str, Any]) -> dict[tuple[str, bool], str]:
     """(module name as a LoRA writes it, kohya layout) -> the weight map's weight name; a text encoder's modules also
-    under ``text_model.`` (CLIPTextModel's names before transformers 5 flattened them)."""
+    under ``text_model.`` (CLIPTextModel's names before transformers 5 flattened them), and a video model's inflated
+    UNet's (``unet.<image UNet module>``, beside ``temporal.``) also under the image UNet's names: an image LoRA of the
+    base model applies to the video model's UNet."""
     out = {}
     for name in weights:
         module = name.removesuffix(".weight")
-        for alias in (module, f"text_model.{module}"):
+        for alias in dict.fromkeys((module, f"text_model.{module}", module.removeprefix("unet."))):
             out[(alias, False)] = name
             out[(alias.replace(".", "_"), True)] = name
     return out
