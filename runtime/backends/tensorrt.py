@@ -116,7 +116,7 @@ class TensorRTRunner(RunnerBase):
         self.refittable, self.base_weights = refittable, base_weights or (lambda names: {})
         self.book = GraphBook(MAX_GRAPHS if cuda_graphs else 0)
         self._views: dict[str, Any] = {}
-        self._pending: dict[str, np.ndarray] = {}  # LoRA'd initializers to refit at activation
+        self._pending: dict[str, np.ndarray] = {}  # the LoRA'd initializers in use: refit at (every) activation
         self._refitted: set[str] = set()  # the initializers the engine holds LoRA'd values of
 
     def prepare_weights(self, weights: Any) -> Callable[[], None]:
@@ -132,7 +132,7 @@ class TensorRTRunner(RunnerBase):
 
         def commit() -> None:
             self._refit(refitter, held, where)
-            self._refitted = set(new)
+            self._refitted, self._pending = set(new), new
 
         return commit
 
@@ -141,7 +141,8 @@ class TensorRTRunner(RunnerBase):
         return stage_refit(self._trt, self._engine, self._trt_logger, weights, self.base_weights, where)
 
     def _refit(self, refitter: Any, held: Mapping[str, np.ndarray], where: str) -> None:
-        """Refit once the engine has no work queued; captured CUDA graphs are dropped (captured again at their next calls)."""
+        """Refit once the engine has no work queued; captured CUDA graphs are dropped (captured again at their next calls).
+        ``held``: the arrays the refitter reads, alive until it returns."""
         self._stream.synchronize()
         try:
             apply_refit(refitter, where)

@@ -131,9 +131,10 @@ def test_the_runner_refits_the_lora_weights_and_restores_the_base_of_those_it_no
     got = switch(half)
     assert got.weights.keys() == set(names) and np.array_equal(got.weights[names[0]], base[names[0]])
     assert all(np.array_equal(got.weights[n], half.initializers[n]) for n in names[1:])
+    assert runner._pending is not None and set(runner._pending) == set(names[1:])  # what a reactivation refits
     got = switch(None)  # removal: every weight a LoRA changed, back at the base
     assert got.weights.keys() == set(names[1:]) and all(np.array_equal(got.weights[n], base[n]) for n in names[1:])
-    assert runner._refitted == set()
+    assert runner._refitted == set() and runner._pending == {}
     # weights TensorRT combined with a changed one (q, k, v in one GEMM) are supplied at their base values
     other = next(n for n in base if n not in names and base[n].ndim == 2)
     got = switch(a, combined={names[0]: [other]})
