@@ -6,8 +6,9 @@ built from the peft-merged model, PSNR, on the same backend.
 
 Two seeded rank-``--rank`` LoRAs (A, B) on the UNet's attention projections are made with peft and saved as
 safetensors (contextdiff_ref.models.random_lora), A also merged into a copy of the model directory, whose engines are
-built with the base engines' settings (read from their manifest). Each backend runs three workers, one after the other,
-each in its own (spawned) process so its peak RSS is its own: the base (load, two images), the LoRA (load with A, two
+built with the base engines' settings (read from their manifest). Each backend runs a warm-up base worker (not counted:
+the artifacts get read into the page cache, OpenVINO's base model compiled into its cache), then three workers, one
+after the other, each in its own (spawned) process so its peak RSS is its own: the base (load, two images), the LoRA (load with A, two
 images, ``--switches`` switches alternating B and A each followed by one image, removal and one image) and the merged
 engines (load, one image). Apply at load = the LoRA worker's load time - the base worker's. OpenVINO compiles a LoRA
 set's model at its first use (cached on disk per set, runtime/backends/openvino.py): the first switch to B compiles,
@@ -146,6 +147,7 @@ def bench_backend(backend: str, args: argparse.Namespace, prep: dict[str, Any]) 
     a, b = [(prep["lora_a"], 1.0)], [(prep["lora_b"], 1.0)]
     switches = [b if i % 2 == 0 else a for i in range(args.switches)]
     engines = str(args.engines.resolve())
+    run_worker(engines, backend, 1, [], [])  # warm-up, not counted: the artifacts in the page cache, OpenVINO's base entry compiled
     base = run_worker(engines, backend, args.steps, [], [])
     lora = run_worker(engines, backend, args.steps, a, switches)
     merged = run_worker(prep["merged_engines"], backend, args.steps, [], [])
