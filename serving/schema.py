@@ -141,6 +141,19 @@ def _sampling_fields(limits: ApiLimits) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def example_png(width: int, height: int) -> str:
+    """A black RGB image of ``width`` x ``height`` as base64 PNG: the schema's example image (Swagger UI's "Try it out"
+    and Schemathesis' examples phase send a body the engines take)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def edit_request_model(limits: ApiLimits) -> type[BaseModel]:
     """The ``POST /v1/images/edits`` body (runtime.image_editing: image-to-image, inversion edits, inpainting)."""
     sizes = (f"{limits.width.minimum} to {limits.width.maximum} wide and {limits.height.minimum} to {limits.height.maximum} high in steps of "
@@ -148,7 +161,8 @@ def edit_request_model(limits: ApiLimits) -> type[BaseModel]:
     most = 4 * (limits.height.maximum * limits.width.maximum * 4 + 65536) // 3  # base64 of an uncompressed RGBA PNG and its chunks
     return create_model(  # type: ignore[call-overload]
         "ImageEditRequest", __base__=Strict,
-        image=(str, Field(..., max_length=most, description=f"the image to edit: base64 PNG, RGB, {sizes}")),
+        image=(str, Field(..., max_length=most, description=f"the image to edit: base64 PNG, RGB, {sizes}",
+                          examples=[example_png(limits.width.default, limits.height.default)])),
         mask=(str | None, Field(None, max_length=most, description="where the edit may change the image (inpainting): base64 PNG, single-channel "
                                 "(mode L or 1), the image's size, white where it may change; the image comes back unchanged where it is black; null: everywhere")),
         prompt=(str, Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="the edited caption")),
