@@ -13,6 +13,7 @@ from runtime.generator import Generator
 from serving.app import create_app, direct_submit
 from serving.config import ServiceConfig
 from serving.service import ImageService, chunk_jobs
+from tests.serving.test_edits import _b64_png
 
 PROMPT = "a red circle at the top left"
 
@@ -36,6 +37,11 @@ def test_cached_requests_batch_by_interval_and_keep_their_results(cache_service)
         alone = service.generator([body.prompt], seed=body.seed, cache_interval=body.cache_interval, progress=False, **common).images
         np.testing.assert_array_equal(result.images, alone)  # bitwise
     assert not np.array_equal(results[0].images, results[2].images)  # same prompt and seed: the shallow steps ran
+    image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    edit = dict(mode="invert", source_prompt="a blue square", num_inference_steps=4, seed=5, cache_interval=2)
+    [edited] = service.run_jobs([service.edit_job(service.edit_request_model(image=_b64_png(image), prompt=PROMPT, **edit))])
+    np.testing.assert_array_equal(edited.images, service.generator.edit(image, PROMPT, progress=False, **edit).images)  # its sampling pass cached
+    assert not np.array_equal(edited.images, service.generator.edit(image, PROMPT, progress=False, **dict(edit, cache_interval=1)).images)
     client = TestClient(create_app(service, direct_submit(service)))
     assert client.get("/v1/model").json()["step_cache"] is True
     schema = client.get("/openapi.json").json()["components"]["schemas"]
