@@ -5,6 +5,7 @@ machine has. Writes a JSON file and prints a markdown table. Benchmarks are scri
     python -m benchmarks.latency                       # embedded default model, CPU (ONNX Runtime, OpenVINO, torch)
     python -m benchmarks.latency --sd15 --device cuda  # the SD-1.5-class model at 512 x 512 on a GPU
     python -m benchmarks.latency --video               # one video edit, embedded default video model (benchmarks/video_latency.py)
+    python -m benchmarks.latency --cache-interval 3    # step caching (issue 34): engines built with --step-cache
 """
 
 from __future__ import annotations
@@ -71,13 +72,12 @@ def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any
     dtype = torch.float16 if gpu else torch.float32
     pipe = ContextDiffPipeline.from_pretrained(model_dir, device=args.device, torch_dtype=dtype)
     prompts = [args.prompt] * args.batch
-    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, seed=0, progress=False)
+    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, seed=0, progress=False, cache_interval=args.cache_interval)
     systems = [System("reference (eager PyTorch)", None, Timer(gpu)), System("diffusers DDIM baseline (no adapter)", None, Timer(gpu))]
     instrument_pipeline(pipe, systems[0].timer)
     systems[0].run = lambda: pipe.run_timed(prompts, **call).images
     systems[1].run = lambda: diffusers_ddim(pipe, prompts, args.steps, args.guidance, systems[1].timer)
     precisions = [Precision.FP16] if gpu else [Precision.FP32, Precision.FP16]
-    skipped: dict[str, str] = {}
     skipped: dict[str, str] = {}
     runner = gpu_runtime_backend() if gpu else ("onnxruntime-cpu", None)
     if runner[1]:  # never the CPU under --device cuda: the runtime row is left out, and says why
@@ -86,14 +86,21 @@ def _systems(args: argparse.Namespace, workdir: Path) -> tuple[list[System], Any
     for precision in precisions:
         engines = workdir / f"engines-{precision.value}"
         backend = BuildBackend.TENSORRT if runner[0] == "tensorrt" else BuildBackend.ONNXRUNTIME
-        build_engine_dir(model_dir, engines, BuildOptions(backend=backend, precision=precision, max_images=args.batch))
+        options = BuildOptions(backend=backend, precision=precision, max_images=args.batch, step_cache=args.cache_interval > 1)
+        try:
+            build_engine_dir(model_dir, engines, options)
+        except ContextDiffError as exc:
+            if not options.step_cache:
+                raise
+            skipped[f"runtime {runner[0]} {precision.value}"] = f"its step-cache build failed: {exc}"  # the row says why, the others run
+            continue
         gen = Generator.from_dir(engines, backend=runner[0])
         systems.append(System(f"runtime {gen.backend} {precision.value}", None, Timer(gpu)))
         instrument_generator(gen, systems[-1].timer)
         systems[-1].run = (lambda g: lambda: g.run_timed(prompts, **call).images)(gen)
         if not gpu and precision is Precision.FP32:
-            more, skipped = _openvino_systems(engines, prompts, call)
-            systems += more
+            more, why = _openvino_systems(engines, prompts, call)
+            systems, skipped = systems + more, {**skipped, **why}
     torch_gen = torch_generator(model_dir, device=args.device, fp16=gpu, max_images=args.batch)  # no engine directory needed
     systems.append(System(f"runtime torch {'fp16 + CUDA graphs' if gpu else 'fp32'}", None, Timer(gpu)))
     instrument_generator(torch_gen, systems[-1].timer)
@@ -179,13 +186,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--cache-interval", type=int, default=1,
+                   help="step caching: every k-th step runs the whole UNet (engines built with --step-cache), in the reference and every runtime "
+                        "row; the diffusers baseline stays uncached. Stage times then count a shallow step as a UNet call in the runtime rows, "
+                        "the reference's count only the full ones (default: %(default)s, no caching)")  # fmt: skip
     p.add_argument("--video", action="store_true",
                    help="time one video edit (inversion + sampling) instead: the reference VideoEditPipeline against runtime.VideoEditor, on "
                         "the embedded default video model (--model: another video model directory with source.gif/source.txt); CPU")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="JSON to write (default: benchmarks/results/latency.json, latency-video.json with --video)")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.runs < 1 or args.batch < 1 or args.warmup < 0:
-        p.error("--steps, --runs and --batch must be >= 1, --warmup >= 0")
+    if args.steps < 1 or args.runs < 1 or args.batch < 1 or args.warmup < 0 or args.cache_interval < 1:
+        p.error(f"--steps={args.steps}, --runs={args.runs}, --batch={args.batch}, --cache-interval={args.cache_interval}, --warmup={args.warmup}: "
+                "--steps, --runs, --batch and --cache-interval must be >= 1, --warmup >= 0")
+    if args.video and args.cache_interval != 1:
+        p.error("--video times one video edit without step caching: it takes no --cache-interval")
     if args.video and (args.sd15 or args.device != "cpu" or args.batch != 1):
         p.error("--video times one edit on the CPU: it takes no --sd15, --device cuda or --batch")
     if args.device == "cuda" and (why := no_cuda_reason()):
@@ -228,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "machine": _machine(args.device),
             "config": {"model": "sd15-contextdiff" if args.sd15 else (args.model or "embedded default"), "device": args.device, "steps": args.steps,
-                       "guidance": args.guidance, "batch": args.batch, "height": pipe.limits.default_height, "warmup": args.warmup, "runs": args.runs},
+                       "guidance": args.guidance, "batch": args.batch, "height": pipe.limits.default_height, "warmup": args.warmup, "runs": args.runs,
+                       "cache_interval": args.cache_interval},
             "unet_gflops_per_call": flops / 1e9,
             "peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "device_memory_in_use_mib": device_bytes / 2**20 if gpu else None,  # the driver's count after each run, largest: every allocator's pools
@@ -237,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         for s in result["systems"].values():
             unet_ms = s["stages_ms"].get("unet")
-            s["unet_tflops_achieved"] = flops / (unet_ms / 1e3) / 1e12 if unet_ms else None
+            s["unet_tflops_achieved"] = flops / (unet_ms / 1e3) / 1e12 if unet_ms and args.cache_interval == 1 else None  # shallow calls do less
     return write_result(result, args.out, markdown(result))
 
 

@@ -243,16 +243,21 @@ class Generator:
         defaults and the seed. Raises InvalidArgumentError naming the argument."""
         request = validate_request(self.limits, prompt=prompt, **kwargs)
         self._check_profiles(request)
+        # LoRAs are checked when the call runs (``run``): the service switches them between calls
+        check_step_cache(full_step_plan(request.num_inference_steps, request.cache_interval), can_cache=self.manifest.step_cache,
+                         where=str(self.manifest.root), name="cache_interval", value=request.cache_interval)  # fmt: skip
         return request
 
     def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None,
-            clip_sample: bool | None = None, cache_interval: int = 1, full_steps: Sequence[int] | None = None) -> GenerationOutput:  # fmt: skip
-        """Generate for a validated request (``validate`` or ``merge_requests``); ``strength``, ``blend``, ``clip_sample``,
-        ``cache_interval`` and ``full_steps`` as in ``__call__``."""
+            clip_sample: bool | None = None, full_steps: Sequence[int] | None = None) -> GenerationOutput:  # fmt: skip
+        """Generate for a validated request (``validate`` or ``merge_requests``; its ``cache_interval`` is step
+        caching's); ``strength``, ``blend``, ``clip_sample`` and ``full_steps`` as in ``__call__``."""
         self._check_profiles(request)
         check_strength(strength, request.latents)
-        full = full_step_plan(len(self.schedule.plan(request.num_inference_steps, request.eta, strength).steps), cache_interval, full_steps)
-        check_step_cache(full, can_cache=self.manifest.step_cache, where=str(self.manifest.root), lora_on_unet=Component.UNET in self._lora_components)
+        steps_run = len(self.schedule.plan(request.num_inference_steps, request.eta, strength).steps)
+        full = full_step_plan(steps_run, request.cache_interval, full_steps)
+        check_step_cache(full, can_cache=self.manifest.step_cache, where=str(self.manifest.root), lora_on_unet=Component.UNET in self._lora_components,
+                         name="cache_interval" if full_steps is None else "full_steps")  # fmt: skip
         with self._lock, self._on_device():
             return generate(  # noise and latents reach the runners' device once per call (xp.array)
                 request, self.limits, self.schedule.with_clip_sample(clip_sample), encode=self.encode_prompt,
@@ -315,7 +320,7 @@ class Generator:
         request = validate_request(
             self.limits, prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
-            output_type=output_type, callback=callback, contextual_guidance=contextual_guidance,
+            output_type=output_type, callback=callback, contextual_guidance=contextual_guidance, cache_interval=cache_interval,
         )  # fmt: skip
-        return self.run(request, progress=progress, strength=strength, blend=blend, clip_sample=clip_sample, cache_interval=cache_interval,
-                        full_steps=full_steps)  # checks the engines' profiles  # fmt: skip
+        # run checks the engines' profiles
+        return self.run(request, progress=progress, strength=strength, blend=blend, clip_sample=clip_sample, full_steps=full_steps)

@@ -78,7 +78,7 @@ def check_edit(pipe: ImagePipeline, image: Any, prompt: str, *, mode: str = "img
                strength: float | None = None, region_noise: float = 0.0, num_inference_steps: int = 50, clip_sample: bool | None = False,
                seed: int | None = None, high_seed: int = 2**63, **call: Any) -> EditCall:  # fmt: skip
     """Every argument of an edit checked before anything runs (InvalidArgumentError naming it). ``call``: the sampling
-    arguments (guidance_scale, eta, negative_prompt, output_type, contextual_guidance); ``seed`` None draws one below
+    arguments (guidance_scale, eta, negative_prompt, output_type, contextual_guidance, cache_interval); ``seed`` None draws one below
     ``high_seed``."""
     if mode not in MODES:
         raise InvalidArgumentError("mode", mode, f"one of {', '.join(map(repr, MODES))}")
@@ -170,15 +170,18 @@ def run_edits(pipe: ImagePipeline, calls: Sequence[EditCall], *, progress: bool 
 def edit_image(pipe: ImagePipeline, image: Any, prompt: str, *, mode: str = "img2img", source_prompt: str | None = None, mask: Any = None,
                strength: float | None = None, region_noise: float = 0.0, num_inference_steps: int = 50, guidance_scale: float | None = None,
                seed: int | None = None, negative_prompt: str | None = None, eta: float = 0.0, output_type: str = "np",
-               contextual_guidance: str | None = None, clip_sample: bool | None = False, progress: bool = True) -> GenerationOutput:  # fmt: skip
+               contextual_guidance: str | None = None, clip_sample: bool | None = False, cache_interval: int = 1,
+               progress: bool = True) -> GenerationOutput:  # fmt: skip
     """``image`` edited towards ``prompt``; returns a GenerationOutput with one image (``images`` (1, H, W, 3) for "np").
     ``strength`` (0, 1]: the fraction of the ``num_inference_steps`` run (None: 0.8 for img2img, 1 for invert);
     ``mask`` (H, W) in [0, 1]: where the edit may change the image; ``region_noise`` λ in [0, 1] with a mask;
     ``seed``: the noise (img2img's ε is the seed's initial-noise draw, :mod:`runtime.noise`). ``clip_sample``: x̂_0
-    clipping, off by default as for video edits (it makes DDIM inversion lossy); None: the model's setting."""
+    clipping, off by default as for video edits (it makes DDIM inversion lossy); None: the model's setting.
+    ``cache_interval``: step caching of the sampling pass (the inversion runs every step in full)."""
     call = check_edit(pipe, image, prompt, mode=mode, source_prompt=source_prompt, mask=mask, strength=strength, region_noise=region_noise,
                       num_inference_steps=num_inference_steps, clip_sample=clip_sample, seed=seed, guidance_scale=guidance_scale, eta=eta,
-                      negative_prompt=negative_prompt, output_type=output_type, contextual_guidance=contextual_guidance)  # fmt: skip
+                      negative_prompt=negative_prompt, output_type=output_type, contextual_guidance=contextual_guidance,
+                      cache_interval=cache_interval)  # fmt: skip
     edit = prepare_edit(pipe, call, progress=progress)
     sampled = pipe.run(**sampling_call(edit), progress=progress)
     return finish_edit(edit, sampled.images, sampled.seed)

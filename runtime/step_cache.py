@@ -14,6 +14,8 @@ from typing import Any
 
 from runtime.errors import ContextDiffError, InvalidArgumentError
 
+LORA_ON_UNET = "cache_interval=1 while LoRAs change the UNet (they do not reach the shallow UNet's graph yet)"
+
 
 def full_step_plan(num_inference_steps: int, cache_interval: int = 1, full_steps: Sequence[int] | None = None) -> tuple[bool, ...]:
     """For each of the run's ``num_inference_steps`` steps (in the order they run), whether it is a full step.
@@ -34,23 +36,36 @@ def full_step_plan(num_inference_steps: int, cache_interval: int = 1, full_steps
             raise InvalidArgumentError("full_steps", full_steps, f"strictly increasing step indices below num_inference_steps={num_inference_steps}")
         chosen = set(steps)
         return tuple(i in chosen for i in range(num_inference_steps))
+    k = validate_cache_interval(cache_interval)
+    return tuple(i % k == 0 for i in range(num_inference_steps))
+
+
+def validate_cache_interval(cache_interval: Any) -> int:
+    """``cache_interval``: an integer >= 1 (a request's, :func:`runtime.validation.validate_request`; a plan's)."""
     if isinstance(cache_interval, bool) or not isinstance(cache_interval, numbers.Integral) or cache_interval < 1:
         raise InvalidArgumentError("cache_interval", cache_interval, "an integer >= 1 (1: every step runs the whole UNet)")
-    return tuple(i % cache_interval == 0 for i in range(num_inference_steps))
+    return int(cache_interval)
 
 
-def check_step_cache(full: Sequence[bool], *, can_cache: bool, where: str, lora_on_unet: bool = False) -> None:
+def no_step_cache(where: str) -> str:
+    """What a directory built without step caching's graphs (``where``) allows, and how to build one that caches."""
+    return (f"every step full (cache_interval=1) for {where}: it was built without step caching's graphs; "
+            "rebuild it with `python export/build_engines.py --step-cache`")  # fmt: skip
+
+
+def check_step_cache(full: Sequence[bool], *, can_cache: bool, where: str, lora_on_unet: bool = False, name: str = "cache_interval/full_steps",
+                     value: Any = None) -> None:  # fmt: skip
     """Refuse a plan with shallow steps where they cannot run: an engine directory (``where``) built without the
-    shallow UNet (``can_cache`` False), or LoRAs on the UNet (they do not reach the shallow graph yet)."""
+    shallow UNet (``can_cache`` False), or LoRAs on the UNet (they do not reach the shallow graph yet). ``name`` and
+    ``value``: the argument the error names (the one that asked for the plan) and its value (None: the cached steps)."""
     if all(full):
         return
+    shown = f"{sum(not f for f in full)} cached step(s)" if value is None else value
     if not can_cache:
-        raise InvalidArgumentError("cache_interval/full_steps", f"{sum(not f for f in full)} cached step(s)",
-                                   f"every step full (cache_interval=1) for {where}: it was built without step caching's graphs; "
-                                   "rebuild it with `python export/build_engines.py --step-cache`")  # fmt: skip
+        raise InvalidArgumentError(name, shown, no_step_cache(where))
     if lora_on_unet:
-        raise InvalidArgumentError("cache_interval/full_steps", f"{sum(not f for f in full)} cached step(s) with LoRAs on the UNet",
-                                   "cache_interval=1 while LoRAs change the UNet (they do not reach the shallow UNet's graph yet)")  # fmt: skip
+        raise InvalidArgumentError(name, f"{shown} with LoRAs on the UNet", LORA_ON_UNET)
+
 
 
 def cached_unet(unet: Any, shallow: Any, full: Sequence[bool]) -> Callable[[Mapping[str, Any]], Any]:

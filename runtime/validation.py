@@ -16,6 +16,7 @@ import numpy as np
 from runtime.errors import InvalidArgumentError
 from runtime.noise import resolve_seed
 from runtime.schedule import ContextualGuidance
+from runtime.step_cache import validate_cache_interval
 
 OUTPUT_TYPES = ("np", "pil", "latent")
 DEFAULT_GUIDANCE_SCALE = 7.5
@@ -52,6 +53,7 @@ class GenerationRequest:
     callback: Callable[..., Any] | None
     seed_parts: tuple[tuple[int, int], ...] = ()  # (seed, images) per joined call (merge_requests); () for one call
     contextual_guidance: ContextualGuidance | None = None  # None: the model's (its scheduler config's) variant
+    cache_interval: int = 1  # step caching (runtime.step_cache): every k-th step runs the whole UNet; 1: every step
 
     @property
     def batch_size(self) -> int:
@@ -63,10 +65,10 @@ class GenerationRequest:
         return self.seed_parts or ((self.seed, self.batch_size),)
 
     @property
-    def batch_key(self) -> tuple[int, float, float, int, int, str, str | None]:
-        """Requests with equal keys can share one engine call (merge_requests)."""
+    def batch_key(self) -> tuple[int, float, float, int, int, str, str | None, int]:
+        """Requests with equal keys can share one engine call (merge_requests): the step caching plan is one per call too."""
         variant = None if self.contextual_guidance is None else self.contextual_guidance.value
-        return self.num_inference_steps, self.guidance_scale, self.eta, self.height, self.width, self.output_type, variant
+        return self.num_inference_steps, self.guidance_scale, self.eta, self.height, self.width, self.output_type, variant, self.cache_interval
 
     @property
     def do_guidance(self) -> bool:
@@ -161,9 +163,11 @@ def validate_request(
     output_type: str = "np",
     callback: Callable[..., Any] | None = None,
     contextual_guidance: str | ContextualGuidance | None = None,
+    cache_interval: int = 1,
 ) -> GenerationRequest:
     """Check every argument of a generation call against ``limits``; resolve defaults (and the seed).
-    ``contextual_guidance`` stays None when not given: the sampler then takes the model's variant."""
+    ``contextual_guidance`` stays None when not given: the sampler then takes the model's variant. ``cache_interval``:
+    step caching's k (whether the engines can cache is the engines' check, ``runtime.Generator.validate``)."""
     prompts = _prompts("prompt", prompt)
     negatives = _negative_prompts(negative_prompt, len(prompts))
     T = limits.num_train_timesteps
@@ -183,6 +187,7 @@ def validate_request(
     if callback is not None and not callable(callback):
         raise InvalidArgumentError("callback", callback, "None or a callable taking a runtime.sampling.StepOutput")
     variant = validate_contextual_guidance(contextual_guidance)
+    interval = validate_cache_interval(cache_interval)
     return GenerationRequest(
         prompts=prompts,
         negative_prompts=negatives,
@@ -196,6 +201,7 @@ def validate_request(
         latents=array,
         callback=callback,
         contextual_guidance=variant,
+        cache_interval=interval,
     )
 
 
@@ -208,7 +214,8 @@ def merge_requests(requests: Sequence[GenerationRequest]) -> GenerationRequest:
     keys = {r.batch_key for r in requests}
     if len(keys) > 1:
         raise InvalidArgumentError("requests", f"{len(requests)} requests with settings {sorted(keys)}",
-                                   "requests with equal steps, guidance, eta, size, output type and contextual guidance (GenerationRequest.batch_key)")  # fmt: skip
+                                   "requests with equal steps, guidance, eta, size, output type, contextual guidance and cache "
+                                   "interval (GenerationRequest.batch_key)")  # fmt: skip
     if any(r.callback is not None for r in requests) or len({r.latents is None for r in requests}) > 1:
         raise InvalidArgumentError("requests", "a request with a callback, or some with latents and some without",
                                    "requests without callback, all with latents or all without (they cannot join a batch otherwise)")  # fmt: skip

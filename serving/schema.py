@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, Literal, Sequence
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
 
 from runtime.specs import Component
+from runtime.step_cache import no_step_cache
 
 MAX_PROMPT_CHARS = 2000  # longer prompts are truncated by the tokenizer anyway; this bounds the work of one request
 MAX_GUIDANCE = 100.0
@@ -61,6 +63,8 @@ class ApiLimits:
     max_steps: int
     default_guidance: float
     contextual_guidance: str = "conditional"  # the model's variant (its scheduler config)
+    step_cache: bool = False  # the engine directory has step caching's graphs (cache_interval > 1 allowed)
+    engine_dir: str = ""  # where the engines are (named in errors)
 
 
 def api_limits(generator: Any, max_images: int, max_steps: int) -> ApiLimits:
@@ -73,7 +77,8 @@ def api_limits(generator: Any, max_images: int, max_steps: int) -> ApiLimits:
         return SizeRange(lo, profile.max[axis] * f // q * q, q, default)
 
     return ApiLimits(size(1, limits.default_height), size(2, limits.default_width), max_images, max_steps,
-                     limits.recommended_guidance_scale or 7.5, generator.schedule.config.contextual_guidance.value)  # fmt: skip
+                     limits.recommended_guidance_scale or 7.5, generator.schedule.config.contextual_guidance.value,
+                     generator.manifest.step_cache, str(generator.manifest.root))  # fmt: skip
 
 
 class Strict(BaseModel):
@@ -102,6 +107,24 @@ def request_model(limits: ApiLimits, loras: Sequence[str] = ()) -> type[BaseMode
     )  # fmt: skip
 
 
+def _cache_interval(limits: ApiLimits) -> tuple[Any, Any]:
+    """``cache_interval``: 1 to max_steps on engines built with step caching's graphs; else 1 only, and a request for
+    more is refused saying how to build engines that cache (runtime.step_cache.no_step_cache)."""
+    what = "step caching (DeepCache): every k-th step runs the whole UNet, the ones between only its outer blocks on the cached deep feature"
+    if limits.step_cache:
+        return JsonInt, Field(1, ge=1, le=limits.max_steps, description=f"{what}; 1: every step (the exact path). GET /v1/model: step_cache")
+    refusal = f"1: {no_step_cache(limits.engine_dir)}"
+
+    def only_one(value: int) -> int:
+        if value != 1:
+            raise PydanticCustomError("step_cache", refusal)
+        return value
+
+    return (Annotated[int, BeforeValidator(_integral), AfterValidator(only_one)],
+            Field(1, ge=1, json_schema_extra={"maximum": 1}, description=f"{what}. Only 1 here: these engines were built without step "
+                  "caching's graphs (build them with `python export/build_engines.py --step-cache`)"))  # fmt: skip
+
+
 def _sampling_fields(limits: ApiLimits) -> dict[str, Any]:
     """The fields ``/v1/images`` and ``/v1/images/edits`` share."""
     return dict(
@@ -114,7 +137,21 @@ def _sampling_fields(limits: ApiLimits) -> dict[str, Any]:
         contextual_guidance=(Literal["conditional", "guided"] | None, Field(None, description="how guidance meets the adapter's shift "
                              f"(method doc §5); null: the model's, {limits.contextual_guidance!r}")),
         response_format=(Literal["png", "json"], Field("json", description="png: the PNG bytes (several images in a grid); json: base64 PNGs, seed, timings")),  # strict: a string, not an enum instance
+        cache_interval=_cache_interval(limits),
     )  # fmt: skip
+
+
+def example_png(width: int, height: int) -> str:
+    """A black RGB image of ``width`` x ``height`` as base64 PNG: the schema's example image (Swagger UI's "Try it out"
+    and Schemathesis' examples phase send a body the engines take)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def edit_request_model(limits: ApiLimits) -> type[BaseModel]:
@@ -124,7 +161,8 @@ def edit_request_model(limits: ApiLimits) -> type[BaseModel]:
     most = 4 * (limits.height.maximum * limits.width.maximum * 4 + 65536) // 3  # base64 of an uncompressed RGBA PNG and its chunks
     return create_model(  # type: ignore[call-overload]
         "ImageEditRequest", __base__=Strict,
-        image=(str, Field(..., max_length=most, description=f"the image to edit: base64 PNG, RGB, {sizes}")),
+        image=(str, Field(..., max_length=most, description=f"the image to edit: base64 PNG, RGB, {sizes}",
+                          examples=[example_png(limits.width.default, limits.height.default)])),
         mask=(str | None, Field(None, max_length=most, description="where the edit may change the image (inpainting): base64 PNG, single-channel "
                                 "(mode L or 1), the image's size, white where it may change; the image comes back unchanged where it is black; null: everywhere")),
         prompt=(str, Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="the edited caption")),
@@ -182,5 +220,7 @@ class ModelInfo(Strict):
     max_steps: int
     recommended_guidance_scale: float
     contextual_guidance: str = Field("conditional", description="the model's variant of guidance and the shift (method doc §5)")
+    step_cache: bool = Field(False, description="whether requests may ask cache_interval > 1: the engine directory has step caching's "
+                             "graphs (built with `python export/build_engines.py --step-cache`)")
     components: dict[str, ComponentInfo]
     loras: dict[str, dict[str, Any]] = Field(default_factory=dict, description="LoRAs a request may name: name -> file, scale")

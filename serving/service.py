@@ -23,6 +23,8 @@ from runtime.image_editing import EditCall, check_edit, run_edits
 from runtime.images import make_grid
 from runtime.lora import lora_weights, parse_loras
 from runtime.noise import resolve_seed
+from runtime.specs import Component
+from runtime.step_cache import LORA_ON_UNET
 from runtime.validation import GenerationRequest
 from serving.config import ServiceConfig
 from serving.schema import MAX_SEED, ApiLimits, ComponentInfo, ModelInfo, ResponseFormat, api_limits, edit_request_model, request_model
@@ -71,7 +73,7 @@ class BatchStats:
 
 
 def chunk_jobs(jobs: Sequence[Job], max_images: int) -> list[list[Job]]:
-    """Jobs -> engine calls: grouped by ``batch_key`` (steps, guidance, eta, size; an edit's strength, clipping, mask)
+    """Jobs -> engine calls: grouped by ``batch_key`` (steps, guidance, eta, size, cache interval; an edit's strength, clipping, mask)
     and LoRA, in arrival order within a group, each call at most ``max_images`` images (a job is never split: its
     noise is one draw from its seed)."""
     groups: dict[tuple, list[list[Job]]] = {}
@@ -132,11 +134,13 @@ class ImageService:
                            self.generator.manifest.root)  # fmt: skip
         self.limits: ApiLimits = api_limits(self.generator, self.max_batch_images, config.max_steps)
         self.loras = {name: parse_loras([(Path(e.file).expanduser().resolve(), e.scale)]) for name, e in config.loras.items()}
+        self.lora_components: dict[str, frozenset[Component]] = {}  # the components each LoRA changes
         for name, specs in self.loras.items():  # every LoRA checked against the engines at start (runtime.lora's errors)
             try:
-                lora_weights(self.generator.manifest, specs, self.generator.backend, module_shapes=self.generator.module_shapes)
+                weights = lora_weights(self.generator.manifest, specs, self.generator.backend, module_shapes=self.generator.module_shapes)
             except ContextDiffError as exc:
                 raise ConfigError(f"invalid serving config: loras.{name}: {exc}") from None
+            self.lora_components[name] = frozenset(weights)
         self.lora: str | None = None  # the LoRA the generator's weights hold now
         self.request_model = request_model(self.limits, tuple(self.loras))
         self.edit_request_model = edit_request_model(self.limits)
@@ -148,9 +152,12 @@ class ImageService:
         request = self.generator.validate(
             [body.prompt] * body.num_images, negative_prompt=body.negative_prompt, num_inference_steps=body.num_inference_steps,
             guidance_scale=body.guidance_scale, eta=body.eta, seed=seed, height=body.height, width=body.width, output_type="np",
-            contextual_guidance=body.contextual_guidance,
+            contextual_guidance=body.contextual_guidance, cache_interval=body.cache_interval,
         )  # fmt: skip
-        return Job(request, ResponseFormat(body.response_format), time.monotonic(), lora=getattr(body, "lora", None))
+        lora = getattr(body, "lora", None)
+        if lora is not None and request.cache_interval > 1 and Component.UNET in self.lora_components[lora]:  # Generator.run would refuse it
+            raise InvalidArgumentError("cache_interval", request.cache_interval, f"{LORA_ON_UNET}; lora {lora!r} changes the UNet")
+        return Job(request, ResponseFormat(body.response_format), time.monotonic(), lora=lora)
 
     def edit_job(self, body: Any) -> Job:
         """A validated edit body -> a job, checked by the same functions as ``Generator.edit`` (runtime.image_editing.check_edit)."""
@@ -160,7 +167,7 @@ class ImageService:
         call = check_edit(self.generator, image, body.prompt, mode=body.mode, source_prompt=body.source_prompt, mask=mask, strength=body.strength,
                           region_noise=body.region_noise, num_inference_steps=body.num_inference_steps, seed=body.seed, high_seed=MAX_SEED + 1,
                           guidance_scale=body.guidance_scale, eta=body.eta, negative_prompt=body.negative_prompt or None, output_type="np",
-                          contextual_guidance=body.contextual_guidance)  # fmt: skip
+                          contextual_guidance=body.contextual_guidance, cache_interval=body.cache_interval)  # fmt: skip
         return Job(call.request, ResponseFormat(body.response_format), time.monotonic(), edit=call)
 
     def run_jobs(self, jobs: Sequence[Job]) -> list[JobResult | BaseException | None]:
@@ -214,7 +221,7 @@ class ImageService:
             height=dict(minimum=lim.height.minimum, maximum=lim.height.maximum, multiple=lim.height.multiple),
             width=dict(minimum=lim.width.minimum, maximum=lim.width.maximum, multiple=lim.width.multiple),
             max_images_per_request=lim.max_images, max_batch_images=self.max_batch_images, max_steps=lim.max_steps,
-            recommended_guidance_scale=lim.default_guidance, contextual_guidance=lim.contextual_guidance,
+            recommended_guidance_scale=lim.default_guidance, contextual_guidance=lim.contextual_guidance, step_cache=lim.step_cache,
             components={c.value: ComponentInfo(precision=a.precision, profile=a.profile.to_json()) for c, a in manifest.components.items()},
             loras={name: specs[0].to_json() for name, specs in self.loras.items()},
         )  # fmt: skip

@@ -211,18 +211,18 @@ class ContextDiffPipeline:
         request = validate_request(
             self.limits, prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
-            output_type=output_type, callback=callback, contextual_guidance=contextual_guidance,
+            output_type=output_type, callback=callback, contextual_guidance=contextual_guidance, cache_interval=cache_interval,
         )
-        return self.run(request, progress=progress, strength=strength, blend=blend, clip_sample=clip_sample,
-                        cache_interval=cache_interval, full_steps=full_steps)
+        return self.run(request, progress=progress, strength=strength, blend=blend, clip_sample=clip_sample, full_steps=full_steps)
 
     @torch.no_grad()
     def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None,
-            clip_sample: bool | None = None, cache_interval: int = 1, full_steps: Sequence[int] | None = None) -> GenerationOutput:  # fmt: skip
-        """Generate for a validated request (:meth:`validate`); ``strength``, ``blend``, ``clip_sample`` and step caching
-        as in ``__call__``."""
+            clip_sample: bool | None = None, full_steps: Sequence[int] | None = None) -> GenerationOutput:  # fmt: skip
+        """Generate for a validated request (:meth:`validate`; its ``cache_interval`` is step caching's); ``strength``,
+        ``blend``, ``clip_sample`` and ``full_steps`` as in ``__call__``."""
         check_strength(strength, request.latents)
-        full = full_step_plan(len(self.schedule.plan(request.num_inference_steps, request.eta, strength).steps), cache_interval, full_steps)
+        steps_run = len(self.schedule.plan(request.num_inference_steps, request.eta, strength).steps)
+        full = full_step_plan(steps_run, request.cache_interval, full_steps)
         return generate(
             request, self.limits, self.schedule.with_clip_sample(clip_sample), strength=strength, encode=self.encode_prompt,
             denoiser=lambda text, req: self._denoiser(text, req, full), context_shift=self._context_shift,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks.image_edits import edited_scene, region, score_edit
 from contextdiff_ref.data.shapes import render, two_object_scenes
@@ -18,3 +19,18 @@ def test_edits_change_one_attribute_of_the_first_object_and_score_as_expected():
         assert score_edit(np.zeros((32, 32, 3), np.float32), scene, target) == (False, False)  # the other object lost
         mask = region(scene)
         assert mask.sum() == 16 * 16 and mask[render(scene)[..., :].max(-1) > 0.5].sum() > 0
+
+
+def test_the_strip_shows_each_source_and_its_edits_enlarged(tmp_path):
+    from benchmarks.image_edits import parse_args, strip_image
+
+    scenes = two_object_scenes(2, seed=0)
+    rows = [(render(s), "a caption", [render(edited_scene(s, i)), np.zeros((32, 32, 3), np.float32)]) for i, s in enumerate(scenes)]
+    sheet = strip_image(rows, ["img2img", "invert"], scale=2)
+    assert sheet.dtype == np.float32 and sheet.shape[2] == 3 and 0.0 <= sheet.min() and sheet.max() <= 1.0
+    first = sheet[22 : 22 + 64, 4 : 4 + 64]  # below the 18-pixel header and a 4-pixel gap: row 0's source, nearest x2
+    np.testing.assert_allclose(first[::2, ::2], np.round(render(scenes[0]) * 255) / 255, atol=1e-6)
+    right = sheet[22 : 22 + 64, -4 - 64 : -4]  # the last column: the second mode's edit (black)
+    assert right.max() == 0.0 and sheet.shape[0] == 22 + 2 * 68
+    with pytest.raises(SystemExit):
+        parse_args(["--engines", "e", "--model", "m", "--out", "o.json", "--strip", str(tmp_path / "strip.gif")])

@@ -38,3 +38,11 @@ def test_device_cuda_without_a_gpu_refuses_instead_of_running_on_the_cpu(capsys)
     with pytest.raises(SystemExit) as exit_:
         main(["--sd15", "--device", "cuda", "--out", "unused.json"])
     assert exit_.value.code == 2 and "--device cuda: torch sees no GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [(["--cache-interval", "0"], "--cache-interval must be >= 1"),
+                                           (["--video", "--cache-interval", "2"], "takes no --cache-interval")])  # fmt: skip
+def test_bad_cache_interval_is_refused_before_anything_runs(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", "unused.json"])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

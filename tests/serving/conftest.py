@@ -1,4 +1,4 @@
-"""The service's fixtures without Ray: the tiny pixel model's service and FastAPI's TestClient over the deployment's app."""
+"""The service's fixtures without Ray: the tiny pixel model's service, FastAPI's TestClient over the deployment's app, LoRA files."""
 
 from __future__ import annotations
 
@@ -18,3 +18,11 @@ def pixel_service(pixel_fp32_dir):
 @pytest.fixture(scope="module")
 def client(pixel_service):
     return TestClient(create_app(pixel_service, direct_submit(pixel_service)))
+
+
+@pytest.fixture(scope="module")
+def lora_files(pixel_model_dir, tmp_path_factory):
+    from tests.runtime.lora_files import make_lora
+
+    root = tmp_path_factory.mktemp("service-loras")
+    return {"a": make_lora(pixel_model_dir, root / "a.safetensors", seed=0), "b": make_lora(pixel_model_dir, root / "b.safetensors", seed=7, text_encoder=False)}

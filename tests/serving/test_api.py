@@ -220,14 +220,6 @@ def test_the_shipped_config_file_is_valid():
     assert http == {"host": "127.0.0.1", "port": 8000} and config.engines == DEFAULT_SERVING_ENGINES and config.max_queued_requests == 64
 
 
-@pytest.fixture(scope="module")
-def lora_files(pixel_model_dir, tmp_path_factory):
-    from tests.runtime.lora_files import make_lora
-
-    root = tmp_path_factory.mktemp("service-loras")
-    return {"a": make_lora(pixel_model_dir, root / "a.safetensors", seed=0), "b": make_lora(pixel_model_dir, root / "b.safetensors", seed=7, text_encoder=False)}
-
-
 def test_loras_named_in_the_config_serve_requests_that_name_them(pixel_fp32_dir, lora_files, client):
     plain_client = client
     loras = {"a": {"file": str(lora_files["a"]), "scale": 0.5}, "b": {"file": str(lora_files["b"])}}
