@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from export.artifacts import BuildError, hash_parts, sha256_file
+from runtime.backends.openvino import int8_gain_reason
 from runtime.errors import InvalidArgumentError
 from runtime.files import staging_dir
 from runtime.manifest import EngineManifest
@@ -198,6 +199,8 @@ def build_int8(out_dir: Path, manifest: EngineManifest, manifest_json: dict[str,
     ``manifest_json`` of ``out_dir``, building the IR that ``previous`` (the last manifest's components) does not
     already hold; the calibration run counts towards the first UNet's seconds."""
     ov, nncf = import_tools()
+    if why := int8_gain_reason():  # built all the same: the directory may be deployed on another CPU
+        logger.warning("--openvino-precision int8 on this machine: %s (a CPU with AVX512-VNNI, AVX-VNNI or AMX-INT8 gains from it)", why)
     versions = f"nncf {nncf.__version__} / openvino {ov.__version__.split('-')[0]}"
     entries: dict[str, tuple[dict[str, Any], float, bool]] = {}
     feeds: dict[Component, list[dict[str, np.ndarray]]] | None = None
