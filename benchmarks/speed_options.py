@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.alignment import GenerateFn, evaluate
-from benchmarks.harness import render_table
+from benchmarks.harness import not_run_rows, render_table
 from runtime.cli import CLI_ERRORS, Parser, error_exit, setup_logging
 from runtime.errors import InvalidArgumentError
 from runtime.files import atomic_write_json
@@ -118,14 +118,19 @@ def markdown(result: dict[str, Any]) -> str:
             rows.append([option, name, s["images"], f"{s['psnr_db']:.1f}", f"{s['psnr_db_min']:.1f}", *diffs])
     header = ["option", "prompt set", "images", "PSNR vs exact dB", "min PSNR dB", "Δ colour-position acc. (95% CI)", "Δ full acc. (95% CI)",
               "Δ exact-prompt rate (95% CI)"]  # fmt: skip
-    return render_table(header, rows)
+    return render_table(header, rows + not_run_rows(result.get("skipped", {})))
 
 
 def run(model: Path, engines: Path, options: Sequence[SpeedOption], *, steps: int, guidance: float | None, batch: int, seed: int = 0,
         limit: int | None = None, images_per_prompt: int = 1) -> dict[str, Any]:  # fmt: skip
-    """Build (or reuse) ``engines`` for ``model`` with what ``options`` need, generate and compare: the JSON report."""
+    """Build (or reuse) ``engines`` for ``model`` with what ``options`` need, generate and compare: the JSON report.
+    Options this machine cannot run (OpenVINO missing, bf16 on a CPU without it) are left out, with the reason."""
     from export.build import BuildOptions, build_engine_dir
+    from runtime.backends.openvino import openvino_unavailable_reason
     from runtime.options import BuildBackend
+
+    skipped = {o.name: why for o in options if o.precision is not None and (why := openvino_unavailable_reason(o.precision))}
+    options = [o for o in options if o.name not in skipped]
 
     int8 = any(o.precision is OpenVINOPrecision.INT8 for o in options)
     build = BuildOptions(backend=BuildBackend.ONNXRUNTIME, max_images=batch, step_cache=True,
@@ -133,7 +138,7 @@ def run(model: Path, engines: Path, options: Sequence[SpeedOption], *, steps: in
     build_engine_dir(model, engines, build)
     fns = generate_fns(engines, options, steps, guidance)
     report, images = evaluate(fns, images_per_prompt, seed, batch, limit, pairs=[(o.name, EXACT) for o in options])
-    return {"options": fidelity_report(report, images, options), "exact": report["models"][EXACT], "seconds": report["seconds"]}
+    return {"options": fidelity_report(report, images, options), "exact": report["models"][EXACT], "seconds": report["seconds"], "skipped": skipped}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
