@@ -35,19 +35,19 @@ def test_psnr():
 def test_command_line_on_the_tiny_model(pixel_model_dir, pixel_step_cache_dir, tmp_path, capsys):
     engines = shutil.copytree(pixel_step_cache_dir, tmp_path / "engines")  # built with --step-cache and 3 images per call: reused
     out = tmp_path / "report.json"
-    args = ["--model", str(pixel_model_dir), "--engines", str(engines), "--options", "cache-2", "f32", "--limit", "2", "--steps", "4",
+    args = ["--model", str(pixel_model_dir), "--engines", str(engines), "--options", "cache-2", "cache-3", "--limit", "2", "--steps", "4",
             "--batch", "3", "--json", str(out)]  # fmt: skip
     assert main(args) == 0
     report = json.loads(out.read_text())
-    assert list(report["options"]) == ["cache-2", "f32"]
+    assert list(report["options"]) == ["cache-2", "cache-3"] and report["skipped"] == {}
     for option in report["options"].values():
         for name, s in option["sets"].items():
             assert s["images"] == 2 and set(s["alignment_difference"]) == {"colour_position_accuracy", "full_accuracy", "exact_prompt_rate"}
             assert all(d["ci_low"] <= d["difference"] <= d["ci_high"] for d in s["alignment_difference"].values())
-    # one_object set, measured 2026-12-05 on 2 shared threads of an AMD EPYC: OpenVINO f32 vs ONNX Runtime f32 100 dB (the cap:
-    # mean squared error below 1e-10), cache interval 2 38.5 dB (two_object: 37.3)
-    f32, cached = (report["options"][o]["sets"]["one_object"]["psnr_db"] for o in ("f32", "cache-2"))
-    assert f32 > 60 and 30 < cached < 50
+    # one_object set, measured 2026-12-05 on 2 shared threads of an AMD EPYC: cache interval 2 38.5 dB, 3 37.1 dB (two_object:
+    # 37.3, 35.9); fewer full steps, further from the exact path
+    two, three = (report["options"][o]["sets"]["one_object"]["psnr_db"] for o in ("cache-2", "cache-3"))
+    assert 34 < three < two < 43
     assert "| cache-2 | one_object | 2 |" in capsys.readouterr().out
     assert main(["--model", str(pixel_model_dir), "--options", "fp16"]) == 2
     assert "--options" in capsys.readouterr().err
