@@ -38,10 +38,10 @@ def _openvino_systems(engines: Path, prompts: list[str], call: dict[str, Any]) -
     Returns the systems and, for those that cannot run here, why."""
     from runtime.backends.openvino import openvino_unavailable_reason
     from runtime.generator import Generator
-    from runtime.options import OpenVINOPrecision
+    from runtime.options import ONNX_OPENVINO_PRECISIONS
 
     systems, skipped = [], {}
-    for precision in OpenVINOPrecision:
+    for precision in ONNX_OPENVINO_PRECISIONS:
         name = f"runtime openvino {precision.value}"
         if why := openvino_unavailable_reason(precision):
             skipped[name] = why

@@ -1,7 +1,14 @@
 """A Stable-Diffusion-1.5-class model on the CPU, one interleaved run: diffusers' own ``StableDiffusionPipeline`` (DDIM,
 eager torch, the same UNet / text encoder / VAE weights, no adapter) vs the reference pipeline vs ``runtime.Generator``
 on ONNX Runtime fp32 and on OpenVINO (f32, and bf16 where the CPU has it) over the same artifacts, at each size,
-guidance on, batch 1. Writes JSON and prints a markdown table.
+guidance on, batch 1; ``--systems`` adds OpenVINO int8 (the build's int8 IR: export/openvino_int8.py) and step caching
+(``--cache-interval``, default 3) at each OpenVINO precision. Writes JSON and prints a markdown table.
+
+Distance to the limit: each row's achieved GFLOP/s is the FLOPs its denoising loop computes (counted by torch's FLOP
+counter from the model's configs: benchmarks/models.py; full and shallow UNet calls and adapter calls as the system
+makes them) over the loop's measured seconds, set against this CPU's matmul peak measured in the same run
+(``benchmarks.models.cpu_matmul_peaks``: f32, bf16, int8) at the row's precision; "effective" GFLOP/s counts the exact
+path's FLOPs instead (step caching skips some, so it can exceed what the CPU computes).
 
 Each system lives in its own worker process, so the peak RSS reported is that system's alone; runs are interleaved
 across the workers (A B C A B C ...) so drift hits all alike, one at a time, with a pause between runs so no worker's
@@ -33,7 +40,38 @@ logger = logging.getLogger("benchmarks.sd15_cpu")
 SYSTEMS = ("diffusers StableDiffusionPipeline (DDIM, eager)", "reference (eager PyTorch)", "runtime onnxruntime-cpu fp32", "runtime openvino f32",
            "runtime openvino bf16")  # fmt: skip
 RUNTIME_BACKENDS = {SYSTEMS[2]: ("onnxruntime-cpu", None), SYSTEMS[3]: ("openvino", "f32"), SYSTEMS[4]: ("openvino", "bf16")}
+# --systems keys: the five above (the default), OpenVINO int8, and each OpenVINO precision with step caching
+SYSTEM_KEYS = {"diffusers": SYSTEMS[0], "reference": SYSTEMS[1], "onnxruntime": SYSTEMS[2], "openvino-f32": SYSTEMS[3], "openvino-bf16": SYSTEMS[4],
+               "openvino-int8": "runtime openvino int8", "openvino-f32-cache": "runtime openvino f32 + step cache",
+               "openvino-bf16-cache": "runtime openvino bf16 + step cache", "openvino-int8-cache": "runtime openvino int8 + step cache"}  # fmt: skip
+DEFAULT_SYSTEMS = ("diffusers", "reference", "onnxruntime", "openvino-f32", "openvino-bf16")
 PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def system_plan(name: str, cache_interval: int) -> tuple[str | None, str | None, int]:
+    """(runtime backend or None for diffusers/the reference, OpenVINO precision or None, cache interval) of a system."""
+    if name in RUNTIME_BACKENDS:
+        return (*RUNTIME_BACKENDS[name], 1)
+    if name.startswith("runtime openvino "):
+        precision = name.split()[2]
+        return "openvino", precision, cache_interval if name.endswith("+ step cache") else 1
+    return None, None, 1
+
+
+def peak_kind(name: str) -> str:
+    """Which measured matmul peak a system's row is set against: its OpenVINO precision's, else f32's."""
+    precision = system_plan(name, 1)[1]
+    return precision if precision in ("bf16", "int8") else "f32"
+
+
+def loop_flops(name: str, flops: dict[str, int], steps: int, cache_interval: int, adapter_calls_per_step: float) -> tuple[float, float]:
+    """(FLOPs the system's denoising loop computes, the exact path's FLOPs) for ``steps`` steps: full UNet calls on
+    steps 0, k, 2k, ... and shallow ones between (step caching), adapter calls as measured (diffusers: none)."""
+    _, _, k = system_plan(name, cache_interval)
+    full = len(range(0, steps, k))
+    adapter = adapter_calls_per_step * steps * flops["adapter"]
+    exact = steps * flops["unet"] + adapter
+    return full * flops["unet"] + (steps - full) * flops["unet_shallow"] + adapter, exact
 
 
 def _diffusers(model_dir: Path, timer: Any) -> Callable[[dict[str, Any]], Any]:
@@ -73,16 +111,17 @@ def _reference(model_dir: Path, timer: Any) -> Callable[[dict[str, Any]], Any]:
                                        guidance_scale=call["guidance"], seed=0, progress=False).images  # fmt: skip
 
 
-def _runtime(engine_dir: Path, timer: Any, backend: str, precision: str | None) -> Callable[[dict[str, Any]], Any]:
+def _runtime(engine_dir: Path, timer: Any, backend: str, precision: str | None, cache_interval: int = 1) -> Callable[[dict[str, Any]], Any]:
     from benchmarks.timing import instrument_generator
     from runtime.generator import Generator
 
     gen = Generator.from_dir(engine_dir, backend=backend, precision=precision)
     instrument_generator(gen, timer)
-    return lambda call: gen.run_timed(PROMPT, num_inference_steps=call["steps"], guidance_scale=call["guidance"], seed=0, progress=False).images
+    return lambda call: gen.run_timed(PROMPT, num_inference_steps=call["steps"], guidance_scale=call["guidance"], seed=0, progress=False,
+                                      cache_interval=cache_interval).images  # fmt: skip
 
 
-def _worker(conn: Any, system: str, model_dir: Path, engine_dir: Path) -> None:
+def _worker(conn: Any, system: str, model_dir: Path, engine_dir: Path, cache_interval: int = 1) -> None:
     """One system in its own process: load it, then answer "run" (one timed generation) until "stop" (peak RSS)."""
     try:
         from benchmarks.timing import Timer
@@ -91,8 +130,9 @@ def _worker(conn: Any, system: str, model_dir: Path, engine_dir: Path) -> None:
         quiet_loading()
         timer = Timer()
         start = time.perf_counter()
-        if system in RUNTIME_BACKENDS:
-            run = _runtime(engine_dir, timer, *RUNTIME_BACKENDS[system])
+        backend, precision, interval = system_plan(system, cache_interval)
+        if backend is not None:
+            run = _runtime(engine_dir, timer, backend, precision, interval)
         else:
             run = {SYSTEMS[0]: lambda: _diffusers(model_dir, timer), SYSTEMS[1]: lambda: _reference(model_dir, timer)}[system]()
         conn.send({"load_s": time.perf_counter() - start})
@@ -126,14 +166,19 @@ def _ask(conn: Any, message: Any = "noop") -> dict[str, Any]:
     return reply
 
 
-def available_systems() -> tuple[list[str], dict[str, str]]:
-    """The systems this machine runs, and why the others cannot run here (OpenVINO missing, or a CPU without bf16)."""
+def available_systems(keys: tuple[str, ...] = DEFAULT_SYSTEMS) -> tuple[list[str], dict[str, str]]:
+    """The systems of ``keys`` (SYSTEM_KEYS) this machine runs, and why the others cannot run here (OpenVINO missing,
+    or a CPU without bf16). int8 runs wherever OpenVINO does; where the CPU cannot gain from it, the worker's log says so."""
     from runtime.backends.openvino import openvino_unavailable_reason
     from runtime.options import OpenVINOPrecision
 
-    openvino = {SYSTEMS[3]: OpenVINOPrecision.F32, SYSTEMS[4]: OpenVINOPrecision.BF16}
-    skipped = {name: why for name, precision in openvino.items() if (why := openvino_unavailable_reason(precision))}
-    return [s for s in SYSTEMS if s not in skipped], skipped
+    names = [SYSTEM_KEYS[k] for k in keys]
+    skipped = {}
+    for name in names:
+        precision = system_plan(name, 1)[1] if system_plan(name, 1)[0] == "openvino" else None
+        if precision is not None and (why := openvino_unavailable_reason(OpenVINOPrecision(precision))):
+            skipped[name] = why
+    return [s for s in names if s not in skipped], skipped
 
 
 def bench_size(model_dir: Path, engine_dir: Path, size: int, args: argparse.Namespace, systems: list[str]) -> dict[str, Any]:
@@ -142,7 +187,7 @@ def bench_size(model_dir: Path, engine_dir: Path, size: int, args: argparse.Name
     try:
         for system in systems:  # loaded one after the other, so no load competes with another
             parent, child = ctx.Pipe()
-            process = ctx.Process(target=_worker, args=(child, system, model_dir, engine_dir), daemon=True)
+            process = ctx.Process(target=_worker, args=(child, system, model_dir, engine_dir, args.cache_interval), daemon=True)
             process.start()
             workers[system] = (process, parent)
             loads[system] = _ask(parent)["load_s"]
@@ -164,6 +209,17 @@ def bench_size(model_dir: Path, engine_dir: Path, size: int, args: argparse.Name
     return {system: _summary(samples[system], loads[system], peaks[system]) for system in systems}
 
 
+def add_flop_rates(rows: dict[str, dict[str, Any]], flops: dict[str, int], peaks: dict[str, float], steps: int, cache_interval: int) -> None:
+    """Each row's achieved and effective GFLOP/s of its denoising loop, and the fraction of its precision's matmul peak."""
+    for name, row in rows.items():
+        adapter_calls = row.get("adapter_calls_per_step", 0.0)
+        executed, exact = loop_flops(name, flops, steps, cache_interval, adapter_calls)
+        loop_s = row["s_per_step_mean"] * steps
+        kind = peak_kind(name)
+        row.update(loop_gflop=executed / 1e9, achieved_gflops=executed / loop_s / 1e9, effective_gflops=exact / loop_s / 1e9, peak_kind=kind,
+                   fraction_of_peak=executed / loop_s / 1e9 / peaks[kind], fraction_of_f32_peak=executed / loop_s / 1e9 / peaks["f32"])  # fmt: skip
+
+
 def _summary(runs: list[dict[str, Any]], load_s: float, memory: dict[str, float]) -> dict[str, Any]:
     stages: dict[str, list[float]] = {}
     for run in runs:
@@ -173,22 +229,26 @@ def _summary(runs: list[dict[str, Any]], load_s: float, memory: dict[str, float]
     return {"runs": len(runs), "load_s": load_s, **memory, "all_finite": all(r["finite"] for r in runs),
             "s_per_step_mean": float(steps.mean()), "s_per_step_p50": float(np.median(steps)), "s_per_step_min": float(steps.min()),
             "s_per_step_max": float(steps.max()), "e2e_s_mean": float(e2e.mean()),
+            "adapter_calls_per_step": len(stages.get("adapter", [])) / len(steps),
             "stages_ms": stages_ms(stages, skip=("step",))}  # fmt: skip
 
 
 def markdown(result: dict[str, Any]) -> str:
-    header = ["size", "system", "s / step", "× diffusers per step", "e2e s", "text ms", "UNet ms/call", "adapter ms/call", "decode ms", "peak RSS GiB",
-              "× diffusers RSS", "end RSS anon / file-backed GiB"]  # fmt: skip
+    header = ["size", "system", "s / step", "× diffusers per step", "e2e s", "text ms", "UNet ms/call", "adapter ms/call", "decode ms",
+              "achieved GFLOP/s", "of peak", "peak RSS GiB", "× diffusers RSS", "end RSS anon / file-backed GiB"]  # fmt: skip
     rows = []
     for size, systems in result["sizes"].items():
-        base = systems[SYSTEMS[0]]
+        base = systems.get(SYSTEMS[0])  # diffusers: the yardstick of the × columns (absent: "–")
         for name, s in systems.items():
             st = s["stages_ms"]
-            rows.append([size, name, f"{s['s_per_step_mean']:.2f}", f"{s['s_per_step_mean'] / base['s_per_step_mean']:.2f}", f"{s['e2e_s_mean']:.1f}",
+            rows.append([size, name, f"{s['s_per_step_mean']:.2f}", cell(base and s['s_per_step_mean'] / base['s_per_step_mean'], ".2f"), f"{s['e2e_s_mean']:.1f}",
                          cell(st.get("text"), ".0f"), cell(st.get("unet"), ".0f"), cell(st.get("adapter"), ".0f"), cell(st.get("decode"), ".0f"),
-                         f"{s['peak_rss_mib'] / 1024:.2f}", f"{s['peak_rss_mib'] / base['peak_rss_mib']:.2f}",
+                         cell(s.get("achieved_gflops"), ".0f"), f"{cell(s.get('fraction_of_peak'), '.0%')} {s.get('peak_kind', '')}".strip(),
+                         f"{s['peak_rss_mib'] / 1024:.2f}", cell(base and s['peak_rss_mib'] / base['peak_rss_mib'], ".2f"),
                          f"{cell(s.get('end_rss_anon_mib', 0) / 1024 or None, '.2f')} / {cell(s.get('end_rss_file_mib', 0) / 1024 or None, '.2f')}"])  # fmt: skip
-    return render_table(header, rows + not_run_rows(result.get("skipped", {}), "all"))
+    peaks = result.get("matmul_peak_gflops")
+    note = "" if not peaks else "\n\nMeasured matmul peaks (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
+    return render_table(header, rows + not_run_rows(result.get("skipped", {}), "all")) + note
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +257,8 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for size, systems in result["sizes"].items():
         step = {name: s["s_per_step_mean"] for name, s in systems.items()}
+        if SYSTEMS[0] not in step or SYSTEMS[2] not in step:  # a subset of systems (--systems): no targets
+            continue
         ov_vs_ort = step[SYSTEMS[3]] / step[SYSTEMS[2]] if SYSTEMS[3] in step else None
         bf16_vs_diffusers = step[SYSTEMS[4]] / step[SYSTEMS[0]] if SYSTEMS[4] in step else None
         out[size] = {"openvino_f32_over_onnxruntime_per_step": ov_vs_ort, "openvino_f32_no_slower": None if ov_vs_ort is None else ov_vs_ort <= 1.0,
@@ -215,33 +277,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default: %(default)s)")
+    p.add_argument("--systems", nargs="+", choices=list(SYSTEM_KEYS), default=list(DEFAULT_SYSTEMS), help="default: %(default)s")
+    p.add_argument("--cache-interval", type=int, default=3, help="the step-cache systems' interval (default: %(default)s)")
+    p.add_argument("--calibration-steps", type=int, default=None, help="int8 systems: denoising steps per calibration prompt (default: the build's)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/sd15-cpu.json"))
     args = p.parse_args(argv)
     if args.steps < 2 or args.runs < 1 or args.warmup < 0 or any(s < 64 or s % 64 for s in args.sizes):
         p.error("--steps must be >= 2 (steps are timed end to end), --runs >= 1, --warmup >= 0, --sizes multiples of 64")
+    if args.cache_interval < 2:
+        p.error(f"--cache-interval must be >= 2 (got {args.cache_interval}; 1 is the exact path)")
     setup_logging(PLAIN)
     from contextdiff_ref.models.model_dir import quiet_loading
     from contextdiff_ref.models.sd15 import write_sd15_model_dir
+    from benchmarks.models import cpu_matmul_peaks, model_dir_flops
     from export.build import BuildOptions, build_engine_dir
     from runtime.errors import ContextDiffError
-    from runtime.options import BuildBackend, Precision
+    from runtime.options import BuildBackend, OpenVINOPrecision, Precision
 
     quiet_loading()
     result: dict[str, Any] = {
         "machine": machine(cpu_count=multiprocessing.cpu_count()),
         "config": {"model": str(args.model), "steps": args.steps, "guidance": args.guidance, "batch": 1, "warmup": args.warmup, "runs": args.runs,
-                   "prompt": PROMPT},
+                   "prompt": PROMPT, "cache_interval": args.cache_interval},
         "sizes": {},
     }  # fmt: skip
-    systems, result["skipped"] = available_systems()
+    systems, result["skipped"] = available_systems(tuple(dict.fromkeys(args.systems)))
+    step_cache, int8 = any(s.endswith("+ step cache") for s in systems), any(peak_kind(s) == "int8" for s in systems)
+    calibration = {"calibration_steps": args.calibration_steps} if args.calibration_steps else {}
     try:
         if not args.model.is_dir():
             logger.info("writing the SD-1.5-class model directory %s ...", args.model)
             write_sd15_model_dir(args.model)
+        logger.info("measuring this CPU's matmul peaks (f32, bf16, int8) ...")
+        result["matmul_peak_gflops"] = peaks = cpu_matmul_peaks()
         for size in args.sizes:
             engine_dir = args.engines_root / f"{args.model.resolve().name}-{size}"
-            build_engine_dir(args.model, engine_dir, BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision.FP32, height=size, width=size))
-            result["sizes"][str(size)] = bench_size(args.model.resolve(), engine_dir.resolve(), size, args, systems)
+            build_engine_dir(args.model, engine_dir, BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision.FP32, height=size, width=size,
+                                                                  step_cache=step_cache, openvino_precision=OpenVINOPrecision.INT8 if int8 else OpenVINOPrecision.F32,
+                                                                  **calibration))  # fmt: skip
+            rows = result["sizes"][str(size)] = bench_size(args.model.resolve(), engine_dir.resolve(), size, args, systems)
+            flops = model_dir_flops(args.model, size)
+            result.setdefault("flops_per_call", {})[str(size)] = flops
+            add_flop_rates(rows, flops, peaks, args.steps, args.cache_interval)
     except (ContextDiffError, RuntimeError, OSError) as exc:
         p.exit(2, f"error: {exc}\n")
     result["targets"] = targets(result)

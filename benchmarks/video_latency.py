@@ -36,7 +36,7 @@ def systems(model_dir: Path, workdir: Path, steps: int) -> tuple[list[System], d
     from contextdiff_ref.video.pipeline import VideoEditPipeline
     from export.build import BuildOptions, build_engine_dir
     from runtime.backends.openvino import openvino_unavailable_reason
-    from runtime.options import BuildBackend, OpenVINOPrecision, Precision
+    from runtime.options import ONNX_OPENVINO_PRECISIONS, BuildBackend, Precision
     from runtime.video_editor import VideoEditor
     from runtime.video_io import read_video
 
@@ -58,7 +58,7 @@ def systems(model_dir: Path, workdir: Path, steps: int) -> tuple[list[System], d
         editor = VideoEditor.from_dir(engines, backend="onnxruntime-cpu")
         add(f"runtime {editor.backend} {precision.value}", editor, instrument_generator)
         if precision is Precision.FP32:
-            for ov in OpenVINOPrecision:
+            for ov in ONNX_OPENVINO_PRECISIONS:
                 name = f"runtime openvino {ov.value}"
                 if why := openvino_unavailable_reason(ov):
                     skipped[name] = why

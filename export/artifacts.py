@@ -79,9 +79,11 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     return manifest
 
 
-# Names this package writes: <component>.<precision>.<16 hex>.onnx[.data] | .plan, and temporary files.
+# Names this package writes: <component>.<precision>.<16 hex>.onnx[.data] | .plan, <component>.int8.<16 hex>.xml | .bin
+# (export/openvino_int8.py), and temporary files.
 _ARTIFACT_NAME = re.compile(
-    rf"^({'|'.join(re.escape(c.value) for c in Component)})\.({'|'.join(p.value for p in Precision)})\.[0-9a-f]{{16}}\.(onnx|onnx\.data|plan)$"
+    rf"^({'|'.join(re.escape(c.value) for c in Component)})\.(({'|'.join(p.value for p in Precision)})\.[0-9a-f]{{16}}\.(onnx|onnx\.data|plan)"
+    rf"|int8\.[0-9a-f]{{16}}\.(xml|bin))$"
 )
 
 

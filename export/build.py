@@ -3,6 +3,7 @@ scheduler and manifest. Every artifact is keyed by a content hash, so unchanged 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import json
@@ -25,11 +26,12 @@ from contextdiff_ref.models.model_dir import check_model_dir, load_model_dir, mo
 from contextdiff_ref.video.model_dir import is_video_model_dir, load_video_model_dir
 from export.artifacts import MANIFEST, BuildError, BuildLock, hash_parts, read_manifest, remove_stale, sha256_file  # fmt: skip
 from export.onnx_export import OPSET, Flavour, export_onnx, to_fp16
+from export.openvino_int8 import DEFAULT_STEPS, DEFAULT_SUBSET, CalibrationSettings, build_int8, check_prompts, default_prompts
 from export.weight_map import build_weight_map, graph_weights, module_weights, weight_map_name, write_weight_map
 from export.tensorrt_build import build_plan, compute_capability, tensorrt_status
 from runtime.errors import ContextDiffError, InvalidArgumentError, first_line
 from runtime.files import TMP_PREFIX, atomic_write, atomic_write_text, staging_dir
-from runtime.manifest import BuildRecord, ComponentRecord, FileRecord, Manifest, ModelRecord, VideoRecord
+from runtime.manifest import BuildRecord, ComponentRecord, FileRecord, Manifest, ModelRecord, VideoRecord, parse_manifest
 from runtime.metrics import relative_l2
 from runtime.options import BuildBackend, OpenVINOPrecision, PlanRuntime, Precision
 from runtime.specs import SPECS, Component, ComponentSpec, ModelDims, Profile, component_spec, make_profile
@@ -59,7 +61,12 @@ class BuildOptions:
     workspace_gib: float | None = None  # TensorRT builder memory limit
     tensorrt_runtime: PlanRuntime = PlanRuntime.FULL  # LEAN: version-compatible plans the ~50 MB tensorrt_lean runs
     tensorrt_refit: bool = False  # refittable plans (BuilderFlag.REFIT): LoRAs applied by refitting, recorded as "refittable"
-    openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded for the runtime's openvino backend; artifacts unchanged
+    openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded for the runtime's openvino backend; int8 also builds int8 IR
+    # int8 only (export/openvino_int8.py): the prompts the UNets are calibrated on (None: the model's own or the built-in
+    # ones), denoising steps per prompt, and how many of those UNet calls NNCF calibrates on
+    calibration_prompts: tuple[str, ...] | None = None
+    calibration_steps: int = DEFAULT_STEPS
+    calibration_subset: int = DEFAULT_SUBSET
     # step caching (DeepCache, branch 1): the UNet also outputs the feature entering its last up-block, and a shallow
     # UNet (unet_shallow) runs the outer blocks on it; image models only
     step_cache: bool = False
@@ -96,6 +103,8 @@ def _check_options(options: BuildOptions, limits: ModelLimits) -> tuple[int, int
         raise InvalidArgumentError("--batch", options.max_images, "an integer from 1 to 64 (images per call)")
     if options.openvino_precision not in {p.value for p in OpenVINOPrecision}:  # the enum's members compare equal to their values
         raise InvalidArgumentError("--openvino-precision", options.openvino_precision, f"one of {[p.value for p in OpenVINOPrecision]}")
+    if options.calibration_prompts is not None and options.openvino_precision != OpenVINOPrecision.INT8.value:
+        raise InvalidArgumentError("--calibration-prompts", f"{len(options.calibration_prompts)} prompt(s)", "none unless --openvino-precision int8 (they calibrate the int8 UNets)")
     if options.workspace_gib is not None and not options.workspace_gib > 0:
         raise InvalidArgumentError("--workspace-gib", options.workspace_gib, "a positive number of GiB")
     sizes = []
@@ -383,6 +392,7 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     video = is_video_model_dir(model_dir)
     if options.step_cache and video:
         raise InvalidArgumentError("--step-cache", True, "an image model's directory: step caching is not built for video models (their inflated UNet) yet")
+    calibration = _calibration(options, model_dir, video, precision)
     if video:  # frames folded into the batch: the inflated UNet and the video adapter, F fixed (runtime/specs.py)
         loaded = load_video_model_dir(model_dir)
         components, video_facts = loaded.components, VideoRecord(loaded.num_frames, loaded.contextual)
@@ -427,14 +437,49 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
             results.append(ComponentResult(component.value, fmt, used, artifact["bytes"], time.perf_counter() - start, cached, note))
             logger.info("%s: %s (%.1f s)", component.value, "cached" if cached else "built", results[-1].seconds)
         try:
-            _write_manifest(out_dir, model_dir, facts, options, height, width, backend, entries)
+            manifest = _make_manifest(out_dir, model_dir, facts, options, height, width, backend, entries)
+        except OSError as exc:
+            raise _failure("manifest", exc, out_dir) from exc
+        if calibration is not None:
+            manifest = _with_int8(out_dir, manifest, previous, calibration, results)
+        try:
+            atomic_write_text(out_dir / MANIFEST, json.dumps(manifest.to_json(), indent=2) + "\n")  # last: the directory is now complete
+            remove_stale(out_dir, {f.file for f in manifest.files()})
         except OSError as exc:
             raise _failure("manifest", exc, out_dir) from exc
     return results
 
 
-def _write_manifest(out_dir: Path, model_dir: Path, facts: _ModelFacts, options: BuildOptions, height: int, width: int, backend: BuildBackend,
-                    entries: dict[str, ComponentRecord]) -> None:  # fmt: skip
+def _calibration(options: BuildOptions, model_dir: Path, video: bool, precision: Precision) -> CalibrationSettings | None:
+    """The int8 calibration settings (checked before anything is built), or None without --openvino-precision int8."""
+    if options.openvino_precision != OpenVINOPrecision.INT8.value:
+        return None
+    if video:
+        raise InvalidArgumentError("--openvino-precision", "int8", "'f32' or 'bf16' for a video model (int8 is calibrated on image generation)")
+    if precision is not Precision.FP32:
+        raise InvalidArgumentError("--openvino-precision", "int8", f"'f32' or 'bf16' with --precision {precision.value}: int8 IR is made from fp32 ONNX graphs")
+    prompts = check_prompts(options.calibration_prompts) if options.calibration_prompts is not None else default_prompts(model_dir)
+    return CalibrationSettings(prompts, options.calibration_steps, options.calibration_subset)
+
+
+def _with_int8(out_dir: Path, manifest: Manifest, previous: dict[str, Any], calibration: CalibrationSettings, results: list[ComponentResult]) -> Manifest:
+    """``manifest`` with every component's int8 IR (built, or reused from ``previous``), the build table's rows added."""
+    data = manifest.to_json()
+    try:
+        built = build_int8(out_dir, parse_manifest(out_dir, data), data, previous, calibration)
+    except ContextDiffError:
+        raise
+    except Exception as exc:  # NNCF, OpenVINO, the calibration run, the disk
+        raise _failure("int8 OpenVINO IR", exc, out_dir) from exc
+    for name, (entry, seconds, cached) in built.items():
+        results.append(ComponentResult(name, "openvino", "int8", entry["bytes"], seconds, cached, f"{entry['recipe']} int8"))
+    components = {name: dataclasses.replace(record, openvino=built[name][0]) for name, record in manifest.components.items()}
+    return dataclasses.replace(manifest, components=components)
+
+
+def _make_manifest(out_dir: Path, model_dir: Path, facts: _ModelFacts, options: BuildOptions, height: int, width: int, backend: BuildBackend,
+                   entries: dict[str, ComponentRecord]) -> Manifest:  # fmt: skip
+    """The manifest of a build (not yet written), with the tokenizer and scheduler files it names written."""
     atomic_write_text(out_dir / "tokenizer.json", facts.tokenizer_json)
     atomic_write_text(out_dir / "scheduler.json", json.dumps(facts.scheduler_config, indent=2) + "\n")
     limits = facts.limits
@@ -449,5 +494,4 @@ def _write_manifest(out_dir: Path, model_dir: Path, facts: _ModelFacts, options:
                           onnxruntime_version=ort.__version__, openvino_precision=OpenVINOPrecision(options.openvino_precision)),
         tokenizer=tokenizer, scheduler=scheduler, components=entries,
     )  # fmt: skip
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest.to_json(), indent=2) + "\n")  # last: the directory is now complete
-    remove_stale(out_dir, {f.file for f in manifest.files()})
+    return manifest

@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 from runtime.cli import CLI_ERRORS, PLAIN, Parser, error_exit, setup_logging
 from runtime.errors import ContextDiffError  # noqa: E402
+from export.openvino_int8 import DEFAULT_STEPS, DEFAULT_SUBSET, read_prompts  # noqa: E402
 from runtime.options import BuildBackend, OpenVINOPrecision, PlanRuntime, Precision, choices  # noqa: E402
 
 
@@ -42,8 +43,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tensorrt-refit", action="store_true",
                    help="build refittable plans (TensorRT's REFIT flag), so the runtime can apply LoRAs by refitting (docs/guides/lora.md)")
     p.add_argument("--openvino-precision", choices=choices(OpenVINOPrecision), default="f32",
-                   help="inference precision recorded for the runtime's openvino backend (the ONNX artifacts are the same): 'bf16' "
-                        "makes the runtime's auto backend pick OpenVINO bf16 on CPUs that have bf16 (default: %(default)s)")  # fmt: skip
+                   help="precision recorded for the runtime's openvino backend: 'bf16' makes the runtime's auto backend pick OpenVINO bf16 on "
+                        "CPUs that have bf16 (the ONNX artifacts are the same); 'int8' also builds int8 OpenVINO IR with NNCF, calibrated on "
+                        "--calibration-prompts, which the auto backend then runs (default: %(default)s)")  # fmt: skip
+    p.add_argument("--calibration-prompts", type=Path, default=None, metavar="FILE",
+                   help="with --openvino-precision int8: a text file of prompts, one per line, the UNets are calibrated on (default: the "
+                        "model's own captions for the shapes models, else a built-in list: export/data/calibration_prompts.txt)")  # fmt: skip
+    p.add_argument("--calibration-steps", type=int, default=DEFAULT_STEPS, help="with int8: denoising steps per calibration prompt (default: %(default)s)")
+    p.add_argument("--calibration-subset", type=int, default=DEFAULT_SUBSET,
+                   help="with int8: how many of the captured UNet calls NNCF calibrates on, evenly spaced (default: %(default)s)")
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder memory limit in GiB")
     p.add_argument("--step-cache", action="store_true",
                    help="also export step caching's graphs (the UNet with its deep feature, the shallow UNet): `python -m runtime --cache-interval K`")
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model = args.model if args.model is not None else default_model_dir()
+        prompts = read_prompts(args.calibration_prompts) if args.calibration_prompts is not None else None
         out = args.out if args.out is not None else Path("engines") / Path(model).resolve().name
         options = BuildOptions(backend=BuildBackend(args.backend), precision=Precision(args.precision) if args.precision else None,
                                flavour=Flavour(args.onnx_flavour) if args.onnx_flavour else None,
@@ -86,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                                force=args.force, workspace_gib=args.workspace_gib, tensorrt_runtime=PlanRuntime(args.tensorrt_runtime),
                                tensorrt_refit=args.tensorrt_refit,
                                openvino_precision=OpenVINOPrecision(args.openvino_precision), onnx_cache=args.onnx_cache,
-                               step_cache=args.step_cache)  # fmt: skip
+                               step_cache=args.step_cache, calibration_prompts=prompts, calibration_steps=args.calibration_steps,
+                               calibration_subset=args.calibration_subset)  # fmt: skip
         results = build_engine_dir(model, out, options)
     except CLI_ERRORS as exc:
         return error_exit(exc)

@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto",
                    help="auto, tensorrt, onnxruntime, onnxruntime-cuda, onnxruntime-cpu or openvino (default: %(default)s)")
     p.add_argument("--precision", choices=choices(OpenVINOPrecision), default=None,
-                   help="the openvino backend's inference precision (default: what the engine directory records, else f32)")
+                   help="the openvino backend's precision: f32, bf16, or int8 (an engine directory built with --openvino-precision int8); "
+                        "default: what the engine directory records, else f32")  # fmt: skip
     p.add_argument("--contextual-guidance", choices=["conditional", "guided"], default=None,
                    help="how guidance meets the adapter's shift (method doc §5; default: the model's, recorded in its scheduler config)")
     add_lora_argument(p)

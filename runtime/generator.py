@@ -34,6 +34,13 @@ from runtime.validation import GenerationRequest, check_strength, merge_requests
 
 logger = logging.getLogger(__name__)
 
+def _check_int8_loras(specs: Sequence[LoraSpec], precision: OpenVINOPrecision | None) -> None:
+    """LoRAs change float weights; the int8 IR holds quantized ones (a LoRA would have to be applied before calibration)."""
+    if specs and precision is OpenVINOPrecision.INT8:
+        raise InvalidArgumentError("loras", [str(s.path) for s in specs],
+                                   "no LoRAs with OpenVINO int8 (its IR holds quantized weights): use precision 'f32' or 'bf16' for LoRAs")  # fmt: skip
+
+
 class Generator:
     """Text-to-image generation from an engine directory.
 
@@ -91,6 +98,7 @@ class Generator:
         ``runtime.VideoEditor`` runs it) of a video model."""
         specs = parse_loras(loras)
         chosen = load_backend(manifest, backend, device, precision)
+        _check_int8_loras(specs, chosen.precision)
         weights = lora_weights(manifest, specs, chosen.name, ignore_unmatched=ignore_unmatched)
         for component, changed in weights.items():  # before activation: the sessions are made once, with them
             chosen.runners[component].prepare_weights(changed)()
@@ -105,6 +113,7 @@ class Generator:
         weights are computed from the base weights and every touched engine is reloaded with them before any is
         switched: on an error the Generator keeps its previous weights, never half of each."""
         specs = parse_loras(loras)
+        _check_int8_loras(specs, OpenVINOPrecision(self.precision) if self.precision else None)
         with self._lock, self._on_device():
             weights = lora_weights(self.manifest, specs, self.backend, ignore_unmatched=ignore_unmatched, module_shapes=self.module_shapes)
             commits = [self.runners[c].prepare_weights(weights.get(c)) for c in sorted(self._lora_components | set(weights))]

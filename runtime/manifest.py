@@ -128,6 +128,9 @@ class ComponentRecord:
     note: str = ""
     source_key: str = ""  # hash of what the artifact is made from (the build's cache key)
     io: dict[str, Any] = dataclasses.field(default_factory=dict)  # the component's inputs and outputs (ComponentSpec.to_json)
+    # the int8 OpenVINO IR of `--openvino-precision int8` (export/openvino_int8.py): {"file" (.xml), "sha256", "weights": {"file" (.bin),
+    # "sha256"}, "bytes", "precision": "int8", "recipe": "hybrid" | "weights", "key", "builder", "calibration": {...}}; None: not built
+    openvino: dict[str, Any] | None = None
 
     @property
     def weight_map(self) -> FileRecord | None:
@@ -138,17 +141,19 @@ class ComponentRecord:
     def files(self) -> list[FileRecord]:
         """Every file this component's artifacts consist of: the graph, its external data, its weight map, the plan."""
         artifacts = [self.onnx, *self.onnx.get("external_data", []), *([self.tensorrt] if self.tensorrt else [])]
+        artifacts += [self.openvino, self.openvino["weights"]] if self.openvino else []
         return [FileRecord.from_json(a) for a in artifacts] + ([self.weight_map] if self.weight_map else [])
 
     def to_json(self) -> dict[str, Any]:
         out = {"precision": self.precision, "note": self.note, "source_key": self.source_key, "profile": self.profile.to_json(), "io": self.io,
                "onnx": self.onnx}  # fmt: skip
-        return out | ({"tensorrt": self.tensorrt} if self.tensorrt is not None else {})
+        out |= {"tensorrt": self.tensorrt} if self.tensorrt is not None else {}
+        return out | ({"openvino": self.openvino} if self.openvino is not None else {})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ComponentRecord:
         return cls(data["precision"], Profile.from_json(data["profile"]), data["onnx"], data.get("tensorrt"), data.get("note", ""),
-                   data.get("source_key", ""), data.get("io", {}))  # fmt: skip
+                   data.get("source_key", ""), data.get("io", {}), data.get("openvino"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,8 @@ class ComponentArtifacts:
     onnx_sha256: tuple[str, ...] = ()  # the ONNX file's sha256, then its external data files' (what a compiled copy derives from)
     weight_map: Path | None = None  # which initializer holds which module weight (LoRAs); None: built before weight maps
     feature_output: bool = False  # a step-cache build's UNet: its graph also outputs the feature the shallow UNet takes
+    openvino_ir: Path | None = None  # the int8 OpenVINO IR (.xml; its .bin beside it) of `--openvino-precision int8`; None: not built
+    openvino_ir_sha256: tuple[str, ...] = ()  # the IR's .xml and .bin sha256 (what a compiled copy derives from)
 
     @property
     def spec(self) -> ComponentSpec:
@@ -263,12 +270,14 @@ def load_manifest(engine_dir: str | os.PathLike[str], *, verify: bool = True) ->
     if version != FORMAT_VERSION:
         raise EngineDirectoryError(f"{path}: format_version={version!r}, this runtime reads {FORMAT_VERSION}; {REBUILD}")
     try:
-        return _parse(root, data, verify)
+        return parse_manifest(root, data, verify=verify)
     except (KeyError, TypeError, ValueError) as exc:
         raise EngineDirectoryError(f"{path} is malformed ({type(exc).__name__}: {exc}); {REBUILD}") from None
 
 
-def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
+def parse_manifest(root: Path, data: dict[str, Any], *, verify: bool = True) -> EngineManifest:
+    """The engine directory ``root`` as described by ``data`` (a manifest's JSON, not necessarily written yet: a build
+    runs the runtime on its artifacts before it writes the manifest); with ``verify`` the sha256 of every file."""
     record = Manifest.from_json(data)
     model, dims = record.model, record.model.dims
     limits = ModelLimits(
@@ -289,8 +298,12 @@ def _parse(root: Path, data: dict[str, Any], verify: bool) -> EngineManifest:
         plan_runtime = PlanRuntime((entry.tensorrt or {}).get("runtime", PlanRuntime.FULL.value))  # unknown name: ValueError, malformed
         shas = (entry.onnx["sha256"], *(extra["sha256"] for extra in entry.onnx.get("external_data", [])))
         feature = any(o.get("name") == "feature" for o in entry.io.get("outputs", [])) and component is Component.UNET
+        ir, ir_shas = None, ()
+        if entry.openvino is not None:
+            ir, _ = check(entry.openvino), check(entry.openvino["weights"])
+            ir_shas = (entry.openvino["sha256"], entry.openvino["weights"]["sha256"])
         components[component] = ComponentArtifacts(component, entry.precision, entry.profile, onnx_path, plan, entry.tensorrt, plan_runtime, shas,
-                                                   weight_map, feature)  # fmt: skip
+                                                   weight_map, feature, ir, ir_shas)  # fmt: skip
     num_frames = None if model.video is None else model.video.num_frames
     latent = dims.vae_scale_factor > 1
     required = {Component.TEXT_ENCODER, Component.UNET, Component.ADAPTER} | ({Component.VAE_DECODER} if latent else set())

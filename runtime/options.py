@@ -3,7 +3,8 @@
 All are ``str`` enums, so the strings users already write keep working on the command lines, in manifests and in
 the HTTP API (``Backend("openvino") == "openvino"``). Two precisions are two different things, spelled as their tools
 spell them: :class:`Precision` is what an artifact was built in (``fp32``/``fp16``: ONNX graphs, TensorRT plans),
-:class:`OpenVINOPrecision` is how OpenVINO computes on the CPU from fp32/fp16 artifacts (``f32``/``bf16``).
+:class:`OpenVINOPrecision` is how OpenVINO computes on the CPU: from the fp32/fp16 artifacts (``f32``/``bf16``), or from
+the int8 OpenVINO IR a build made with NNCF (``int8``: export/openvino_int8.py).
 """
 
 from __future__ import annotations
@@ -42,10 +43,26 @@ class Precision(str, enum.Enum):
 
 
 class OpenVINOPrecision(str, enum.Enum):
-    """OpenVINO's inference precision on the CPU (``INFERENCE_PRECISION_HINT``); the artifacts stay as built."""
+    """OpenVINO's precision on the CPU: f32 and bf16 are its ``INFERENCE_PRECISION_HINT`` over the ONNX artifacts as
+    built; int8 runs the int8 OpenVINO IR that ``build_engines.py --openvino-precision int8`` adds (NNCF, calibrated at
+    build time), its unquantized ops in f32."""
 
     F32 = "f32"  # exact: what the ONNX graphs compute
     BF16 = "bf16"  # bfloat16 matmuls and convolutions where the CPU has them (AVX512-BF16, AMX); f32 accumulation
+    INT8 = "int8"  # the engine directory's int8 IR: the UNets' convolutions int8 in weights and activations, every other weight int8
+
+    @property
+    def compute_hint(self) -> str:
+        """OpenVINO's ``INFERENCE_PRECISION_HINT`` for this precision (int8's unquantized ops compute in f32)."""
+        return "f32" if self is OpenVINOPrecision.INT8 else self.value
+
+    @property
+    def needs_ir(self) -> bool:
+        """Whether it runs a build-time OpenVINO IR rather than the ONNX artifacts."""
+        return self is OpenVINOPrecision.INT8
+
+
+ONNX_OPENVINO_PRECISIONS: tuple[OpenVINOPrecision, ...] = (OpenVINOPrecision.F32, OpenVINOPrecision.BF16)  # those that run the ONNX artifacts
 
 
 class PlanRuntime(str, enum.Enum):

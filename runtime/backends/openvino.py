@@ -1,7 +1,10 @@
 """OpenVINO runner: the engine directory's ONNX artifacts, unchanged, compiled for the CPU by OpenVINO.
 
 Precision is explicit: ``f32`` (exact; the default) or ``bf16`` (OpenVINO's ``INFERENCE_PRECISION_HINT``, asked for
-by the caller or recorded at build time). OpenVINO quietly computes in f32 when a CPU lacks bf16 instructions
+by the caller or recorded at build time), or ``int8``: the runner is then given the engine directory's int8 OpenVINO IR
+(NNCF, calibrated at build time: export/openvino_int8.py) instead of the ONNX artifact, its unquantized ops in f32. int8
+runs on any CPU, but gains only with int8 dot-product instructions (AVX512-VNNI, AVX-VNNI, AMX-INT8): without them it
+runs, with a warning that says so (:func:`int8_gain_reason`). OpenVINO quietly computes in f32 when a CPU lacks bf16 instructions
 (measured with OpenVINO 2026.4 on an AVX2-only AMD EPYC: the hint reads back ``f32``); this runner never lets that
 pass: bf16 on such a CPU is refused before compiling, and a compiled model whose precision reads back different from
 the one asked for is refused after.
@@ -92,8 +95,25 @@ def bf16_unsupported_reason(core: Any) -> str | None:
     return f"this CPU ({name}) has no bf16 instructions (OpenVINO reports {capabilities}; bf16 needs AVX512-BF16 or AMX)"
 
 
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of int8 dot-product instructions
+
+
+def int8_gain_reason(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """None where this CPU has int8 dot-product instructions (``INT8_FLAGS``), else why int8 cannot gain here (also
+    where the flags cannot be read: not Linux). Without them OpenVINO emulates int8 with wider instructions, and the
+    int8 IR is no faster than f32, only less exact."""
+    try:
+        flags = {word for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for word in line.split(":", 1)[1].split()}
+    except OSError as exc:
+        return f"this CPU's flags could not be read ({cpuinfo}: {exc.strerror or exc}), so int8 may not gain here"
+    if flags & set(INT8_FLAGS):
+        return None
+    return f"this CPU has none of {', '.join(INT8_FLAGS)}: int8 computes no faster than f32 here, only less exactly"
+
+
 def openvino_unavailable_reason(precision: OpenVINOPrecision) -> str | None:
-    """None where OpenVINO can run ``precision`` on this CPU, else why not (not installed, or no bf16 here)."""
+    """None where OpenVINO can run ``precision`` on this CPU, else why not (not installed, or no bf16 here). int8 runs
+    wherever OpenVINO does (whether it gains: :func:`int8_gain_reason`)."""
     try:
         ov = import_openvino()
     except OpenVINOUnavailableError as exc:
@@ -243,7 +263,7 @@ def _prune(entry: Path) -> None:
 class OpenVINORunner(RunnerBase):
     """One component's ONNX artifact compiled by OpenVINO for the CPU; NumPy in, NumPy out.
 
-    ``cache_root``: directory of the compiled-model cache (None: no cache); ``artifact_sha256``: the sha256 of the
+    ``path``: the ONNX artifact, or for precision int8 the int8 IR's .xml. ``cache_root``: directory of the compiled-model cache (None: no cache); ``artifact_sha256``: the sha256 of the
     artifact's files (from the manifest), part of the cache key. ``threads``: OpenVINO's inference threads (None: all).
     ``static_shapes``: how many distinct call shapes get a model compiled for exactly their shapes (module docstring);
     the first call at each of them compiles it (0.5 s for the default video model's UNet; loaded from the cache later).
@@ -299,7 +319,7 @@ class OpenVINORunner(RunnerBase):
         core = ov.Core()
         if self.precision is OpenVINOPrecision.BF16 and (why := bf16_unsupported_reason(core)):
             raise OpenVINOUnavailableError(f"{self.spec.name}: precision 'bf16' was asked for, but {why}; use precision 'f32'")
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision.value, "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision.compute_hint, "PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         key = cache_key(core, ov.__version__, self.spec.name, self.precision, self.artifact_sha256) if self.artifact_sha256 else None
@@ -327,8 +347,8 @@ class OpenVINORunner(RunnerBase):
             return self._compiled(ov, core, model, options, key and key.with_name(f"{key.name}-{name}"))[0]
 
         got = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if got != self.precision.value:  # never a silent precision change
-            raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} compiled for {got!r} although {self.precision.value!r} "
+        if got != self.precision.compute_hint:  # never a silent precision change
+            raise OpenVINOUnavailableError(f"{self.spec.name}: OpenVINO {ov.__version__} compiled for {got!r} although {self.precision.compute_hint!r} "
                                            "was asked for; refusing to run at another precision")  # fmt: skip
         names = {name for port in compiled.outputs for name in port.get_names()}
         missing = [t.name for t in self.spec.outputs if t.name not in names]

@@ -17,7 +17,7 @@ import numpy as np
 
 from runtime.backends import cuda_driver
 from runtime.backends.base import Runner
-from runtime.backends.openvino import OpenVINORunner, openvino_unavailable_reason
+from runtime.backends.openvino import OpenVINORunner, int8_gain_reason, openvino_unavailable_reason
 from runtime.backends.ort import OnnxRuntimeRunner
 from runtime.backends.tensorrt import import_tensorrt, install_hint, tensorrt_module_name
 from runtime.errors import InvalidArgumentError
@@ -61,8 +61,9 @@ def check_device(device: int | None) -> None:
 def pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPrecision | None = None) -> tuple[str, OpenVINOPrecision | None]:
     """(backend, OpenVINO precision or None). auto: TensorRT (plans present and the TensorRT they need — full or lean —
     importable), then ONNX Runtime CUDA; on the CPU, OpenVINO where bf16 is wanted (``precision`` or the manifest) and
-    the CPU has it, else ONNX Runtime CPU (OpenVINO f32 would write a compiled copy of every component into the engine
-    directory on first load, which auto does not do unasked: docs/guides/cpu-backends.md)."""
+    the CPU has it, or int8 (the manifest records an int8 build), else ONNX Runtime CPU (OpenVINO f32 would write a
+    compiled copy of every component into the engine directory on first load, which auto does not do unasked:
+    docs/guides/cpu-backends.md). int8 needs the directory's int8 IR (refused without it, never run at f32)."""
     if backend not in BACKENDS:
         raise InvalidArgumentError("backend", backend, f"one of {', '.join(map(repr, BACKENDS))} ('torch': contextdiff_ref.pipelines.torch_runner.torch_generator)")
     if precision is not None and backend not in ("auto", "openvino"):
@@ -72,6 +73,7 @@ def pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPrec
         wanted = precision or manifest.openvino_precision
         if why := openvino_unavailable_reason(wanted):
             raise InvalidArgumentError("backend", backend, f"a backend this machine can run: OpenVINO {wanted.value} cannot run here: {why}")
+        _check_int8(manifest, wanted)
         return "openvino", wanted
     import onnxruntime as ort
 
@@ -93,6 +95,9 @@ def pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPrec
     if backend == "auto":
         if trt_ok or cuda_ok:
             return ("tensorrt" if trt_ok else "onnxruntime-cuda"), None
+        if manifest.openvino_precision is OpenVINOPrecision.INT8 and openvino_unavailable_reason(OpenVINOPrecision.INT8) is None:
+            _check_int8(manifest, OpenVINOPrecision.INT8)
+            return "openvino", OpenVINOPrecision.INT8
         if manifest.openvino_precision is OpenVINOPrecision.BF16:
             if (why := openvino_unavailable_reason(OpenVINOPrecision.BF16)) is None:
                 return "openvino", OpenVINOPrecision.BF16
@@ -102,6 +107,18 @@ def pick_backend(backend: str, manifest: EngineManifest, precision: OpenVINOPrec
     if backend == "onnxruntime":
         return ("onnxruntime-cuda" if cuda_ok else "onnxruntime-cpu"), None
     return backend, None
+
+
+def _check_int8(manifest: EngineManifest, precision: OpenVINOPrecision) -> None:
+    """int8 needs every component's int8 IR in the manifest; where this CPU cannot gain from it, a warning says so."""
+    if precision is not OpenVINOPrecision.INT8:
+        return
+    missing = sorted(c.value for c, a in manifest.components.items() if a.openvino_ir is None)
+    if missing:
+        raise InvalidArgumentError("precision", precision.value, f"'f32' or 'bf16' for {manifest.root}: it has no int8 OpenVINO IR for {missing}; "
+                                   "rebuild it with `python export/build_engines.py --openvino-precision int8`")  # fmt: skip
+    if why := int8_gain_reason():
+        logger.warning("OpenVINO int8 asked for, but %s", why)
 
 
 def openvino_streams(manifest: EngineManifest) -> int:
@@ -116,7 +133,9 @@ def make_runners(manifest: EngineManifest, backend: str, device_id: int, precisi
     """One runner per component of ``manifest`` for a resolved ``backend`` (what :func:`pick_backend` returns)."""
     if backend == "openvino":
         cache, streams, unit = manifest.root / OPENVINO_CACHE, openvino_streams(manifest), manifest.num_frames or 1
-        return {c: OpenVINORunner(a.spec, a.onnx, precision=precision, cache_root=cache, artifact_sha256=a.onnx_sha256, streams=streams, batch_unit=unit)
+        int8 = precision is OpenVINOPrecision.INT8  # the int8 IR in place of the ONNX artifact (pick_backend checked it is there)
+        return {c: OpenVINORunner(a.spec, a.openvino_ir if int8 else a.onnx, precision=precision, cache_root=cache,
+                                  artifact_sha256=a.openvino_ir_sha256 if int8 else a.onnx_sha256, streams=streams, batch_unit=unit)
                 for c, a in manifest.components.items()}  # fmt: skip
     if backend == "tensorrt":
         from runtime.backends.tensorrt import TensorRTRunner

@@ -260,7 +260,7 @@ def test_precision_recorded_at_build_time(pixel_model_dir, pixel_fp32_dir, tmp_p
 
 
 def test_bad_precision_and_records_are_clear_errors(pixel_model_dir, engines, tmp_path):
-    with pytest.raises(InvalidArgumentError, match=r"invalid precision='fp16': None or one of \['f32', 'bf16'\]"):
+    with pytest.raises(InvalidArgumentError, match=r"invalid precision='fp16': None or one of \['f32', 'bf16', 'int8'\]"):
         Generator.from_dir(engines, backend="openvino", precision="fp16")
     with pytest.raises(InvalidArgumentError, match=r"invalid precision='f32': None with backend 'onnxruntime-cpu'"):
         Generator.from_dir(engines, backend="onnxruntime-cpu", precision="f32")
