@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from export.onnx_export import fp16_rounded
 from runtime.lora import weight_names
 
 WEIGHT_MAP_VERSION = 1
@@ -77,14 +78,8 @@ def _initializers(graph: Path) -> Iterator[tuple[str, np.ndarray, str, int]]:
 def _candidates(weight: np.ndarray, dtypes: set[str], present: set[tuple[str, tuple[int, ...]]]) -> Iterator[tuple[tuple, dict[str, Any]]]:
     """(index key, how it is stored) for each way the exporter may have stored ``weight`` whose dtype and shape some
     initializer has (``present``): only those are hashed, so a graph of gigabytes is not hashed seven times over."""
-    from onnxconverter_common.float16 import convert_np_to_float16
-
     for dtype in dtypes:
-        if dtype == "float16":
-            with np.errstate(all="ignore"):
-                value = convert_np_to_float16(weight.astype(np.float32))
-        else:
-            value = weight.astype(np.float32)
+        value = fp16_rounded(weight) if dtype == "float16" else weight.astype(np.float32)
         n = value.shape[0]
         forms = [((0, n), False, value)]
         if value.ndim == 2:

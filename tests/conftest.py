@@ -97,6 +97,7 @@ pixel_fp32_dir = _engine_fixture("pixel_fp32_dir", "pixel_model_dir", "fp32", dy
 pixel_step_cache_dir = _engine_fixture("pixel_step_cache_dir", "pixel_model_dir", "fp32", dynamic_size=False, step_cache=True)
 pixel_step_cache_standard_dir = _engine_fixture("pixel_step_cache_standard_dir", "pixel_model_dir", "fp32", dynamic_size=False, flavour="standard",
                                                 step_cache=True)  # fmt: skip
+pixel_step_cache_fp16_dir = _engine_fixture("pixel_step_cache_fp16_dir", "pixel_model_dir", "fp16", dynamic_size=False, step_cache=True)
 
 
 # The shipped models, trained: their UNet's output matters, so an export error shows in the images (the tiny models'

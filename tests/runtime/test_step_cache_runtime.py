@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
+from export.artifacts import read_manifest
 from runtime.errors import InvalidArgumentError
 from runtime.generator import Generator
 from runtime.metrics import psnr
@@ -18,6 +20,7 @@ KW = dict(num_inference_steps=10, guidance_scale=3.0, seed=0, progress=False)
 # model, 10 steps, guidance 3): measured 2026-12-05 on 2 threads of an AMD EPYC — ONNX Runtime 132.6 dB, OpenVINO
 # 129.9 dB, the Torch backend bitwise (300 dB). Interval 3 itself is 26.7 dB from the exact path here.
 MIN_PSNR = 110.0
+FP16_MIN_PSNR = 65.0  # the same with an fp16 step-cache build: measured 72.2 dB (same machine, 2026-12-05)
 
 
 @pytest.mark.slow
@@ -70,3 +73,18 @@ def test_cli_cache_interval(pixel_step_cache_dir, pixel_fp32_dir, tmp_path, caps
     assert main([PROMPT, "-o", str(out), "--engines", str(pixel_step_cache_dir), "--steps", "4", "--cache-interval", "2"]) == 0 and out.is_file()
     assert main([PROMPT, "-o", str(out), "--engines", str(pixel_fp32_dir), "--steps", "4", "--cache-interval", "2"]) != 0
     assert "--step-cache" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_fp16_step_cache_build_matches_the_reference(pixel_step_cache_fp16_dir, pixel_pipe):
+    """fp16 graphs for step caching: the UNet's ``feature`` output, which its last up-block also reads inside the graph,
+    stays fp16 inside and float32 outside (the converter once left that reader on the fp32 copy: the build failed),
+    and interval 3 on ONNX Runtime matches the reference's interval 3 at fp16's precision."""
+    manifest = read_manifest(pixel_step_cache_fp16_dir)
+    assert {manifest["components"][c]["precision"] for c in ("unet", "unet_shallow")} == {"fp16"}
+    unet = onnx.load(str(pixel_step_cache_fp16_dir / manifest["components"]["unet"]["onnx"]["file"]))
+    assert {o.name: o.type.tensor_type.elem_type for o in unet.graph.output}["feature"] == onnx.TensorProto.FLOAT
+    gen = Generator.from_dir(pixel_step_cache_fp16_dir, backend="onnxruntime-cpu")
+    got, reference = gen(PROMPT, cache_interval=3, **KW).images, pixel_pipe(PROMPT, cache_interval=3, **KW).images
+    record(psnr=psnr(got, reference))
+    assert psnr(got, reference) >= FP16_MIN_PSNR
