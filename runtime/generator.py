@@ -50,6 +50,7 @@ class Generator:
 
     loras: tuple[LoraSpec, ...] = ()  # the LoRAs in use (set_loras)
     _lora_components: frozenset[Component] = frozenset()  # the components whose weights they change
+    _lora_weights: dict[Component, Any] = {}  # their weights (runtime.lora.ComponentWeights), what a failed switch goes back to
     module_shapes: dict[Component, dict[str, tuple[int, ...]]] | None = None  # backends running the modules (Torch): their weights' shapes
 
     def __init__(self, manifest: EngineManifest, runners: dict[Component, Runner], backend: str, xp: Any = np, device_id: int = 0,
@@ -105,7 +106,7 @@ class Generator:
         logger.info("Generator: %s backend%s for %s", chosen.name, f" ({chosen.precision.value})" if chosen.precision else "", manifest.root)
         generator = cls(manifest, chosen.runners, chosen.name, xp=chosen.xp, device_id=chosen.device_id,
                         precision=chosen.precision.value if chosen.precision else None)  # fmt: skip
-        generator.loras, generator._lora_components = specs, frozenset(weights)
+        generator.loras, generator._lora_components, generator._lora_weights = specs, frozenset(weights), weights
         return generator
 
     def set_loras(self, loras: Sequence[Any] = (), *, ignore_unmatched: bool = False) -> None:
@@ -116,10 +117,17 @@ class Generator:
         _check_int8_loras(specs, OpenVINOPrecision(self.precision) if self.precision else None)
         with self._lock, self._on_device():
             weights = lora_weights(self.manifest, specs, self.backend, ignore_unmatched=ignore_unmatched, module_shapes=self.module_shapes)
-            commits = [self.runners[c].prepare_weights(weights.get(c)) for c in sorted(self._lora_components | set(weights))]
-            for commit in commits:
-                commit()
-            self.loras, self._lora_components = specs, frozenset(weights)
+            commits = [(c, self.runners[c].prepare_weights(weights.get(c))) for c in sorted(self._lora_components | set(weights))]
+            done: list[Component] = []
+            try:
+                for component, commit in commits:  # a failing one is back on its previous weights; put the others back too
+                    commit()
+                    done.append(component)
+            except Exception:
+                for component in done:
+                    self.runners[component].prepare_weights(self._lora_weights.get(component))()
+                raise
+            self.loras, self._lora_components, self._lora_weights = specs, frozenset(weights), weights
 
     def close(self) -> None:
         for runner in self.runners.values():

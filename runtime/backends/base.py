@@ -70,8 +70,9 @@ class RunnerBase:
 
     def prepare_weights(self, weights: Any) -> Callable[[], None]:
         """Stage new weights (a ``runtime.lora.ComponentWeights``, or None: the base weights) and return the call that
-        puts them in use; staging may fail (nothing changes then), the returned call does not. Backends without it
-        refuse LoRAs."""
+        puts them in use. Staging may fail (nothing changes then); the returned call may fail too (a backend that frees
+        the old weights before loading the new ones, to hold one copy), and is then back on its previous weights.
+        Backends without it refuse LoRAs."""
         raise RunnerError(f"{type(self).__name__} ({self.spec.name}): this backend cannot apply LoRAs")
 
     def _activate(self) -> None:

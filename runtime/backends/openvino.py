@@ -293,19 +293,24 @@ class OpenVINORunner(RunnerBase):
 
     def prepare_weights(self, weights: Any) -> Callable[[], None]:
         """LoRA weights: the touched initializers replaced in the read model before it compiles (module docstring),
-        always over the artifact's base weights. An active runner compiles the new model now (a failure leaves the old
-        one in use); its static-shape models are compiled again at their next call (from the cache where seen)."""
+        always over the artifact's base weights. For an active runner the returned call drops the compiled models,
+        then compiles the new one (so a switch never holds the component twice); if that fails it is back on its
+        previous weights, and raises. Its static-shape models are compiled again at their next call (from the cache
+        where seen)."""
         overrides = dict(weights.initializers) if weights is not None else {}
         if not self.active:
             return lambda: setattr(self, "_overrides", overrides)
-        try:
-            request, compile_for, hit = self._load(overrides)
-        except Exception as exc:
-            raise RunnerError(f"{type(self).__name__} could not load {self.spec.name} with new weights: {first_line(exc)}") from exc
 
         def commit() -> None:
+            previous = self._overrides
             self._static.clear()
-            self.request, self._compile, self.loaded_from_cache, self._overrides = request, compile_for, hit, overrides
+            self.request = self._compile = None  # the old compiled model's weights are freed before the new ones load
+            try:
+                self.request, self._compile, self.loaded_from_cache = self._load(overrides)
+            except Exception as exc:
+                self.request, self._compile, self.loaded_from_cache = self._load(previous)
+                raise RunnerError(f"{type(self).__name__} could not load {self.spec.name} with new weights: {first_line(exc)}") from exc
+            self._overrides = overrides
 
         return commit
 

@@ -53,17 +53,22 @@ class OnnxRuntimeRunner(RunnerBase):
 
     def prepare_weights(self, weights: Any) -> Callable[[], None]:
         """LoRA weights: the initializers overridden at session creation (``SessionOptions.add_initializer``), always
-        over the graph's own base weights. An active runner gets a new session now (a failure leaves the old one)."""
+        over the graph's own base weights. For an active runner the returned call drops the session, then creates the
+        new one (so a switch never holds the component's weights twice); if that fails it is back on its previous
+        weights, and raises."""
         overrides = dict(weights.initializers) if weights is not None else {}
         if not self.active:
             return lambda: setattr(self, "_overrides", overrides)
-        try:
-            session, kept = self._new_session(overrides)
-        except Exception as exc:
-            raise RunnerError(f"{type(self).__name__} could not load {self.spec.name} with new weights: {first_line(exc)}") from exc
 
         def commit() -> None:
-            self.session, self._kept, self._overrides = session, kept, overrides
+            previous = self._overrides
+            self.session, self._kept = None, []  # the old session's weights are freed before the new ones load
+            try:
+                self.session, self._kept = self._new_session(overrides)
+            except Exception as exc:
+                self.session, self._kept = self._new_session(previous)
+                raise RunnerError(f"{type(self).__name__} could not load {self.spec.name} with new weights: {first_line(exc)}") from exc
+            self._overrides = overrides
 
         return commit
 

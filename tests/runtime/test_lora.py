@@ -83,6 +83,32 @@ def test_scale_zero_and_removal_give_the_base_bitwise_and_a_switch_equals_a_fres
     assert np.array_equal(_images(gen), a) and gen.loras == (LoraSpec(loras["a"], 1.0),)  # a failed switch keeps A
 
 
+def test_a_switch_whose_load_fails_goes_back_to_the_previous_weights(loras, pixel_fp32_dir, monkeypatch):
+    """A switch frees each touched component's session before loading its new one (one copy of the weights in memory,
+    not two); when a load fails there (simulated: the second of them), that component and the one already switched go
+    back to the previous LoRA: the error names the component, the images are A's bitwise."""
+    from runtime.backends.ort import OnnxRuntimeRunner
+    from runtime.errors import RunnerError
+
+    gen = Generator.from_dir(pixel_fp32_dir, backend="onnxruntime-cpu", loras=[(loras["a"], 1.0)])
+    a = _images(gen)
+    real, loaded = OnnxRuntimeRunner._new_session, []
+
+    def second_load_fails(runner, overrides):
+        loaded.append(runner.spec.name)
+        if len(loaded) == 2:
+            raise MemoryError("simulated: no memory for the new session")
+        return real(runner, overrides)
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "_new_session", second_load_fails)
+    with pytest.raises(RunnerError, match=r"could not load \w+ with new weights: MemoryError: simulated"):
+        gen.set_loras([(loras["b"], 1.0)])  # A touches the UNet and the text encoder, B the UNet: both are switched
+    assert len(loaded) == 4 and loaded[1] == loaded[2] and loaded[3] == loaded[0] != loaded[1], loaded  # failed one, then the first, reloaded
+    monkeypatch.undo()
+    assert gen.loras == (LoraSpec(loras["a"], 1.0),)
+    assert np.array_equal(_images(gen), a)
+
+
 def test_kohya_and_peft_layouts_give_the_same_weights(loras, pixel_fp32_dir):
     manifest = load_manifest(pixel_fp32_dir)
     peft = lora_weights(manifest, [LoraSpec(loras["a"], 0.7)])
