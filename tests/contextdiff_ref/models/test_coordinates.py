@@ -70,10 +70,10 @@ def test_a_missing_flag_is_caught_by_the_channel_count(coordinate_model_dir, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_exported_unet_takes_the_sample_alone_and_matches_torch_at_every_size(coordinate_model_dir, tmp_path, precision):
-    """Only the UNet is exported (the component this is about), in the standard flavour TensorRT would parse, and run
-    by ONNX Runtime at three sizes against the torch module."""
+def test_exported_unet_takes_the_sample_alone_and_matches_torch_at_every_size(coordinate_model_dir, tmp_path):
+    """Only the UNet is exported (the component this is about), in the standard flavour TensorRT would parse, then
+    converted to fp16 (from that one export, as a build does), and both run by ONNX Runtime at three sizes against the
+    torch module."""
     import onnx
     import onnxruntime as ort
 
@@ -86,20 +86,19 @@ def test_exported_unet_takes_the_sample_alone_and_matches_torch_at_every_size(co
     dims, module, spec = model_dims(components), graph_modules(components)[Component.UNET], SPECS[Component.UNET]
     assert dims.channels == 3  # what the engines take: the sample alone, the planes made inside the graph
     trace = {k: torch.from_numpy(v) for k, v in spec.sample_inputs(dims, 2, 32, 32, np.random.default_rng(0)).items()}
-    files = export_onnx(module, spec, trace, tmp_path / "fp32" / "unet.onnx", flavour=Flavour.STANDARD)
-    if precision == "fp16":
-        files = to_fp16(files[0], tmp_path / "fp16" / "unet.onnx")
-    graph = onnx.load(str(files[0]))
-    assert unsupported(graph) == []  # Shape/Range/Expand/Concat: TensorRT 10 ops
-    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer) is (precision == "fp16")
-    session = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
-    for i, (batch, size) in enumerate([(1, 16), (2, 32), (4, 64)]):  # three sizes: the planes follow the sample's height and width
-        feed = spec.sample_inputs(dims, batch, size, size, np.random.default_rng(i))
-        with torch.no_grad():
-            expected = module(*(torch.from_numpy(feed[t.name]) for t in spec.inputs)).numpy()
-        got = session.run(None, feed)[0]
-        assert got.shape == expected.shape == (batch, 3, size, size) and np.all(np.isfinite(got))
-        if precision == "fp32":
-            assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max(), np.abs(got - expected).max() / np.abs(expected).max()
-        else:
-            assert relative_l2(got, expected) <= 1e-2
+    fp32 = export_onnx(module, spec, trace, tmp_path / "fp32" / "unet.onnx", flavour=Flavour.STANDARD)
+    for precision, files in (("fp32", fp32), ("fp16", to_fp16(fp32[0], tmp_path / "fp16" / "unet.onnx"))):
+        graph = onnx.load(str(files[0]))
+        assert unsupported(graph) == [], precision  # Shape/Range/Expand/Concat: TensorRT 10 ops
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer) is (precision == "fp16")
+        session = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
+        for i, (batch, size) in enumerate([(1, 16), (2, 32), (4, 64)]):  # three sizes: the planes follow the sample's height and width
+            feed = spec.sample_inputs(dims, batch, size, size, np.random.default_rng(i))
+            with torch.no_grad():
+                expected = module(*(torch.from_numpy(feed[t.name]) for t in spec.inputs)).numpy()
+            got = session.run(None, feed)[0]
+            assert got.shape == expected.shape == (batch, 3, size, size) and np.all(np.isfinite(got))
+            if precision == "fp32":
+                assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max(), np.abs(got - expected).max() / np.abs(expected).max()
+            else:
+                assert relative_l2(got, expected) <= 1e-2
