@@ -101,6 +101,20 @@ def not_run_rows(skipped: Mapping[str, str], *lead: str) -> list[list[str]]:
     return [[*lead, name, f"not run: {why}"] for name, why in skipped.items()]
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB): Linux's VmHWM, which starts afresh at exec. Not ``ru_maxrss``: Linux
+    keeps that across exec, so a worker spawned by a parent that once held 11 GiB reported 11 GiB whatever it used."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def machine(**extra: Any) -> dict[str, Any]:
     """Platform, processor and Python version of this machine, then ``extra``."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "python": sys.version.split()[0], **extra}

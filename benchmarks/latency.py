@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import resource
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.harness import System, cell, interleave, machine, not_run_rows, percentiles, render_table, stages_ms, time_runs, warm_up, write_result
+from benchmarks.harness import System, cell, interleave, machine, peak_rss_mib, not_run_rows, percentiles, render_table, stages_ms, time_runs, warm_up, write_result
 from benchmarks.models import unet_flops
 from benchmarks.timing import Timer, diffusers_ddim, instrument_generator, instrument_pipeline
 from runtime.backends import cuda_driver
@@ -245,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                        "guidance": args.guidance, "batch": args.batch, "height": pipe.limits.default_height, "warmup": args.warmup, "runs": args.runs,
                        "cache_interval": args.cache_interval},
             "unet_gflops_per_call": flops / 1e9,
-            "peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_host_rss_mib": peak_rss_mib(),
             "device_memory_in_use_mib": device_bytes / 2**20 if gpu else None,  # the driver's count after each run, largest: every allocator's pools
             "systems": {s.name: _summary(s, args.steps, args.batch, reference, baseline) for s in systems},
             "skipped": skipped,  # systems that cannot run on this machine, and why

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
-import resource
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import cell, machine, render_table, write_result
+from benchmarks.harness import cell, machine, peak_rss_mib, render_table, write_result
 from runtime.cli import PLAIN, Parser, setup_logging
 
 logger = logging.getLogger("benchmarks.lora_apply")
@@ -41,7 +40,7 @@ PROMPT = "a photograph of an astronaut riding a horse"
 
 
 def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mib()
 
 
 def _image(gen: Any, steps: int) -> tuple[np.ndarray, float]:

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.harness import cell, interleave, machine, not_run_rows, render_table, stages_ms, write_result
+from benchmarks.harness import cell, interleave, machine, peak_rss_mib, not_run_rows, render_table, stages_ms, write_result
 from runtime.cli import PLAIN, Parser, setup_logging
 
 logger = logging.getLogger("benchmarks.sd15_cpu")
@@ -142,7 +141,7 @@ def _worker(conn: Any, system: str, model_dir: Path, engine_dir: Path, cache_int
             images = run(call)
             conn.send({"e2e_s": time.perf_counter() - start, "stages": {k: list(v) for k, v in timer.samples.items()},
                        "finite": bool(np.all(np.isfinite(images)))})  # fmt: skip
-        conn.send({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **_rss_split()})
+        conn.send({"peak_rss_mib": peak_rss_mib(), **_rss_split()})
     except Exception as exc:  # reported to the driver, which stops with one line
         conn.send({"error": f"{system}: {type(exc).__name__}: {exc}"})
 
