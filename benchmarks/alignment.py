@@ -154,6 +154,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_sampling_args(args: argparse.Namespace) -> None:
+    """--steps, --images-per-prompt and --batch positive integers, --limit one where given (this command's and
+    benchmarks.speed_options')."""
+    for name in ("steps", "images_per_prompt", "batch"):
+        if getattr(args, name) < 1:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')}", getattr(args, name), "a positive integer")
+    if args.limit is not None and args.limit < 1:
+        raise InvalidArgumentError("--limit", args.limit, "a positive integer")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
@@ -164,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_loading()
     try:
-        for name in ("steps", "images_per_prompt", "batch"):
-            if getattr(args, name) < 1:
-                raise InvalidArgumentError(f"--{name.replace('_', '-')}", getattr(args, name), "a positive integer")
-        if args.limit is not None and args.limit < 1:
-            raise InvalidArgumentError("--limit", args.limit, "a positive integer")
+        check_sampling_args(args)
         dirs = {"contextdiff": args.model if args.model is not None else default_model_dir()}
         if args.baseline is not None:
             dirs["baseline"] = args.baseline

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.alignment import GenerateFn, evaluate
+from benchmarks.alignment import GenerateFn, check_sampling_args, evaluate
 from benchmarks.harness import not_run_rows, render_table
 from runtime.cli import CLI_ERRORS, Parser, error_exit, setup_logging
 from runtime.errors import InvalidArgumentError
@@ -167,11 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_loading()
     try:
-        for name in ("steps", "images_per_prompt", "batch"):
-            if getattr(args, name) < 1:
-                raise InvalidArgumentError(f"--{name.replace('_', '-')}", getattr(args, name), "a positive integer")
-        if args.limit is not None and args.limit < 1:
-            raise InvalidArgumentError("--limit", args.limit, "a positive integer")
+        check_sampling_args(args)
         options = [parse_option(name) for name in dict.fromkeys(args.options) if name != EXACT]
         model = args.model if args.model is not None else default_model_dir()
         check_model_dir(model)

@@ -4,8 +4,6 @@ only built and run where TensorRT's builder and a GPU exist (tests/export/test_t
 
 from __future__ import annotations
 
-import json
-import shutil
 
 import pytest
 
@@ -13,9 +11,10 @@ from export.tensorrt_build import config_flags
 from runtime.backends import cuda_driver, selection
 from runtime.backends.tensorrt import install_hint, tensorrt_module_name
 from runtime.errors import InvalidArgumentError
-from runtime.manifest import EngineDirectoryError, check_tensorrt_plan, load_manifest, sha256_file
+from runtime.manifest import EngineDirectoryError, check_tensorrt_plan, load_manifest
 from runtime.options import PlanRuntime
 from runtime.specs import Component
+from tests.runtime.backends.placeholder_plans import with_placeholder_plans
 
 
 def test_lean_plans_are_built_version_compatible_without_the_lean_runtime_inside():
@@ -29,19 +28,8 @@ def test_lean_plans_are_built_version_compatible_without_the_lean_runtime_inside
 
 
 def _with_plans(src, dst, runtime: str | None, version: str = "10.16.1.11"):
-    """A copy of the engine directory ``src`` whose manifest records a TensorRT plan per component (the plan files
-    are placeholders: nothing here deserializes them; their sha256 is real so the manifest validates)."""
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    for name, entry in manifest["components"].items():
-        plan = dst / f"{name}.plan"
-        plan.write_bytes(b"placeholder plan " + name.encode())
-        entry["tensorrt"] = {"file": plan.name, "sha256": sha256_file(plan), "bytes": plan.stat().st_size, "builder": "tensorrt",
-                             "builder_version": version, "compute_capability": "9.0", "key": "k"}  # fmt: skip
-        if runtime is not None:
-            entry["tensorrt"]["runtime"] = runtime
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
+    """A copy of ``src`` whose manifest records a placeholder TensorRT plan per component, run by ``runtime``."""
+    return with_placeholder_plans(src, dst, version=version, runtime=runtime)
 
 
 def test_the_manifest_records_which_tensorrt_runs_the_plans(latent_fp32_dir, tmp_path):

@@ -5,8 +5,6 @@ claimed). The refitter's API is checked against the real lean bindings where the
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +17,10 @@ from runtime.backends.tensorrt import TensorRTRunner, tensorrt_module_name
 from runtime.backends.tensorrt_refit import refit_weights, stage_refit
 from runtime.errors import RunnerError
 from runtime.lora import LoraError, LoraSpec, base_initializers, lora_weights
-from runtime.manifest import load_manifest, sha256_file
+from runtime.manifest import load_manifest
 from runtime.options import PlanRuntime
 from runtime.specs import Component
+from tests.runtime.backends.placeholder_plans import with_placeholder_plans
 from tests.runtime.lora_files import make_lora
 
 
@@ -33,18 +32,8 @@ def test_refittable_plans_are_built_with_the_refit_flag():
 
 
 def _with_plans(src: Path, dst: Path, refittable: bool | None) -> Path:
-    """A copy of ``src`` whose manifest records a placeholder TensorRT plan per component (real sha256: it validates)."""
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    for name, entry in manifest["components"].items():
-        plan = dst / f"{name}.plan"
-        plan.write_bytes(b"placeholder plan " + name.encode())
-        entry["tensorrt"] = {"file": plan.name, "sha256": sha256_file(plan), "bytes": plan.stat().st_size, "builder": "tensorrt",
-                             "builder_version": "10.16.1.11", "compute_capability": "9.0", "runtime": "full", "key": "k"}  # fmt: skip
-        if refittable is not None:
-            entry["tensorrt"]["refittable"] = refittable
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
+    """A copy of ``src`` whose manifest records a placeholder TensorRT plan per component (full TensorRT)."""
+    return with_placeholder_plans(src, dst, runtime="full", refittable=refittable)
 
 
 @pytest.fixture(scope="module")
