@@ -39,10 +39,6 @@ BACKENDS = ("onnxruntime-cpu", "openvino")
 PROMPT = "a photograph of an astronaut riding a horse"
 
 
-def _peak_mib() -> float:
-    return peak_rss_mib()
-
-
 def _image(gen: Any, steps: int) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     images = gen(PROMPT, num_inference_steps=steps, seed=0, progress=False).images
@@ -60,7 +56,7 @@ def _phases(engine_dir: str, backend: str, steps: int, lora: list[tuple[str, flo
     out: dict[str, Any] = {"load_s": time.perf_counter() - start}
     out["image"], out["first_image_s"] = _image(gen, steps)
     out["image_s"] = _image(gen, steps)[1]
-    out["peak_rss_after_load_mib"] = _peak_mib()
+    out["peak_rss_after_load_mib"] = peak_rss_mib()
     out["switch_s"], out["first_image_after_switch_s"] = [], []
     for loras in switches:
         start = time.perf_counter()
@@ -68,12 +64,12 @@ def _phases(engine_dir: str, backend: str, steps: int, lora: list[tuple[str, flo
         out["switch_s"].append(time.perf_counter() - start)
         out["first_image_after_switch_s"].append(_image(gen, steps)[1])
     if lora:
-        out["peak_rss_after_switches_mib"] = _peak_mib()
+        out["peak_rss_after_switches_mib"] = peak_rss_mib()
         start = time.perf_counter()
         gen.set_loras([])
         out["remove_s"] = time.perf_counter() - start
         out["image_removed"], out["first_image_after_remove_s"] = _image(gen, steps)
-    out["peak_rss_mib"] = _peak_mib()
+    out["peak_rss_mib"] = peak_rss_mib()
     return out
 
 

@@ -67,7 +67,6 @@ def check_step_cache(full: Sequence[bool], *, can_cache: bool, where: str, lora_
         raise InvalidArgumentError(name, f"{shown} with LoRAs on the UNet", LORA_ON_UNET)
 
 
-
 def cached_unet(unet: Any, shallow: Any, full: Sequence[bool]) -> Callable[[Mapping[str, Any]], Any]:
     """``infer(feed) -> model_output`` for one run over the runners ``unet`` and ``shallow`` (runtime.backends):
     call i runs the whole UNet where ``full[i]`` and keeps its ``feature`` output, else the shallow UNet on the
