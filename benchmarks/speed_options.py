@@ -12,14 +12,26 @@ Option names: ``exact``, or ``+``-joined parts: ``cache-K`` (cache interval K), 
 at that precision; without one, ONNX Runtime over the fp32 artifacts), e.g. ``cache-3``, ``int8``, ``bf16+cache-3``.
 
     python -m benchmarks.speed_options --options cache-2 cache-3 cache-5 bf16 int8 int8+cache-3 --json speed-options.json
+
+``--video``: the same for video edits (:func:`run_video`) with a video model (default: the embedded, already tuned
+``contextdiff_ref/models/shapes-video``): ``--clips`` moving-shapes clips of the video evaluation
+(:func:`benchmarks.video_evaluation.source_clips`, its settings: 2 edits a clip, strength 0.93, guidance 15, the source
+caption as negative prompt) are inverted once (every step full) and edited by the exact path and by each option
+(``runtime.VideoEditor``); the report gives the evaluation's edit accuracy and structure kept
+(:func:`contextdiff_ref.video.metrics.score_clip`) with the paired difference option − exact over (clip, edit) pairs
+and its 95% interval, the frames' PSNR against the exact path's, and the seconds per sampling pass and per edit.
+
+    python -m benchmarks.speed_options --video --options cache-2 cache-3 cache-5 --clips 16 --json benchmarks/results/video-step-cache.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -141,6 +153,77 @@ def run(model: Path, engines: Path, options: Sequence[SpeedOption], *, steps: in
     return {"options": fidelity_report(report, images, options), "exact": report["models"][EXACT], "seconds": report["seconds"], "skipped": skipped}
 
 
+def run_video(model: Path, engines: Path, options: Sequence[SpeedOption], *, clips: int, steps: int, guidance: float | None) -> dict[str, Any]:
+    """Video edits through each option against the exact path on the video evaluation's clips (module docstring): the
+    JSON report. Each clip is inverted once per backend and precision (the inversion runs every step in full, so the
+    cache options share the exact path's x_T); per clip the options edit in turn (drift hits all alike)."""
+    from benchmarks.video_evaluation import EditSettings, source_clips
+    from contextdiff_ref.video.data import clip_caption, clip_edits, render_clip
+    from contextdiff_ref.video.metrics import paired_clip_difference, score_clip, summarize_clips
+    from export.build import BuildOptions, build_engine_dir
+    from runtime.backends.openvino import openvino_unavailable_reason
+    from runtime.options import BuildBackend
+    from runtime.video_editor import VideoEditor
+
+    skipped = {o.name: why for o in options if o.precision is not None and (why := openvino_unavailable_reason(o.precision))}
+    settings = EditSettings(clips=clips, num_inference_steps=steps, **({} if guidance is None else {"guidance_scale": guidance}))
+    build_engine_dir(model, engines, BuildOptions(backend=BuildBackend.ONNXRUNTIME, step_cache=True))
+    options = [SpeedOption(EXACT), *(o for o in options if o.name not in skipped)]
+    editors: dict[tuple[str, Any], VideoEditor] = {}
+    for o in options:
+        if (o.backend, o.precision) not in editors:
+            editors[o.backend, o.precision] = VideoEditor.from_dir(engines, backend=o.backend, precision=o.precision)
+    frames: dict[str, list[np.ndarray]] = {o.name: [] for o in options}
+    seconds: dict[str, list[float]] = {o.name: [] for o in options}
+    inversion_seconds: list[float] = []
+    call = dict(num_inference_steps=steps, guidance_scale=settings.guidance_scale, strength=settings.strength, seed=0, progress=False)
+    clips_run, targets = source_clips(settings), []
+    warm = render_clip(clips_run[0]), clip_caption(clips_run[0])
+    for o in options:  # not timed: first runs (allocations, OpenVINO's compilation) and each plan's first shallow call
+        editor = editors[o.backend, o.precision]
+        editor.sample(editor.invert(*warm, 2, progress=False), warm[1], 2, guidance_scale=settings.guidance_scale, cache_interval=min(o.cache_interval, 2),
+                      progress=False)  # fmt: skip
+    for i, clip in enumerate(clips_run):
+        source, caption = render_clip(clip), clip_caption(clip)
+        x_T = {}
+        for key, editor in editors.items():
+            start = time.perf_counter()
+            x_T[key] = editor.invert(source, caption, steps, strength=settings.strength, progress=False)
+            inversion_seconds.append(time.perf_counter() - start)
+        for target in clip_edits(clip, settings.edits):
+            targets.append(target)
+            for o in options:
+                start = time.perf_counter()
+                frames[o.name].append(editors[o.backend, o.precision].sample(x_T[o.backend, o.precision], clip_caption(target), negative_prompt=caption,
+                                                                             cache_interval=o.cache_interval, **call))  # fmt: skip
+                seconds[o.name].append(time.perf_counter() - start)
+        logger.info("clip %d/%d edited", i + 1, clips)
+    scores = {name: [score_clip(f, t) for f, t in zip(stack, targets)] for name, stack in frames.items()}
+    invert_s = float(np.mean(inversion_seconds))
+    out: dict[str, Any] = {}
+    for o in options:
+        entry = {"backend": o.backend, "precision": o.precision.value if o.precision else None, "cache_interval": o.cache_interval,
+                 "edits": summarize_clips(scores[o.name]), "sample_seconds": float(np.mean(seconds[o.name])),
+                 "edit_seconds": invert_s + float(np.mean(seconds[o.name]))}  # fmt: skip
+        if o.name != EXACT:
+            entry |= psnr_summary(np.concatenate(frames[o.name]), np.concatenate(frames[EXACT]))
+            entry["difference"] = paired_clip_difference(scores[o.name], scores[EXACT])
+        out[o.name] = entry
+    return {"video_options": out, "pairs": len(targets), "inversion_seconds": invert_s, "video_settings": dataclasses.asdict(settings), "skipped": skipped}
+
+
+def video_markdown(result: dict[str, Any]) -> str:
+    rows = []
+    for option, e in result["video_options"].items():
+        d = e.get("difference")
+        cell = lambda k: "–" if d is None else f"{d[k]['difference']:+.1%} [{d[k]['ci_low']:+.1%}, {d[k]['ci_high']:+.1%}]"  # noqa: E731
+        rows.append([option, f"{e['edits']['edit_accuracy']:.1%}", cell("edit_accuracy"), f"{e['edits']['structure_kept']:.1%}", cell("structure_kept"),
+                     "∞" if d is None else f"{e['psnr_db']:.1f}", f"{e['sample_seconds']:.2f}", f"{e['edit_seconds']:.2f}"])  # fmt: skip
+    header = ["option", "edit accuracy", "Δ vs exact (95% CI)", "structure kept", "Δ vs exact (95% CI)", "frames' PSNR vs exact dB", "s per sampling pass",
+              "s per edit"]  # fmt: skip
+    return render_table(header, rows + not_run_rows(result.get("skipped", {})))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(prog="python -m benchmarks.speed_options", description=__doc__.split("\n\n")[0].strip("`"))
     p.add_argument("--model", type=Path, default=None, help="model directory (default: the embedded default model)")
@@ -153,6 +236,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="prompts per generation call (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts of each set (quick checks)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--video", action="store_true", help="video edits with a video model instead (default model: the embedded shapes-video)")
+    p.add_argument("--clips", type=int, default=12, help="with --video: source clips, 2 edits each (default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -161,27 +246,32 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     for noisy in ("torch", "onnxscript", "onnx_ir", "diffusers", "transformers", "nncf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from contextdiff_ref.models.defaults import default_model_dir
+    from contextdiff_ref.models.defaults import default_model_dir, default_video_model_dir
     from contextdiff_ref.models.model_dir import check_model_dir, quiet_loading
     from benchmarks.harness import machine
 
     quiet_loading()
     try:
         check_sampling_args(args)
+        if args.clips < 1:
+            raise InvalidArgumentError("--clips", args.clips, "a positive integer")
         options = [parse_option(name) for name in dict.fromkeys(args.options) if name != EXACT]
-        model = args.model if args.model is not None else default_model_dir()
+        model = args.model if args.model is not None else (default_video_model_dir() if args.video else default_model_dir())
         check_model_dir(model)
         with tempfile.TemporaryDirectory(prefix="contextdiff-speed-options-") as tmp:
             engines = args.engines if args.engines is not None else Path(tmp) / "engines"
-            result = run(Path(model), engines, options, steps=args.steps, guidance=args.guidance, batch=args.batch, seed=args.seed,
-                         limit=args.limit, images_per_prompt=args.images_per_prompt)  # fmt: skip
+            if args.video:
+                result = run_video(Path(model), engines, options, clips=args.clips, steps=args.steps, guidance=args.guidance)
+            else:
+                result = run(Path(model), engines, options, steps=args.steps, guidance=args.guidance, batch=args.batch, seed=args.seed,
+                             limit=args.limit, images_per_prompt=args.images_per_prompt)  # fmt: skip
         result["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | {"model_dir": str(model)}
         result["machine"] = machine()
         if args.json is not None:
             atomic_write_json(args.json, result)
     except CLI_ERRORS as exc:
         return error_exit(exc)
-    print(markdown(result))
+    print(video_markdown(result) if args.video else markdown(result))
     return 0
 
 

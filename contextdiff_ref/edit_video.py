@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         mask = None if args.mask is None else read_mask(args.mask, len(video), args.mask_dilation)
         pipe = VideoEditPipeline.from_pretrained(model, device=args.device, clip_sample=clip_sample)
         frames = pipe.edit(video, args.source_prompt, args.prompt, args.steps, args.guidance, args.seed, strength=args.strength,
-                           negative_prompt=args.negative_prompt, mask=mask, region_noise=args.region_noise)  # fmt: skip
+                           negative_prompt=args.negative_prompt, mask=mask, region_noise=args.region_noise, cache_interval=args.cache_interval)  # fmt: skip
         write_video(args.output, frames, fps=args.fps)
     except CLI_ERRORS as exc:
         return error_exit(exc)

@@ -44,7 +44,8 @@ FP16_TOLERANCE = 1e-2  # relative L2 error of an fp16 graph against its fp32 gra
 CHECK_SIZE = 32  # the fp16 check runs at most 32 x 32 samples: precision is per op, and 64 x 64 would cost minutes
 _SOURCE_FOLDERS = {Component.TEXT_ENCODER: ("text_encoder",), Component.UNET: ("unet",), Component.ADAPTER: ("adapter",), Component.VAE_DECODER: ("vae",),
                    Component.VAE_ENCODER: ("vae",), Component.UNET_SHALLOW: ("unet",)}  # fmt: skip
-_VIDEO_SOURCE_FOLDERS = {**_SOURCE_FOLDERS, Component.UNET: ("unet", "temporal"), Component.ADAPTER: ("video_adapter",)}
+_VIDEO_SOURCE_FOLDERS = {**_SOURCE_FOLDERS, Component.UNET: ("unet", "temporal"), Component.UNET_SHALLOW: ("unet", "temporal"),
+                         Component.ADAPTER: ("video_adapter",)}  # fmt: skip
 ONNX_CACHE_ENV = "CONTEXTDIFF_ONNX_CACHE"  # the default of --onnx-cache: a folder of ONNX artifacts shared by builds
 
 
@@ -68,7 +69,7 @@ class BuildOptions:
     calibration_steps: int = DEFAULT_STEPS
     calibration_subset: int = DEFAULT_SUBSET
     # step caching (DeepCache, branch 1): the UNet also outputs the feature entering its last up-block, and a shallow
-    # UNet (unet_shallow) runs the outer blocks on it; image models only
+    # UNet (unet_shallow) runs the outer blocks on it; a video model's: its inflated UNet's (frames folded into the batch)
     step_cache: bool = False
     # ONNX artifacts shared across engine directories, by the same content key (another batch profile, size or
     # directory of the same model reuses them); None: none. Default: $CONTEXTDIFF_ONNX_CACHE.
@@ -322,7 +323,8 @@ def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDim
 def _source_key(model_dir: Path, component: Component, precision: Precision, flavour: Flavour, video: bool = False, step_cache: bool = False) -> str:
     """Hash of what an artifact is made from: the component's files (JSON configs without their "_" metadata keys,
     which record where a model was loaded from, not what it is), the spec and the export settings. A video model's
-    UNet is made from ``unet/`` and ``temporal/`` (which holds num_frames), its adapter from ``video_adapter/``."""
+    UNet and shallow UNet are made from ``unet/`` and ``temporal/`` (which holds num_frames), its adapter from
+    ``video_adapter/``."""
     folders = (_VIDEO_SOURCE_FOLDERS if video else _SOURCE_FOLDERS)[component]
     parts: list[str] = []
     for path in sorted(p for folder in folders for p in (model_dir / folder).rglob("*") if p.is_file()):
@@ -390,8 +392,6 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     precision = options.precision or (Precision.FP16 if backend is BuildBackend.TENSORRT else Precision.FP32)
     flavour = _resolve_flavour(options.flavour, backend)
     video = is_video_model_dir(model_dir)
-    if options.step_cache and video:
-        raise InvalidArgumentError("--step-cache", True, "an image model's directory: step caching is not built for video models (their inflated UNet) yet")
     calibration = _calibration(options, model_dir, video, precision)
     if video:  # frames folded into the batch: the inflated UNet and the video adapter, F fixed (runtime/specs.py)
         loaded = load_video_model_dir(model_dir)

@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with int8: how many of the captured UNet calls NNCF calibrates on, evenly spaced (default: %(default)s)")
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder memory limit in GiB")
     p.add_argument("--step-cache", action="store_true",
-                   help="also export step caching's graphs (the UNet with its deep feature, the shallow UNet): `python -m runtime --cache-interval K`")
+                   help="also export step caching's graphs (the UNet with its deep feature, the shallow UNet; a video model's inflated UNet "
+                        "too): `python -m runtime [edit] ... --cache-interval K`")  # fmt: skip
     p.add_argument("--force", action="store_true", help="rebuild every artifact")
     p.add_argument("--onnx-cache", type=lambda s: Path(s) if s else None, default=os.environ.get("CONTEXTDIFF_ONNX_CACHE") or None, metavar="DIR",
                    help="a folder of ONNX artifacts shared by builds: another engine directory of the same model (batch, size, "

@@ -68,7 +68,7 @@ def edit_image_main(args: argparse.Namespace) -> str:
     gen = Generator.from_dir(args.engines or DEFAULT_ENGINES, backend=args.backend, loras=args.lora)
     result = gen.edit(image, args.prompt, mode=mode, source_prompt=args.source_prompt, mask=mask, strength=args.strength, region_noise=args.region_noise,
                       num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt, eta=args.eta,
-                      clip_sample=CLIP_SAMPLE[args.clip_sample])  # fmt: skip
+                      clip_sample=CLIP_SAMPLE[args.clip_sample], cache_interval=args.cache_interval)  # fmt: skip
     write_image(args.output, result.images[0])
     return f"{mode}, {gen.backend}"
 
@@ -86,7 +86,8 @@ def edit_video_main(args: argparse.Namespace) -> str:
     editor = VideoEditor.from_dir(args.engines or DEFAULT_VIDEO_ENGINES, backend=args.backend, clip_sample=CLIP_SAMPLE[args.clip_sample],
                                   loras=args.lora)
     edited = editor.edit(frames, args.source_prompt, args.prompt, args.steps, args.guidance, args.seed, strength=1.0 if args.strength is None else args.strength,
-                         negative_prompt=args.negative_prompt, eta=args.eta, mask=mask, region_noise=args.region_noise)  # fmt: skip
+                         negative_prompt=args.negative_prompt, eta=args.eta, mask=mask, region_noise=args.region_noise,
+                         cache_interval=args.cache_interval)  # fmt: skip
     write_video(args.output, edited, fps=args.fps)
     return editor.backend
 

@@ -64,7 +64,8 @@ def add_mask_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_edit_arguments(p: argparse.ArgumentParser, *, eta: bool, images: bool = False) -> None:
     """The video-edit options both edit commands take (``python -m runtime edit``, ``python -m contextdiff_ref.edit_video``):
-    the source video, its prompt and the edited one, the output, the sampling and the local blending (:func:`add_mask_arguments`).
+    the source video, its prompt and the edited one, the output, the sampling (step caching's ``--cache-interval`` included) and the
+    local blending (:func:`add_mask_arguments`).
     ``eta``: the command offers DDIM's eta (the runtime's editor does, the reference pipeline does not). ``images``: the
     source may be an image too (``--mode``; ``--source-prompt`` then only for mode invert, ``--strength`` by mode)."""
     if images:
@@ -89,5 +90,8 @@ def add_edit_arguments(p: argparse.ArgumentParser, *, eta: bool, images: bool = 
         p.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the edit in [0, 1] (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help=f"noise seed {'when eta > 0 or ' if eta else ''}with --region-noise (default: %(default)s)")
+    p.add_argument("--cache-interval", type=int, default=1, metavar="K",
+                   help="step caching of the edit's sampling pass (the inversion runs every step): every K-th step runs the whole UNet "
+                        + ("(engines built with --step-cache; " if images else "(") + "default 1: every step, exact)")  # fmt: skip
     add_mask_arguments(p)
     p.add_argument("--fps", type=float, default=8.0, help="frames per second of the output (default: %(default)s)")

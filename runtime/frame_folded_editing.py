@@ -3,7 +3,8 @@ share: an edit is an image pipeline run on a video's F frames folded into the ba
 frames, :meth:`FrameFoldedEditing.edit` (invert, then sample) and :meth:`FrameFoldedEditing.sample` are one code over
 either image pipeline — the reference ``ContextDiffPipeline`` or the engine-backed ``Generator``, which take the same
 call arguments. Only the inversion (steps 1–2), which encodes the frames where each pipeline keeps them, is the
-subclasses' own. Torch-free.
+subclasses' own. Step caching (``cache_interval``, :mod:`runtime.step_cache`) applies to the sampling pass only, as
+for image edits: the inversion runs every step in full. Torch-free.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class FrameFoldedEditing:
 
     def edit(self, video: np.ndarray, source_prompt: str, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None,
              seed: int | None = None, *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0,
-             mask: np.ndarray | None = None, region_noise: float = 0.0, progress: bool = True) -> np.ndarray:  # fmt: skip
+             mask: np.ndarray | None = None, region_noise: float = 0.0, cache_interval: int = 1, progress: bool = True) -> np.ndarray:  # fmt: skip
         """Frames (F, H, W, 3) float32 in [0, 1] of ``video`` edited from ``source_prompt`` to ``prompt``: :meth:`invert`,
         then 3. contextual DDIM (§5) with the edited prompt and classifier-free guidance.
         ``guidance_scale=None`` uses the model's recommendation (7.5 if none); ``seed`` draws the step noise when
@@ -104,21 +105,37 @@ class FrameFoldedEditing:
         confines the edit (local blending, :class:`runtime.sampling.LocalBlend`): where it is 0 every step keeps the
         source's inversion trajectory, so the frames come back as the source there. ``region_noise`` λ in [0, 1] (with
         a ``mask``) mixes fresh noise from ``seed`` into x_T inside it (:meth:`sample`): 1 draws the region anew, so
-        the edit is not held to the source's shape there."""
+        the edit is not held to the source's shape there. ``cache_interval`` k > 1: step caching (DeepCache) in the
+        sampling pass, only its steps 0, k, 2k, ... run the whole (inflated) UNet (:meth:`sample`); 1 is the exact path.
+
+        The sampling call's arguments are checked before the inversion runs (the pipeline's ``validate``: an engine
+        directory without step caching's graphs refuses ``cache_interval`` > 1 there)."""
         validate_caption("prompt", prompt)
         validate_region_noise(region_noise, mask is not None)
+        frames = self.check_video(video)
         if mask is not None:
-            validate_mask(mask, self.check_video(video))
+            validate_mask(mask, frames)
+        negative = None if negative_prompt is None else [negative_prompt] * self.num_frames
+        self.image_pipeline.validate([prompt] * self.num_frames, negative_prompt=negative, num_inference_steps=num_inference_steps,
+                                     guidance_scale=guidance_scale, eta=eta, seed=0, height=frames.shape[1], width=frames.shape[2],
+                                     cache_interval=cache_interval)  # seed 0 stands in: sample() resolves the real one  # fmt: skip
         trajectory: list[np.ndarray] | None = None if mask is None else []
         x_T = self.invert(video, source_prompt, num_inference_steps, strength=strength, progress=progress, trajectory=trajectory)
         return self.sample(x_T, prompt, num_inference_steps, guidance_scale, seed, strength=strength, negative_prompt=negative_prompt, eta=eta,
-                           mask=mask, region_noise=region_noise, trajectory=trajectory, progress=progress)  # fmt: skip
+                           mask=mask, region_noise=region_noise, trajectory=trajectory, cache_interval=cache_interval, progress=progress)  # fmt: skip
 
     def sample(self, x_T: np.ndarray, prompt: str, num_inference_steps: int = 50, guidance_scale: float | None = None, seed: int | None = None,
                *, strength: float = 1.0, negative_prompt: str | None = None, eta: float = 0.0, mask: np.ndarray | None = None,
-               region_noise: float = 0.0, trajectory: list[np.ndarray] | None = None, progress: bool = True) -> np.ndarray:  # fmt: skip
+               region_noise: float = 0.0, trajectory: list[np.ndarray] | None = None, cache_interval: int = 1,
+               progress: bool = True) -> np.ndarray:  # fmt: skip
         """Step 3 of :meth:`edit` from :meth:`invert`'s x_T (with the same steps and ``strength``): one inversion
-        serves several edits of a video. A ``mask`` needs the ``trajectory`` that :meth:`invert` filled.
+        serves several edits of a video (and several cache intervals). A ``mask`` needs the ``trajectory`` that
+        :meth:`invert` filled.
+
+        ``cache_interval`` k (an integer >= 1; :func:`runtime.step_cache.full_step_plan`): the sampling steps 0, k,
+        2k, ... run the whole inflated UNet and keep the deep feature entering its last up-block; the others run only
+        its outer blocks on that feature (method doc §5: step 1 approximated; steps 2–6, the adapter included, run on every
+        step). 1, the default, is the exact path, bitwise.
 
         ``region_noise`` λ > 0 (Blended Latent Diffusion's start, made partial): before sampling, inside the mask
         (its values m as weights) x_T ← m · (√(1 − λ) · x_T + √λ · ε) + (1 − m) · x_T, with ε the initial-noise draw
@@ -141,5 +158,5 @@ class FrameFoldedEditing:
             blend, x_T, seed = region_blend(mask, x_T, trajectory, region_noise, seed)
         negative = None if negative_prompt is None else [negative_prompt] * self.num_frames
         out = self.image_pipeline([prompt] * self.num_frames, negative, num_inference_steps, guidance_scale, eta=eta, seed=seed, latents=x_T,
-                                  height=height, width=width, strength=strength, progress=progress, blend=blend)  # fmt: skip
+                                  height=height, width=width, strength=strength, progress=progress, blend=blend, cache_interval=cache_interval)  # fmt: skip
         return out.images

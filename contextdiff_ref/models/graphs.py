@@ -8,7 +8,7 @@ from torch import nn
 
 from contextdiff_ref.models.coordinates import unet_forward
 from contextdiff_ref.models.model_dir import ModelComponents, model_limits
-from contextdiff_ref.models.step_cache import CachedUNet
+from contextdiff_ref.models.step_cache import CachedUNet, split_unet
 from contextdiff_ref.models.text import max_text_length
 from runtime.specs import Component, ModelDims
 
@@ -96,7 +96,8 @@ class VaeEncoderGraph(nn.Module):
 def graph_modules(components: ModelComponents, *, vae_encoder: bool = False, step_cache: bool = False) -> dict[Component, nn.Module]:
     """The modules to export, in eval mode; the VAE decoder only for latent models, and their encoder too with
     ``vae_encoder`` (video models: inversion starts from the frames' latents). With ``step_cache`` the UNet also
-    outputs its feature (``UNetFeatureGraph``) and the shallow UNet follows it."""
+    outputs its feature (``UNetFeatureGraph``) and the shallow UNet follows it — a video model's too, over its
+    inflated UNet (:class:`CachedUNet`)."""
     coordinates = components.unet_coordinate_channels
     modules: dict[Component, nn.Module] = {
         Component.TEXT_ENCODER: TextEncoderGraph(components.text_encoder),
@@ -127,9 +128,9 @@ def model_dims(components: ModelComponents) -> ModelDims:
 
 
 def feature_channels(unet: nn.Module) -> int:
-    """Channels of the feature entering the UNet's last up-block (step caching at branch 1): the output channels of
-    the up-block before it; 0 for a UNet with fewer than two up-blocks."""
-    ups = list(getattr(unet, "up_blocks", []))
+    """Channels of the feature entering the UNet's last up-block (step caching at branch 1; a video model's: its
+    inflated 2-D UNet's): the output channels of the up-block before it; 0 for a UNet with fewer than two up-blocks."""
+    ups = list(getattr(split_unet(unet), "up_blocks", []))
     if len(ups) < 2:
         return 0
     block = ups[-2]

@@ -12,6 +12,11 @@ the last b up-blocks and the output layers; the *deep* part is everything betwee
 With the feature of the same step a shallow step gives the full step's prediction (tested); with the feature of an
 earlier step it approximates it — DeepCache's bet that the deep features change slowly between adjacent steps.
 Which steps are full: :func:`runtime.step_cache.full_step_plan`.
+
+A video model's :class:`~contextdiff_ref.video.unet.VideoUNet` (method doc §7) is split through the 2-D UNet it
+inflated in place: its sparse-causal attention processors and temporal layers (forward hooks on the transformer
+blocks) live inside those blocks, so the same block calls compute the inflated model's full and shallow steps on
+frames folded into the batch (B·F, C, H, W).
 """
 
 from __future__ import annotations
@@ -22,16 +27,25 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from contextdiff_ref.models.coordinates import coordinate_planes
+from contextdiff_ref.video.unet import VideoUNet
 from runtime.errors import ConfigError, InvalidArgumentError
 
 
+def split_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """The diffusers UNet whose blocks step caching calls: ``unet`` itself, or the 2-D UNet a video model's
+    ``VideoUNet`` inflated in place (its blocks compute the inflated model's steps)."""
+    return unet.unet if isinstance(unet, VideoUNet) else unet
+
+
 class CachedUNet:
-    """``full(...)`` -> (prediction, feature) and ``shallow(..., feature)`` -> prediction for one diffusers UNet.
+    """``full(...)`` -> (prediction, feature) and ``shallow(..., feature)`` -> prediction for one diffusers UNet, or a
+    video model's inflated one (``VideoUNet``: frames folded into the batch, B = N·F).
 
     Samples (B, C, H, W), timesteps an int or (B,), text states (B, L, D); with ``coordinates`` the two coordinate
     planes are appended to the UNet's input first (:mod:`contextdiff_ref.models.coordinates`)."""
 
-    def __init__(self, unet: UNet2DConditionModel, *, coordinates: bool = False, branch: int = 1) -> None:
+    def __init__(self, unet: UNet2DConditionModel | VideoUNet, *, coordinates: bool = False, branch: int = 1) -> None:
+        unet = split_unet(unet)
         if not isinstance(unet, UNet2DConditionModel):
             raise ConfigError(f"step caching splits a diffusers UNet2DConditionModel; got {type(unet).__name__}")
         config = unet.config

@@ -1,6 +1,6 @@
 """Step caching's graphs (``--step-cache``, issue 34): the UNet with its feature output and the shallow UNet, in both
 flavours, against the reference ``CachedUNet.full``/``shallow`` on the tiny pixel model; the manifest's records;
-the standard flavour inside TensorRT's support matrix; and what older manifests and video models get."""
+the standard flavour inside TensorRT's support matrix; what older manifests get; a video model's graphs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from contextdiff_ref.models.graphs import graph_modules, model_dims
 from contextdiff_ref.models.model_dir import load_model_dir
 from export.build import BuildOptions, build_engine_dir
 from export.tensorrt_matrix import unsupported
-from runtime.errors import InvalidArgumentError
 from runtime.manifest import load_manifest
 from runtime.specs import SPECS, UNET_WITH_FEATURE, Component, ModelDims, Profile, component_spec
 from tests.export.test_onnx_parity import profile_shapes
@@ -89,12 +88,15 @@ def test_specs_and_older_manifests():
     assert UNET_WITH_FEATURE.output_shapes(dataclasses.replace(dims, feature_channels=320), 2, 64, 64)["feature"] == (2, 320, 64, 64)
 
 
-def test_video_models_are_refused(tmp_path, monkeypatch):
-    """Step caching is built for image models only: a video model directory with --step-cache is refused before any
-    weights load."""
-    import export.build as build
+def test_video_models_get_the_inflated_unets_graphs():
+    """A video model's step-cache graphs are its inflated UNet's (tested end to end: tests/runtime/test_video_editor.py):
+    its dims give the feature's channels, and the shallow UNet's artifact is made from ``unet/`` and ``temporal/``, as
+    the UNet's is (a change of the temporal layers rebuilds both)."""
+    from contextdiff_ref.models.defaults import default_video_model_dir
+    from contextdiff_ref.video.model_dir import load_video_model_dir
+    from export.build import _VIDEO_SOURCE_FOLDERS
 
-    monkeypatch.setattr(build, "check_model_dir", lambda path: None)
-    monkeypatch.setattr(build, "is_video_model_dir", lambda path: True)
-    with pytest.raises(InvalidArgumentError, match="--step-cache.*image model"):
-        build_engine_dir(tmp_path / "video", tmp_path / "out", BuildOptions(step_cache=True))
+    components = load_video_model_dir(default_video_model_dir()).components
+    assert model_dims(components).feature_channels == components.unet.unet.config.block_out_channels[1] > 0
+    assert set(graph_modules(components, step_cache=True)) == {Component.TEXT_ENCODER, Component.UNET, Component.UNET_SHALLOW, Component.ADAPTER}
+    assert _VIDEO_SOURCE_FOLDERS[Component.UNET_SHALLOW] == _VIDEO_SOURCE_FOLDERS[Component.UNET] == ("unet", "temporal")

@@ -1,6 +1,7 @@
 """runtime.VideoEditor against the reference VideoEditPipeline: the embedded default video model's engines (fp32 and
-fp16), a tiny latent video model (its VAE encoder), bad input, engine-directory faults and the `python -m runtime edit`
-command line."""
+fp16, built with step caching's graphs), step caching (``cache_interval``), a tiny latent video model (its VAE
+encoder; a directory without step caching's graphs), bad input, engine-directory faults and the `python -m runtime
+edit` command line."""
 
 from __future__ import annotations
 
@@ -40,12 +41,15 @@ STEPS = 20
 SETTINGS = {"strength": 0.93, "guidance_scale": 15.0}
 # measured on 2 threads of an AMD EPYC (AVX-512), 2026-12-05:
 THRESHOLD_DB = {"fp32": 100.0, "fp16": 38.0}  # x_T / frames: fp32 124.1 / 119.3 dB (OpenVINO f32 frames 116.4); fp16 (standard flavour) 60.8 / 42.4
+# the runtime's edit at cache_interval 3 against the reference's at 3 (fp32, standard flavour, 2026-12-06, 1 thread of the
+# same machine): 108.0 dB (ONNX Runtime flavour 108.0; interval 2 113.1 / 113.8); interval 3 is 21.4 dB from the exact path
+CACHED_THRESHOLD_DB = 95.0
 LATENT_VIDEO_DB = 100.0  # the tiny latent video model: x_0, x_T, edit, masked edit measured 120.4 to 140.5 dB
 FRAMES = 8  # the default video model's
 
 
-def _build(model_dir, out, precision="fp32", flavour=None):
-    options = BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision(precision), flavour=flavour and Flavour(flavour))
+def _build(model_dir, out, precision="fp32", flavour=None, step_cache=False):
+    options = BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision(precision), flavour=flavour and Flavour(flavour), step_cache=step_cache)
     return build_engine_dir(model_dir, out, options)
 
 
@@ -67,9 +71,10 @@ def reference_edit(default_video):
 
 @pytest.fixture(scope="module")
 def fp32_engines(default_video, tmp_path_factory):
-    """fp32 engines of the default video model, standard flavour (ai.onnx ops only: what TensorRT would build)."""
+    """fp32 engines of the default video model, standard flavour (ai.onnx ops only: what TensorRT would build), with step
+    caching's graphs (``--step-cache``: the inflated UNet also outputs its feature; interval 1 never reads it)."""
     out = tmp_path_factory.mktemp("video-engines") / "shapes-video-fp32"
-    _build(default_video[0], out, "fp32", flavour="standard")
+    _build(default_video[0], out, "fp32", flavour="standard", step_cache=True)
     return out
 
 
@@ -79,7 +84,7 @@ def fp16_engines(default_video, tmp_path_factory, fp32_engines):
     ONNX cache, as a build does, instead of a second export (the ONNX Runtime flavour's fused attention: the tiny
     latent video model's test)."""
     out = tmp_path_factory.mktemp("video-engines") / "shapes-video-fp16"
-    _build(default_video[0], out, "fp16", flavour="standard")
+    _build(default_video[0], out, "fp16", flavour="standard", step_cache=True)
     return out
 
 
@@ -92,7 +97,7 @@ def test_default_video_model_parity(precision, request, default_video, reference
     model, video, source = default_video
     manifest = read_manifest(engines)
     assert manifest["model"]["video"] == {"num_frames": 8, "contextual": True}
-    assert set(manifest["components"]) == {"text_encoder", "unet", "adapter"}  # pixel space: no VAE
+    assert set(manifest["components"]) == {"text_encoder", "unet", "unet_shallow", "adapter"}  # pixel space: no VAE
     assert manifest["components"]["unet"]["profile"]["min"][0] == 8 and manifest["components"]["unet"]["profile"]["max"][0] == 16
     assert manifest["components"]["adapter"]["profile"]["max"][0] == 32  # r_t and r_s of the 8 frames, for both texts ("guided", §5)
     ref_x_T, ref_frames = reference_edit
@@ -108,7 +113,7 @@ def test_default_video_model_parity(precision, request, default_video, reference
     again = editor.sample(x_T, EDIT, STEPS, SETTINGS["guidance_scale"], strength=SETTINGS["strength"], negative_prompt=source, progress=False)
     np.testing.assert_array_equal(again, frames)
     if precision == "fp32":  # a rebuild reuses every artifact (content-hash caching)
-        assert all(r.cached for r in _build(model, engines, flavour="standard"))
+        assert all(r.cached for r in _build(model, engines, flavour="standard", step_cache=True))
     else:  # converted from the fp32 standard graph: still inside TensorRT's support matrix
         unet = onnx.load(str(engines / manifest["components"]["unet"]["onnx"]["file"]))
         assert unsupported(unet) == [] and any(t.data_type == onnx.TensorProto.FLOAT16 for t in unet.graph.initializer)
@@ -127,6 +132,22 @@ def test_default_video_model_parity_openvino(default_video, reference_edit, fp32
     assert static == {FRAMES: 1, 2 * FRAMES: min(2, len(os.sched_getaffinity(0)))}
     record(frames_db=psnr(frames, ref_frames))
     assert psnr(frames, ref_frames) >= THRESHOLD_DB["fp32"]
+
+
+@pytest.mark.slow
+def test_step_caching_edits_as_the_reference(default_video, reference_edit, fp32_engines):
+    """``cache_interval=3`` (step caching in the sampling pass; the inversion runs every step in full): the runtime's
+    edit from its own x_T matches the reference's from the reference's x_T (CACHED_THRESHOLD_DB), and both differ from
+    the exact edit (the shallow inflated UNet ran)."""
+    model, video, source = default_video
+    ref_x_T, exact = reference_edit
+    call = dict(num_inference_steps=STEPS, guidance_scale=SETTINGS["guidance_scale"], strength=SETTINGS["strength"], negative_prompt=source,
+                cache_interval=3, progress=False)  # fmt: skip
+    ref = VideoEditPipeline.from_pretrained(model).sample(ref_x_T, EDIT, **call)
+    got = VideoEditor.from_dir(fp32_engines).edit(video, source, EDIT, **call)
+    record(psnr=psnr(got, ref), reference_interval_3_vs_exact=psnr(ref, exact))
+    assert psnr(got, ref) >= CACHED_THRESHOLD_DB, psnr(got, ref)
+    assert psnr(ref, exact) < 40.0 and psnr(got, exact) < 40.0  # measured 21.4 dB
 
 
 @pytest.mark.slow
@@ -212,11 +233,12 @@ def _video(seed=0):
 
 @pytest.mark.slow
 def test_video_graphs_are_static_and_inside_tensorrt_support(fp32_engines):
-    """The inflated UNet and the video adapter (standard flavour): every op in TensorRT 10's support matrix, nothing
-    data-dependent (frames are folded into the batch with static gathers and reshapes), the batch axis symbolic."""
+    """The inflated UNet (with its feature output), the shallow inflated UNet and the video adapter (standard flavour):
+    every op in TensorRT 10's support matrix, nothing data-dependent (frames are folded into the batch with static
+    gathers and reshapes), the batch axis symbolic."""
     engines = fp32_engines
     manifest = read_manifest(engines)
-    for name in ("unet", "adapter", "text_encoder"):
+    for name in ("unet", "unet_shallow", "adapter", "text_encoder"):
         graph = onnx.load(str(engines / manifest["components"][name]["onnx"]["file"]))
         assert unsupported(graph) == [], name
         assert not {n.op_type for n in graph.graph.node} & {"NonZero", "Loop", "If", "Scan", "Unique", "TopK"}, name
@@ -249,6 +271,8 @@ def test_latent_video_model_exports_its_vae_encoder(latent_model_dir, tmp_path):
     measured["masked edit"] = psnr(got, ref)
     record(**measured)
     assert all(db >= LATENT_VIDEO_DB for db in measured.values()), measured
+    with pytest.raises(InvalidArgumentError, match=r"cache_interval=2.*built without step caching's graphs.*--step-cache"):  # before inverting
+        editor.edit(video, "a red circle", "a blue square", 4, 3.0, cache_interval=2, progress=False)
     unmasked = pipe.edit(video, "a red circle", "a blue square", 4, 3.0, progress=False)
     assert np.abs(ref - unmasked)[:, 24:, 24:].max() > 1e-3  # the latent cells outside it were held to the source
     data = json.loads((tmp_path / "engines" / "manifest.json").read_text())
@@ -284,6 +308,11 @@ def test_edit_bad_input(fp32_engines):
         editor.sample(np.full((8, 3, 32, 32), np.nan, np.float32), "b", 2, progress=False)
     with pytest.raises(InvalidArgumentError, match="clip_sample"):
         VideoEditor.from_dir(fp32_engines, clip_sample="no")
+    for bad in (0, -1, 2.5, True, "2"):
+        with pytest.raises(InvalidArgumentError, match=r"cache_interval=.*an integer >= 1"):
+            editor.edit(frames, "a", "b", 2, cache_interval=bad, progress=False)
+        with pytest.raises(InvalidArgumentError, match=r"cache_interval=.*an integer >= 1"):
+            editor.sample(np.zeros((8, 3, 32, 32), np.float32), "b", 2, cache_interval=bad, progress=False)
 
 
 @pytest.mark.slow
@@ -315,9 +344,10 @@ def test_engine_directory_kinds_and_faults(fp32_engines, pixel_fp32_dir, tmp_pat
 
 @pytest.mark.slow
 def test_command_line(fp32_engines, tmp_path, capsys, caplog):
-    """`python -m runtime edit` writes the edited video (what VideoEditor.edit returns, through a lossless mp4); bad
-    arguments get one line and exit status 2; the image command is unchanged. `--seed` defaults to 0, as its help says:
-    no random seed is drawn (and logged) for the inversion, which draws no noise."""
+    """`python -m runtime edit` writes the edited video (what VideoEditor.edit returns, through a lossless mp4), also
+    with step caching (`--cache-interval K`); bad arguments get one line and exit status 2; the image command is
+    unchanged. `--seed` defaults to 0, as its help says: no random seed is drawn (and logged) for the inversion, which
+    draws no noise."""
     engines = fp32_engines
     video = _video(3)
     src = write_video(tmp_path / "src.mp4", video)
@@ -343,11 +373,16 @@ def test_command_line(fp32_engines, tmp_path, capsys, caplog):
     want = VideoEditor.from_dir(engines).edit(read_video(src), "a red circle", "a blue square", 3, 4.0, 5, strength=0.67, negative_prompt="a red circle",
                                               mask=mask, region_noise=1.0, progress=False)  # fmt: skip
     assert np.abs(read_video(tmp_path / "noised.mp4") - want).max() <= 4 / 255
+    assert cli.main([*args, "-o", str(tmp_path / "cached.mp4"), "--cache-interval", "2"]) == 0  # step caching (the engines have its graphs)
+    want = VideoEditor.from_dir(engines).edit(read_video(src), "a red circle", "a blue square", 3, 4.0, strength=0.67, negative_prompt="a red circle",
+                                              cache_interval=2, progress=False)  # fmt: skip
+    assert np.abs(read_video(tmp_path / "cached.mp4") - want).max() <= 4 / 255
     for extra, message in ((["-o", str(tmp_path / "out.png")], "--output"), (["-o", str(tmp_path / "x.mp4"), "--steps", "0"], "num_inference_steps"),
                            (["-o", str(tmp_path / "y.mp4"), "--engines", str(tmp_path / "none")], "engine directory not found"),
                            (["-o", str(tmp_path / "x.mp4"), "--mask", str(src), "--mask-dilation", "-2"], "mask_dilation=-2"),
                            (["-o", str(tmp_path / "x.mp4"), "--region-noise", "0.5"], "region_noise=0.5: 0 without a region"),
-                           (["-o", str(tmp_path / "x.mp4"), *masked, "--region-noise", "2"], "region_noise=2.0")):  # fmt: skip
+                           (["-o", str(tmp_path / "x.mp4"), *masked, "--region-noise", "2"], "region_noise=2.0"),
+                           (["-o", str(tmp_path / "x.mp4"), "--cache-interval", "0"], "cache_interval=0")):  # fmt: skip
         assert cli.main([*args, *extra]) == 2  # argparse: the last --engines counts
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
