@@ -181,8 +181,8 @@ def run_video(model: Path, engines: Path, options: Sequence[SpeedOption], *, cli
     warm = render_clip(clips_run[0]), clip_caption(clips_run[0])
     for o in options:  # not timed: first runs (allocations, OpenVINO's compilation) and each plan's first shallow call
         editor = editors[o.backend, o.precision]
-        editor.sample(editor.invert(*warm, 2, progress=False), warm[1], 2, guidance_scale=settings.guidance_scale, cache_interval=min(o.cache_interval, 2),
-                      progress=False)  # fmt: skip
+        editor.sample(editor.invert(*warm, 2, progress=False), warm[1], 2, guidance_scale=settings.guidance_scale, seed=0,
+                      cache_interval=min(o.cache_interval, 2), progress=False)  # fmt: skip
     for i, clip in enumerate(clips_run):
         source, caption = render_clip(clip), clip_caption(clip)
         x_T = {}
@@ -197,7 +197,7 @@ def run_video(model: Path, engines: Path, options: Sequence[SpeedOption], *, cli
                 frames[o.name].append(editors[o.backend, o.precision].sample(x_T[o.backend, o.precision], clip_caption(target), negative_prompt=caption,
                                                                              cache_interval=o.cache_interval, **call))  # fmt: skip
                 seconds[o.name].append(time.perf_counter() - start)
-        logger.info("clip %d/%d edited", i + 1, clips)
+        logger.info("clip %d/%d edited (%.0f s so far)", i + 1, clips, sum(inversion_seconds) + sum(map(sum, seconds.values())))
     scores = {name: [score_clip(f, t) for f, t in zip(stack, targets)] for name, stack in frames.items()}
     invert_s = float(np.mean(inversion_seconds))
     out: dict[str, Any] = {}
