@@ -121,7 +121,8 @@ def test_local_blending_in_boxes(pixel_model_dir, tmp_path):
     noised = dataclasses.replace(settings, region_noise=1.0)
     with pytest.raises(ContextDiffError, match="other settings .*region_noise"):  # runs before it read as region_noise 0
         run_edits(pixel_model_dir, tmp_path / "run", noised)
-    again = run_edits(pixel_model_dir, tmp_path / "noised", noised)["contextdiff"][0, 0]
+    clip = evaluation_clips(1)[0]  # ContextDiff's edit alone (edit_clip_with, what run_edits calls per method)
+    again = evaluate.edit_clip_with(pixel_model_dir, clip, clip_edits(clip, 1), "contextdiff", noised, tmp_path / "noised")[0]
     np.testing.assert_allclose(again[~region], source[~region], rtol=0, atol=1e-6)  # the noise stays inside the region
     assert np.abs(again - frames["contextdiff"][0, 0])[region].max() > 0.1  # and changes the edit there
 

@@ -47,10 +47,27 @@ def test_manifest_contents(latent_fp32_dir):
     assert json.loads((latent_fp32_dir / "scheduler.json").read_text())["steps_offset"] == 1
 
 
+@pytest.fixture(scope="module")
+def first_build(pixel_model_dir, tmp_path_factory):
+    """A first build into an empty ONNX cache of its own (every artifact exported), made once for the tests below: each
+    takes a copy (``from_first_build``) of the model, the engine directory and the cache, and its results."""
+    root = tmp_path_factory.mktemp("first-build")
+    model = Path(shutil.copytree(pixel_model_dir, root / "model"))
+    results = build_engine_dir(model, root / "engines", BuildOptions(backend=BuildBackend.ONNXRUNTIME, onnx_cache=root / "cache"))
+    return root, results
+
+
+def from_first_build(first_build, tmp_path) -> tuple[Path, Path, Path, list]:
+    """(model, engine directory, ONNX cache, the first build's results): a copy of ``first_build`` in ``tmp_path``."""
+    root, results = first_build
+    for name in ("model", "engines", "cache"):
+        shutil.copytree(root / name, tmp_path / name)
+    return tmp_path / "model", tmp_path / "engines", tmp_path / "cache", results
+
+
 @pytest.mark.slow
-def test_second_build_is_cached_and_changed_weights_rebuild_one_component(model_copy, tmp_path):
-    out, own_cache = tmp_path / "engines", BuildOptions(backend=BuildBackend.ONNXRUNTIME, onnx_cache=tmp_path / "cache")  # empty at first
-    first = build_engine_dir(model_copy, out, own_cache)
+def test_second_build_is_cached_and_changed_weights_rebuild_one_component(first_build, tmp_path):
+    model_copy, out, cache, first = from_first_build(first_build, tmp_path)
     assert not any(r.cached for r in first)
     manifest = assert_complete(out)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -68,17 +85,17 @@ def test_second_build_is_cached_and_changed_weights_rebuild_one_component(model_
     assert updated["model"]["hash"] != manifest["model"]["hash"]
     assert updated["components"]["adapter"]["onnx"]["file"] != manifest["components"]["adapter"]["onnx"]["file"]
     assert not (out / manifest["components"]["adapter"]["onnx"]["file"]).exists()  # the stale artifact is gone
-    forced = BuildOptions(backend=BuildBackend.ONNXRUNTIME, force=True, onnx_cache=tmp_path / "cache")
+    forced = BuildOptions(backend=BuildBackend.ONNXRUNTIME, force=True, onnx_cache=cache)
     assert not any(r.cached for r in build_engine_dir(model_copy, out, forced))  # nor from the cache, which holds two of them
 
 
 @pytest.mark.slow
-def test_onnx_cache_is_shared_across_engine_directories_and_checked(model_copy, tmp_path, caplog):
+def test_onnx_cache_is_shared_across_engine_directories_and_checked(first_build, tmp_path, caplog):
     """--onnx-cache: a second engine directory of the same model (another batch profile) copies every artifact from
     the cache, bit for bit; a cache file that does not match its record is ignored and rebuilt (--force ignoring the
     cache: the test above); an fp16 build converts the cache's fp32 graphs instead of exporting again."""
-    cache = tmp_path / "cache"
-    first = build_engine_dir(model_copy, tmp_path / "a", BuildOptions(backend=BuildBackend.ONNXRUNTIME, onnx_cache=cache))
+    model_copy, _, cache, first = from_first_build(first_build, tmp_path)
+    (tmp_path / "engines").rename(tmp_path / "a")
     assert not any(r.cached for r in first) and len(list(cache.glob("*.onnx.json"))) == 3
     second = build_engine_dir(model_copy, tmp_path / "b", BuildOptions(backend=BuildBackend.ONNXRUNTIME, onnx_cache=cache, max_images=2))
     assert all(r.cached for r in second)
@@ -145,16 +162,19 @@ def test_concurrent_build_is_refused(model_copy, tmp_path):
 
 
 @pytest.mark.slow
-def test_fp16_that_misses_the_tolerance_falls_back_to_fp32(model_copy, tmp_path, monkeypatch):
+def test_fp16_that_misses_the_tolerance_falls_back_to_fp32(first_build, tmp_path, monkeypatch):
     # a tolerance of 0 makes every fp16 conversion miss, so the fallback path runs for every component; the real
     # tolerance is held on the shipped models' fp16 builds (tests/runtime/test_generator.py)
     monkeypatch.setattr(build_module, "FP16_TOLERANCE", 0.0)
-    # no ONNX cache: an fp16 graph another test converted (at the real tolerance) would be taken from it, unchecked here
-    options = BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision.FP16, onnx_cache=None)
-    results = build_engine_dir(model_copy, tmp_path / "engines", options)
+    # not the session's ONNX cache (an fp16 graph another test converted at the real tolerance would be taken from it,
+    # unchecked here) but a copy of the first build's, which holds the fp32 graphs only: each is converted here
+    model_copy, _, cache, _ = from_first_build(first_build, tmp_path)
+    assert not list(cache.glob("*fp16*")) and len(list(cache.glob("*.onnx.json"))) == 3
+    options = BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision.FP16, onnx_cache=cache)
+    results = build_engine_dir(model_copy, tmp_path / "fp16-engines", options)
     assert all(r.precision == "fp32" and "kept fp32" in r.note for r in results)
-    manifest = assert_complete(tmp_path / "engines")
-    graph = onnx.load(str(tmp_path / "engines" / manifest["components"]["unet"]["onnx"]["file"]))
+    manifest = assert_complete(tmp_path / "fp16-engines")
+    graph = onnx.load(str(tmp_path / "fp16-engines" / manifest["components"]["unet"]["onnx"]["file"]))
     assert all(t.data_type != onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
 
 

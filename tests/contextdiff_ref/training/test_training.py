@@ -75,12 +75,16 @@ def test_high_noise_fraction_draws_that_share_of_the_batch_from_the_last_timeste
     from contextdiff_ref.training.objective import HIGH_NOISE_PORTION
 
     components = build_tiny_components()
-    x0, prompts = torch.zeros(2000, 3, 8, 8), ["a red circle"] * 2000
     low = round((1 - HIGH_NOISE_PORTION) * 1000)  # tiny models have T = 1000
-    with torch.no_grad():
-        plain = ContextDiffObjective(components, LossConfig())(x0, prompts, torch.Generator().manual_seed(5)).timesteps
-        all_high = ContextDiffObjective(components, LossConfig(high_noise_fraction=1.0))(x0, prompts, torch.Generator().manual_seed(5)).timesteps
-        mixed = ContextDiffObjective(components, LossConfig(high_noise_fraction=0.25))(x0, prompts, torch.Generator().manual_seed(5)).timesteps
+
+    def timesteps(fraction: float):  # the draws of a batch of 2000 (no UNet call: the loss takes t from these draws)
+        return ContextDiffObjective(components, LossConfig(high_noise_fraction=fraction)).draw((2000, 3, 8, 8), torch.Generator().manual_seed(5)).timesteps
+
+    plain, all_high, mixed = timesteps(0.0), timesteps(1.0), timesteps(0.25)
+    with torch.no_grad():  # and the loss trains on the t it draws
+        small = ContextDiffObjective(components, LossConfig(high_noise_fraction=0.25))
+        out = small(torch.zeros(4, 3, 8, 8), ["a red circle"] * 4, torch.Generator().manual_seed(6))
+    assert torch.equal(out.timesteps, small.draw((4, 3, 8, 8), torch.Generator().manual_seed(6)).timesteps)
     assert all_high.min() >= low and all_high.max() == 999 and len(all_high.unique()) > 40
     assert 0.02 < (plain >= low).float().mean() < 0.08  # uniform: 5%
     assert 0.25 < (mixed >= low).float().mean() < 0.33  # 0.25 + 0.75 * 0.05 = 0.2875
