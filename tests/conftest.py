@@ -34,6 +34,23 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+SLOW_WEIGHT = 20.0  # a slow test's rough seconds (engine builds, trained models), against about 0.5 for the others
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Modules in order of their rough cost, costliest first, each module's tests kept together in their own order.
+    Under pytest-xdist's ``--dist loadscope`` (pyproject.toml) a module runs whole on one worker — its module fixtures
+    built once — and the workers take modules in this order, so the run ends on cheap modules instead of one worker
+    finishing a long build while the other waits. The cost is counted from the ``slow`` markers, nothing measured."""
+    cost: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        module = item.nodeid.split("::")[0]
+        cost[module] = cost.get(module, 0.0) + (SLOW_WEIGHT if item.get_closest_marker("slow") else 0.5)
+        first.setdefault(module, i)
+    items.sort(key=lambda item: (-cost[item.nodeid.split("::")[0]], first[item.nodeid.split("::")[0]]))
+
+
 def pytest_unconfigure(config):
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         shutil.rmtree(os.environ.pop(_ONNX_CACHE, ""), ignore_errors=True)

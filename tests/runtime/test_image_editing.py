@@ -109,4 +109,25 @@ def test_command_line_edits_an_image(pixel_fp32_dir, tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert cli.main(["edit", str(tmp_path / "rgba.png"), *args[2:], "-o", str(tmp_path / "x.png")]) == 2
     assert "invalid image='a RGBA image'" in capsys.readouterr().err
+    assert cli.main([*args, "--cache-interval", "2", "-o", str(tmp_path / "x.png")]) == 2  # these engines have no shallow UNet
+    assert "--step-cache" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.jpg").exists()
+
+
+def test_command_line_edits_with_step_caching(pixel_step_cache_dir, tmp_path):
+    """`python -m runtime edit IMAGE --cache-interval K` writes what Generator.edit returns with that interval."""
+    from PIL import Image
+
+    from runtime import __main__ as cli
+
+    image, _ = _source()
+    Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "src.png")
+    args = ["edit", str(tmp_path / "src.png"), "--prompt", EDITED, "--engines", str(pixel_step_cache_dir), "--steps", "4", "--guidance", "3",
+            "--strength", "1"]  # fmt: skip
+    assert cli.main([*args, "--cache-interval", "2", "-o", str(tmp_path / "cached.png")]) == 0
+    gen = Generator.from_dir(pixel_step_cache_dir)
+    call = dict(num_inference_steps=4, guidance_scale=3.0, strength=1.0, seed=0, progress=False)
+    image = np.asarray(Image.open(tmp_path / "src.png"), dtype=np.float32) / 255
+    want, exact = (gen.edit(image, EDITED, cache_interval=k, **call).images[0] for k in (2, 1))
+    got = np.asarray(Image.open(tmp_path / "cached.png"), dtype=np.float32) / 255
+    assert np.abs(got - want).max() <= 0.5 / 255 + 1e-6 and np.abs(want - exact).max() > 1 / 255  # the shallow UNet ran
