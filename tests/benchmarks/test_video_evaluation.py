@@ -62,6 +62,10 @@ def test_a_run_resumes_from_its_stored_edits(pixel_model_dir, tmp_path, monkeypa
         run_edits(pixel_model_dir, run, dataclasses.replace(settings, engine="runtime"))
     with pytest.raises(ContextDiffError, match="other settings .*blend_dilation"):  # runs before local blending read as without it
         run_edits(pixel_model_dir, run, dataclasses.replace(settings, blend_dilation=2))
+    with pytest.raises(ContextDiffError, match="other settings .*blend_region"):  # a box run is a run of its own
+        run_edits(pixel_model_dir, run, dataclasses.replace(settings, blend_dilation=0, blend_region="box"))
+    with pytest.raises(ContextDiffError, match="other settings .*region_noise"):  # runs before it read as region_noise 0
+        run_edits(pixel_model_dir, run, dataclasses.replace(settings, blend_dilation=0, region_noise=1.0))
     evaluate.write_strip(frames, settings, tmp_path / "strip.gif", scale=1)
     assert read_video(tmp_path / "strip.gif").shape == (8, 32, 32 * 3 + 2, 3)  # source | ContextDiff | baseline
 
@@ -110,22 +114,19 @@ def test_box_region_is_each_objects_bounding_box(shape):
 
 @pytest.mark.slow
 def test_local_blending_in_boxes(pixel_model_dir, tmp_path):
-    """A run with blend_region='box' edits inside the source objects' grown boxes only, and is a run of its own."""
+    """blend_region='box' edits inside the source objects' boxes only; region noise stays inside the region and changes
+    the edit there (ContextDiff's edits, edit_clip_with; that such settings make a run of their own: the resume test)."""
     settings = EditSettings(clips=1, edits=1, tune_steps=1, num_inference_steps=3, strength=1.0, guidance_scale=2.0, blend_dilation=0,
                             blend_region="box")  # fmt: skip
-    frames = run_edits(pixel_model_dir, tmp_path / "run", settings)
-    source = render_clip(evaluation_clips(1)[0])
+    clip = evaluation_clips(1)[0]
+    source = render_clip(clip)
     region = evaluate.source_region(source, 0, "box")
-    np.testing.assert_allclose(frames["contextdiff"][0, 0][~region], source[~region], rtol=0, atol=1e-6)
-    with pytest.raises(ContextDiffError, match="other settings .*blend_region"):
-        run_edits(pixel_model_dir, tmp_path / "run", dataclasses.replace(settings, blend_region="foreground"))
+    boxed = evaluate.edit_clip_with(pixel_model_dir, clip, clip_edits(clip, 1), "contextdiff", settings, tmp_path / "box")[0]
+    np.testing.assert_allclose(boxed[~region], source[~region], rtol=0, atol=1e-6)
     noised = dataclasses.replace(settings, region_noise=1.0)
-    with pytest.raises(ContextDiffError, match="other settings .*region_noise"):  # runs before it read as region_noise 0
-        run_edits(pixel_model_dir, tmp_path / "run", noised)
-    clip = evaluation_clips(1)[0]  # ContextDiff's edit alone (edit_clip_with, what run_edits calls per method)
     again = evaluate.edit_clip_with(pixel_model_dir, clip, clip_edits(clip, 1), "contextdiff", noised, tmp_path / "noised")[0]
     np.testing.assert_allclose(again[~region], source[~region], rtol=0, atol=1e-6)  # the noise stays inside the region
-    assert np.abs(again - frames["contextdiff"][0, 0])[region].max() > 0.1  # and changes the edit there
+    assert np.abs(again - boxed)[region].max() > 0.1  # and changes the edit there
 
 
 @pytest.mark.parametrize(
