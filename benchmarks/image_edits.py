@@ -7,7 +7,8 @@ reader (:mod:`contextdiff_ref.data.alignment`): *edited* — the edited object's
 *kept* — every other quadrant reads as in the source (the same colour and shape, or empty). Modes: ``img2img``,
 ``invert`` (source caption for the inversion), and both with a mask (``inpaint-img2img``, ``inpaint-invert``: the
 edited object's quadrant, from the source, never the target; ``--region-noise`` inside it). Guidance's unconditional
-prompt is the source caption (as the video evaluation's ``--negative source``).
+prompt is the source caption (as the video evaluation's ``--negative source``), or with ``--negative empty`` the empty
+prompt.
 
 Methods: ``contextdiff`` — the model's engines; ``baseline`` — the same model with the adapter's output projection
 zeroed (r ≡ 0: plain DDIM, the same UNet), its engines built here. Per mode: edit accuracy and rest kept per method,
@@ -134,6 +135,8 @@ def parse_args(argv: list[str] | None) -> Any:
     p.add_argument("--strength", type=float, default=None, help="strength (default: 0.8 for img2img, 1 for invert)")
     p.add_argument("--region-noise", type=float, default=1.0, help="with the mask (default: %(default)s)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    p.add_argument("--negative", choices=("source", "empty"), default="source",
+                   help="guidance's unconditional prompt: the source caption, or the empty prompt (default: %(default)s)")
     p.add_argument("--strip", type=Path, default=None, help="also write a PNG: source | edited caption | each mode's ContextDiff edit")
     p.add_argument("--strip-scenes", type=int, default=4, help="sources in the strip, the first ones (default: %(default)s)")
     args = p.parse_args(argv)
@@ -161,7 +164,8 @@ def edit_scenes(args: Any, gens: dict[str, Any]) -> tuple[dict[str, dict[str, li
             mode, masked = MODES[name]
             kwargs = dict(mode=mode, source_prompt=caption(scene) if mode == "invert" else None, mask=region(scene) if masked else None,
                           region_noise=args.region_noise if masked else 0.0, strength=args.strength, num_inference_steps=args.steps,
-                          guidance_scale=args.guidance, seed=i, negative_prompt=caption(scene), progress=False)  # fmt: skip
+                          guidance_scale=args.guidance, seed=i, negative_prompt=caption(scene) if args.negative == "source" else None,
+                          progress=False)  # fmt: skip
             for method, gen in gens.items():
                 out = gen.edit(image, caption(target), **kwargs).images[0]
                 scores[name][method].append(score_edit(out, scene, target))

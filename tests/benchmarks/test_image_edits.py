@@ -34,3 +34,24 @@ def test_the_strip_shows_each_source_and_its_edits_enlarged(tmp_path):
     assert right.max() == 0.0 and sheet.shape[0] == 22 + 2 * 68
     with pytest.raises(SystemExit):
         parse_args(["--engines", "e", "--model", "m", "--out", "o.json", "--strip", str(tmp_path / "strip.gif")])
+
+
+@pytest.mark.parametrize("negative", ["source", "empty"])
+def test_negative_picks_guidances_unconditional_prompt(negative, tmp_path):
+    """--negative source: each edit's unconditional prompt is its source caption; --negative empty: none (the empty
+    prompt). Every mode and method gets the same."""
+    from types import SimpleNamespace
+
+    from benchmarks.image_edits import edit_scenes, parse_args
+    from contextdiff_ref.data.shapes import caption, two_object_scenes
+
+    seen = []
+
+    def edit(image, prompt, **kwargs):
+        seen.append(kwargs["negative_prompt"])
+        return SimpleNamespace(images=image[None])
+
+    args = parse_args(["--engines", "e", "--model", "m", "--out", str(tmp_path / "r.json"), "--images", "2", "--negative", negative])
+    edit_scenes(args, {m: SimpleNamespace(edit=edit) for m in ("contextdiff", "baseline")})
+    captions = [caption(s) for s in two_object_scenes(2, seed=0)]
+    assert seen == [c if negative == "source" else None for c in captions for _ in range(4 * 2)]
