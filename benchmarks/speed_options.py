@@ -21,7 +21,7 @@ caption as negative prompt) are inverted once (every step full) and edited by th
 (:func:`contextdiff_ref.video.metrics.score_clip`) with the paired difference option − exact over (clip, edit) pairs
 and its 95% interval, the frames' PSNR against the exact path's, and the seconds per sampling pass and per edit.
 
-    python -m benchmarks.speed_options --video --options cache-2 cache-3 cache-5 --clips 16 --json benchmarks/results/video-step-cache.json
+    python -m benchmarks.speed_options --video --options cache-2 cache-3 cache-5 --clips 12 --json benchmarks/results/video-step-cache.json
 """
 
 from __future__ import annotations

@@ -42,13 +42,12 @@ def pytest_collection_modifyitems(session, config, items):
     Under pytest-xdist's ``--dist loadscope`` (pyproject.toml) a module runs whole on one worker — its module fixtures
     built once — and the workers take modules in this order, so the run ends on cheap modules instead of one worker
     finishing a long build while the other waits. The cost is counted from the ``slow`` markers, nothing measured."""
-    cost: dict[str, float] = {}
-    first: dict[str, int] = {}
-    for i, item in enumerate(items):
+    cost: dict[str, float] = {}  # module -> rough seconds; dicts keep the modules' first-seen (collection) order
+    for item in items:
         module = item.nodeid.split("::")[0]
         cost[module] = cost.get(module, 0.0) + (SLOW_WEIGHT if item.get_closest_marker("slow") else 0.5)
-        first.setdefault(module, i)
-    items.sort(key=lambda item: (-cost[item.nodeid.split("::")[0]], first[item.nodeid.split("::")[0]]))
+    rank = {module: i for i, module in enumerate(sorted(cost, key=lambda m: -cost[m]))}  # stable: ties keep collection order
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
 
 
 def pytest_unconfigure(config):

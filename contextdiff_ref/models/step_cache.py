@@ -27,14 +27,15 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from contextdiff_ref.models.coordinates import coordinate_planes
-from contextdiff_ref.video.unet import VideoUNet
 from runtime.errors import ConfigError, InvalidArgumentError
 
 
 def split_unet(unet: torch.nn.Module) -> torch.nn.Module:
     """The diffusers UNet whose blocks step caching calls: ``unet`` itself, or the 2-D UNet a video model's
-    ``VideoUNet`` inflated in place (its blocks compute the inflated model's steps)."""
-    return unet.unet if isinstance(unet, VideoUNet) else unet
+    ``VideoUNet`` (:mod:`contextdiff_ref.video.unet`) inflated in place and holds as ``.unet`` (its blocks compute the
+    inflated model's steps). Read by that attribute, so the model layer does not import the video layer above it."""
+    inner = getattr(unet, "unet", None)
+    return inner if not isinstance(unet, UNet2DConditionModel) and isinstance(inner, UNet2DConditionModel) else unet
 
 
 class CachedUNet:
@@ -44,7 +45,7 @@ class CachedUNet:
     Samples (B, C, H, W), timesteps an int or (B,), text states (B, L, D); with ``coordinates`` the two coordinate
     planes are appended to the UNet's input first (:mod:`contextdiff_ref.models.coordinates`)."""
 
-    def __init__(self, unet: UNet2DConditionModel | VideoUNet, *, coordinates: bool = False, branch: int = 1) -> None:
+    def __init__(self, unet: torch.nn.Module, *, coordinates: bool = False, branch: int = 1) -> None:
         unet = split_unet(unet)
         if not isinstance(unet, UNet2DConditionModel):
             raise ConfigError(f"step caching splits a diffusers UNet2DConditionModel; got {type(unet).__name__}")
