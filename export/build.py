@@ -39,7 +39,7 @@ from runtime.validation import ModelLimits
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = "4"  # bump when graph wrappers or conversion rules change, to invalidate cached ONNX
+EXPORT_VERSION = "5"  # bump when graph wrappers or conversion rules change, to invalidate cached ONNX
 FP16_TOLERANCE = 1e-2  # relative L2 error of an fp16 graph against its fp32 graph, on random inputs
 CHECK_SIZE = 32  # the fp16 check runs at most 32 x 32 samples: precision is per op, and 64 x 64 would cost minutes
 _SOURCE_FOLDERS = {Component.TEXT_ENCODER: ("text_encoder",), Component.UNET: ("unet",), Component.ADAPTER: ("adapter",), Component.VAE_DECODER: ("vae",),
@@ -68,8 +68,8 @@ class BuildOptions:
     calibration_prompts: tuple[str, ...] | None = None
     calibration_steps: int = DEFAULT_STEPS
     calibration_subset: int = DEFAULT_SUBSET
-    # step caching (DeepCache, branch 1): the UNet also outputs the feature entering its last up-block, and a shallow
-    # UNet (unet_shallow) runs the outer blocks on it; a video model's: its inflated UNet's (frames folded into the batch)
+    # step caching (DeepCache, skip branch 1): the UNet also outputs the deep feature at the split, and a shallow UNet
+    # (unet_shallow) runs the outer layers on it; a video model's: its inflated UNet's (frames folded into the batch)
     step_cache: bool = False
     # ONNX artifacts shared across engine directories, by the same content key (another batch profile, size or
     # directory of the same model reuses them); None: none. Default: $CONTEXTDIFF_ONNX_CACHE.

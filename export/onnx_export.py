@@ -183,7 +183,7 @@ def _remove_fp16_round_trips(src: Path, converted: onnx.ModelProto) -> int:
 
 def _fp16_readers_of_outputs(model: onnx.ModelProto, fp32_nodes: set[str], fp32_ops: set[str]) -> int:
     """With keep_io_types the converter ends each float output in a Cast to fp32 under the output's name, but leaves the
-    output's readers inside the graph (the UNet's ``feature``, step caching's, also feeds its last up-block's concat)
+    output's readers inside the graph (the UNet's ``feature``, step caching's, also feeds the concat of the up layer that takes the branch)
     reading that fp32 value beside their fp16 inputs; point the fp16 ones at the Cast's fp16 input. Returns how many."""
     outputs = {o.name for o in model.graph.output}
     fp16_of = {n.output[0]: n.input[0] for n in model.graph.node if n.output and n.output[0] in outputs and _is_cast(n, TensorProto.FLOAT)}

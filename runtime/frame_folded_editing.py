@@ -133,8 +133,8 @@ class FrameFoldedEditing:
         :meth:`invert` filled.
 
         ``cache_interval`` k (an integer >= 1; :func:`runtime.step_cache.full_step_plan`): the sampling steps 0, k,
-        2k, ... run the whole inflated UNet and keep the deep feature entering its last up-block; the others run only
-        its outer blocks on that feature (method doc §5: step 1 approximated; steps 2–6, the adapter included, run on every
+        2k, ... run the whole inflated UNet and keep the deep feature at the split (DeepCache's skip branch 1); the others run only
+        its outer layers on that feature (method doc §5: step 1 approximated; steps 2–6, the adapter included, run on every
         step). 1, the default, is the exact path, bitwise.
 
         ``region_noise`` λ > 0 (Blended Latent Diffusion's start, made partial): before sampling, inside the mask

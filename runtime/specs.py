@@ -54,7 +54,7 @@ class ModelDims:
     num_train_timesteps: int
     vae_scale_factor: int  # 1 in pixel space
     sample_factor: int  # height/width of the sampled tensor must be multiples of this
-    feature_channels: int = 0  # step caching: channels of the feature entering the UNet's last up-block; 0: no step caching
+    feature_channels: int = 0  # step caching: channels of the deep feature at the split (contextdiff_ref/models/step_cache.py); 0: no step caching
 
     def resolve(self, batch: int, height: int, width: int) -> dict[str, int]:
         """All dims for a component batch and a sampled-tensor size (height, width)."""
@@ -134,8 +134,8 @@ class ComponentSpec:
 
 _SAMPLE = ("batch", "channels", "height", "width")
 _TEXT = ("batch", "text_length", "text_dim")
-# Step caching at branch 1 (contextdiff_ref/models/step_cache.py): the feature entering the UNet's last up-block, at the
-# sampled tensor's own size (the up-block before it ends with an upsampler)
+# Step caching at skip branch 1 (contextdiff_ref/models/step_cache.py): the deep feature entering the up layer that takes
+# the branch, inside the UNet's last up-block, so at the sampled tensor's own size
 _FEATURE = ("batch", "feature_channels", "height", "width")
 
 SPECS: dict[Component, ComponentSpec] = {

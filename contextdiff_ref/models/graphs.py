@@ -8,8 +8,9 @@ from torch import nn
 
 from contextdiff_ref.models.coordinates import unet_forward
 from contextdiff_ref.models.model_dir import ModelComponents, model_limits
-from contextdiff_ref.models.step_cache import CachedUNet, split_unet
+from contextdiff_ref.models.step_cache import CachedUNet
 from contextdiff_ref.models.text import max_text_length
+from runtime.errors import ConfigError, InvalidArgumentError
 from runtime.specs import Component, ModelDims
 
 
@@ -34,24 +35,24 @@ class UNetGraph(nn.Module):
 
 
 class UNetFeatureGraph(nn.Module):
-    """Step caching's full step (branch 1): ``UNetGraph``'s prediction and the feature entering the last up-block
-    (:meth:`CachedUNet.full`)."""
+    """Step caching's full step (the default branch): ``UNetGraph``'s prediction and the feature entering the up
+    layer that takes the branch (:meth:`CachedUNet.full`)."""
 
     def __init__(self, unet: nn.Module, coordinates: bool = False) -> None:
         super().__init__()
-        self.unet, self.cached = unet, CachedUNet(unet, coordinates=coordinates, branch=1)
+        self.unet, self.cached = unet, CachedUNet(unet, coordinates=coordinates)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cached.full(sample, timestep, encoder_hidden_states)
 
 
 class UNetShallowGraph(nn.Module):
-    """Step caching's shallow step (branch 1): the prediction from the UNet's outer blocks on a full step's
+    """Step caching's shallow step (the default branch): the prediction from the UNet's outer layers on a full step's
     ``feature`` (:meth:`CachedUNet.shallow`)."""
 
     def __init__(self, unet: nn.Module, coordinates: bool = False) -> None:
         super().__init__()
-        self.unet, self.cached = unet, CachedUNet(unet, coordinates=coordinates, branch=1)
+        self.unet, self.cached = unet, CachedUNet(unet, coordinates=coordinates)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
         return self.cached.shallow(sample, timestep, encoder_hidden_states, feature)
@@ -128,13 +129,13 @@ def model_dims(components: ModelComponents) -> ModelDims:
 
 
 def feature_channels(unet: nn.Module) -> int:
-    """Channels of the feature entering the UNet's last up-block (step caching at branch 1; a video model's: its
-    inflated 2-D UNet's): the output channels of the up-block before it; 0 for a UNet with fewer than two up-blocks."""
-    ups = list(getattr(split_unet(unet), "up_blocks", []))
-    if len(ups) < 2:
+    """Channels of step caching's feature at the default branch (a video model's: its inflated 2-D UNet's); 0 for a
+    UNet that cannot be split there with the feature at the sampled tensor's own size (what the graphs' specs say)."""
+    try:
+        cached = CachedUNet(unet)
+    except (ConfigError, InvalidArgumentError):
         return 0
-    block = ups[-2]
-    return int(block.upsamplers[0].channels if getattr(block, "upsamplers", None) else block.resnets[-1].out_channels)
+    return cached.feature_channels if cached.full_size_feature else 0
 
 
 def weights_bytes(module: nn.Module) -> int:

@@ -1,13 +1,21 @@
 """Step caching for the reference UNet (DeepCache, Ma et al. 2023, arXiv 2312.00858; issue 34), over the diffusers
-``UNet2DConditionModel``'s own blocks: no UNet code is copied, only the order in which its blocks are called.
+``UNet2DConditionModel``'s own blocks and layers: no UNet code is copied, only the order in which its blocks' layers
+(ResNet, transformer, down- and upsampler modules) are called.
 
-The UNet is split at a skip branch: with ``branch`` b, the *shallow* part is ``conv_in``, the first b down-blocks,
-the last b up-blocks and the output layers; the *deep* part is everything between. Then:
+The UNet is split at a *skip branch*, as DeepCache does. Number the skip connections from the outermost: branch 0
+is ``conv_in``'s output, which the UNet's last layer (last up-block, last ResNet) takes; branch k is the output of
+the k-th down layer (a ResNet with its transformer, or a downsampler), which the (k+1)-th layer from the end takes.
+With ``branch`` b the *shallow* part is the time embedding, ``conv_in``, the first b down layers, the last b + 1 up
+layers and the output layers; the *deep* part is everything between. Then:
 
-1. a **full** step runs the UNet as it always does and also returns the feature entering up-block ``-b`` (the deep
-   part's output, taken by a forward pre-hook, so the prediction is bitwise today's);
-2. a **shallow** step recomputes the time embedding, ``conv_in`` and the first b down-blocks (their skip outputs feed
-   the last b up-blocks), and runs the last b up-blocks on the cached feature instead of the deep part.
+1. a **full** step runs the UNet as it always does and also returns the feature entering the up layer that takes
+   branch b (before it is joined with the skip; taken by hooks, so the prediction is bitwise today's);
+2. a **shallow** step recomputes the shallow part's down side (its skips feed the last b + 1 up layers) and runs
+   those up layers on the cached feature instead of the deep part.
+
+DeepCache's setting for Stable Diffusion 1.5 is branch 1 (``cache_layer_id=0, cache_block_id=0``: ``conv_in`` and
+the first down layer; the last two up layers), the default here. On the shipped shapes models (one layer per block)
+branch 1 is also the whole outermost down- and up-block.
 
 With the feature of the same step a shallow step gives the full step's prediction (tested); with the feature of an
 earlier step it approximates it — DeepCache's bet that the deep features change slowly between adjacent steps.
@@ -15,13 +23,13 @@ Which steps are full: :func:`runtime.step_cache.full_step_plan`.
 
 A video model's :class:`~contextdiff_ref.video.unet.VideoUNet` (method doc §7) is split through the 2-D UNet it
 inflated in place: its sparse-causal attention processors and temporal layers (forward hooks on the transformer
-blocks) live inside those blocks, so the same block calls compute the inflated model's full and shallow steps on
-frames folded into the batch (B·F, C, H, W).
+blocks) live inside those layers, so the same calls compute the inflated model's full and shallow steps on frames
+folded into the batch (B·F, C, H, W).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -38,14 +46,40 @@ def split_unet(unet: torch.nn.Module) -> torch.nn.Module:
     return inner if not isinstance(unet, UNet2DConditionModel) and isinstance(inner, UNet2DConditionModel) else unet
 
 
+DEFAULT_BRANCH = 1  # DeepCache's branch for Stable Diffusion 1.5 (cache_layer_id=0, cache_block_id=0)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One down or up layer: a ResNet with the transformer after it (if its block has attentions), or a sampler."""
+
+    block: torch.nn.Module
+    index: int  # position in block.resnets; -1: the block's down- or upsampler
+
+
+def _down_layers(unet: UNet2DConditionModel) -> list[_Layer]:
+    """The layers whose outputs are the UNet's skip branches 1, 2, ... (branch 0 is conv_in's output)."""
+    layers = []
+    for block in unet.down_blocks:
+        layers += [_Layer(block, i) for i in range(len(block.resnets))]
+        if getattr(block, "downsamplers", None):
+            layers.append(_Layer(block, -1))
+    return layers
+
+
+def _up_layers(unet: UNet2DConditionModel) -> list[_Layer]:
+    """The up-blocks' ResNet layers in call order; the last one takes branch 0."""
+    return [_Layer(block, i) for block in unet.up_blocks for i in range(len(block.resnets))]
+
+
 class CachedUNet:
     """``full(...)`` -> (prediction, feature) and ``shallow(..., feature)`` -> prediction for one diffusers UNet, or a
-    video model's inflated one (``VideoUNet``: frames folded into the batch, B = N·F).
+    video model's inflated one (``VideoUNet``: frames folded into the batch, B = N·F), split at skip ``branch``.
 
     Samples (B, C, H, W), timesteps an int or (B,), text states (B, L, D); with ``coordinates`` the two coordinate
     planes are appended to the UNet's input first (:mod:`contextdiff_ref.models.coordinates`)."""
 
-    def __init__(self, unet: torch.nn.Module, *, coordinates: bool = False, branch: int = 1) -> None:
+    def __init__(self, unet: torch.nn.Module, *, coordinates: bool = False, branch: int = DEFAULT_BRANCH) -> None:
         unet = split_unet(unet)
         if not isinstance(unet, UNet2DConditionModel):
             raise ConfigError(f"step caching splits a diffusers UNet2DConditionModel; got {type(unet).__name__}")
@@ -54,23 +88,48 @@ class CachedUNet:
                                              ("class_embed_type", unet.class_embedding is not None),
                                              ("addition_embed_type", config.addition_embed_type is not None),
                                              ("encoder_hid_dim_type", unet.encoder_hid_proj is not None),
-                                             ("attention_type gligen", getattr(unet, "position_net", None) is not None)) if on]  # fmt: skip
+                                             ("attention_type gligen", getattr(unet, "position_net", None) is not None),
+                                             ("FreeU", any(getattr(b, "b1", None) is not None for b in unet.up_blocks))) if on]  # fmt: skip
         if unsupported:
             raise ConfigError(f"step caching supports the text-conditioned UNet of Stable Diffusion 1.x/2.x; this one sets {', '.join(unsupported)}")
-        blocks = len(unet.down_blocks)
-        if isinstance(branch, bool) or not isinstance(branch, int) or not 1 <= branch < blocks:
-            raise InvalidArgumentError("branch", branch, f"an integer in [1, {blocks - 1}] (the UNet has {blocks} down-blocks)")
+        ups = _up_layers(unet)
+        if isinstance(branch, bool) or not isinstance(branch, int) or not 0 <= branch < len(ups) - 1:
+            raise InvalidArgumentError("branch", branch, f"an integer in [0, {len(ups) - 2}] (the UNet has {len(ups)} skip branches; the last is not a split)")
         self.unet, self.coordinates, self.branch = unet, coordinates, branch
-        self._outer_up = list(unet.up_blocks)[-branch:]
-        self._skips = sum(len(block.resnets) for block in self._outer_up)  # skip outputs the outer up-blocks take
+        self._down = _down_layers(unet)[:branch]
+        self._up = ups[len(ups) - 1 - branch :]
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the feature: the previous up-block's output for a block's first layer, else its previous
+        ResNet's (a transformer keeps its channels)."""
+        first, blocks = self._up[0], list(self.unet.up_blocks)
+        if first.index > 0:
+            return int(first.block.resnets[first.index - 1].out_channels)
+        block = blocks[blocks.index(first.block) - 1]
+        return int(block.upsamplers[0].channels if getattr(block, "upsamplers", None) else block.resnets[-1].out_channels)
+
+    @property
+    def full_size_feature(self) -> bool:
+        """Whether the feature has the sampled tensor's own size: the branch is taken by the last up-block (whose
+        input the up-block before it has upsampled to that size)."""
+        return self._up[0].block is list(self.unet.up_blocks)[-1]
 
     def _input(self, sample: torch.Tensor) -> torch.Tensor:
         return torch.cat([sample, coordinate_planes(sample)], dim=1) if self.coordinates else sample
 
     def full(self, sample: torch.Tensor, timestep: torch.Tensor | int, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step 1: the UNet's prediction (B, C, H, W), bitwise its usual one, and the deep feature (B, C', H', W')."""
+        """Step 1: the UNet's prediction (B, C, H, W), bitwise its usual one, and the deep feature (B, C', H', W'): what
+        enters the up layer taking the branch — the up-block's input for its first layer, else the previous layer's
+        output."""
         captured: list[torch.Tensor] = []
-        hook = self._outer_up[0].register_forward_pre_hook(lambda _m, args, kwargs: captured.append(kwargs["hidden_states"]), with_kwargs=True)
+        first = self._up[0]
+        if first.index == 0:
+            hook = first.block.register_forward_pre_hook(lambda _m, args, kwargs: captured.append(kwargs["hidden_states"]), with_kwargs=True)
+        else:
+            attentions = getattr(first.block, "attentions", None)
+            before = attentions[first.index - 1] if attentions else first.block.resnets[first.index - 1]
+            hook = before.register_forward_hook(lambda _m, _args, output: captured.append(output[0] if isinstance(output, tuple) else output))
         try:
             prediction = self.unet(self._input(sample), timestep, encoder_hidden_states=text, return_dict=False)[0]
         finally:
@@ -78,39 +137,36 @@ class CachedUNet:
         return prediction, captured[0]
 
     def shallow(self, sample: torch.Tensor, timestep: torch.Tensor | int, text: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        """Step 2: the prediction (B, C, H, W) from the outer blocks on ``feature`` (a full step's, same batch)."""
+        """Step 2: the prediction (B, C, H, W) from the shallow part on ``feature`` (a full step's, same batch)."""
         unet, x = self.unet, self._input(sample)
         emb = unet.time_embedding(unet.get_time_embed(sample=x, timestep=timestep), None)
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
         h = unet.conv_in(x)
-        skips: tuple[torch.Tensor, ...] = (h,)
-        for block in list(unet.down_blocks)[: self.branch]:
-            h, res = block(hidden_states=h, temb=emb, **_text_kwargs(block, text))
-            skips += res
-        skips = skips[: self._skips]  # a down-block's last output (its downsampler's) feeds the deep part only
+        skips = [h]
+        for layer in self._down:
+            h = _run_layer(layer, h, emb, text) if layer.index >= 0 else layer.block.downsamplers[0](h)
+            skips.append(h)
+        forward_size = _forwards_upsample_size(unet, x)
         h = feature
-        sizes = _upsample_sizes(unet, x, skips, self._outer_up)
-        for block, size in zip(self._outer_up, sizes):
-            res, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
-            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, upsample_size=size, **_text_kwargs(block, text))
+        for layer in self._up:
+            h = _run_layer(layer, torch.cat([h, skips.pop()], dim=1), emb, text)
+            upsamplers = getattr(layer.block, "upsamplers", None)
+            if upsamplers and layer.index == len(layer.block.resnets) - 1:
+                h = upsamplers[0](h, skips[-1].shape[2:] if forward_size else None)
         if unet.conv_norm_out is not None:
             h = unet.conv_act(unet.conv_norm_out(h))
         return unet.conv_out(h)
 
 
-def _text_kwargs(block: torch.nn.Module, text: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"encoder_hidden_states": text} if getattr(block, "has_cross_attention", False) else {}
+def _run_layer(layer: _Layer, h: torch.Tensor, emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """A ResNet layer as its block calls it: the ResNet on (h, time embedding), then its transformer, if any."""
+    h = layer.block.resnets[layer.index](h, emb)
+    attentions = getattr(layer.block, "attentions", None)
+    return attentions[layer.index](h, encoder_hidden_states=text, return_dict=False)[0] if attentions else h
 
 
-def _upsample_sizes(unet: UNet2DConditionModel, x: torch.Tensor, skips: Sequence[torch.Tensor], blocks: list[torch.nn.Module]) -> list[tuple[int, ...] | None]:
-    """The ``upsample_size`` the UNet's forward passes each of ``blocks``: only for inputs that are not a multiple
-    of its overall up factor, as diffusers does."""
-    factor = 2**unet.num_upsamplers
-    if all(dim % factor == 0 for dim in x.shape[-2:]):
-        return [None] * len(blocks)
-    sizes, remaining = [], list(skips)
-    for i, block in enumerate(blocks):
-        remaining = remaining[: -len(block.resnets)]
-        sizes.append(remaining[-1].shape[2:] if i < len(blocks) - 1 else None)
-    return sizes
+def _forwards_upsample_size(unet: UNet2DConditionModel, x: torch.Tensor) -> bool:
+    """Whether diffusers passes the upsamplers an output size: only for inputs that are not a multiple of the UNet's
+    overall up factor (the size is then that of the skip branch the next up layer takes)."""
+    return any(dim % 2**unet.num_upsamplers for dim in x.shape[-2:])

@@ -77,7 +77,7 @@ def test_cli_cache_interval(pixel_step_cache_dir, pixel_fp32_dir, tmp_path, caps
 
 @pytest.mark.slow
 def test_an_fp16_step_cache_build_matches_the_reference(pixel_step_cache_fp16_dir, pixel_pipe):
-    """fp16 graphs for step caching: the UNet's ``feature`` output, which its last up-block also reads inside the graph,
+    """fp16 graphs for step caching: the UNet's ``feature`` output, which the up layer taking the branch also reads inside the graph,
     stays fp16 inside and float32 outside (the converter once left that reader on the fp32 copy: the build failed),
     and interval 3 on ONNX Runtime matches the reference's interval 3 at fp16's precision."""
     manifest = read_manifest(pixel_step_cache_fp16_dir)

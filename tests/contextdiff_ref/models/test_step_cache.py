@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from contextdiff_ref.models.coordinates import unet_forward
-from contextdiff_ref.models.step_cache import CachedUNet
+from contextdiff_ref.models.step_cache import DEFAULT_BRANCH, CachedUNet
 from contextdiff_ref.pipelines.text_to_image import ContextDiffPipeline
 from runtime.errors import ConfigError, InvalidArgumentError
 from runtime.metrics import psnr
@@ -28,14 +28,17 @@ def _inputs(pipe, size: int):
 
 
 @pytest.mark.parametrize("model", ["pixel", "latent", "shipped_pixel"])
-@pytest.mark.parametrize("where", ["outermost", "deepest"])
+@pytest.mark.parametrize("where", ["outermost", "default", "deepest"])
 def test_a_shallow_step_on_its_own_feature_is_the_full_step(request, model, where):
     """Step 1 returns the UNet's usual prediction bitwise; step 2 with that step's own feature gives it again (the
-    outer blocks recomputed, the deep part replaced by its output): nothing but the deep part is left out."""
+    outer layers recomputed, the deep part replaced by its output): nothing but the deep part is left out. Branches:
+    0 (conv_in's skip), DeepCache's 1, and the deepest (taken by the second up layer: the feature is the first's
+    output, at the mid block's size)."""
     pipe = request.getfixturevalue(f"{model}_pipe")
     components, size = pipe.components, 8 if model == "latent" else 32
     sample, t, text = _inputs(pipe, size)
-    branch = 1 if where == "outermost" else len(components.unet.down_blocks) - 1
+    skips = sum(len(block.resnets) for block in components.unet.up_blocks)
+    branch = {"outermost": 0, "default": DEFAULT_BRANCH, "deepest": skips - 2}[where]
     cached = CachedUNet(components.unet, coordinates=components.unet_coordinate_channels, branch=branch)
     with torch.no_grad():
         exact = unet_forward(components.unet, sample, t, text, coordinates=components.unet_coordinate_channels)
@@ -44,7 +47,11 @@ def test_a_shallow_step_on_its_own_feature_is_the_full_step(request, model, wher
         stale = cached.shallow(sample, t, text, cached.full(sample * 0.5, t.flip(0), text)[1])
     assert torch.equal(full, exact)
     assert torch.equal(shallow, exact)
-    assert feature.shape[0] == 2 and feature.shape[-1] == size // 2 ** (branch - 1)  # up-block -b works at 1 / 2^(b-1) of the size
+    # these UNets' up-blocks have 2 layers each: the last one takes branches 0 and 1 at full size, the deepest branch is
+    # taken inside the first up-block, before each upsampler of the UNet
+    side = size if branch <= 1 else size // 2**components.unet.num_upsamplers
+    assert feature.shape == (2, cached.feature_channels, side, side)
+    assert cached.full_size_feature == (branch <= 1)
     assert not torch.allclose(stale, exact, atol=1e-4)
 
 
@@ -105,8 +112,9 @@ def test_bad_plans_are_named(kwargs, match):
 
 
 def test_bad_input_is_named(pixel_pipe):
-    with pytest.raises(InvalidArgumentError, match="branch=3"):
-        CachedUNet(pixel_pipe.components.unet, branch=3)
+    for branch in (-1, 3, True):  # the tiny pixel UNet has 4 skip branches; the last (the first up layer's) is no split
+        with pytest.raises(InvalidArgumentError, match=f"branch={branch}"):
+            CachedUNet(pixel_pipe.components.unet, branch=branch)
     with pytest.raises(ConfigError, match="UNet2DConditionModel"):
         CachedUNet(torch.nn.Linear(2, 2))
     with pytest.raises(InvalidArgumentError, match="cache_interval=0"):
