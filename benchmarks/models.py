@@ -17,6 +17,7 @@ from diffusers import UNet2DConditionModel
 
 from contextdiff_ref.models.adapter import ContextAdapter
 from contextdiff_ref.models.model_dir import ModelComponents
+from runtime.step_cache import DEFAULT_BRANCH
 
 
 def _count(run: Callable[[], object]) -> int:
@@ -34,9 +35,11 @@ def _unet_inputs(config: Any, text_length: int, batch: int, height: int, width: 
             torch.zeros(batch, text_length, config.cross_attention_dim))  # fmt: skip
 
 
-def unet_config_flops(unet_config: dict[str, Any], text_length: int, batch: int, height: int, width: int, *, shallow: bool = False) -> int:
+def unet_config_flops(unet_config: dict[str, Any], text_length: int, batch: int, height: int, width: int, *, shallow: bool = False,
+                      cache_branch: int = DEFAULT_BRANCH) -> int:  # fmt: skip
     """FLOPs of one UNet call (a diffusers UNet2DConditionModel's config) on a (batch, C, height, width) sample with
-    ``text_length`` text tokens; ``shallow``: step caching's shallow call instead (contextdiff_ref.models.step_cache)."""
+    ``text_length`` text tokens; ``shallow``: step caching's shallow call at skip ``cache_branch`` instead
+    (contextdiff_ref.models.step_cache)."""
     with torch.device("meta"):
         meta = UNet2DConditionModel.from_config(unet_config)
         sample, timestep, states = _unet_inputs(meta.config, text_length, batch, height, width)
@@ -44,7 +47,7 @@ def unet_config_flops(unet_config: dict[str, Any], text_length: int, batch: int,
             return _count(lambda: meta(sample, timestep, encoder_hidden_states=states))
         from contextdiff_ref.models.step_cache import CachedUNet
 
-        cached = CachedUNet(meta)
+        cached = CachedUNet(meta, branch=cache_branch)
         _, feature = cached.full(sample, timestep, states)  # its shape only: not counted
         return _count(lambda: cached.shallow(sample, timestep, states, feature))
 
@@ -68,14 +71,14 @@ def adapter_flops(components: ModelComponents, batch: int, height: int, width: i
     return adapter_config_flops(dict(components.adapter.config), components.text_encoder.config.max_position_embeddings, batch, height, width)
 
 
-def model_dir_flops(model_dir: Path, image_size: int, batch: int = 1) -> dict[str, int]:
-    """Per-call FLOPs of a model directory's UNet (full and shallow, guided batch 2·``batch``) and adapter (batch
-    2·``batch``: r_t and r_s) at ``image_size`` pixels, from its configs alone (no weights loaded)."""
+def model_dir_flops(model_dir: Path, image_size: int, batch: int = 1, cache_branch: int = DEFAULT_BRANCH) -> dict[str, int]:
+    """Per-call FLOPs of a model directory's UNet (full, and shallow at skip ``cache_branch``; guided batch 2·``batch``)
+    and adapter (batch 2·``batch``: r_t and r_s) at ``image_size`` pixels, from its configs alone (no weights loaded)."""
     read = lambda folder: json.loads((model_dir / folder / "config.json").read_text(encoding="utf-8"))  # noqa: E731
     unet, adapter, text = read("unet"), read("adapter"), read("text_encoder")
     vae_scale = 2 ** (len(read("vae")["block_out_channels"]) - 1) if (model_dir / "vae").is_dir() else 1
     side, length = image_size // vae_scale, int(text["max_position_embeddings"])
-    return {"unet": unet_config_flops(unet, length, 2 * batch, side, side), "unet_shallow": unet_config_flops(unet, length, 2 * batch, side, side, shallow=True),
+    return {"unet": unet_config_flops(unet, length, 2 * batch, side, side), "unet_shallow": unet_config_flops(unet, length, 2 * batch, side, side, shallow=True, cache_branch=cache_branch),
             "adapter": adapter_config_flops(adapter, length, 2 * batch, side, side)}  # fmt: skip
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from benchmarks.harness import cell, interleave, machine, peak_rss_mib, not_run_rows, render_table, stages_ms, write_result
 from runtime.cli import PLAIN, Parser, setup_logging
+from runtime.step_cache import DEFAULT_BRANCH
 
 logger = logging.getLogger("benchmarks.sd15_cpu")
 
@@ -278,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default: %(default)s)")
     p.add_argument("--systems", nargs="+", choices=list(SYSTEM_KEYS), default=list(DEFAULT_SYSTEMS), help="default: %(default)s")
     p.add_argument("--cache-interval", type=int, default=3, help="the step-cache systems' interval (default: %(default)s)")
+    p.add_argument("--cache-branch", type=int, default=DEFAULT_BRANCH,
+                   help="the skip branch the step-cache systems' UNet is split at (build_engines.py --step-cache-branch; default: %(default)s)")
     p.add_argument("--calibration-steps", type=int, default=None, help="int8 systems: denoising steps per calibration prompt (default: the build's)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/sd15-cpu.json"))
     args = p.parse_args(argv)
@@ -297,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "machine": machine(cpu_count=multiprocessing.cpu_count()),
         "config": {"model": str(args.model), "steps": args.steps, "guidance": args.guidance, "batch": 1, "warmup": args.warmup, "runs": args.runs,
-                   "prompt": PROMPT, "cache_interval": args.cache_interval},
+                   "prompt": PROMPT, "cache_interval": args.cache_interval, "cache_branch": args.cache_branch},
         "sizes": {},
     }  # fmt: skip
     systems, result["skipped"] = available_systems(tuple(dict.fromkeys(args.systems)))
@@ -312,10 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             engine_dir = args.engines_root / f"{args.model.resolve().name}-{size}"
             build_engine_dir(args.model, engine_dir, BuildOptions(backend=BuildBackend.ONNXRUNTIME, precision=Precision.FP32, height=size, width=size,
-                                                                  step_cache=step_cache, openvino_precision=OpenVINOPrecision.INT8 if int8 else OpenVINOPrecision.F32,
+                                                                  step_cache=step_cache, step_cache_branch=args.cache_branch, openvino_precision=OpenVINOPrecision.INT8 if int8 else OpenVINOPrecision.F32,
                                                                   **calibration))  # fmt: skip
             rows = result["sizes"][str(size)] = bench_size(args.model.resolve(), engine_dir.resolve(), size, args, systems)
-            flops = model_dir_flops(args.model, size)
+            flops = model_dir_flops(args.model, size, cache_branch=args.cache_branch)
             result.setdefault("flops_per_call", {})[str(size)] = flops
             add_flop_rates(rows, flops, peaks, args.steps, args.cache_interval)
     except (ContextDiffError, RuntimeError, OSError) as exc:

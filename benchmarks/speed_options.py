@@ -44,6 +44,7 @@ from runtime.cli import CLI_ERRORS, Parser, error_exit, setup_logging
 from runtime.errors import InvalidArgumentError
 from runtime.files import atomic_write_json
 from runtime.options import OpenVINOPrecision
+from runtime.step_cache import DEFAULT_BRANCH
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run(model: Path, engines: Path, options: Sequence[SpeedOption], *, steps: int, guidance: float | None, batch: int, seed: int = 0,
-        limit: int | None = None, images_per_prompt: int = 1) -> dict[str, Any]:  # fmt: skip
+        limit: int | None = None, images_per_prompt: int = 1, cache_branch: int = DEFAULT_BRANCH) -> dict[str, Any]:  # fmt: skip
     """Build (or reuse) ``engines`` for ``model`` with what ``options`` need, generate and compare: the JSON report.
     Options this machine cannot run (OpenVINO missing, bf16 on a CPU without it) are left out, with the reason."""
     from export.build import BuildOptions, build_engine_dir
@@ -145,7 +146,7 @@ def run(model: Path, engines: Path, options: Sequence[SpeedOption], *, steps: in
     options = [o for o in options if o.name not in skipped]
 
     int8 = any(o.precision is OpenVINOPrecision.INT8 for o in options)
-    build = BuildOptions(backend=BuildBackend.ONNXRUNTIME, max_images=batch, step_cache=True,
+    build = BuildOptions(backend=BuildBackend.ONNXRUNTIME, max_images=batch, step_cache=True, step_cache_branch=cache_branch,
                          openvino_precision=OpenVINOPrecision.INT8 if int8 else OpenVINOPrecision.F32)  # fmt: skip
     build_engine_dir(model, engines, build)
     fns = generate_fns(engines, options, steps, guidance)
@@ -153,7 +154,8 @@ def run(model: Path, engines: Path, options: Sequence[SpeedOption], *, steps: in
     return {"options": fidelity_report(report, images, options), "exact": report["models"][EXACT], "seconds": report["seconds"], "skipped": skipped}
 
 
-def run_video(model: Path, engines: Path, options: Sequence[SpeedOption], *, clips: int, steps: int, guidance: float | None) -> dict[str, Any]:
+def run_video(model: Path, engines: Path, options: Sequence[SpeedOption], *, clips: int, steps: int, guidance: float | None,
+              cache_branch: int = DEFAULT_BRANCH) -> dict[str, Any]:  # fmt: skip
     """Video edits through each option against the exact path on the video evaluation's clips (module docstring): the
     JSON report. Each clip is inverted once per backend and precision (the inversion runs every step in full, so the
     cache options share the exact path's x_T); per clip the options edit in turn (drift hits all alike)."""
@@ -167,7 +169,7 @@ def run_video(model: Path, engines: Path, options: Sequence[SpeedOption], *, cli
 
     skipped = {o.name: why for o in options if o.precision is not None and (why := openvino_unavailable_reason(o.precision))}
     settings = EditSettings(clips=clips, num_inference_steps=steps, **({} if guidance is None else {"guidance_scale": guidance}))
-    build_engine_dir(model, engines, BuildOptions(backend=BuildBackend.ONNXRUNTIME, step_cache=True))
+    build_engine_dir(model, engines, BuildOptions(backend=BuildBackend.ONNXRUNTIME, step_cache=True, step_cache_branch=cache_branch))
     options = [SpeedOption(EXACT), *(o for o in options if o.name not in skipped)]
     editors: dict[tuple[str, Any], VideoEditor] = {}
     for o in options:
@@ -236,6 +238,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="prompts per generation call (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts of each set (quick checks)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--cache-branch", type=int, default=DEFAULT_BRANCH,
+                   help="the skip branch step caching splits the UNet at (build_engines.py --step-cache-branch; default: %(default)s)")
     p.add_argument("--video", action="store_true", help="video edits with a video model instead (default model: the embedded shapes-video)")
     p.add_argument("--clips", type=int, default=12, help="with --video: source clips, 2 edits each (default: %(default)s)")
     return p.parse_args(argv)
@@ -261,10 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="contextdiff-speed-options-") as tmp:
             engines = args.engines if args.engines is not None else Path(tmp) / "engines"
             if args.video:
-                result = run_video(Path(model), engines, options, clips=args.clips, steps=args.steps, guidance=args.guidance)
+                result = run_video(Path(model), engines, options, clips=args.clips, steps=args.steps, guidance=args.guidance, cache_branch=args.cache_branch)
             else:
                 result = run(Path(model), engines, options, steps=args.steps, guidance=args.guidance, batch=args.batch, seed=args.seed,
-                             limit=args.limit, images_per_prompt=args.images_per_prompt)  # fmt: skip
+                             limit=args.limit, images_per_prompt=args.images_per_prompt, cache_branch=args.cache_branch)  # fmt: skip
         result["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | {"model_dir": str(model)}
         result["machine"] = machine()
         if args.json is not None:

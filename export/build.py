@@ -22,7 +22,8 @@ import torch
 
 import runtime
 from contextdiff_ref.models.graphs import graph_modules, model_dims
-from contextdiff_ref.models.model_dir import check_model_dir, load_model_dir, model_limits, runtime_tokenizer_json
+from contextdiff_ref.models.model_dir import ModelComponents, check_model_dir, load_model_dir, model_limits, runtime_tokenizer_json
+from contextdiff_ref.models.step_cache import DEFAULT_BRANCH, split_unet
 from contextdiff_ref.video.model_dir import is_video_model_dir, load_video_model_dir
 from export.artifacts import MANIFEST, BuildError, BuildLock, hash_parts, read_manifest, remove_stale, sha256_file  # fmt: skip
 from export.onnx_export import OPSET, Flavour, export_onnx, to_fp16
@@ -68,9 +69,10 @@ class BuildOptions:
     calibration_prompts: tuple[str, ...] | None = None
     calibration_steps: int = DEFAULT_STEPS
     calibration_subset: int = DEFAULT_SUBSET
-    # step caching (DeepCache, skip branch 1): the UNet also outputs the deep feature at the split, and a shallow UNet
-    # (unet_shallow) runs the outer layers on it; a video model's: its inflated UNet's (frames folded into the batch)
+    # step caching (DeepCache): the UNet also outputs the deep feature at skip branch `step_cache_branch`, and a shallow
+    # UNet (unet_shallow) runs the outer layers on it; a video model's: its inflated UNet's (frames folded into the batch)
     step_cache: bool = False
+    step_cache_branch: int = DEFAULT_BRANCH  # 0: the least work per cached step; 1: DeepCache's setting for SD-1.5
     # ONNX artifacts shared across engine directories, by the same content key (another batch profile, size or
     # directory of the same model reuses them); None: none. Default: $CONTEXTDIFF_ONNX_CACHE.
     onnx_cache: str | os.PathLike[str] | None = field(default_factory=lambda: os.environ.get(ONNX_CACHE_ENV) or None)
@@ -116,6 +118,16 @@ def _check_options(options: BuildOptions, limits: ModelLimits) -> tuple[int, int
             raise InvalidArgumentError(name, value, f"a multiple of {limits.pixel_factor} (the model's size factor) from {limits.pixel_factor} to {top}")
         sizes.append(value)
     return sizes[0], sizes[1]
+
+
+def _check_cache_branch(options: BuildOptions, components: ModelComponents) -> None:
+    """``--step-cache-branch``: an integer whose feature is taken inside the UNet's last up-block (the sampled tensor's
+    own size, as the graphs' specs say); checked with or without ``--step-cache``, so a typo is never ignored."""
+    branch, ups = options.step_cache_branch, list(getattr(split_unet(components.unet), "up_blocks", []))
+    top = len(ups[-1].resnets) - 1 if len(ups) > 1 else -1
+    if isinstance(branch, bool) or not isinstance(branch, int) or not 0 <= branch <= top:
+        allowed = f"an integer from 0 to {top} (skip branches taken by this UNet's last up-block)" if top >= 0 else "none: this UNet cannot be split"
+        raise InvalidArgumentError("--step-cache-branch", branch, allowed)
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -320,11 +332,12 @@ def _build_plan(component: Component, onnx_entry: dict[str, Any], dims: ModelDim
             "key": key}, False  # fmt: skip
 
 
-def _source_key(model_dir: Path, component: Component, precision: Precision, flavour: Flavour, video: bool = False, step_cache: bool = False) -> str:
+def _source_key(model_dir: Path, component: Component, precision: Precision, flavour: Flavour, video: bool = False, cache_branch: int | None = None) -> str:
     """Hash of what an artifact is made from: the component's files (JSON configs without their "_" metadata keys,
     which record where a model was loaded from, not what it is), the spec and the export settings. A video model's
     UNet and shallow UNet are made from ``unet/`` and ``temporal/`` (which holds num_frames), its adapter from
-    ``video_adapter/``."""
+    ``video_adapter/``. ``cache_branch``: a step-cache build's skip branch (its UNet and shallow UNet are other artifacts
+    at each branch), None without step caching."""
     folders = (_VIDEO_SOURCE_FOLDERS if video else _SOURCE_FOLDERS)[component]
     parts: list[str] = []
     for path in sorted(p for folder in folders for p in (model_dir / folder).rglob("*") if p.is_file()):
@@ -333,7 +346,9 @@ def _source_key(model_dir: Path, component: Component, precision: Precision, fla
             parts += [path.name, json.dumps(config, sort_keys=True)]
         else:
             parts += [path.name, sha256_file(path)]
-    spec = component_spec(component, step_cache=step_cache)  # a step-cache build's UNet (with its feature output) is another artifact
+    spec = component_spec(component, step_cache=cache_branch is not None)  # a step-cache build's UNet (with its feature output) is another artifact
+    if cache_branch is not None and component in (Component.UNET, Component.UNET_SHALLOW):
+        parts.append(f"step cache branch {cache_branch}")
     return hash_parts(*parts, json.dumps(spec.to_json()), str(OPSET), precision.value, flavour.value, EXPORT_VERSION, torch.__version__)
 
 
@@ -399,11 +414,12 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
         del loaded
     else:
         components, video_facts = load_model_dir(model_dir), None
-    dims = model_dims(components)
+    _check_cache_branch(options, components)
+    dims = model_dims(components, options.step_cache_branch)
     facts = _ModelFacts(dims, model_limits(components), runtime_tokenizer_json(components, dims.text_length), components.scheduler_config.to_dict(),
                         video_facts)  # fmt: skip
     height, width = _check_options(options, facts.limits)
-    modules = graph_modules(components, vae_encoder=True, step_cache=options.step_cache)  # latent models: image edits and video inversion start from latents
+    modules = graph_modules(components, vae_encoder=True, step_cache=options.step_cache, cache_branch=options.step_cache_branch)  # latent models: image edits and video inversion start from latents
     del components  # from here on, the modules below hold the only references to the weights
     frames = video_facts.num_frames if video_facts else 1
     cache = None if options.onnx_cache is None else Path(options.onnx_cache).resolve()
@@ -415,7 +431,8 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
             start = time.perf_counter()
             profile = make_profile(component, dims, max_images=options.max_images, height=height, width=width, dynamic_size=options.dynamic_size,
                                    num_frames=frames)  # fmt: skip
-            old, spec, sc = previous.get(component.value, {}), component_spec(component, step_cache=options.step_cache), options.step_cache
+            old, spec = previous.get(component.value, {}), component_spec(component, step_cache=options.step_cache)
+            sc = options.step_cache_branch if options.step_cache else None
             try:
                 source_key = _source_key(model_dir, component, precision, flavour, video, sc)
                 take = lambda c=component: modules.pop(c)  # noqa: E731
@@ -491,7 +508,8 @@ def _make_manifest(out_dir: Path, model_dir: Path, facts: _ModelFacts, options: 
                           pixel_factor=limits.pixel_factor, recommended_guidance_scale=limits.recommended_guidance_scale,
                           contextual_guidance=facts.scheduler_config["contextual_guidance"], video=facts.video),
         build=BuildRecord(backend=backend.value, max_images=options.max_images, height=height, width=width, dynamic_size=options.dynamic_size,
-                          onnxruntime_version=ort.__version__, openvino_precision=OpenVINOPrecision(options.openvino_precision)),
+                          onnxruntime_version=ort.__version__, openvino_precision=OpenVINOPrecision(options.openvino_precision),
+                          step_cache_branch=options.step_cache_branch if options.step_cache else None),
         tokenizer=tokenizer, scheduler=scheduler, components=entries,
     )  # fmt: skip
     return manifest

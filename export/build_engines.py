@@ -16,9 +16,10 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtime.cli import CLI_ERRORS, PLAIN, Parser, error_exit, setup_logging
-from runtime.errors import ContextDiffError  # noqa: E402
+from runtime.errors import ContextDiffError, InvalidArgumentError  # noqa: E402
 from export.openvino_int8 import DEFAULT_STEPS, DEFAULT_SUBSET, read_prompts  # noqa: E402
 from runtime.options import BuildBackend, OpenVINOPrecision, PlanRuntime, Precision, choices  # noqa: E402
+from runtime.step_cache import DEFAULT_BRANCH  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--step-cache", action="store_true",
                    help="also export step caching's graphs (the UNet with its deep feature, the shallow UNet; a video model's inflated UNet "
                         "too): `python -m runtime [edit] ... --cache-interval K`")  # fmt: skip
+    p.add_argument("--step-cache-branch", type=int, default=None,
+                   help="with --step-cache: the skip branch the UNet is split at, counted from the outermost (0: conv_in's, the least work "
+                        "per cached step; 1: the first down layer's, DeepCache's setting for SD-1.5; default: %(default)s)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="rebuild every artifact")
     p.add_argument("--onnx-cache", type=lambda s: Path(s) if s else None, default=os.environ.get("CONTEXTDIFF_ONNX_CACHE") or None, metavar="DIR",
                    help="a folder of ONNX artifacts shared by builds: another engine directory of the same model (batch, size, "
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = args.model if args.model is not None else default_model_dir()
         prompts = read_prompts(args.calibration_prompts) if args.calibration_prompts is not None else None
+        if args.step_cache_branch is not None and not args.step_cache:
+            raise InvalidArgumentError("--step-cache-branch", args.step_cache_branch, "none unless --step-cache (the branch is where step caching splits the UNet)")
         out = args.out if args.out is not None else Path("engines") / Path(model).resolve().name
         options = BuildOptions(backend=BuildBackend(args.backend), precision=Precision(args.precision) if args.precision else None,
                                flavour=Flavour(args.onnx_flavour) if args.onnx_flavour else None,
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                                force=args.force, workspace_gib=args.workspace_gib, tensorrt_runtime=PlanRuntime(args.tensorrt_runtime),
                                tensorrt_refit=args.tensorrt_refit,
                                openvino_precision=OpenVINOPrecision(args.openvino_precision), onnx_cache=args.onnx_cache,
-                               step_cache=args.step_cache, calibration_prompts=prompts, calibration_steps=args.calibration_steps,
+                               step_cache=args.step_cache, step_cache_branch=DEFAULT_BRANCH if args.step_cache_branch is None else args.step_cache_branch, calibration_prompts=prompts, calibration_steps=args.calibration_steps,
                                calibration_subset=args.calibration_subset)  # fmt: skip
         results = build_engine_dir(model, out, options)
     except CLI_ERRORS as exc:

@@ -106,15 +106,20 @@ class BuildRecord:
     dynamic_size: bool = False
     onnxruntime_version: str = ""
     openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded by `build_engines.py --openvino-precision`
+    # step caching's skip branch (`--step-cache-branch`, contextdiff_ref/models/step_cache.py); None: no step caching, or
+    # a build before it (EXPORT_VERSION 4 and older split at the whole outermost block)
+    step_cache_branch: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"backend": self.backend, "max_images": self.max_images, "height": self.height, "width": self.width, "dynamic_size": self.dynamic_size,
+        data = {"backend": self.backend, "max_images": self.max_images, "height": self.height, "width": self.width, "dynamic_size": self.dynamic_size,
                 "onnxruntime_version": self.onnxruntime_version, "openvino_precision": OpenVINOPrecision(self.openvino_precision).value}  # fmt: skip
+        return data if self.step_cache_branch is None else {**data, "step_cache_branch": self.step_cache_branch}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BuildRecord:
         return cls(data.get("backend", ""), int(data["max_images"]), int(data["height"]), int(data["width"]), data.get("dynamic_size", False),
-                   data.get("onnxruntime_version", ""), OpenVINOPrecision(data.get("openvino_precision", OpenVINOPrecision.F32.value)))  # fmt: skip
+                   data.get("onnxruntime_version", ""), OpenVINOPrecision(data.get("openvino_precision", OpenVINOPrecision.F32.value)),
+                   data.get("step_cache_branch"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,13 @@ class EngineManifest:
         """Whether the directory can run step caching: a shallow UNet, and a UNet that outputs its feature."""
         unet = self.components.get(Component.UNET)
         return Component.UNET_SHALLOW in self.components and unet is not None and unet.feature_output
+
+    @property
+    def step_cache_branch(self) -> int | None:
+        """The skip branch step caching's graphs split the UNet at (``build.step_cache_branch``); None without step
+        caching, or for builds before it was recorded (they split at the whole outermost block)."""
+        branch = self.data.get("build", {}).get("step_cache_branch")
+        return int(branch) if self.step_cache and branch is not None else None
 
     @property
     def tokenizer_path(self) -> Path:

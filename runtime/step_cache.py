@@ -1,8 +1,9 @@
 """Which steps of a sampling run compute the whole UNet under step caching (DeepCache, Ma et al. 2023, arXiv
 2312.00858; issue 34). Torch-free: the reference and every runtime backend follow the same plan.
 
-A *full* step runs the whole UNet and keeps the deep feature entering its outer up-blocks; the steps after it, up to
-the next full step, run only the outer (shallow) blocks on that cached feature. Step 0 is always full: nothing is
+A *full* step runs the whole UNet and keeps the deep feature at the split (a skip branch:
+:mod:`contextdiff_ref.models.step_cache`); the steps after it, up to the next full step, run only the outer (shallow)
+layers on that cached feature. Step 0 is always full: nothing is
 cached before it. The adapter runs on every step's x̂_0 either way (method doc §5 is unchanged).
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from runtime.errors import ContextDiffError, InvalidArgumentError
 
+DEFAULT_BRANCH = 1  # the skip branch the UNet is split at: DeepCache's for Stable Diffusion 1.5 (cache_layer_id=0, cache_block_id=0)
 LORA_ON_UNET = "cache_interval=1 while LoRAs change the UNet (they do not reach the shallow UNet's graph yet)"
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from contextdiff_ref.models.coordinates import unet_forward
 from contextdiff_ref.models.model_dir import ModelComponents, model_limits
-from contextdiff_ref.models.step_cache import CachedUNet
+from contextdiff_ref.models.step_cache import DEFAULT_BRANCH, CachedUNet
 from contextdiff_ref.models.text import max_text_length
 from runtime.errors import ConfigError, InvalidArgumentError
 from runtime.specs import Component, ModelDims
@@ -35,24 +35,24 @@ class UNetGraph(nn.Module):
 
 
 class UNetFeatureGraph(nn.Module):
-    """Step caching's full step (the default branch): ``UNetGraph``'s prediction and the feature entering the up
-    layer that takes the branch (:meth:`CachedUNet.full`)."""
+    """Step caching's full step at skip ``branch``: ``UNetGraph``'s prediction and the feature entering the up layer
+    that takes the branch (:meth:`CachedUNet.full`)."""
 
-    def __init__(self, unet: nn.Module, coordinates: bool = False) -> None:
+    def __init__(self, unet: nn.Module, coordinates: bool = False, branch: int = DEFAULT_BRANCH) -> None:
         super().__init__()
-        self.unet, self.cached = unet, CachedUNet(unet, coordinates=coordinates)
+        self.unet, self.cached = unet, CachedUNet(unet, coordinates=coordinates, branch=branch)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cached.full(sample, timestep, encoder_hidden_states)
 
 
 class UNetShallowGraph(nn.Module):
-    """Step caching's shallow step (the default branch): the prediction from the UNet's outer layers on a full step's
+    """Step caching's shallow step at skip ``branch``: the prediction from the UNet's outer layers on a full step's
     ``feature`` (:meth:`CachedUNet.shallow`)."""
 
-    def __init__(self, unet: nn.Module, coordinates: bool = False) -> None:
+    def __init__(self, unet: nn.Module, coordinates: bool = False, branch: int = DEFAULT_BRANCH) -> None:
         super().__init__()
-        self.unet, self.cached = unet, CachedUNet(unet, coordinates=coordinates)
+        self.unet, self.cached = unet, CachedUNet(unet, coordinates=coordinates, branch=branch)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
         return self.cached.shallow(sample, timestep, encoder_hidden_states, feature)
@@ -94,18 +94,19 @@ class VaeEncoderGraph(nn.Module):
         return (self.vae.encode(image, return_dict=False)[0].mean - self.shift) * self.scale
 
 
-def graph_modules(components: ModelComponents, *, vae_encoder: bool = False, step_cache: bool = False) -> dict[Component, nn.Module]:
+def graph_modules(components: ModelComponents, *, vae_encoder: bool = False, step_cache: bool = False,
+                  cache_branch: int = DEFAULT_BRANCH) -> dict[Component, nn.Module]:  # fmt: skip
     """The modules to export, in eval mode; the VAE decoder only for latent models, and their encoder too with
     ``vae_encoder`` (video models: inversion starts from the frames' latents). With ``step_cache`` the UNet also
-    outputs its feature (``UNetFeatureGraph``) and the shallow UNet follows it — a video model's too, over its
-    inflated UNet (:class:`CachedUNet`)."""
+    outputs its feature at skip ``cache_branch`` (``UNetFeatureGraph``) and the shallow UNet follows it — a video
+    model's too, over its inflated UNet (:class:`CachedUNet`)."""
     coordinates = components.unet_coordinate_channels
     modules: dict[Component, nn.Module] = {
         Component.TEXT_ENCODER: TextEncoderGraph(components.text_encoder),
-        Component.UNET: (UNetFeatureGraph if step_cache else UNetGraph)(components.unet, coordinates),
+        Component.UNET: UNetFeatureGraph(components.unet, coordinates, cache_branch) if step_cache else UNetGraph(components.unet, coordinates),
     }
     if step_cache:
-        modules[Component.UNET_SHALLOW] = UNetShallowGraph(components.unet, coordinates)
+        modules[Component.UNET_SHALLOW] = UNetShallowGraph(components.unet, coordinates, cache_branch)
     modules[Component.ADAPTER] = AdapterGraph(components.adapter)
     if components.vae is not None:
         modules[Component.VAE_DECODER] = VaeDecoderGraph(components.vae)
@@ -114,7 +115,8 @@ def graph_modules(components: ModelComponents, *, vae_encoder: bool = False, ste
     return {k: m.eval() for k, m in modules.items()}
 
 
-def model_dims(components: ModelComponents) -> ModelDims:
+def model_dims(components: ModelComponents, cache_branch: int = DEFAULT_BRANCH) -> ModelDims:
+    """The dims a build records; ``feature_channels`` at step caching's skip ``cache_branch``."""
     limits = model_limits(components)
     return ModelDims(
         channels=limits.sample_channels,
@@ -124,15 +126,15 @@ def model_dims(components: ModelComponents) -> ModelDims:
         num_train_timesteps=limits.num_train_timesteps,
         vae_scale_factor=limits.vae_scale_factor,
         sample_factor=limits.pixel_factor // limits.vae_scale_factor,
-        feature_channels=feature_channels(components.unet),
+        feature_channels=feature_channels(components.unet, cache_branch),
     )
 
 
-def feature_channels(unet: nn.Module) -> int:
-    """Channels of step caching's feature at the default branch (a video model's: its inflated 2-D UNet's); 0 for a
-    UNet that cannot be split there with the feature at the sampled tensor's own size (what the graphs' specs say)."""
+def feature_channels(unet: nn.Module, branch: int = DEFAULT_BRANCH) -> int:
+    """Channels of step caching's feature at skip ``branch`` (a video model's: its inflated 2-D UNet's); 0 for a UNet
+    that cannot be split there with the feature at the sampled tensor's own size (what the graphs' specs say)."""
     try:
-        cached = CachedUNet(unet)
+        cached = CachedUNet(unet, branch=branch)
     except (ConfigError, InvalidArgumentError):
         return 0
     return cached.feature_channels if cached.full_size_feature else 0

@@ -36,6 +36,7 @@ from diffusers import UNet2DConditionModel
 
 from contextdiff_ref.models.coordinates import coordinate_planes
 from runtime.errors import ConfigError, InvalidArgumentError
+from runtime.step_cache import DEFAULT_BRANCH
 
 
 def split_unet(unet: torch.nn.Module) -> torch.nn.Module:
@@ -44,9 +45,6 @@ def split_unet(unet: torch.nn.Module) -> torch.nn.Module:
     inflated model's steps). Read by that attribute, so the model layer does not import the video layer above it."""
     inner = getattr(unet, "unet", None)
     return inner if not isinstance(unet, UNet2DConditionModel) and isinstance(inner, UNet2DConditionModel) else unet
-
-
-DEFAULT_BRANCH = 1  # DeepCache's branch for Stable Diffusion 1.5 (cache_layer_id=0, cache_block_id=0)
 
 
 @dataclass(frozen=True)

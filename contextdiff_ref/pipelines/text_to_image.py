@@ -23,7 +23,7 @@ from contextdiff_ref.models.text import tokenize
 from runtime.images import GenerationOutput, to_images
 from runtime.sampling import LocalBlend, StepOutput, contextual_forward, generate, invert
 from runtime.schedule import Schedule
-from runtime.step_cache import cached_unet, full_step_plan
+from runtime.step_cache import DEFAULT_BRANCH, cached_unet, full_step_plan
 from runtime.validation import GenerationRequest, check_strength, validate_inversion, validate_request
 
 logger = logging.getLogger(__name__)
@@ -73,13 +73,15 @@ class ContextDiffPipeline:
         """Prompts -> last hidden states (N, L, D) of the text encoder; longer prompts are truncated with a warning."""
         return self.components.text_encoder(tokenize(self.components, prompts).to(self.device))[0]
 
-    def _denoiser(self, text: torch.Tensor, request: GenerationRequest, full: Sequence[bool] | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    def _denoiser(self, text: torch.Tensor, request: GenerationRequest, full: Sequence[bool] | None = None,
+                  cache_branch: int = DEFAULT_BRANCH) -> Callable[[torch.Tensor, int], torch.Tensor]:  # fmt: skip
         """Method doc §5 step 1 as ``denoise(x, t)``, called once per step in order. ``full`` (one flag per step run,
         :func:`runtime.step_cache.full_step_plan`): step caching, the steps flagged False run only the UNet's outer
-        blocks on the feature of the last full step (:mod:`contextdiff_ref.models.step_cache`)."""
+        layers (split at skip branch ``cache_branch``) on the feature of the last full step
+        (:mod:`contextdiff_ref.models.step_cache`)."""
         predict, w = self.components.predict, request.guidance_scale
         if full is not None and not all(full):
-            predict = _cached_predict(self.components, full)
+            predict = _cached_predict(self.components, full, cache_branch)
 
         def denoise(x: torch.Tensor, t: int) -> torch.Tensor:  # method doc §5 step 1
             model_input = torch.cat([x, x]) if request.do_guidance else x
@@ -190,6 +192,7 @@ class ContextDiffPipeline:
         contextual_guidance: str | None = None,
         cache_interval: int = 1,
         full_steps: Sequence[int] | None = None,
+        cache_branch: int = DEFAULT_BRANCH,
         clip_sample: bool | None = None,
     ) -> GenerationOutput:
         """Generate images for ``prompt`` (a string or a list of N strings).
@@ -205,7 +208,8 @@ class ContextDiffPipeline:
         (True/False) overrides the model's x̂_0 clipping for this call (also :meth:`invert`'s).
         ``cache_interval`` k > 1 (or ``full_steps``, the indices of the full steps among the steps run, starting with
         0): step caching (DeepCache), only every k-th step runs the whole UNet (:mod:`contextdiff_ref.models.step_cache`;
-        1, the default, is the exact path). Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
+        1, the default, is the exact path), split at skip branch ``cache_branch`` (an engine directory's
+        ``build.step_cache_branch``). Returns ``.images``: float32 (N, H, W, 3) in [0, 1] for "np",
         PIL images for "pil", the final sample (N, C, h, w) for "latent".
         """
         request = validate_request(
@@ -213,29 +217,30 @@ class ContextDiffPipeline:
             guidance_scale=guidance_scale, eta=eta, seed=seed, latents=latents, height=height, width=width,
             output_type=output_type, callback=callback, contextual_guidance=contextual_guidance, cache_interval=cache_interval,
         )
-        return self.run(request, progress=progress, strength=strength, blend=blend, clip_sample=clip_sample, full_steps=full_steps)
+        return self.run(request, progress=progress, strength=strength, blend=blend, clip_sample=clip_sample, full_steps=full_steps,
+                        cache_branch=cache_branch)  # fmt: skip
 
     @torch.no_grad()
     def run(self, request: GenerationRequest, *, progress: bool = True, strength: float = 1.0, blend: LocalBlend | None = None,
-            clip_sample: bool | None = None, full_steps: Sequence[int] | None = None) -> GenerationOutput:  # fmt: skip
+            clip_sample: bool | None = None, full_steps: Sequence[int] | None = None, cache_branch: int = DEFAULT_BRANCH) -> GenerationOutput:  # fmt: skip
         """Generate for a validated request (:meth:`validate`; its ``cache_interval`` is step caching's); ``strength``,
-        ``blend``, ``clip_sample`` and ``full_steps`` as in ``__call__``."""
+        ``blend``, ``clip_sample``, ``full_steps`` and ``cache_branch`` as in ``__call__``."""
         check_strength(strength, request.latents)
         steps_run = len(self.schedule.plan(request.num_inference_steps, request.eta, strength).steps)
         full = full_step_plan(steps_run, request.cache_interval, full_steps)
         return generate(
             request, self.limits, self.schedule.with_clip_sample(clip_sample), strength=strength, encode=self.encode_prompt,
-            denoiser=lambda text, req: self._denoiser(text, req, full), context_shift=self._context_shift,
+            denoiser=lambda text, req: self._denoiser(text, req, full, cache_branch), context_shift=self._context_shift,
             decode=self.decode, to_device=lambda a: torch.from_numpy(np.array(a)).to(self.device), blend=blend,
             progress=lambda steps: tqdm(steps, desc="contextual DDIM", disable=not progress, leave=False),
         )  # fmt: skip
 
 
-def _cached_predict(components: ModelComponents, full: Sequence[bool]) -> Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]:
+def _cached_predict(components: ModelComponents, full: Sequence[bool], branch: int = DEFAULT_BRANCH) -> Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]:
     """``predict(sample, t, text)`` for one run under step caching: call i is a full step where ``full[i]``, else a
     shallow one on the feature of the last full step (the runtime's own plan follower, :func:`runtime.step_cache.cached_unet`,
     over the reference's split UNet)."""
-    unet = CachedUNet(components.unet, coordinates=components.unet_coordinate_channels)
+    unet = CachedUNet(components.unet, coordinates=components.unet_coordinate_channels, branch=branch)
 
     def run_full(feed: dict[str, Any]) -> dict[str, torch.Tensor]:
         output, feature = unet.full(feed["sample"], feed["timestep"], feed["encoder_hidden_states"])

@@ -30,6 +30,7 @@ from runtime.lora import weight_names
 from runtime.manifest import ComponentArtifacts, EngineManifest, load_manifest
 from runtime.options import Precision
 from runtime.specs import Component, ComponentSpec, make_profile
+from runtime.step_cache import DEFAULT_BRANCH
 
 logger = logging.getLogger(__name__)
 
@@ -113,22 +114,27 @@ class TorchRunner(RunnerBase):
 
 
 def torch_generator(model_dir: str | os.PathLike[str], engine_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu", fp16: bool = False,
-                    max_images: int = 1, loras: Sequence[Any] = (), ignore_unmatched: bool = False) -> Generator:  # fmt: skip
+                    max_images: int = 1, loras: Sequence[Any] = (), ignore_unmatched: bool = False, cache_branch: int | None = None) -> Generator:  # fmt: skip
     """A runtime.Generator whose engines are the reference modules of ``model_dir``. ``engine_dir``, if given,
     supplies the manifest, tokenizer and scheduler (its ONNX/plan files are not used); without one they come from the
     model directory itself (:func:`model_manifest`, for up to ``max_images`` images per call at the model's default
-    size): no export needed. ``loras``: [(file, scale), ...] merged into the modules' weights (``set_loras`` switches)."""
+    size): no export needed. ``loras``: [(file, scale), ...] merged into the modules' weights (``set_loras`` switches).
+    ``cache_branch``: step caching's skip branch (None: the engine directory's ``build.step_cache_branch``, else 1)."""
     components = load_model_dir(model_dir)
-    modules = graph_modules(components, vae_encoder=True, step_cache=True)  # the UNet also gives its feature (bitwise the same prediction): step caching
+    manifest = load_manifest(engine_dir, verify=False) if engine_dir is not None else None
+    if cache_branch is None:
+        recorded = manifest.step_cache_branch if manifest is not None else None
+        cache_branch = DEFAULT_BRANCH if recorded is None else recorded
+    # the UNet also gives its feature (bitwise the same prediction): step caching
+    modules = graph_modules(components, vae_encoder=True, step_cache=True, cache_branch=cache_branch)
     xp = np
     if torch.device(device).type == "cuda":
         import cupy as xp  # noqa: F811
-    if engine_dir is not None:
-        manifest = load_manifest(engine_dir, verify=False)
+    if manifest is not None:
         generator = Generator(manifest, _runners(manifest, modules, device, fp16), backend="torch", xp=xp)
     else:
         with tempfile.TemporaryDirectory(prefix="contextdiff-torch-") as folder:  # the Generator reads both files when made
-            manifest = model_manifest(components, Path(model_dir), Path(folder), max_images=max_images)
+            manifest = model_manifest(components, Path(model_dir), Path(folder), max_images=max_images, cache_branch=cache_branch)
             generator = Generator(manifest, _runners(manifest, modules, device, fp16), backend="torch", xp=xp)
     generator.module_shapes = {c: {n: tuple(p.shape) for n, p in r.weights().items()} for c, r in generator.runners.items()}
     if loras:
@@ -140,12 +146,12 @@ def _runners(manifest: EngineManifest, modules: dict[Component, torch.nn.Module]
     return {c: TorchRunner(a.spec, modules[c], device=device, fp16=fp16) for c, a in manifest.components.items()}
 
 
-def model_manifest(components: ModelComponents, model_dir: Path, folder: Path, *, max_images: int = 1) -> EngineManifest:
+def model_manifest(components: ModelComponents, model_dir: Path, folder: Path, *, max_images: int = 1, cache_branch: int = DEFAULT_BRANCH) -> EngineManifest:
     """What an engine directory's manifest tells the Generator, taken from a loaded model directory: dims, limits,
     profiles at the default size, and the tokenizer and scheduler written to ``folder`` — the Torch backend's
     manifest without building an engine directory. Its components name no artifact (``onnx`` is the model directory:
     the modules are the reference's own)."""
-    dims, limits = model_dims(components), model_limits(components)
+    dims, limits = model_dims(components, cache_branch), model_limits(components)
     (folder / "tokenizer.json").write_text(runtime_tokenizer_json(components, dims.text_length), encoding="utf-8")
     (folder / "scheduler.json").write_text(json.dumps(components.scheduler_config.to_dict()), encoding="utf-8")
     latent = components.vae is not None

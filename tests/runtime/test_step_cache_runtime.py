@@ -88,3 +88,44 @@ def test_an_fp16_step_cache_build_matches_the_reference(pixel_step_cache_fp16_di
     got, reference = gen(PROMPT, cache_interval=3, **KW).images, pixel_pipe(PROMPT, cache_interval=3, **KW).images
     record(psnr=psnr(got, reference))
     assert psnr(got, reference) >= FP16_MIN_PSNR
+
+
+@pytest.mark.slow
+def test_a_build_at_branch_zero_runs_the_reference_split_there(pixel_step_cache_dir, pixel_model_dir, pixel_pipe, tmp_path):
+    """``--step-cache-branch 0``: the shallow part keeps only conv_in and the last up layer. The build records the
+    branch and its feature's channels, gets UNet artifacts of its own (other components come from the ONNX cache), and
+    interval 3 on ONNX Runtime and on the Torch backend (which follows the directory's branch) matches the reference
+    split at branch 0, not at branch 1."""
+    from contextdiff_ref.pipelines.torch_runner import torch_generator
+    from export.build import BuildOptions, build_engine_dir
+    from runtime.manifest import load_manifest
+    from runtime.options import BuildBackend
+
+    out = tmp_path / "branch0"
+    build_engine_dir(pixel_model_dir, out, BuildOptions(backend=BuildBackend.ONNXRUNTIME, max_images=3, step_cache=True, step_cache_branch=0))
+    manifest, default = read_manifest(out), read_manifest(pixel_step_cache_dir)
+    assert manifest["build"]["step_cache_branch"] == 0 and default["build"]["step_cache_branch"] == 1
+    assert load_manifest(out).step_cache_branch == 0
+    unet = pixel_pipe.components.unet
+    assert manifest["model"]["dims"]["feature_channels"] == unet.up_blocks[-1].resnets[0].out_channels  # the last up layer's input
+    for component, same in (("text_encoder", True), ("adapter", True), ("unet", False), ("unet_shallow", False)):
+        assert (manifest["components"][component]["source_key"] == default["components"][component]["source_key"]) == same, component
+    at_zero, at_one = (pixel_pipe(PROMPT, cache_interval=3, cache_branch=b, **KW).images for b in (0, 1))
+    got = Generator.from_dir(out, backend="onnxruntime-cpu")(PROMPT, cache_interval=3, **KW).images
+    torch_got = torch_generator(pixel_model_dir, out)(PROMPT, cache_interval=3, **KW).images
+    record(psnr=psnr(got, at_zero), psnr_torch=psnr(torch_got, at_zero), psnr_branch0_vs_branch1=psnr(at_zero, at_one))
+    assert psnr(got, at_zero) >= MIN_PSNR and psnr(torch_got, at_zero) >= MIN_PSNR
+    assert psnr(got, at_one) < MIN_PSNR - 30  # the branch matters: not the default split's images
+
+
+def test_build_engines_refuses_a_bad_step_cache_branch(tmp_path, capsys):
+    """``--step-cache-branch`` without ``--step-cache``, or outside the branches the UNet's last up-block takes: one
+    line naming the argument, nothing written."""
+    from export.build_engines import main
+
+    out = tmp_path / "engines"
+    assert main(["--step-cache-branch", "0", "--out", str(out)]) == 2
+    assert "--step-cache-branch=0" in capsys.readouterr().err
+    assert main(["--step-cache", "--step-cache-branch", "2", "--out", str(out)]) == 2
+    assert "invalid --step-cache-branch=2: an integer from 0 to 1" in capsys.readouterr().err
+    assert not out.exists()
