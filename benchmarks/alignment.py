@@ -113,8 +113,10 @@ def evaluate(models: dict[str, GenerateFn], images_per_prompt: int = 1, seed: in
              sets: dict[str, list[Scene]] | None = None, pairs: Sequence[tuple[str, str]] = ()) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:  # fmt: skip
     """Report (JSON-ready) and the generated images per model and prompt set (``sets``: default both evaluation sets).
     "difference": contextdiff − baseline when both are among ``models``; "differences": the paired difference of each
-    of ``pairs`` (a, b), labelled "a − b"."""
+    of ``pairs`` (a, b), labelled "a − b". With several images per prompt the differences' intervals are per prompt
+    (:func:`contextdiff_ref.data.alignment.paired_interval`'s groups)."""
     sets = evaluation_scenes(images_per_prompt, limit, sets)
+    group = lambda name: np.arange(len(sets[name])) // images_per_prompt if images_per_prompt > 1 else None  # noqa: E731
     report: dict = {"models": {}, "seconds": {}}
     images: dict[str, dict[str, np.ndarray]] = {}
     scores: dict[str, dict[str, list[ImageScore]]] = {}
@@ -126,9 +128,10 @@ def evaluate(models: dict[str, GenerateFn], images_per_prompt: int = 1, seed: in
         report["models"][model] = {name: summarize(s) for name, s in scores[model].items()}
         logger.info("%s: %s", model, report["models"][model])
     if "contextdiff" in scores and "baseline" in scores:
-        report["difference"] = {name: paired_difference(scores["contextdiff"][name], scores["baseline"][name]) for name in sets}
+        report["difference"] = {name: paired_difference(scores["contextdiff"][name], scores["baseline"][name], groups=group(name)) for name in sets}
     if pairs:
-        report["differences"] = {f"{a} − {b}": {name: paired_difference(scores[a][name], scores[b][name]) for name in sets} for a, b in pairs}
+        report["differences"] = {f"{a} − {b}": {name: paired_difference(scores[a][name], scores[b][name], groups=group(name)) for name in sets}
+                                 for a, b in pairs}  # fmt: skip
     return report, images
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from contextdiff_ref.data.alignment import paired_difference, read_quadrant, score_image, summarize
+from contextdiff_ref.data.alignment import paired_difference, paired_interval, read_quadrant, score_image, summarize
 from contextdiff_ref.data.shapes import ShapeObject, evaluation_sets, render, sample_scenes
 from runtime.errors import InvalidArgumentError
 
@@ -63,5 +65,18 @@ def test_paired_difference_and_errors():
     assert d["difference"] == 0.5 and d["ci_low"] < 0.5 < d["ci_high"]
     with pytest.raises(InvalidArgumentError, match="scores"):
         paired_difference(good, bad[:3])
+
+
+def test_the_interval_over_prompts_with_several_images_each():
+    """Two images per prompt: the interval is taken over the three prompts' mean differences (1, 0, 0.5: mean 0.5,
+    sample standard deviation 0.5), not over the six images as if independent."""
+    d, zero = np.array([1.0, 1.0, 0.0, 0.0, 1.0, 0.0]), np.zeros(6)
+    got = paired_interval(d, zero, groups=[0, 0, 1, 1, 2, 2])
+    half = 1.96 * 0.5 / math.sqrt(3)
+    assert got == pytest.approx({"difference": 0.5, "ci_low": 0.5 - half, "ci_high": 0.5 + half})
+    per_image = paired_interval(d, zero)
+    assert per_image["difference"] == 0.5 and per_image["ci_high"] - per_image["ci_low"] == pytest.approx(2 * 1.96 * math.sqrt(0.3) / math.sqrt(6))
+    with pytest.raises(InvalidArgumentError, match="groups"):
+        paired_interval(d, zero, groups=[0, 1])
     with pytest.raises(InvalidArgumentError, match="image"):
         score_image(np.zeros((16, 16, 3)), RED_CIRCLE)
