@@ -21,6 +21,7 @@ from runtime.generator import Generator
 from runtime.manifest import MANIFEST, EngineDirectoryError, load_manifest
 from runtime.options import BuildBackend, OpenVINOPrecision
 from runtime.specs import Component
+from tests.parity import record
 
 PROMPTS = ("a red circle at the top left", "a blue square at the bottom right")
 # int8 vs OpenVINO f32, same seeds, tiny pixel model (6 steps, two images, calibrated on PROMPTS x 3 steps): measured
@@ -139,3 +140,24 @@ def test_int8_images_against_the_f32_path(int8_dir):
         Generator.from_dir(int8_dir, loras=lora)
     with pytest.raises(InvalidArgumentError, match="no LoRAs with OpenVINO int8"):
         quantized.set_loras(lora)
+
+
+@pytest.mark.slow
+def test_ort_int8_probe_quantizes_and_compares(int8_dir, tmp_path):
+    """``benchmarks.ort_int8`` on the tiny int8 directory: both QDQ recipes are made by ONNX Runtime's quantizer, run,
+    and land in the JSON with an error against fp32 that is not zero (they are quantized) and small (they compute the
+    same UNet); the OpenVINO int8 row is the directory's IR. A directory that is not one is refused in one line."""
+    import json
+
+    from benchmarks.ort_int8 import main
+
+    out = tmp_path / "ort-int8.json"
+    assert main(["--engines", str(int8_dir), "--calibration", "2", "--runs", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["systems"]) == ["onnxruntime fp32", "onnxruntime int8 QDQ (conv)", "onnxruntime int8 QDQ (conv+matmul)", "openvino int8 (hybrid IR)"]
+    assert result["systems"]["onnxruntime fp32"]["relative_l2"] == 0.0
+    record(**{name: r["relative_l2"] for name, r in result["systems"].items()})
+    # measured 2026-12-05 on 2 threads of an AMD EPYC: QDQ conv 0.80%, conv+matmul 0.82%, OpenVINO's hybrid IR 0.52%
+    for name in list(result["systems"])[1:]:
+        assert 0 < result["systems"][name]["relative_l2"] < 0.03, name
+    assert main(["--engines", str(tmp_path / "none"), "--out", str(out)]) == 2
