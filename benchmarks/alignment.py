@@ -113,8 +113,8 @@ def evaluate(models: dict[str, GenerateFn], images_per_prompt: int = 1, seed: in
              sets: dict[str, list[Scene]] | None = None, pairs: Sequence[tuple[str, str]] = ()) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:  # fmt: skip
     """Report (JSON-ready) and the generated images per model and prompt set (``sets``: default both evaluation sets).
     "difference": contextdiff − baseline when both are among ``models``; "differences": the paired difference of each
-    of ``pairs`` (a, b), labelled "a − b". With several images per prompt the differences' intervals are per prompt
-    (:func:`contextdiff_ref.data.alignment.paired_interval`'s groups)."""
+    of ``pairs`` (a, b), labelled "a − b". With several images per prompt each difference also gets the interval
+    over the prompts' means (``prompt_ci_low/high``: :func:`contextdiff_ref.data.alignment.paired_interval`)."""
     sets = evaluation_scenes(images_per_prompt, limit, sets)
     group = lambda name: np.arange(len(sets[name])) // images_per_prompt if images_per_prompt > 1 else None  # noqa: E731
     report: dict = {"models": {}, "seconds": {}}

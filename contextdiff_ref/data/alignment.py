@@ -125,25 +125,32 @@ def summarize(scores: Sequence[ImageScore]) -> dict[str, float | int]:
 
 def paired_interval(a: np.ndarray, b: np.ndarray, z: float = 1.96, groups: Sequence[int] | None = None) -> dict[str, float]:
     """Mean of the paired differences a − b ((n,) values of one metric on the same items) with a
-    normal-approximation confidence interval (95% for z = 1.96).
+    normal-approximation confidence interval (95% for z = 1.96) from the items' differences.
 
-    ``groups`` ((n,) labels, e.g. the prompt of each image when a prompt has several images): the interval is then
-    the cluster one — over the groups' mean differences, so images of one prompt, which are not independent draws of
-    the prompt set, count as one (the mean is the images' mean either way when groups are equal in size)."""
+    ``groups`` ((n,) labels: the prompt of each image when a prompt has several) adds ``prompt_ci_low/high``, the
+    interval over the groups' mean differences. The first interval holds for the prompt set as fixed (the seeds are
+    the only chance in it; the items' pooled spread makes it conservative); the second for the set as a sample of
+    prompts like it (images of one prompt count as one draw)."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    out = _mean_interval(d, z)
     if groups is not None:
         labels = np.asarray(groups)
         if labels.shape != d.shape:
             raise InvalidArgumentError("groups", f"{labels.shape[0] if labels.ndim else labels} labels", f"one per item ({len(d)})")
-        d = np.array([d[labels == g].mean() for g in dict.fromkeys(labels.tolist())])
+        by_group = _mean_interval(np.array([d[labels == g].mean() for g in dict.fromkeys(labels.tolist())]), z)
+        out |= {"prompt_ci_low": by_group["ci_low"], "prompt_ci_high": by_group["ci_high"]}
+    return out
+
+
+def _mean_interval(d: np.ndarray, z: float) -> dict[str, float]:
     half = z * (d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.inf)
     return {"difference": float(d.mean()), "ci_low": float(d.mean() - half), "ci_high": float(d.mean() + half)}
 
 
 def paired_difference(a: Sequence[ImageScore], b: Sequence[ImageScore], z: float = 1.96, groups: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
     """Mean difference a − b of each metric over the same prompts and seeds, with a normal-approximation
-    confidence interval (95% for z = 1.96) from the per-image paired differences, or with ``groups`` (the prompt of
-    each image) from the per-prompt mean differences (:func:`paired_interval`)."""
+    confidence interval (95% for z = 1.96) from the per-image paired differences; with ``groups`` (the prompt of each
+    image) also the one from the per-prompt mean differences (:func:`paired_interval`)."""
     if len(a) != len(b) or not a:
         raise InvalidArgumentError("scores", f"{len(a)} and {len(b)} images", "two equal, non-empty lists (same prompts and seeds)")
     pa, pb = per_image_metrics(a), per_image_metrics(b)

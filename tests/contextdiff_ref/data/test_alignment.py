@@ -68,15 +68,13 @@ def test_paired_difference_and_errors():
 
 
 def test_the_interval_over_prompts_with_several_images_each():
-    """Two images per prompt: the interval is taken over the three prompts' mean differences (1, 0, 0.5: mean 0.5,
-    sample standard deviation 0.5), not over the six images as if independent."""
+    """Two images per prompt: beside the images' interval (six differences, variance 0.3), the one over the three
+    prompts' mean differences (1, 0, 0.5: mean 0.5, sample standard deviation 0.5)."""
     d, zero = np.array([1.0, 1.0, 0.0, 0.0, 1.0, 0.0]), np.zeros(6)
     got = paired_interval(d, zero, groups=[0, 0, 1, 1, 2, 2])
-    half = 1.96 * 0.5 / math.sqrt(3)
-    assert got == pytest.approx({"difference": 0.5, "ci_low": 0.5 - half, "ci_high": 0.5 + half})
-    per_image = paired_interval(d, zero)
-    assert per_image["difference"] == 0.5 and per_image["ci_high"] - per_image["ci_low"] == pytest.approx(2 * 1.96 * math.sqrt(0.3) / math.sqrt(6))
+    images, prompts = 1.96 * math.sqrt(0.3) / math.sqrt(6), 1.96 * 0.5 / math.sqrt(3)
+    assert got == pytest.approx({"difference": 0.5, "ci_low": 0.5 - images, "ci_high": 0.5 + images,
+                                 "prompt_ci_low": 0.5 - prompts, "prompt_ci_high": 0.5 + prompts})  # fmt: skip
+    assert paired_interval(d, zero) == pytest.approx({"difference": 0.5, "ci_low": 0.5 - images, "ci_high": 0.5 + images})
     with pytest.raises(InvalidArgumentError, match="groups"):
         paired_interval(d, zero, groups=[0, 1])
-    with pytest.raises(InvalidArgumentError, match="image"):
-        score_image(np.zeros((16, 16, 3)), RED_CIRCLE)
