@@ -55,6 +55,22 @@ def test_a_shallow_step_on_its_own_feature_is_the_full_step(request, model, wher
     assert not torch.allclose(stale, exact, atol=1e-4)
 
 
+def test_sizes_that_are_not_a_multiple_of_the_up_factor(shipped_pixel_pipe):
+    """10 × 10 on the shipped UNet (two upsamplers, factor 4): diffusers passes the upsamplers the skips' sizes (10 ->
+    5 -> 3 down, 3 -> 5 -> 10 up), and so does the shallow step, at branch 0 and at the deepest, whose up layers
+    include both upsamplers."""
+    components = shipped_pixel_pipe.components
+    sample, t, text = _inputs(shipped_pixel_pipe, 10)
+    skips = sum(len(block.resnets) for block in components.unet.up_blocks)
+    with torch.no_grad():
+        exact = unet_forward(components.unet, sample, t, text, coordinates=components.unet_coordinate_channels)
+        for branch in (0, skips - 2):
+            cached = CachedUNet(components.unet, coordinates=components.unet_coordinate_channels, branch=branch)
+            full, feature = cached.full(sample, t, text)
+            assert torch.equal(full, exact) and torch.equal(cached.shallow(sample, t, text, feature), exact), branch
+    assert feature.shape[-1] == 3
+
+
 def test_cached_steps_skip_the_deep_blocks(pixel_pipe):
     """Interval 3 over 10 steps: the deep part (the mid block) runs on steps 0, 3, 6, 9 only; interval 1 is the
     exact path, bitwise."""
