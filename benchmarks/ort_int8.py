@@ -33,6 +33,7 @@ import numpy as np
 from benchmarks.harness import interleave, machine, render_table, write_result
 from runtime.cli import CLI_ERRORS, PLAIN, Parser, error_exit, setup_logging
 from runtime.errors import InvalidArgumentError
+from runtime.metrics import relative_l2
 
 logger = logging.getLogger(__name__)
 
@@ -87,20 +88,12 @@ def _openvino_call(engine_dir: Path, manifest_json: dict[str, Any]) -> Callable[
     return lambda feed: np.array(request.infer(feed)[compiled.output("model_output")])
 
 
-def relative_l2(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.linalg.norm(got.astype(np.float64) - want) / np.linalg.norm(want.astype(np.float64)))
-
-
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    from export.artifacts import read_manifest
     from export.openvino_int8 import BUILTIN_PROMPTS, CalibrationSettings, capture_unet_inputs, read_prompts
     from runtime.manifest import load_manifest
     from runtime.specs import Component
 
-    manifest_json = read_manifest(args.engines)
-    if manifest_json is None:
-        raise InvalidArgumentError("--engines", str(args.engines), "an engine directory (python export/build_engines.py --openvino-precision int8)")
-    manifest = load_manifest(args.engines)
+    manifest = load_manifest(args.engines)  # a directory without one is refused, naming it
     prompts = read_prompts(BUILTIN_PROMPTS)[:2]  # the int8 build's own prompt list for non-shapes models
     settings = CalibrationSettings(prompts, steps=-(-(args.calibration + 1) // len(prompts)), subset_size=args.calibration + 1)
     feeds = capture_unet_inputs(manifest, settings)[Component.UNET]
@@ -115,8 +108,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         quantize_unet(fp32_path, out, calibration, RECIPES[recipe])
         quantize_s[recipe] = time.perf_counter() - start
         systems[f"onnxruntime int8 QDQ ({recipe})"] = _ort_call(out)
-    systems["openvino int8 (hybrid IR)"] = _openvino_call(args.engines, manifest_json)
-    reference = systems["onnxruntime fp32"](probe).astype(np.float64)
+    systems["openvino int8 (hybrid IR)"] = _openvino_call(args.engines, manifest.data)
+    reference = systems["onnxruntime fp32"](probe)
     rows: dict[str, dict[str, Any]] = {name: {"seconds": [], "relative_l2": relative_l2(call(probe), reference)} for name, call in systems.items()}
 
     def timed(name: str) -> None:

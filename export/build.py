@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,12 +22,12 @@ import torch
 
 import runtime
 from contextdiff_ref.models.graphs import graph_modules, model_dims
-from contextdiff_ref.models.model_dir import ModelComponents, check_model_dir, load_model_dir, model_limits, runtime_tokenizer_json
-from contextdiff_ref.models.step_cache import DEFAULT_BRANCH, split_unet
+from contextdiff_ref.models.model_dir import check_model_dir, load_model_dir, model_limits, runtime_tokenizer_json
 from contextdiff_ref.video.model_dir import is_video_model_dir, load_video_model_dir
 from export.artifacts import MANIFEST, BuildError, BuildLock, hash_parts, read_manifest, remove_stale, sha256_file  # fmt: skip
+from export.build_options import BuildOptions, check_cache_branch, check_options
 from export.onnx_export import OPSET, Flavour, export_onnx, to_fp16
-from export.openvino_int8 import DEFAULT_STEPS, DEFAULT_SUBSET, CalibrationSettings, build_int8, check_prompts, default_prompts
+from export.openvino_int8 import CalibrationSettings, build_int8, check_prompts, default_prompts
 from export.weight_map import build_weight_map, graph_weights, module_weights, weight_map_name, write_weight_map
 from export.tensorrt_build import build_plan, compute_capability, tensorrt_status
 from runtime.errors import ContextDiffError, InvalidArgumentError, first_line
@@ -47,37 +47,6 @@ _SOURCE_FOLDERS = {Component.TEXT_ENCODER: ("text_encoder",), Component.UNET: ("
                    Component.VAE_ENCODER: ("vae",), Component.UNET_SHALLOW: ("unet",)}  # fmt: skip
 _VIDEO_SOURCE_FOLDERS = {**_SOURCE_FOLDERS, Component.UNET: ("unet", "temporal"), Component.UNET_SHALLOW: ("unet", "temporal"),
                          Component.ADAPTER: ("video_adapter",)}  # fmt: skip
-ONNX_CACHE_ENV = "CONTEXTDIFF_ONNX_CACHE"  # the default of --onnx-cache: a folder of ONNX artifacts shared by builds
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    backend: BuildBackend = BuildBackend.AUTO
-    precision: Precision | None = None  # None: fp16 for TensorRT, fp32 for ONNX Runtime
-    flavour: Flavour | None = None  # None: standard for TensorRT, onnxruntime (fused attention) for ONNX Runtime
-    max_images: int = 1  # images per call; the guidance doubling is accounted for
-    height: int | None = None  # pixels; None: the model's default
-    width: int | None = None
-    dynamic_size: bool = False  # profile from half to twice the size instead of static
-    force: bool = False  # rebuild everything
-    workspace_gib: float | None = None  # TensorRT builder memory limit
-    tensorrt_runtime: PlanRuntime = PlanRuntime.FULL  # LEAN: version-compatible plans the ~50 MB tensorrt_lean runs
-    tensorrt_refit: bool = False  # refittable plans (BuilderFlag.REFIT): LoRAs applied by refitting, recorded as "refittable"
-    openvino_precision: OpenVINOPrecision = OpenVINOPrecision.F32  # recorded for the runtime's openvino backend; int8 also builds int8 IR
-    # int8 only (export/openvino_int8.py): the prompts the UNets are calibrated on (None: the model's own or the built-in
-    # ones), denoising steps per prompt, and how many of those UNet calls NNCF calibrates on
-    calibration_prompts: tuple[str, ...] | None = None
-    calibration_steps: int = DEFAULT_STEPS
-    calibration_subset: int = DEFAULT_SUBSET
-    # step caching (DeepCache): the UNet also outputs the deep feature at skip branch `step_cache_branch`, and a shallow
-    # UNet (unet_shallow) runs the outer layers on it; a video model's: its inflated UNet's (frames folded into the batch)
-    step_cache: bool = False
-    step_cache_branch: int = DEFAULT_BRANCH  # 0: the least work per cached step; 1: DeepCache's setting for SD-1.5
-    # ONNX artifacts shared across engine directories, by the same content key (another batch profile, size or
-    # directory of the same model reuses them); None: none. Default: $CONTEXTDIFF_ONNX_CACHE.
-    onnx_cache: str | os.PathLike[str] | None = field(default_factory=lambda: os.environ.get(ONNX_CACHE_ENV) or None)
-
-
 @dataclass(frozen=True)
 class ComponentResult:
     component: str
@@ -99,35 +68,6 @@ def resolve_backend(requested: BuildBackend) -> tuple[BuildBackend, str | None]:
             return BuildBackend.ONNXRUNTIME, None
         return BuildBackend.TENSORRT, version
     return requested, version if requested is BuildBackend.TENSORRT else None
-
-
-def _check_options(options: BuildOptions, limits: ModelLimits) -> tuple[int, int]:
-    if isinstance(options.max_images, bool) or not isinstance(options.max_images, int) or not 1 <= options.max_images <= 64:
-        raise InvalidArgumentError("--batch", options.max_images, "an integer from 1 to 64 (images per call)")
-    if options.openvino_precision not in {p.value for p in OpenVINOPrecision}:  # the enum's members compare equal to their values
-        raise InvalidArgumentError("--openvino-precision", options.openvino_precision, f"one of {[p.value for p in OpenVINOPrecision]}")
-    if options.calibration_prompts is not None and options.openvino_precision != OpenVINOPrecision.INT8.value:
-        raise InvalidArgumentError("--calibration-prompts", f"{len(options.calibration_prompts)} prompt(s)", "none unless --openvino-precision int8 (they calibrate the int8 UNets)")
-    if options.workspace_gib is not None and not options.workspace_gib > 0:
-        raise InvalidArgumentError("--workspace-gib", options.workspace_gib, "a positive number of GiB")
-    sizes = []
-    for name, value, default in (("--height", options.height, limits.default_height), ("--width", options.width, limits.default_width)):
-        value = default if value is None else value
-        top = limits.max_size_ratio * default // (2 if options.dynamic_size else 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value % limits.pixel_factor or not limits.pixel_factor <= value <= top:
-            raise InvalidArgumentError(name, value, f"a multiple of {limits.pixel_factor} (the model's size factor) from {limits.pixel_factor} to {top}")
-        sizes.append(value)
-    return sizes[0], sizes[1]
-
-
-def _check_cache_branch(options: BuildOptions, components: ModelComponents) -> None:
-    """``--step-cache-branch``: an integer whose feature is taken inside the UNet's last up-block (the sampled tensor's
-    own size, as the graphs' specs say); checked with or without ``--step-cache``, so a typo is never ignored."""
-    branch, ups = options.step_cache_branch, list(getattr(split_unet(components.unet), "up_blocks", []))
-    top = len(ups[-1].resnets) - 1 if len(ups) > 1 else -1
-    if isinstance(branch, bool) or not isinstance(branch, int) or not 0 <= branch <= top:
-        allowed = f"an integer from 0 to {top} (skip branches taken by this UNet's last up-block)" if top >= 0 else "none: this UNet cannot be split"
-        raise InvalidArgumentError("--step-cache-branch", branch, allowed)
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -414,11 +354,11 @@ def build_engine_dir(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
         del loaded
     else:
         components, video_facts = load_model_dir(model_dir), None
-    _check_cache_branch(options, components)
+    check_cache_branch(options, components.unet)
     dims = model_dims(components, options.step_cache_branch)
     facts = _ModelFacts(dims, model_limits(components), runtime_tokenizer_json(components, dims.text_length), components.scheduler_config.to_dict(),
                         video_facts)  # fmt: skip
-    height, width = _check_options(options, facts.limits)
+    height, width = check_options(options, facts.limits)
     modules = graph_modules(components, vae_encoder=True, step_cache=options.step_cache, cache_branch=options.step_cache_branch)  # latent models: image edits and video inversion start from latents
     del components  # from here on, the modules below hold the only references to the weights
     frames = video_facts.num_frames if video_facts else 1

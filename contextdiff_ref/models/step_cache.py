@@ -70,6 +70,14 @@ def _up_layers(unet: UNet2DConditionModel) -> list[_Layer]:
     return [_Layer(block, i) for block in unet.up_blocks for i in range(len(block.resnets))]
 
 
+def full_size_branches(unet: torch.nn.Module) -> int:
+    """How many skip branches the UNet's last up-block takes (a video model's: its inflated 2-D UNet's): branches 0 to
+    n - 1 give a feature of the sampled tensor's own size, what the exported graphs' specs say; 0 for a UNet with
+    fewer than two up-blocks."""
+    ups = list(getattr(split_unet(unet), "up_blocks", []))
+    return len(ups[-1].resnets) if len(ups) > 1 else 0
+
+
 class CachedUNet:
     """``full(...)`` -> (prediction, feature) and ``shallow(..., feature)`` -> prediction for one diffusers UNet, or a
     video model's inflated one (``VideoUNet``: frames folded into the batch, B = N·F), split at skip ``branch``.
@@ -111,7 +119,7 @@ class CachedUNet:
     def full_size_feature(self) -> bool:
         """Whether the feature has the sampled tensor's own size: the branch is taken by the last up-block (whose
         input the up-block before it has upsampled to that size)."""
-        return self._up[0].block is list(self.unet.up_blocks)[-1]
+        return self.branch < full_size_branches(self.unet)
 
     def _input(self, sample: torch.Tensor) -> torch.Tensor:
         return torch.cat([sample, coordinate_planes(sample)], dim=1) if self.coordinates else sample
