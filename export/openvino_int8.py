@@ -4,7 +4,11 @@ The recipe is optimum-intel's hybrid one for Stable Diffusion: the UNet (and ste
 weights *and* activations on its convolutions (``nncf.quantize``, calibrated) and int8 weights only on its matmuls
 (``nncf.compress_weights`` first, then those matmuls left out of the activation quantization); the text encoder, the
 VAE and the adapter get int8 weights only (no calibration: their share of a step is small, and the adapter's output,
-the contextual shift of method doc §5, is kept at full activation precision).
+the contextual shift of method doc §5, is kept at full activation precision). One change from optimum-intel's recipe:
+each activation's int8 range is the min and max over *all* the calibration calls (NNCF's ``MINMAX`` estimator), not
+its default mean of the per-call extremes. A UNet's activations span very different ranges over the timesteps, and the
+mean clips every call whose range is wider than average — the high-noise steps; on the embedded default model that
+clipping cost 8 dB of image PSNR against the exact path (21.7 -> 29.7 dB, 24 prompts x 2 images a set, 50 steps).
 
 Calibration data are the UNets' inputs as the runtime's own pipeline feeds them: ``runtime.Generator`` on ONNX Runtime
 (the fp32 artifacts just built) runs each calibration prompt for ``steps`` denoising steps; the calls are captured
@@ -43,7 +47,7 @@ from runtime.specs import Component
 
 logger = logging.getLogger(__name__)
 
-RECIPE_VERSION = "1"  # bump when the recipe changes, to invalidate built IR
+RECIPE_VERSION = "2"  # bump when the recipe changes, to invalidate built IR
 HYBRID = (Component.UNET, Component.UNET_SHALLOW)  # int8 activations on convolutions; every other component: weights only
 DEFAULT_STEPS = 10  # denoising steps per calibration prompt
 DEFAULT_SUBSET = 200  # UNet calls NNCF calibrates on (optimum-intel's default number of samples)
@@ -171,10 +175,13 @@ def quantize(ov: ModuleType, nncf: ModuleType, onnx_path: Path, component: Compo
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     matmuls = _weight_matmuls(model)
     model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
     smooth = nncf.AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)  # SmoothQuant off, as in the hybrid recipe
+    advanced = nncf.AdvancedQuantizationParameters(smooth_quant_alphas=smooth,  # ranges over every call: module docstring
+                                                   activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
     return nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data),
-                         ignored_scope=nncf.IgnoredScope(names=matmuls, validate=False),
-                         advanced_parameters=nncf.AdvancedQuantizationParameters(smooth_quant_alphas=smooth))  # fmt: skip
+                         ignored_scope=nncf.IgnoredScope(names=matmuls, validate=False), advanced_parameters=advanced)  # fmt: skip
 
 
 def ir_key(component: Component, manifest_json: dict[str, Any], settings: CalibrationSettings, versions: str) -> str:
