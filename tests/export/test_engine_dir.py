@@ -115,18 +115,21 @@ def test_onnx_cache_is_shared_across_engine_directories_and_checked(first_build,
     assert caplog.text.count("converting the ONNX cache's fp32 graph") == 3 and "exporting to ONNX" not in caplog.text
 
 
-def _kill_build_midway(model: Path, out: Path, env: dict) -> None:
-    """Start the CLI, SIGKILL it once its first artifact has landed (i.e. in the middle of the build)."""
+def _kill_build_midway(model: Path, out: Path, env: dict) -> Path:
+    """Start the CLI, SIGKILL it once its first new artifact has landed (i.e. in the middle of the build, not while it
+    starts up beside a previous build's files); returns that artifact."""
+    existing = set(out.iterdir()) if out.is_dir() else set()
     proc = subprocess.Popen([sys.executable, "export/build_engines.py", "--model", str(model), "--out", str(out), "--backend", "onnxruntime"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_dir() and any(p.name.startswith("text_encoder.") for p in out.iterdir()):
-            break
+    deadline, landed = time.monotonic() + 240, []
+    while time.monotonic() < deadline and proc.poll() is None and not landed:
+        landed = [p for p in out.iterdir() if p.name.startswith("text_encoder.") and p not in existing] if out.is_dir() else []
         time.sleep(0.05)
-    assert proc.poll() is None, "the build finished before it could be killed"
+    assert proc.poll() is None, "the build finished (or failed) before it could be killed"
+    assert landed, "no new text encoder artifact within 240 s"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    return landed[0]
 
 
 @pytest.mark.slow
@@ -144,8 +147,9 @@ def test_killed_build_is_never_accepted_and_rerun_completes(model_copy, tmp_path
         for module in (components.text_encoder, components.unet, components.adapter):
             next(module.parameters()).add_(0.01)
     save_model_dir(components, model_copy)
-    _kill_build_midway(model_copy, out, env)
-    assert assert_complete(out) == before
+    landed = _kill_build_midway(model_copy, out, env)  # the rebuild's new text encoder artifact is in place ...
+    assert assert_complete(out) == before  # ... and the previous manifest, which does not name it, still stands
+    assert landed.name not in json.dumps(before)
     build_engine_dir(model_copy, out, ORT)
     assert assert_complete(out)["model"]["hash"] != before["model"]["hash"]
 
